@@ -1,0 +1,24 @@
+# The outlet as a container (used by docker-compose.yml).
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    UV_LINK_MODE=copy \
+    UV_COMPILE_BYTECODE=1 \
+    UV_PROJECT_ENVIRONMENT=/app/.venv
+WORKDIR /app
+
+RUN pip install --no-cache-dir uv
+
+# Dependencies first (cached layer), then the project itself.
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-dev --no-install-project
+COPY outlet ./outlet
+COPY chaos ./chaos
+COPY loadtest ./loadtest
+RUN uv sync --frozen --no-dev
+
+ENV PATH=/app/.venv/bin:$PATH
+RUN mkdir -p /var/lib/outlet /etc/outlet
+EXPOSE 8080
+ENTRYPOINT ["outlet"]
+CMD ["run", "--config", "/etc/outlet/outlet.yaml"]

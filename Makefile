@@ -1,0 +1,38 @@
+# Flow outlet: developer entry points. `make setup` runs automatically before every target.
+SHELL := /bin/bash
+export PATH := $(HOME)/.local/bin:$(PATH)
+UV ?= uv
+STACK_DIR ?= .stack
+PYTEST_ARGS ?=
+SETUP_STAMP := .tools/.setup.stamp
+SETUP_INPUTS := pyproject.toml uv.lock ci/setup.sh ci/install-kafka.sh ci/install-toxiproxy.sh \
+	ci/kafka/pom.xml
+
+.PHONY: setup up down status test lint
+
+# Idempotent; the stamp makes it instant when nothing changed. A missing venv or missing
+# tools invalidate the stamp.
+setup:
+	@if [ ! -x .venv/bin/python ] || [ ! -x .tools/bin/toxiproxy-server ] \
+	    || ! compgen -G '.tools/kafka/libs/kafka_2.13-*.jar' >/dev/null; then \
+	    rm -f $(SETUP_STAMP); fi
+	@$(MAKE) --no-print-directory $(SETUP_STAMP)
+
+$(SETUP_STAMP): $(SETUP_INPUTS)
+	bash ci/setup.sh
+	@mkdir -p $(dir $@) && touch $@
+
+up: setup
+	$(UV) run chaos stack up --dir $(STACK_DIR)
+
+down: setup
+	$(UV) run chaos stack down --dir $(STACK_DIR)
+
+status: setup
+	$(UV) run chaos stack status --dir $(STACK_DIR)
+
+test: setup
+	$(UV) run pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(UV) run ruff check . && $(UV) run mypy outlet chaos loadtest

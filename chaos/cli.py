@@ -1,0 +1,111 @@
+"""`chaos` command line: `chaos stack up|down|status`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from chaos import stack
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    sdir = Path(args.dir).resolve()
+    if stack.is_healthy(sdir):
+        print(f"stack already running and healthy in {sdir} (endpoints: {sdir / 'endpoints.json'})")
+        return 0
+    t0 = time.monotonic()
+    timings: dict[str, float] = {}
+    try:
+        endpoints = stack.start_stack(sdir, partitions=args.partitions, topic=args.topic,
+                                      timings=timings)
+    except stack.StackError as e:
+        print(f"stack up FAILED: component {e.component}: {e.message}", file=sys.stderr)
+        if e.log_file is not None:
+            print(f"--- tail of {e.log_file} ---", file=sys.stderr)
+            print(e.log_tail(40), file=sys.stderr)
+        print("everything that had started was stopped", file=sys.stderr)
+        return 1
+    elapsed = time.monotonic() - t0
+    print(f"stack up in {sdir}")
+    print(f"  kafka      bootstrap {endpoints.kafka.bootstrap}  proxied "
+          f"{endpoints.kafka.bootstrap_proxied}  topic {endpoints.kafka.topic} "
+          f"({endpoints.kafka.partitions} partitions)")
+    print(f"  toxiproxy  {endpoints.toxiproxy.api}")
+    for name, ch in endpoints.clickhouse.items():
+        print(f"  clickhouse {name:<6} {ch.url}  proxied {ch.proxied_url}  {ch.https_url}  "
+              f"user {ch.username}")
+    ready = ", ".join(f"{k} {v:.1f}s" for k, v in timings.items() if k != "total")
+    print(f"  ready after: {ready}")
+    print(f"endpoints: {sdir / 'endpoints.json'}")
+    print(f"start-up time: {elapsed:.1f} s")
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    sdir = Path(args.dir).resolve()
+    if not (sdir / "pids.json").exists():
+        print(f"no stack running in {sdir}")
+        if args.purge and sdir.exists():
+            stack.stop_stack(sdir, purge=True)
+        return 0
+    t0 = time.monotonic()
+    leftovers = stack.stop_stack(sdir, purge=args.purge)
+    if leftovers:
+        print(f"could not stop: {', '.join(leftovers)}", file=sys.stderr)
+        return 1
+    print(f"stack in {sdir} stopped in {time.monotonic() - t0:.1f} s"
+          + (" (data purged)" if args.purge else " (data kept; --purge deletes it)"))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    sdir = Path(args.dir).resolve()
+    statuses = stack.stack_status(sdir)
+    if not statuses:
+        print(f"no stack in {sdir}")
+        return 1
+    print(f"{'component':<18} {'pid':>8} {'alive':<6} {'health':<8} ports")
+    for s in statuses:
+        ports = " ".join(f"{k}={v}" for k, v in s.ports.items())
+        health = "ok" if s.healthy else "DOWN"
+        detail = f"  ({s.detail})" if s.detail else ""
+        print(f"{s.name:<18} {s.pid or '-':>8} {'yes' if s.alive else 'no':<6} "
+              f"{health:<8} {ports}{detail}")
+    return 0 if all(s.alive and s.healthy for s in statuses) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chaos", description="Flow outlet chaos harness")
+    sub = parser.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("stack", help="native test stack (Kafka, Toxiproxy, ClickHouse x2)")
+    st_sub = st.add_subparsers(dest="action", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dir", default=".stack", help="stack directory (default .stack)")
+
+    up = st_sub.add_parser("up", help="start the stack (no-op when already healthy)")
+    common(up)
+    up.add_argument("--partitions", type=int, default=4, help="flows topic partitions")
+    up.add_argument("--topic", default="flows", help="Kafka topic to create")
+    up.set_defaults(func=_cmd_up)
+    down = st_sub.add_parser("down", help="stop every process of the stack")
+    common(down)
+    down.add_argument("--purge", action="store_true", help="also delete data and logs")
+    down.set_defaults(func=_cmd_down)
+    status = st_sub.add_parser("status", help="show components, PIDs, ports and health")
+    common(status)
+    status.set_defaults(func=_cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Run the outlet as a real subprocess against the stack (tests, demo, chaos, load).
+
+The config is generated from the stack's endpoints.json, so every harness points the
+outlet at the same proxied addresses (faults can be injected between the outlet and
+each ClickHouse or Kafka).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from chaos.stack import Endpoints
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def outlet_config(
+    ep: Endpoints,
+    *,
+    state_path: str,
+    http_port: int,
+    destinations: Sequence[str] = ("local", "azure"),
+    proxied: bool = True,
+    consumer_group: str = "outlet",
+    topic: str | None = None,
+    batch_size: int = 50_000,
+    wait_time: str = "1s",
+    azure_max_retries: int = 3,
+    metadata: dict[str, Any] | None = None,
+    networks: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An outlet config dict: the first destination is the primary."""
+
+    def connection(name: str, max_retries: int) -> dict[str, Any]:
+        ch = ep.clickhouse[name]
+        return {
+            "servers": [ch.proxied_url if proxied else ch.url],
+            "database": "flows",
+            "username": ch.username,
+            "password": ch.password,
+            "max-retries": max_retries,
+            "dial-timeout": "2s",
+            "insert-timeout": "10s",
+            "retry-initial-backoff": "100ms",
+            "retry-max-backoff": "2s",
+        }
+
+    primary, *others = destinations
+    cfg: dict[str, Any] = {
+        "kafka": {
+            "brokers": [ep.kafka.bootstrap_proxied if proxied else ep.kafka.bootstrap],
+            "topic": topic or ep.kafka.topic,
+            "consumer-group": consumer_group,
+        },
+        "clickhousedb": connection(primary, 0),
+        "clickhouse": {
+            "maximum-batch-size": batch_size,
+            "maximum-wait-time": wait_time,
+            "grace-period": "30s",
+        },
+        "http": {"listen": f"127.0.0.1:{http_port}"},
+        "state": {"path": state_path},
+        "log": {"level": "info", "format": "human"},
+    }
+    if others:
+        cfg["additional-clickhouses"] = [
+            {
+                "name": name,
+                "connection": connection(name, azure_max_retries),
+                "clickhouse": {"maximum-batch-size": batch_size, "maximum-wait-time": wait_time},
+            }
+            for name in others
+        ]
+    if metadata:
+        cfg["metadata"] = metadata
+    if networks:
+        cfg["networks"] = networks
+    if extra:
+        cfg.update(extra)
+    return cfg
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text -> {'name{labels}': value} (labels kept verbatim)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        if m:
+            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+@dataclass
+class OutletProcess:
+    """One outlet subprocess with its config file, state dir and log."""
+
+    workdir: Path
+    config: dict[str, Any]
+    name: str = "outlet"
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / f"{self.name}.yaml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    @property
+    def http(self) -> str:
+        return "http://" + str(self.config["http"]["listen"])
+
+    def start(self, wait_ready: bool = True, timeout: float = 60) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        env = dict(os.environ, **self.env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "outlet.cli", "run", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        log.close()
+        if wait_ready:
+            self.wait_http(timeout)
+
+    def wait_http(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"outlet exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.http + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"outlet did not serve /healthz in {timeout}s:\n{self.log_tail()}")
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(self.http + "/metrics", timeout=5) as r:
+            return parse_metrics(r.read().decode())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples whose labels include `labels`."""
+        total = 0.0
+        for key, value in self.metrics().items():
+            base, _, rest = key.partition("{")
+            if base != name:
+                continue
+            if all(f'{k}="{v}"' in rest for k, v in labels.items()):
+                total += value
+        return total
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM and wait: the graceful case. Returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        return int(self.proc.returncode)
+
+    def restart(self, graceful: bool = True) -> None:
+        if graceful:
+            self.stop()
+        else:
+            self.kill()
+        self.restarts += 1
+        self.start()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def apply_schema(config_path: Path) -> None:
+    """`outlet schema apply` as a subprocess (the same path users take)."""
+    subprocess.run(
+        [sys.executable, "-m", "outlet.cli", "schema", "apply", "--config", str(config_path)],
+        check=True,
+    )

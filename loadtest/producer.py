@@ -1,0 +1,253 @@
+"""Produce generated flows to Kafka (confluent-kafka), paced or as fast as possible.
+
+CLI (demo, chaos harness)::
+
+    python -m loadtest.producer --bootstrap 127.0.0.1:9092 --topic flows \\
+        --count 200000 --rate 20000 --seed 1 --unique [--run-id 3] [--start 0]
+
+prints one JSON line: ``{"count", "records", "bytes_sum", "packets_sum", "seconds", ...}``
+where ``bytes_sum``/``packets_sum`` are the sums of the flows' Bytes/Packets fields
+(what the flows table must hold), and exits non-zero if any delivery failed.
+
+The producer is idempotent (``enable.idempotence=true``, ``acks=all``): librdkafka's
+internal retries never duplicate a record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from loadtest.generator import FlowGenerator, GeneratorConfig
+
+DEFAULT_PRODUCER_CONFIG: dict[str, Any] = {
+    "linger.ms": 5,
+    "batch.num.messages": 10000,
+    "batch.size": 1_000_000,
+    "queue.buffering.max.messages": 500_000,
+    "queue.buffering.max.kbytes": 512 * 1024,
+    "compression.type": "none",
+    "acks": "all",
+    "enable.idempotence": True,
+    "message.timeout.ms": 120_000,
+}
+
+
+class ProduceError(RuntimeError):
+    """Some records were not delivered."""
+
+
+@dataclass
+class ProduceStats:
+    records: int = 0
+    payload_bytes: int = 0
+    delivered: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)  # the first few delivery errors
+
+    @property
+    def records_per_s(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else 0.0
+
+
+class RateLimiter:
+    """Paces items to ``rate`` per second in small slices (default 10 ms), without
+    accumulating bursts larger than one slice after a stall."""
+
+    def __init__(self, rate: float, slice_s: float = 0.01) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be > 0")
+        self.rate = rate
+        self.slice_s = slice_s
+        self._t0 = time.monotonic()
+        self._done = 0.0
+
+    def allowance(self) -> int:
+        """Items that may be sent now (>= 1), sleeping as needed."""
+        while True:
+            now = time.monotonic()
+            due = (now - self._t0) * self.rate - self._done
+            if due >= 1.0:
+                burst = max(1.0, self.rate * self.slice_s)
+                if due > burst * 2:  # behind schedule after a stall: don't burst to catch up
+                    self._done = (now - self._t0) * self.rate - burst
+                    due = burst
+                return int(min(due, burst))
+            time.sleep(min(self.slice_s, (1.0 - due) / self.rate))
+
+    def consumed(self, n: int) -> None:
+        self._done += n
+
+
+def make_producer(bootstrap: str, extra: dict[str, Any] | None = None) -> Producer:
+    conf = {"bootstrap.servers": bootstrap, **DEFAULT_PRODUCER_CONFIG, **(extra or {})}
+    return Producer(conf)
+
+
+def produce(
+    bootstrap: str | Producer,
+    topic: str,
+    records_iter: Iterable[bytes],
+    rate: float | None = None,
+    partitions: int | Sequence[int] | None = None,
+    *,
+    flows_per_record: int = 1,
+    keyed: bool = False,
+    config: dict[str, Any] | None = None,
+    flush_timeout: float = 120.0,
+) -> ProduceStats:
+    """Send every record of ``records_iter`` to ``topic`` and wait for all deliveries.
+
+    ``rate``: flows per second (records carry ``flows_per_record`` flows); None = as fast as
+    possible. ``partitions``: a count (round-robin over 0..n-1) or explicit partition ids;
+    None lets librdkafka's partitioner spread unkeyed records (sticky batches). With
+    ``keyed=True`` each record gets an 8-byte sequence key (ordering per key). Raises
+    :class:`ProduceError` if any record was not delivered.
+    """
+    stats = ProduceStats()
+    parts: list[int] | None
+    if isinstance(partitions, int):
+        parts = list(range(partitions))
+    elif partitions is not None:
+        parts = list(partitions)
+    else:
+        parts = None
+    if parts is not None and not parts:
+        raise ValueError("partitions must not be empty")
+
+    def on_delivery(err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            stats.failed += 1
+            if len(stats.errors) < 10:
+                stats.errors.append(str(err))
+
+    if isinstance(bootstrap, Producer):
+        producer = bootstrap
+        per_record: dict[str, Any] = {"on_delivery": on_delivery}
+    else:
+        # Delivery reports only for failures: no Python callback per delivered record.
+        producer = make_producer(bootstrap, {"on_delivery": on_delivery,
+                                             "delivery.report.only.error": True,
+                                             **(config or {})})
+        per_record = {}
+    send = producer.produce
+    poll = producer.poll
+    limiter = RateLimiter(rate / flows_per_record) if rate else None
+    cycle = itertools.cycle(parts) if parts is not None else None
+    it = iter(records_iter)
+    t0 = time.monotonic()
+    seq = 0
+    done = False
+    while not done:
+        allowed = limiter.allowance() if limiter else 10_000
+        sent = 0
+        nbytes = 0
+        for rec in itertools.islice(it, allowed):
+            if cycle is not None:
+                per_record["partition"] = next(cycle)
+            if keyed:
+                per_record["key"] = seq.to_bytes(8, "big")
+            while True:
+                try:
+                    send(topic, rec, **per_record)
+                    break
+                except BufferError:  # local queue full: serve delivery reports, retry
+                    poll(0.05)
+            seq += 1
+            sent += 1
+            nbytes += len(rec)
+        stats.records += sent
+        stats.payload_bytes += nbytes
+        if limiter:
+            limiter.consumed(sent)
+        poll(0)
+        done = sent < allowed
+    remaining = producer.flush(flush_timeout)
+    stats.seconds = time.monotonic() - t0
+    if remaining:
+        stats.failed += remaining
+        stats.errors.append(f"{remaining} records still queued after {flush_timeout}s flush")
+    stats.delivered = stats.records - stats.failed
+    if stats.failed:
+        raise ProduceError(
+            f"{stats.failed} of {stats.records} records not delivered: {stats.errors[:3]}")
+    return stats
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m loadtest.producer",
+        description="Produce generated GoFlow2 flows to Kafka and print a JSON summary.")
+    ap.add_argument("--bootstrap", required=True, help="host:port[,host:port]")
+    ap.add_argument("--topic", default="flows")
+    ap.add_argument("--count", type=int, required=True, help="flows to produce")
+    ap.add_argument("--start", type=int, default=0, help="first flow number")
+    ap.add_argument("--rate", type=float, default=None, help="flows/s (default: max)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--run-id", type=int, default=0)
+    ap.add_argument("--unique", action="store_true", help="encode flow ids (chaos harness)")
+    ap.add_argument("--exporters", type=int, default=4)
+    ap.add_argument("--interfaces", type=int, default=8)
+    ap.add_argument("--ipv6-share", type=float, default=0.2)
+    ap.add_argument("--flows-per-record", type=int, default=1)
+    ap.add_argument("--partitions", type=int, default=None,
+                    help="round-robin over partitions 0..N-1 (default: librdkafka)")
+    ap.add_argument("--keyed", action="store_true")
+    ap.add_argument("--compression", default="none", choices=["none", "lz4", "zstd", "snappy",
+                                                              "gzip"])
+    ap.add_argument("--fixed-time", type=int, default=None, metavar="START_NS",
+                    help="deterministic time_received_ns = START_NS + k * step")
+    ap.add_argument("--time-step-ns", type=int, default=1000)
+    ap.add_argument("-X", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra librdkafka producer setting")
+    args = ap.parse_args(argv)
+
+    encode_chunk = 4096
+    if args.rate:  # "now" timestamps are taken per encoded chunk: keep chunks ~100 ms
+        encode_chunk = max(16, min(4096, int(args.rate / 10)))
+    cfg = GeneratorConfig(
+        seed=args.seed, run_id=args.run_id, unique=args.unique, exporters=args.exporters,
+        interfaces_per_exporter=args.interfaces, ipv6_share=args.ipv6_share,
+        flows_per_record=args.flows_per_record, encode_chunk=encode_chunk,
+        time_mode="fixed" if args.fixed_time is not None else "now",
+        start_ns=args.fixed_time or 0, step_ns=args.time_step_ns)
+    gen = FlowGenerator(cfg)
+    extra: dict[str, Any] = {"compression.type": args.compression}
+    for kv in args.X:
+        k, _, v = kv.partition("=")
+        extra[k] = v
+    try:
+        stats = produce(args.bootstrap, args.topic, gen.records(args.count, args.start),
+                        rate=args.rate, partitions=args.partitions, keyed=args.keyed,
+                        flows_per_record=args.flows_per_record, config=extra)
+        ok = True
+    except (ProduceError, KafkaException) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        stats = None
+        ok = False
+    tot = gen.totals()
+    summary: dict[str, Any] = {
+        "ok": ok, "count": tot.flows, "records": tot.records, "bytes_sum": tot.bytes_sum,
+        "packets_sum": tot.packets_sum, "start": args.start, "seed": args.seed,
+        "run_id": args.run_id, "unique": args.unique, "topic": args.topic,
+    }
+    if stats is not None:
+        summary.update(seconds=round(stats.seconds, 3),
+                       flows_per_s=round(tot.flows / stats.seconds, 1) if stats.seconds else 0,
+                       payload_bytes=stats.payload_bytes)
+        summary["stats"] = {k: v for k, v in asdict(stats).items() if k != "errors"}
+    print(json.dumps(summary))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""Batches, their Kafka offset ranges and deduplication tokens.
+
+A batch is identified by the Kafka offsets it covers, never by a counter: the
+deduplication token sent with every insert is derived from those ranges, so the
+same offsets always give the same token, across retries and across restarts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Ranges = dict[int, tuple[int, int]]  # partition -> (first offset, last offset), inclusive
+
+
+def make_token(topic: str, ranges: Ranges) -> str:
+    """The `insert_deduplication_token` for a batch: topic, then partition:first-last."""
+    parts = [f"{p}:{first}-{last}" for p, (first, last) in sorted(ranges.items())]
+    return f"{topic}/" + ",".join(parts)
+
+
+@dataclass
+class BatchBuilder:
+    """Records accumulated for one batch, in arrival order."""
+
+    records: list[bytes] = field(default_factory=list)
+    ranges: Ranges = field(default_factory=dict)
+    started_at: float = 0.0
+
+    def add(self, partition: int, offset: int, value: bytes) -> None:
+        self.records.append(value)
+        current = self.ranges.get(partition)
+        if current is None:
+            self.ranges[partition] = (offset, offset)
+        else:
+            self.ranges[partition] = (current[0], offset)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+@dataclass(frozen=True)
+class SealedBatch:
+    """A batch whose offset ranges are fixed and recorded in the ledger."""
+
+    seq: int
+    topic: str
+    ranges: Ranges
+    records: tuple[bytes, ...]
+    reason: str
+
+    @property
+    def token(self) -> str:
+        return make_token(self.topic, self.ranges)
+
+
+@dataclass(frozen=True)
+class EncodedJob:
+    """What every destination receives: the same encoded bytes, once."""
+
+    seq: int
+    token: str
+    native: bytes
+    rows: int
+    ranges: Ranges
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.native)
+
+
+@dataclass
+class RebuildPlan:
+    """A batch recorded in the ledger before a crash, to be rebuilt exactly."""
+
+    ranges: Ranges
+    seq: int = 0
+    builder: BatchBuilder = field(default_factory=BatchBuilder)
+    reached: set[int] = field(default_factory=set)
+
+    def covers(self, partition: int, offset: int) -> bool:
+        rng = self.ranges.get(partition)
+        return rng is not None and rng[0] <= offset <= rng[1]
+
+    def note(self, partition: int, offset: int) -> None:
+        rng = self.ranges.get(partition)
+        if rng is not None and offset >= rng[1]:
+            self.reached.add(partition)
+
+    def complete(self, assigned: set[int] | None) -> bool:
+        wanted = set(self.ranges) if assigned is None else set(self.ranges) & assigned
+        return wanted <= self.reached

@@ -1,0 +1,91 @@
+"""`outlet` command line: run, check-config, schema apply, --version."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+from outlet.config import ConfigError, OutletConfig, dump_redacted, load_config
+
+log = logging.getLogger("outlet")
+
+
+def _version() -> str:
+    try:
+        return version("flow-outlet")
+    except PackageNotFoundError:  # running from a source tree without install
+        return "0+unknown"
+
+
+def _load(path: str) -> OutletConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"outlet: invalid configuration {path}:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as exc:
+        print(f"outlet: cannot read configuration {path}: {exc.strerror}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
+    from outlet.logs import setup_logging
+    from outlet.pipeline import Outlet
+
+    cfg = _load(args.config)
+    setup_logging(cfg.log_level, cfg.log_format)
+    names = ", ".join(d.name for d in cfg.destinations())
+    log.info("outlet %s starting: topic %s, destinations: %s", _version(), cfg.kafka.topic, names)
+    trio.run(Outlet(cfg).run)
+    log.info("outlet stopped cleanly")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.file)
+    sys.stdout.write(dump_redacted(cfg))
+    return 0
+
+
+def cmd_schema_apply(args: argparse.Namespace) -> int:
+    from outlet.logs import setup_logging
+    from outlet.schema_apply import apply_schema
+
+    cfg = _load(args.config)
+    setup_logging(cfg.log_level, cfg.log_format)
+    return apply_schema(cfg)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="outlet",
+        description="Kafka flows -> decode -> enrich -> batch -> several ClickHouse destinations",
+    )
+    parser.add_argument("--version", action="version", version=f"outlet {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the outlet")
+    run.add_argument("--config", "-c", required=True, help="YAML configuration file")
+    run.set_defaults(func=cmd_run)
+    check = sub.add_parser("check-config", help="validate a configuration and print it normalized")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+    schema = sub.add_parser("schema", help="manage the flows table")
+    schema_sub = schema.add_subparsers(dest="schema_command", required=True)
+    apply = schema_sub.add_parser("apply", help="create database and flows table everywhere")
+    apply.add_argument("--config", "-c", required=True)
+    apply.set_defaults(func=cmd_schema_apply)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

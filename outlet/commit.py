@@ -1,0 +1,93 @@
+"""The commit watermark: which Kafka offsets are safe to commit.
+
+A batch is *settled* when the primary has stored it and every additional destination
+has stored it or given it up. Per partition, the committable offset is one past the
+last offset of the longest prefix of settled batches, so a slow batch holds back the
+commit of later ones (they will be rebuilt identically from the ledger after a crash).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from outlet.batch import Ranges
+
+
+@dataclass
+class _Pending:
+    ranges: Ranges
+    flows: int
+    waiting: set[str]
+
+
+@dataclass
+class CommitTracker:
+    """Tracks settled batches and computes per-partition commit offsets."""
+
+    _batches: dict[int, _Pending] = field(default_factory=dict)
+    _order: dict[int, deque[tuple[int, int]]] = field(default_factory=dict)  # p -> (first, seq)
+    _committable: dict[int, int] = field(default_factory=dict)
+
+    def register(self, seq: int, ranges: Ranges, flows: int, destinations: set[str]) -> None:
+        """Register a sealed batch (again: updates its flow count only)."""
+        if seq in self._batches:
+            self._batches[seq].flows = flows
+            return
+        self._batches[seq] = _Pending(dict(ranges), flows, set(destinations))
+        for p, (first, _) in ranges.items():
+            queue = self._order.setdefault(p, deque())
+            queue.append((first, seq))
+            if len(queue) > 1 and queue[-2][0] > first:
+                # Rebuilt batches are registered first; keep the queue sorted anyway.
+                self._order[p] = deque(sorted(queue))
+
+    def settle(self, seq: int, destination: str) -> bool:
+        """Mark one destination done with a batch; True when the commit point moved."""
+        pending = self._batches.get(seq)
+        if pending is None:
+            return False
+        pending.waiting.discard(destination)
+        if pending.waiting:
+            return False
+        moved = False
+        for p in pending.ranges:
+            queue = self._order[p]
+            while queue:
+                head_seq = queue[0][1]
+                head = self._batches.get(head_seq)
+                if head is not None and head.waiting:
+                    break
+                queue.popleft()
+                if head is not None:
+                    self._committable[p] = max(
+                        self._committable.get(p, -1), head.ranges[p][1] + 1
+                    )
+                    moved = True
+        self._forget_settled()
+        return moved
+
+    def _forget_settled(self) -> None:
+        heads = {q[0][1] for q in self._order.values() if q}
+        still_queued = {seq for q in self._order.values() for _, seq in q}
+        for seq in [s for s, b in self._batches.items() if not b.waiting]:
+            if seq not in still_queued and seq not in heads:
+                del self._batches[seq]
+
+    def committable(self) -> dict[int, int]:
+        """Next offset to read, per partition, that is safe to commit."""
+        return dict(self._committable)
+
+    def forget_partitions(self, partitions: set[int]) -> None:
+        """Drop state of revoked partitions (their new owner re-reads from the commit)."""
+        for p in partitions:
+            self._order.pop(p, None)
+            self._committable.pop(p, None)
+
+    @property
+    def pending_batches(self) -> int:
+        return sum(1 for b in self._batches.values() if b.waiting)
+
+    @property
+    def pending_flows(self) -> int:
+        return sum(b.flows for b in self._batches.values() if b.waiting)

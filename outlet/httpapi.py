@@ -1,0 +1,74 @@
+"""The outlet's HTTP endpoint: /metrics (Prometheus), /healthz, /readyz.
+
+Served by hypercorn's Trio worker inside the outlet's nursery, so it lives and dies
+with the outlet (no background thread, unlike prometheus_client.start_http_server).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from outlet.pipeline import Outlet
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+def make_app(outlet: Outlet) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """A minimal ASGI app over the outlet's registry and health."""
+
+    async def respond(send: Send, status: int, body: bytes, ctype: str) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", ctype.encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        path = scope.get("path", "/")
+        if path == "/metrics":
+            await respond(send, 200, generate_latest(outlet.metrics.registry), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            await respond(send, 200, b"ok\n", "text/plain")
+        elif path == "/readyz":
+            ok, why = outlet.ready()
+            body = json.dumps({"ready": ok, "reason": why}).encode() + b"\n"
+            await respond(send, 200 if ok else 503, body, "application/json")
+        else:
+            await respond(send, 404, b"not found\n", "text/plain")
+
+    return app
+
+
+async def serve_http(outlet: Outlet) -> None:
+    """Serve until cancelled."""
+    config = HyperConfig()
+    config.bind = [outlet.cfg.http_listen]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 1.0
+    log.info("http: serving /metrics, /healthz, /readyz on %s", outlet.cfg.http_listen)
+    await serve(make_app(outlet), config, shutdown_trigger=trio.sleep_forever)  # type: ignore[arg-type]

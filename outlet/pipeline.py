@@ -1,0 +1,367 @@
+"""The outlet's run loop: Kafka -> batch -> encode once -> fan out -> commit.
+
+Tasks, all owned by one nursery:
+- KafkaInput.run sends record chunks into a bounded channel (backpressure);
+- Batcher.run seals batches (size, wait time, rebuild of ledger batches), records
+  them in the ledger, encodes each once (chDB, in a worker thread) and fans the
+  same bytes out to every destination's queue;
+- one Destination.run per destination inserts from its own queue, so a slow or
+  partitioned additional destination never blocks the primary (its queue is
+  bounded and it gives batches up instead of blocking);
+- the committer commits the settled watermark to Kafka about once a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from outlet.batch import BatchBuilder, EncodedJob, RebuildPlan, SealedBatch, make_token
+from outlet.codec import FlowCodec
+from outlet.commit import CommitTracker
+from outlet.config import OutletConfig
+from outlet.destination import Destination
+from outlet.kafka_input import Chunk, KafkaInput
+from outlet.ledger import Ledger
+from outlet.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+COMMIT_INTERVAL = 1.0
+
+
+@dataclass
+class RunState:
+    """What /readyz and the shutdown path look at."""
+
+    started: float = 0.0
+    stopping: bool = False
+
+
+class Batcher:
+    """Cuts record chunks into batches and fans each encoded batch out."""
+
+    def __init__(self, outlet: Outlet) -> None:
+        self.o = outlet
+        self.max_size = outlet.cfg.clickhouse.maximum_batch_size
+        self.max_wait = outlet.cfg.clickhouse.maximum_wait_time
+        self.current = BatchBuilder()
+        self.plans: list[RebuildPlan] = []
+        self._seq = 0
+
+    def load_plans(self, committed: dict[int, int]) -> None:
+        """Batches sealed before a crash and not committed: rebuild them exactly.
+
+        They are registered with the commit tracker now, before any new batch, so
+        the commit watermark cannot pass them while they are being rebuilt.
+        """
+        self.plans = [RebuildPlan(r) for r in self.o.ledger.pending(committed)]
+        names = {d.name for d in self.o.destinations}
+        for plan in self.plans:
+            self._seq += 1
+            plan.seq = self._seq
+            self.o.tracker.register(plan.seq, plan.ranges, 0, names)
+        if self.plans:
+            log.info("rebuilding %d batch(es) recorded before the last stop", len(self.plans))
+
+    async def run(self, recv: trio.MemoryReceiveChannel[Chunk]) -> None:
+        async with recv:
+            while True:
+                deadline = (
+                    self.current.started_at + self.max_wait if self.current else trio.inf
+                )
+                chunk: Chunk | None = None
+                with trio.move_on_at(deadline):
+                    try:
+                        chunk = await recv.receive()
+                    except trio.EndOfChannel:
+                        break
+                if chunk is None:
+                    await self._seal(self.current, "time")
+                    self.current = BatchBuilder()
+                    continue
+                await self._add_chunk(chunk)
+        await self._flush_on_shutdown()
+
+    async def _add_chunk(self, chunk: Chunk) -> None:
+        parts, offs, vals = chunk.partitions, chunk.offsets, chunk.values
+        plans = self.plans
+        for i in range(len(vals)):
+            p, off = parts[i], offs[i]
+            if plans and await self._route_to_plan(p, off, vals[i]):
+                continue
+            cur = self.current
+            if not cur.records:
+                cur.started_at = trio.current_time()
+            cur.add(p, off, vals[i])
+            if len(cur.records) >= self.max_size:
+                await self._seal(cur, "size")
+                self.current = BatchBuilder()
+
+    async def _route_to_plan(self, p: int, off: int, value: bytes) -> bool:
+        routed = False
+        for plan in self.plans:
+            if plan.covers(p, off):
+                plan.builder.add(p, off, value)
+                routed = True
+            plan.note(p, off)
+        done = [pl for pl in self.plans if pl.complete(self.o.kafka.assigned or None)]
+        for plan in done:
+            self.plans.remove(plan)
+            if plan.builder.records:
+                await self._seal(
+                    plan.builder, "rebuild", record=False, ranges=plan.ranges, seq=plan.seq
+                )
+            else:
+                for d in self.o.destinations:
+                    await self.o.settle(plan.seq, d.name)
+        return routed
+
+    async def _flush_on_shutdown(self) -> None:
+        if self.current.records:
+            await self._seal(self.current, "shutdown")
+            self.current = BatchBuilder()
+
+    async def _seal(
+        self,
+        builder: BatchBuilder,
+        reason: str,
+        record: bool = True,
+        ranges: dict[int, tuple[int, int]] | None = None,
+        seq: int | None = None,
+    ) -> None:
+        if not builder.records:
+            return
+        if seq is None:
+            self._seq += 1
+            seq = self._seq
+        batch = SealedBatch(
+            seq=seq,
+            topic=self.o.cfg.kafka.topic,
+            ranges=dict(ranges if ranges is not None else builder.ranges),
+            records=tuple(builder.records),
+            reason=reason,
+        )
+        if record:
+            await trio.to_thread.run_sync(self.o.ledger.record, batch.ranges)
+        self.o.metrics.batches_sealed.labels(reason).inc()
+        started = time.perf_counter()
+        encoded = await trio.to_thread.run_sync(self.o.codec.encode, batch.records)
+        self.o.metrics.encode_seconds.observe(time.perf_counter() - started)
+        self._count_bad(encoded.bad_records, batch.records)
+        self.o.metrics.flows_received.inc(encoded.rows)
+        self.o.metrics.batch_size.observe(encoded.rows)
+        job = EncodedJob(
+            seq=batch.seq,
+            token=make_token(batch.topic, batch.ranges),
+            native=encoded.native,
+            rows=encoded.rows,
+            ranges=batch.ranges,
+        )
+        await self.o.fan_out(job)
+
+    def _count_bad(self, bad: tuple[int, ...], records: tuple[bytes, ...]) -> None:
+        if not bad:
+            return
+        for i in bad:
+            reason = "empty" if not records[i] else "malformed"
+            self.o.metrics.decode_errors.labels(reason).inc()
+        self.o.log_bad_records(len(bad))
+
+
+class Outlet:
+    """Owns the components and their nursery."""
+
+    def __init__(self, cfg: OutletConfig, metrics: Metrics | None = None) -> None:
+        self.cfg = cfg
+        self.metrics = metrics or Metrics()
+        self.state = RunState()
+        state_dir = Path(cfg.state_path)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.ledger = Ledger(state_dir, cfg.kafka.topic, cfg.kafka.consumer_group)
+        self.codec = FlowCodec(cfg.metadata, state_dir / "codec")
+        self.tracker = CommitTracker()
+        self.destinations = [Destination(d, self.metrics, self._settle) for d in cfg.destinations()]
+        self.kafka = KafkaInput(cfg.kafka, self.metrics, on_revoke=self._revoked)
+        self.batcher = Batcher(self)
+        self._commit_wanted = trio.Event()
+        self._last_bad_log = 0.0
+        self._bad_since_log = 0
+        self._committed: dict[int, int] = {}
+        self._input_scope = trio.CancelScope()
+        for reason in ("empty", "malformed"):
+            self.metrics.decode_errors.labels(reason)
+
+    # -- fan-out and settlement -------------------------------------------------
+    async def fan_out(self, job: EncodedJob) -> None:
+        """Hand the same encoded batch to every destination's queue."""
+        names = {d.name for d in self.destinations}
+        self.tracker.register(job.seq, job.ranges, job.rows, names)
+        self._update_commit_gauges()
+        if job.rows == 0:
+            for d in self.destinations:
+                await self._settle(job, d.name, True)
+            return
+        # Additional destinations never block (they give up when full); the primary
+        # blocks when its queue is full, which is the backpressure we want.
+        for d in sorted(self.destinations, key=lambda d: d.cfg.primary):
+            await d.submit(job)
+
+    async def _settle(self, job: EncodedJob, destination: str, stored: bool) -> None:
+        await self.settle(job.seq, destination)
+
+    async def settle(self, seq: int, destination: str) -> None:
+        """A destination is done with a batch (stored it, or gave it up)."""
+        if self.tracker.settle(seq, destination):
+            self._commit_wanted.set()
+        self._update_commit_gauges()
+
+    def _update_commit_gauges(self) -> None:
+        self.metrics.commit_pending_batches.set(self.tracker.pending_batches)
+        self.metrics.commit_pending_flows.set(self.tracker.pending_flows)
+
+    def _revoked(self, partitions: set[int]) -> None:
+        self.tracker.forget_partitions(partitions)
+
+    def log_bad_records(self, count: int) -> None:
+        """Rate-limited log of skipped records (at most one line per 10 s)."""
+        self._bad_since_log += count
+        now = time.monotonic()
+        if now - self._last_bad_log >= 10:
+            log.warning(
+                "skipped %d undecodable Kafka record(s) since last report "
+                "(see outlet_decode_errors_total)",
+                self._bad_since_log,
+            )
+            self._last_bad_log = now
+            self._bad_since_log = 0
+
+    # -- commits ------------------------------------------------------------------
+    async def _committer(self) -> None:
+        while True:
+            with trio.move_on_after(COMMIT_INTERVAL):
+                await self._commit_wanted.wait()
+            self._commit_wanted = trio.Event()
+            await self.commit_now()
+            self.kafka.update_lag(self._committed)
+
+    async def commit_now(self) -> None:
+        offsets = {
+            p: off
+            for p, off in self.tracker.committable().items()
+            if self._committed.get(p) != off
+        }
+        if not offsets:
+            return
+        try:
+            await trio.to_thread.run_sync(self.kafka.commit, offsets)
+        except Exception as exc:
+            self.metrics.kafka_errors.labels("commit").inc()
+            log.warning("kafka commit failed (will retry): %s", exc)
+            return
+        self._committed.update(offsets)
+        await trio.to_thread.run_sync(self.ledger.compact, dict(self._committed))
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until SIGTERM/SIGINT or cancellation; flush and commit on the way out."""
+        from outlet.httpapi import serve_http  # local: keeps hypercorn out of unit tests
+
+        self.state.started = time.time()
+        # Rebuild plans need the committed offsets; read them before consuming.
+        committed = await trio.to_thread.run_sync(self._initial_committed)
+        self.batcher.load_plans(committed)
+        async with trio.open_nursery() as outer:
+            outer.start_soon(serve_http, self)
+            async with trio.open_nursery() as dests:
+                for d in self.destinations:
+                    dests.start_soon(d.run)
+                commit_scope = trio.CancelScope()
+                dests.start_soon(self._run_committer, commit_scope)
+                await self._run_input_and_batcher(task_status)
+                for d in self.destinations:
+                    d.close_queue()
+                with trio.move_on_after(self.cfg.clickhouse.grace_period) as grace:
+                    # Destinations drain their queues and return; wait for settlement.
+                    while self.tracker.pending_batches:
+                        await trio.sleep(0.05)
+                if grace.cancelled_caught:
+                    log.warning("grace period over with batches pending; they will be rebuilt")
+                    dests.cancel_scope.cancel()
+                await self.commit_now()
+                commit_scope.cancel()
+            outer.cancel_scope.cancel()
+        await trio.to_thread.run_sync(self._close)
+
+    async def _run_committer(self, scope: trio.CancelScope) -> None:
+        with scope:
+            await self._committer()
+
+    async def _run_input_and_batcher(self, task_status: trio.TaskStatus[None]) -> None:
+        send, recv = trio.open_memory_channel[Chunk](self.cfg.kafka.queue_size)
+        async with trio.open_nursery() as nursery:
+
+            async def consume() -> None:
+                with self._input_scope:
+                    await self.kafka.run(send)
+                await send.aclose()
+
+            async def batch() -> None:
+                await self.batcher.run(recv)
+                nursery.cancel_scope.cancel()  # stops the signal watcher
+
+            nursery.start_soon(consume)
+            nursery.start_soon(batch)
+            nursery.start_soon(self._watch_signals)
+            task_status.started()
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("received %s: stop consuming, flush, commit", signal.Signals(signum).name)
+                self.request_stop()
+                return
+
+    def request_stop(self) -> None:
+        """Stop consuming; the batch in progress is flushed and committed (like SIGTERM)."""
+        self.state.stopping = True
+        self._input_scope.cancel()
+
+    def _initial_committed(self) -> dict[int, int]:
+        from confluent_kafka import OFFSET_INVALID, Consumer, TopicPartition
+
+        from outlet.kafka_input import consumer_settings
+
+        probe = Consumer(consumer_settings(self.cfg.kafka))
+        try:
+            meta = probe.list_topics(self.cfg.kafka.topic, timeout=30)
+            topic = meta.topics.get(self.cfg.kafka.topic)
+            if topic is None or topic.error is not None:
+                return {}
+            tps = [TopicPartition(self.cfg.kafka.topic, p) for p in topic.partitions]
+            out = {}
+            for tp in probe.committed(tps, timeout=30):
+                if tp.offset != OFFSET_INVALID and tp.offset >= 0:
+                    out[tp.partition] = tp.offset
+            return out
+        finally:
+            probe.close()
+
+    def _close(self) -> None:
+        self.kafka.close()
+        self.codec.close()
+        self.ledger.close()
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready when assigned partitions and the primary's last attempt succeeded."""
+        primary = self.destinations[0]
+        if not self.kafka.ever_assigned:
+            return False, "waiting for Kafka partition assignment"
+        if not primary.healthy:
+            return False, f"primary destination failing: {primary.last_error}"
+        return True, "ok"
