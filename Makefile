@@ -8,7 +8,7 @@ SETUP_STAMP := .tools/.setup.stamp
 SETUP_INPUTS := pyproject.toml uv.lock ci/setup.sh ci/install-kafka.sh ci/install-toxiproxy.sh \
 	ci/kafka/pom.xml
 
-.PHONY: setup up down status test lint
+.PHONY: setup up down status test lint chaos chaos-all
 
 # Idempotent; the stamp makes it instant when nothing changed. A missing venv or missing
 # tools invalidate the stamp.
@@ -36,3 +36,17 @@ test: setup
 
 lint: setup
 	$(UV) run ruff check . && $(UV) run mypy outlet chaos loadtest
+
+# Chaos harness (docs/chaos.md): `make chaos SCENARIO=azure-partition [TIME_SCALE=2]`,
+# `make chaos-all`. Reuses a healthy stack in $(STACK_DIR) or starts one (and stops it after).
+SCENARIO ?=
+TIME_SCALE ?= 1
+CHAOS_ARGS ?=
+
+chaos: setup
+	@if [ -z "$(SCENARIO)" ]; then echo "usage: make chaos SCENARIO=name (see scenarios/)"; \
+	    ls scenarios | sed 's/\.yaml$$//'; exit 2; fi
+	$(UV) run chaos run $(SCENARIO) --time-scale $(TIME_SCALE) --stack-dir $(STACK_DIR) $(CHAOS_ARGS)
+
+chaos-all: setup
+	$(UV) run chaos run --all --time-scale $(TIME_SCALE) --stack-dir $(STACK_DIR) $(CHAOS_ARGS)

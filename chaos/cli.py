@@ -98,7 +98,63 @@ def build_parser() -> argparse.ArgumentParser:
     status = st_sub.add_parser("status", help="show components, PIDs, ports and health")
     common(status)
     status.set_defaults(func=_cmd_status)
+    _add_run_parser(sub)
     return parser
+
+
+def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`chaos run SCENARIO...`: the chaos harness (chaos/runner.py, docs/chaos.md)."""
+    run = sub.add_parser("run", help="run chaos scenarios and check their invariants")
+    run.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                     help="scenario names (scenarios/NAME.yaml) or paths")
+    run.add_argument("--all", action="store_true", help="run every scenarios/*.yaml")
+    run.add_argument("--time-scale", type=float, default=1.0,
+                     help="multiply timeline times and durations (default 1)")
+    run.add_argument("--stack-dir", default=".stack", help="stack directory (default .stack)")
+    run.add_argument("--keep-stack", action="store_true",
+                     help="leave a stack this command started running")
+    run.add_argument("--reports-dir", default=None, help="default reports/chaos")
+    run.add_argument("--validate", action="store_true",
+                     help="only validate the scenario files")
+    run.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from chaos.runner import REPORTS_DIR, HarnessError, run_many
+    from chaos.scenario import ScenarioError, list_scenarios, load_scenario
+
+    names = list_scenarios() if args.all else list(args.scenarios)
+    if not names:
+        print(f"no scenario given (available: {', '.join(list_scenarios())})", file=sys.stderr)
+        return 2
+    if args.time_scale <= 0:
+        print("--time-scale must be > 0", file=sys.stderr)
+        return 2
+    scenarios = []
+    bad = False
+    for name in names:
+        try:
+            scenarios.append(load_scenario(name).scaled(args.time_scale))
+        except ScenarioError as e:
+            print(e, file=sys.stderr)
+            bad = True
+    if bad:
+        return 2
+    if args.validate:
+        for sc in scenarios:
+            print(f"{sc.name}: ok ({len(sc.timeline)} timeline steps, load "
+                  f"{sc.load.duration:g}s at {sc.load.rate:g} flows/s)")
+        return 0
+    try:
+        results = run_many(scenarios, args.stack_dir, args.reports_dir or REPORTS_DIR,
+                           keep_stack=args.keep_stack)
+    except HarnessError as e:
+        print(f"chaos run: {e}", file=sys.stderr)
+        return 2
+    failed = [r.scenario for r in results if not r.passed]
+    print(f"{len(results) - len(failed)}/{len(results)} scenarios passed"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -658,13 +658,17 @@ def unique_rows_sql_filter(run_id: int | None = None, src_addr: str = "SrcAddr")
 
 def flow_id_from_message(msg: FlowMessage) -> int:
     """Same computation as :func:`flow_id_sql_expr`, from a decoded message."""
-    return (int.from_bytes(msg.src_addr[-3:], "big") << 16) | msg.src_port
+    src: bytes = bytes(msg.src_addr)
+    return (int.from_bytes(src[-3:], "big") << 16) | msg.src_port
 
 
-def flow_id_from_columns(src_addr: bytes | str, src_port: int) -> int:
-    """Same computation from a stored row (SrcAddr as 16 bytes or text)."""
-    addr = (ipaddress.IPv6Address(src_addr) if isinstance(src_addr, str | bytes)
-            else src_addr)
+def flow_id_from_columns(
+    src_addr: bytes | str | ipaddress.IPv4Address | ipaddress.IPv6Address, src_port: int
+) -> int:
+    """Same computation from a stored row: SrcAddr as 16 bytes, text, or the address
+    object a client returns (clickhouse-connect gives IPv4Address for IPv4-mapped values)."""
+    addr = ipaddress.ip_address(src_addr) if isinstance(src_addr, str) else (
+        ipaddress.IPv6Address(src_addr) if isinstance(src_addr, bytes) else src_addr)
     return ((int(addr) & 0xFFFFFF) << 16) | src_port
 
 

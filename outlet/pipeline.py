@@ -14,6 +14,7 @@ Tasks, all owned by one nursery:
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ class Batcher:
         async with recv:
             while True:
                 deadline = (
-                    self.current.started_at + self.max_wait if self.current else trio.inf
+                    self.current.started_at + self.max_wait if self.current else math.inf
                 )
                 chunk: Chunk | None = None
                 with trio.move_on_at(deadline):

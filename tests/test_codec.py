@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +19,10 @@ from typing import Any
 import pytest
 from chdb import session as chdb_session
 
+from outlet import codec as codec_module
 from outlet import schema
 from outlet.codec import (
+    CodecError,
     EncodedBatch,
     FlowCodec,
     _frame,
@@ -113,7 +116,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def env(workdir: Path) -> Iterator[tuple[FlowCodec, Any]]:
     codec = FlowCodec(METADATA, workdir)
-    verify = chdb_session.Session(str(workdir))  # type: ignore[no-untyped-call]
+    verify: Any = chdb_session.Session(str(workdir))  # type: ignore[no-untyped-call]
     verify.query(schema.create_database_sql("verify"))
     verify.query(schema.create_table_sql("verify", ttl="3650 DAY"))
     try:
@@ -175,7 +178,7 @@ def test_schema_sql(env: tuple[FlowCodec, Any]) -> None:
     # Idempotent, and the engine agrees with COLUMNS.
     verify.query(schema.create_database_sql("verify"))
     verify.query(schema.create_table_sql("verify", ttl="3650 DAY"))
-    described = verify.query("DESCRIBE TABLE verify.flows", "TSV").bytes().decode()
+    described = verify.query("DESCRIBE TABLE verify.flows", "TSVRaw").bytes().decode()
     types_ = tuple(tuple(line.split("\t")[:2]) for line in described.splitlines())
     assert types_ == schema.COLUMNS
     settings = (
@@ -457,7 +460,7 @@ def garbage_batch() -> tuple[list[bytes], set[int], list[int]]:
         (rnd.randbytes(97), False),  # random bytes
         (_frame(bytes([0xFF] * 30)), False),  # framed random content (bad tag/wire type)
         (_frame(good + b"\x4f"), False),  # wire type 7 (upb and chDB reject)
-        (_frame(good + b"\x30\x05"), False),  # bytes field as varint (only chDB rejects)
+        (_frame(good + b"\x30\x05"), False),  # bytes field as varint: wrong wire type
         (_frame(unknown), True),  # unknown fields: valid
         (_frame(good)[:1] + b"\x82" + _frame(good)[1:], False),  # broken content
         (_frame(msg(60)) + b"\x05abc", False),  # good message + truncated second frame
@@ -493,12 +496,52 @@ def test_garbage_records_are_skipped(env: tuple[FlowCodec, Any], codec: FlowCode
         assert alone == EncodedBatch(native=b"", rows=0, bad_records=(0,))
 
 
+def test_bad_records_found_by_bisection(
+    env: tuple[FlowCodec, Any], codec: FlowCodec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When upb accepts everything chDB rejects, bisection with chDB finds the records."""
+    monkeypatch.setattr(codec_module, "_upb_ok", lambda record: True)
+    records = [rec(i) for i in range(40)]
+    for i in (3, 17, 18, 39):
+        records[i] = _frame(msg(i) + b"\x4f")  # wire type 7
+    batch = codec.encode(records, now=NOW)
+    assert batch.bad_records == (3, 17, 18, 39)
+    assert [r["Bytes"] for r in stored(env, batch)] == [
+        1000 + i for i in range(40) if i not in (3, 17, 18, 39)
+    ]
+
+
+def test_engine_failure_is_not_bad_input(codec: FlowCodec, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If chDB rejects even a known-good flow, encode raises instead of dropping records."""
+    monkeypatch.setattr(FlowCodec, "_run", lambda self, data, rows, now: None)
+    with pytest.raises(CodecError):
+        codec.encode([rec(1), rec(2)], now=NOW)
+
+
 def test_deterministic(codec: FlowCodec) -> None:
     records = [rec(i, src_addr=bytes([10, 0, i % 3, i % 256]), in_if=i % 13) for i in range(500)]
-    records.insert(17, _frame(msg(1) + b"\x30\x05"))  # forces the bisection path
+    records.insert(17, _frame(msg(1) + b"\x30\x05"))  # rejected by chDB, found by upb
+    records.insert(300, _frame(msg(2) + b"\x4f"))
     first = codec.encode(records, now=NOW)
-    assert first.bad_records == (17,) and first.rows == 500
+    assert first.bad_records == (17, 300) and first.rows == 500
     assert codec.encode(records, now=NOW) == first
-    clean = [r for i, r in enumerate(records) if i != 17]
+    clean = [r for i, r in enumerate(records) if i not in (17, 300)]
     assert codec.encode(clean, now=NOW).native == first.native
     assert codec.encode([], now=NOW) == EncodedBatch(native=b"", rows=0, bad_records=())
+
+
+def test_concurrent_encode(codec: FlowCodec) -> None:
+    """encode() is called from worker threads: concurrent calls serialize on the lock."""
+    batches = [[rec(k * 100 + i) for i in range(200)] for k in range(4)]
+    expected = [codec.encode(b, now=NOW) for b in batches]
+    results: dict[int, EncodedBatch] = {}
+
+    def work(k: int) -> None:
+        results[k] = codec.encode(batches[k], now=NOW)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [results[k] for k in range(4)] == expected

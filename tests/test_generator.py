@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import collections
 import ipaddress
-import os
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -165,6 +165,8 @@ def test_unique_id_roundtrip(run_id: int, start: int) -> None:
         # as the SQL expression computes it from the stored columns
         assert flow_id_from_columns(stored_src_addr(m).packed, m.src_port) == uid
         assert flow_id_from_columns(str(stored_src_addr(m)), m.src_port) == uid
+        mapped = stored_src_addr(m).ipv4_mapped
+        assert flow_id_from_columns(mapped or stored_src_addr(m), m.src_port) == uid
         assert m.proto in (6, 17)
         addr = ipaddress.ip_address(m.src_addr)
         if addr.version == 4:
@@ -360,27 +362,25 @@ def test_rate_limiter_paces() -> None:
 
 
 @pytest.mark.stack
-@pytest.mark.skipif(not os.environ.get("LOADTEST_KAFKA_BOOTSTRAP"),
-                    reason="set LOADTEST_KAFKA_BOOTSTRAP=host:port to run against Kafka")
-def test_produce_to_kafka() -> None:
+def test_produce_to_kafka(stack: Any) -> None:
     import uuid
 
     from confluent_kafka import Consumer
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     from loadtest.producer import produce
 
-    bootstrap = os.environ["LOADTEST_KAFKA_BOOTSTRAP"]
+    bootstrap = stack.kafka.bootstrap
     topic = f"gentest-{uuid.uuid4().hex[:8]}"
-    AdminClient({"bootstrap.servers": bootstrap}).create_topics(
-        [NewTopic(topic, 2, 1)])[topic].result()
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, 2, 1)])[topic].result(timeout=30)
     gen = FlowGenerator(GeneratorConfig(seed=1, unique=True, run_id=5))
     stats = produce(bootstrap, topic, gen.records(20000), partitions=2)
     assert stats.records == stats.delivered == 20000 and stats.failed == 0
     cons = Consumer({"bootstrap.servers": bootstrap, "group.id": topic,
                      "auto.offset.reset": "earliest"})
     cons.subscribe([topic])
-    ids = set()
+    ids: set[int] = set()
     deadline = time.monotonic() + 60
     while len(ids) < 20000 and time.monotonic() < deadline:
         for msg in cons.consume(5000, timeout=1.0):

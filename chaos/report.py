@@ -1,0 +1,209 @@
+"""Chaos run reports: ``reports/chaos/<scenario>/report.json``, ``report.md``, ``timeline.png``.
+
+``report.json`` holds everything (checks, per-destination table stats, executed timeline
+with actual times, final metrics, the 1 Hz samples); ``report.md`` is the human summary
+(invariants table: expected, observed, pass/fail; key metrics); ``timeline.png`` plots the
+flows/s stored per destination (from the servers' row counts, the ground truth) and the
+consumer lag, with the fault windows shaded and labelled.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from chaos.scenario import Action, Scenario, format_duration, planned_windows
+
+if TYPE_CHECKING:
+    from chaos.runner import RunResult, Sample
+
+COLORS = {"local": "tab:blue", "azure": "tab:orange"}
+FAULT_COLORS = ["tab:red", "tab:purple", "tab:brown", "tab:olive", "tab:cyan", "tab:pink"]
+
+
+def actual_windows(result: RunResult) -> list[tuple[float, float | None, str]]:
+    """Fault windows from the executed timeline (actual times): a fault starts when its
+    action started and ends when the healing action finished; restarts that took time
+    (Kafka, ClickHouse, outlet) are windows from start to end."""
+    starts = ("disable_proxy", "add_toxic", "kill_outlet", "stop_outlet")
+    instant = ("restart_clickhouse", "restart_kafka", "restart_outlet")
+    acts = [Action(e.started if e.action in starts else e.ended, e.action, dict(e.params),
+                   e.label, "") for e in result.events if e.action not in instant]
+    end = result.info.get("load_end_s") or (result.samples[-1].t if result.samples else 0)
+    out: list[tuple[float, float | None, str]] = []
+    for a, b, label in planned_windows(acts):
+        out.append((a, (end if b == float("inf") else b), label))
+    for e in result.events:
+        if e.action in instant:
+            out.append((e.started, e.ended if e.ended - e.started > 0.5 else None, e.label))
+    return sorted(out, key=lambda w: w[0])
+
+
+def _rates(samples: list[Sample], dest: str) -> tuple[list[float], list[float]]:
+    ts, rs = [], []
+    for s0, s1 in itertools.pairwise(samples):
+        r0, r1 = s0.rows.get(dest), s1.rows.get(dest)
+        if r0 is None or r1 is None or s1.t <= s0.t:
+            continue
+        ts.append((s0.t + s1.t) / 2)
+        rs.append(max(0.0, (r1 - r0) / (s1.t - s0.t)))
+    return ts, rs
+
+
+def plot_timeline(result: RunResult, sc: Scenario, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = result.samples
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 7), sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 2]})
+    verdict = "PASS" if result.passed else "FAIL"
+    fig.suptitle(f"chaos scenario {sc.name}: {verdict}  (load {sc.load.rate:g} flows/s, "
+                 f"time scale {sc.time_scale:g})", fontsize=13,
+                 color="tab:green" if result.passed else "tab:red")
+    windows = actual_windows(result)
+    for ax in (ax1, ax2):
+        for i, (a, b, _label) in enumerate(windows):
+            color = FAULT_COLORS[i % len(FAULT_COLORS)]
+            if b is None:
+                ax.axvline(a, color=color, linestyle="--", linewidth=1.5)
+            else:
+                ax.axvspan(a, b, color=color, alpha=0.12)
+    # Rates stored per destination.
+    for d in sc.outlet.destinations:
+        ts, rs = _rates(samples, d)
+        role = "primary" if d == sc.outlet.destinations[0] else "additional"
+        ax1.plot(ts, rs, label=f"{d} ({role}) stored flows/s", color=COLORS.get(d),
+                 linewidth=1.8)
+    ts = [s.t for s in samples]
+    ax1.step(ts, [s.rate for s in samples], where="post", color="gray", linestyle=":",
+             label="offered load flows/s")
+    ax1.set_ylabel("flows/s stored")
+    ax1.grid(alpha=0.3)
+    ax1.legend(loc="upper right", fontsize=9)
+    ymax = ax1.get_ylim()[1]
+    for i, (a, b, label) in enumerate(windows):
+        color = FAULT_COLORS[i % len(FAULT_COLORS)]
+        y = ymax * (0.97 - 0.08 * (i % 4))
+        ax1.text(a, y, " " + label[:48], color=color, fontsize=8, va="top",
+                 ha="left", clip_on=True)
+    # Lag.
+    lag_t = [s.t for s in samples if s.lag is not None]
+    lag_v = [s.lag for s in samples if s.lag is not None]
+    ax2.plot(lag_t, lag_v, ".-", color="tab:red", label="consumer lag (outlet metric, msgs)",
+             linewidth=1.2, markersize=3)
+    primary = sc.outlet.destinations[0]
+    backlog = [(s.t, max(0, s.produced - (s.rows.get(primary) or 0))) for s in samples
+               if s.rows.get(primary) is not None]
+    if backlog:
+        ax2.plot([b[0] for b in backlog], [b[1] for b in backlog], color="tab:blue",
+                 alpha=0.6, label=f"end-to-end backlog on {primary} (produced - stored)")
+    down = [s.t for s in samples if not s.outlet_up]
+    if down:
+        ax2.plot(down, [0] * len(down), "x", color="black", label="outlet down (no metrics)")
+    ax2.set_ylabel("messages / flows behind")
+    ax2.set_xlabel("seconds since load start")
+    ax2.grid(alpha=0.3)
+    ax2.legend(loc="upper right", fontsize=9)
+    load_end = result.info.get("load_end_s")
+    if load_end:
+        for ax in (ax1, ax2):
+            ax.axvline(load_end, color="gray", linewidth=1)
+        ax2.text(load_end, ax2.get_ylim()[1] * 0.95, " load stops", fontsize=8, color="gray",
+                 va="top")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(result: RunResult, sc: Scenario) -> str:
+    info = result.info
+    lines = [
+        f"# Chaos scenario `{sc.name}`: {'PASS' if result.passed else 'FAIL'}",
+        "",
+    ]
+    if sc.description:
+        lines += [sc.description, ""]
+    lines += [
+        f"- load: {sc.load.rate:g} flows/s for {format_duration(sc.load.duration)} "
+        f"(time scale {sc.time_scale:g}); produced {info.get('produced', '?')} unique flows",
+        f"- topic `{info.get('topic')}`, consumer group `{info.get('consumer_group')}`, "
+        f"run id {info.get('run_id')}",
+        f"- wall time {info.get('wall_s')} s; quiet {info.get('quiesce_s', '?')} s after "
+        "the load stopped",
+        f"- outlet log: `{info.get('outlet_log')}`",
+    ]
+    if info.get("healed_at_end"):
+        lines.append(f"- still faulty when the load ended, healed by the runner: "
+                     f"{', '.join(info['healed_at_end'])}")
+    if result.error:
+        lines += ["", "**Harness error** (the run could not be completed):", "", "```",
+                  result.error.strip()[-4000:], "```"]
+    lines += ["", "## Invariants", "", "| invariant | expected | observed | result |",
+              "|---|---|---|---|"]
+    for c in result.checks:
+        lines.append(f"| {_md_escape(c.name)} | {_md_escape(c.expected)} | "
+                     f"{_md_escape(c.observed)} | {'pass' if c.passed else '**FAIL**'} |")
+    lines += ["", "## Destinations", "",
+              "| destination | rows | distinct flows | duplicates | missing | reported lost "
+              "(retries_exceeded) | flows written (metric) |", "|---|---|---|---|---|---|---|"]
+    from chaos.runner import metric_value
+
+    for d, t in result.destinations.items():
+        label = sc.metric_destination(d)
+        lost = metric_value(result.metrics, "outlet_destination_retries_exceeded_flows_total",
+                            destination=label)
+        written = metric_value(result.metrics, "outlet_destination_flows_written_total",
+                               destination=label)
+        lines.append(f"| {d} ({label}) | {t['rows']} | {t['distinct_flows']} | "
+                     f"{t['duplicates']} | {t['missing']} | {lost:g} | {written:g} |")
+    lines += ["", "## Key metrics (summed over outlet restarts)", ""]
+    key = [k for k in sorted(result.metrics)
+           if k.partition("{")[0] in KEY_METRICS and result.metrics[k] != 0]
+    if key:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| `{_md_escape(k)}` | {result.metrics[k]:g} |" for k in key]
+    else:
+        lines.append("(none)")
+    lines += ["", "## Timeline (actual times)", "", "| planned | started | took | action | ok |",
+              "|---|---|---|---|---|"]
+    for e in result.events:
+        lines.append(f"| {e.at:.1f}s | {e.started:.1f}s | {e.ended - e.started:.1f}s | "
+                     f"{_md_escape(e.label)} | {'yes' if e.ok else _md_escape(e.error)} |")
+    lines += ["", "![timeline](timeline.png)", ""]
+    return "\n".join(lines)
+
+
+KEY_METRICS = {
+    "outlet_destination_flows_written_total",
+    "outlet_destination_batches_written_total",
+    "outlet_destination_retries_exceeded_flows_total",
+    "outlet_destination_retries_exceeded_batches_total",
+    "outlet_destination_insert_errors_total",
+    "outlet_destination_retries_total",
+    "outlet_kafka_errors_total",
+    "outlet_decode_errors_total",
+    "outlet_flows_received_total",
+}
+
+
+def write_report(result: RunResult, sc: Scenario) -> Path:
+    out = result.report_dir
+    out.mkdir(parents=True, exist_ok=True)
+    data: dict[str, Any] = result.to_json()
+    data["report_dir"] = str(out)
+    (out / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    try:
+        plot_timeline(result, sc, out / "timeline.png")
+    except Exception as e:  # a plotting problem must not hide the verdict
+        result.info["plot_error"] = f"{type(e).__name__}: {e}"
+    (out / "report.md").write_text(render_markdown(result, sc))
+    return out

@@ -1,0 +1,834 @@
+"""Play a chaos scenario against the native stack and check its invariants.
+
+One run (:func:`run_scenario`):
+
+1. bring the stack up, or reuse a healthy one; ``POST /reset`` on Toxiproxy;
+2. apply the schema (direct URLs) and empty the flows tables on both servers;
+3. create a fresh topic ``chaos-<scenario>-<timestamp>`` (the stack's partition count)
+   and use a fresh consumer group, so runs never see each other's data or offsets;
+4. start the outlet (dual-write, every connection through Toxiproxy) and wait for
+   ``/readyz``;
+5. produce unique flows (``loadtest.generator`` unique mode, run id in the flow id) at the
+   scenario's rate in a background thread, sample rows/metrics once a second in another,
+   and play the timeline in the main thread;
+6. stop the load, heal everything (Toxiproxy reset, outlet started if needed), wait until
+   quiet: row counts stable on both servers and the consumer group's committed offsets
+   at the high watermarks;
+7. check the invariants, stop the outlet with SIGTERM, delete the topic, write
+   ``reports/chaos/<scenario>/`` (see ``chaos/report.py``).
+
+Row counts and flow ids are always read through the servers' direct URLs, never through
+Toxiproxy, so the faults cannot distort the verification.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import itertools
+import json
+import logging
+import shutil
+import threading
+import time
+import traceback
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chaos import stack as stk
+from chaos.outlet_proc import OutletProcess, apply_schema, free_port, outlet_config
+from chaos.scenario import (
+    Action,
+    MetricSelector,
+    Scenario,
+    format_duration,
+    merge_overrides,
+    planned_windows,
+)
+from chaos.stack import ClickHouseEndpoints, Endpoints
+
+log = logging.getLogger("chaos.runner")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+REPORTS_DIR = PROJECT_ROOT / "reports" / "chaos"
+SAMPLE_INTERVAL = 1.0
+QUIET_SECONDS = 4.0
+
+
+class HarnessError(RuntimeError):
+    """The run could not be carried out (not an invariant violation)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Small clients
+# ---------------------------------------------------------------------------------------
+
+
+def ch_query(ch: ClickHouseEndpoints, sql: str, timeout: float = 10.0) -> str:
+    """Run one query over the direct HTTP URL; returns the TSV body."""
+    auth = base64.b64encode(f"{ch.username}:{ch.password}".encode()).decode()
+    req = urllib.request.Request(
+        ch.url + "/", data=sql.encode(), method="POST",
+        headers={"Authorization": f"Basic {auth}"},
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return str(r.read().decode())
+
+
+def count_rows(ch: ClickHouseEndpoints) -> int | None:
+    try:
+        return int(ch_query(ch, "SELECT count() FROM flows.flows", timeout=5).strip())
+    except Exception:
+        return None
+
+
+def metric_value(metrics: dict[str, float], sel: MetricSelector | str,
+                 **labels: str) -> float:
+    """Sum of samples of ``sel`` whose labels include the selector's (and ``labels``)."""
+    if isinstance(sel, str):
+        sel = MetricSelector(sel)
+    want = [f'{k}="{v}"' for k, v in (*sel.labels, *labels.items())]
+    total = 0.0
+    for key, value in metrics.items():
+        base, _, rest = key.partition("{")
+        if base == sel.name and all(w in rest for w in want):
+            total += value
+    return total
+
+
+class Outlet:
+    """An :class:`OutletProcess` whose counters survive restarts: before each stop or
+    kill the metrics are scraped and the counters (``*_total``) carried over, so totals
+    over the run are the sums over the outlet's incarnations."""
+
+    def __init__(self, proc: OutletProcess) -> None:
+        self.proc = proc
+        self.carry: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+        self.exit_codes: list[int] = []
+        self._lock = threading.Lock()
+
+    def scrape(self) -> dict[str, float] | None:
+        if not self.proc.alive():
+            return None
+        try:
+            m = self.proc.metrics()
+        except Exception:
+            return None
+        with self._lock:
+            self.last = m
+        return m
+
+    def _retire(self) -> None:
+        self.scrape()
+        with self._lock:
+            for k, v in self.last.items():
+                if k.partition("{")[0].endswith("_total"):
+                    self.carry[k] = self.carry.get(k, 0.0) + v
+            self.last = {}
+
+    def totals(self) -> dict[str, float]:
+        """Counters summed over incarnations; gauges from the current one."""
+        with self._lock:
+            out = dict(self.last)
+            for k, v in self.carry.items():
+                out[k] = out.get(k, 0.0) + v
+            return out
+
+    def start(self) -> None:
+        self.proc.start(wait_ready=True, timeout=60)
+
+    def wait_ready(self, timeout: float = 60) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.proc.alive():
+                return False
+            try:
+                with urllib.request.urlopen(self.proc.http + "/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        return True
+            except Exception:
+                pass
+            time.sleep(0.2)
+        return False
+
+    def kill(self) -> None:
+        self._retire()
+        self.proc.kill()
+        self.exit_codes.append(-9)
+
+    def stop(self) -> int:
+        self._retire()
+        rc = self.proc.stop(timeout=90)
+        self.exit_codes.append(rc)
+        return rc
+
+
+# ---------------------------------------------------------------------------------------
+# Load
+# ---------------------------------------------------------------------------------------
+
+
+class LoadThread(threading.Thread):
+    """Produces unique flows 0..N-1 of ``run_id`` at a changeable rate until ``end``."""
+
+    def __init__(self, bootstrap: str, topic: str, rate: float, duration: float, run_id: int,
+                 seed: int, flows_per_record: int) -> None:
+        super().__init__(name="chaos-load", daemon=True)
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.rate = rate
+        self.duration = duration
+        self.run_id = run_id
+        self.seed = seed
+        self.fpr = flows_per_record
+        self.produced = 0  # flows handed to librdkafka
+        self.failed = 0  # records whose delivery failed
+        self.errors: list[str] = []
+        self.bytes_sum = 0
+        self.t_start = 0.0
+        self.t_end = 0.0
+        self.stop_event = threading.Event()
+        self.exception: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:  # reported by the runner
+            self.exception = e
+            self.errors.append(f"{type(e).__name__}: {e}")
+
+    def _run(self) -> None:
+        from loadtest.generator import FlowGenerator, GeneratorConfig
+        from loadtest.producer import RateLimiter, make_producer
+
+        chunk = max(16, min(4096, int(max(self.rate, 160) / 10)))
+        gen = FlowGenerator(GeneratorConfig(
+            seed=self.seed, run_id=self.run_id, unique=True, flows_per_record=self.fpr,
+            encode_chunk=chunk, time_mode="now"))
+
+        def on_delivery(err: Any, msg: Any) -> None:
+            if err is not None:
+                self.failed += 1
+                if len(self.errors) < 5:
+                    self.errors.append(str(err))
+
+        producer = make_producer(self.bootstrap, {"on_delivery": on_delivery,
+                                                  "delivery.report.only.error": True})
+        it = gen.records(1 << 31)
+        limiter: RateLimiter | None = None
+        limiter_rate = -1.0
+        self.t_start = time.monotonic()
+        end = self.t_start + self.duration
+        while not self.stop_event.is_set() and time.monotonic() < end:
+            rate = self.rate
+            if rate <= 0:
+                producer.poll(0.05)
+                limiter = None
+                continue
+            if limiter is None or rate != limiter_rate:
+                limiter, limiter_rate = RateLimiter(rate / self.fpr), rate
+            allowed = limiter.allowance()
+            if time.monotonic() >= end:
+                break
+            sent = 0
+            for rec in itertools.islice(it, allowed):
+                while True:
+                    try:
+                        producer.produce(self.topic, rec)
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+                sent += 1
+            limiter.consumed(sent)
+            self.produced = gen.totals().flows
+            producer.poll(0)
+        self.t_end = time.monotonic()
+        remaining = producer.flush(120)
+        if remaining:
+            self.failed += remaining
+            self.errors.append(f"{remaining} records still queued after 120 s")
+        tot = gen.totals()
+        self.produced = tot.flows
+        self.bytes_sum = tot.bytes_sum
+
+
+# ---------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    t: float  # seconds since the load started
+    produced: int
+    rate: float  # target load rate at that time
+    rows: dict[str, int | None]
+    written: dict[str, float | None]  # outlet_destination_flows_written_total (over restarts)
+    lost: dict[str, float | None]  # retries_exceeded flows (over restarts)
+    lag: float | None  # outlet_kafka_consumergroup_lag_messages, summed
+    pending: float | None  # outlet_commit_pending_flows
+    paused: float | None
+    outlet_up: bool
+
+
+class Sampler(threading.Thread):
+    def __init__(self, run: Run) -> None:
+        super().__init__(name="chaos-sampler", daemon=True)
+        self.run_ = run
+        self.samples: list[Sample] = []
+        self.stop_event = threading.Event()
+
+    def sample(self) -> Sample:
+        r = self.run_
+        m = r.outlet.scrape()
+        tot = r.outlet.totals() if m is not None else None
+        rows = {d: count_rows(r.ep.clickhouse[d]) for d in r.sc.outlet.destinations}
+
+        def per_dest(name: str) -> dict[str, float | None]:
+            return {d: (metric_value(tot, name, destination=r.sc.metric_destination(d))
+                        if tot is not None else None) for d in r.sc.outlet.destinations}
+
+        return Sample(
+            t=round(time.monotonic() - r.t0, 3),
+            produced=r.load.produced if r.load else 0,
+            rate=r.load.rate if r.load and r.load.is_alive() else 0.0,
+            rows=rows,
+            written=per_dest("outlet_destination_flows_written_total"),
+            lost=per_dest("outlet_destination_retries_exceeded_flows_total"),
+            lag=metric_value(m, "outlet_kafka_consumergroup_lag_messages") if m else None,
+            pending=metric_value(m, "outlet_commit_pending_flows") if m else None,
+            paused=metric_value(m, "outlet_kafka_paused") if m else None,
+            outlet_up=m is not None,
+        )
+
+    def run(self) -> None:
+        nxt = time.monotonic()
+        while not self.stop_event.is_set():
+            try:
+                self.samples.append(self.sample())
+            except Exception as e:  # never let sampling kill the run
+                log.warning("sampling failed: %s", e)
+            nxt += SAMPLE_INTERVAL
+            self.stop_event.wait(max(0.0, nxt - time.monotonic()))
+
+
+# ---------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    name: str
+    expected: str
+    observed: str
+    passed: bool
+    detail: str = ""
+
+
+@dataclass
+class Event:
+    at: float  # planned (scaled) time
+    started: float  # actual start, seconds since load start
+    ended: float
+    action: str
+    label: str
+    params: dict[str, Any]
+    ok: bool
+    error: str = ""
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    passed: bool
+    checks: list[Check]
+    events: list[Event]
+    samples: list[Sample]
+    info: dict[str, Any]
+    destinations: dict[str, dict[str, Any]]
+    metrics: dict[str, float]
+    report_dir: Path
+    error: str = ""
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "passed": self.passed,
+            "error": self.error,
+            "info": self.info,
+            "checks": [asdict(c) for c in self.checks],
+            "destinations": self.destinations,
+            "events": [asdict(e) for e in self.events],
+            "metrics": self.metrics,
+            "samples": [asdict(s) for s in self.samples],
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    sc: Scenario
+    ep: Endpoints
+    stack_dir: Path
+    report_dir: Path
+    outlet: Outlet
+    topic: str
+    group: str
+    run_id: int
+    t0: float = 0.0
+    load: LoadThread | None = None
+    events: list[Event] = field(default_factory=list)
+    outlet_running: bool = True
+
+    # -- timeline ---------------------------------------------------------------------------
+    def execute(self, a: Action) -> None:
+        tp = self.ep.toxiproxy.client()
+        p = a.params
+        name = a.action
+        if name == "add_toxic":
+            tp.add_toxic(a.proxy or "", p["type"], p.get("attributes") or {},
+                         stream=p.get("stream", "downstream"),
+                         toxicity=float(p.get("toxicity", 1.0)), name=p["name"])
+        elif name == "remove_toxic":
+            tp.remove_toxic(a.proxy or "", p["name"])
+        elif name == "disable_proxy":
+            tp.disable(a.proxy or "")
+        elif name == "enable_proxy":
+            tp.enable(a.proxy or "")
+        elif name == "kill_outlet":
+            self.outlet.kill()
+            self.outlet_running = False
+        elif name == "stop_outlet":
+            rc = self.outlet.stop()
+            self.outlet_running = False
+            if rc != 0:
+                raise HarnessError(f"outlet exited with {rc} on SIGTERM")
+        elif name == "start_outlet":
+            self.outlet.start()
+            self.outlet_running = True
+        elif name == "restart_outlet":
+            if p.get("graceful", True):
+                rc = self.outlet.stop()
+                if rc != 0:
+                    raise HarnessError(f"outlet exited with {rc} on SIGTERM")
+            else:
+                self.outlet.kill()
+            self.outlet_running = False
+            self.outlet.start()
+            self.outlet_running = True
+        elif name == "restart_clickhouse":
+            stk.restart_clickhouse(self.stack_dir, p["target"])
+        elif name == "restart_kafka":
+            stk.restart_kafka(self.stack_dir)
+        elif name == "set_rate":
+            if self.load is not None:
+                self.load.rate = float(p["rate"])
+        else:  # validated earlier
+            raise HarnessError(f"unknown action {name}")
+
+    def play(self, timeline: tuple[Action, ...]) -> None:
+        for a in timeline:
+            delay = self.t0 + a.at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            started = time.monotonic() - self.t0
+            ok, err = True, ""
+            try:
+                self.execute(a)
+            except Exception as e:
+                ok, err = False, f"{type(e).__name__}: {e}"
+                log.error("%s: %s failed: %s", a.path, a.action, err)
+            ended = time.monotonic() - self.t0
+            params = {k: v for k, v in a.params.items()}
+            self.events.append(Event(a.at, round(started, 3), round(ended, 3), a.action,
+                                     a.label, params, ok, err))
+            print(f"  [{started:6.1f}s] {a.action:<18} {a.describe()}"
+                  + ("" if ok else f"  FAILED: {err}"), flush=True)
+
+
+def _create_topic(ep: Endpoints, topic: str) -> None:
+    stk._ensure_topic(ep.kafka.bootstrap, topic, ep.kafka.partitions)
+
+
+def _delete_topic(ep: Endpoints, topic: str) -> None:
+    with contextlib.suppress(Exception):
+        admin = stk._admin(ep.kafka.bootstrap)
+        admin.delete_topics([topic], operation_timeout=10)[topic].result(timeout=15)
+
+
+def consumer_lag(ep: Endpoints, topic: str, group: str) -> int | None:
+    """High watermarks minus the group's committed offsets, summed (direct bootstrap)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    try:
+        c = Consumer({"bootstrap.servers": ep.kafka.bootstrap, "group.id": group,
+                      "enable.auto.commit": False, "socket.timeout.ms": 5000},
+                     logger=logging.getLogger("chaos.runner.librdkafka"))
+    except Exception:
+        return None
+    try:
+        md = c.list_topics(topic, timeout=5).topics.get(topic)
+        if md is None or md.error is not None:
+            return None
+        tps = [TopicPartition(topic, p) for p in md.partitions]
+        committed = {tp.partition: tp.offset for tp in c.committed(tps, timeout=5)}
+        lag = 0
+        for p in md.partitions:
+            _low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
+            off = committed.get(p, -1)
+            lag += high - (off if off >= 0 else 0)
+        return lag
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            c.close()
+
+
+def wait_quiet(run: Run, timeout: float, quiet: float = QUIET_SECONDS
+               ) -> tuple[bool, float, str]:
+    """Until every destination's count is stable for ``quiet`` s and the group has
+    committed everything. Returns (quiet?, seconds waited, last state)."""
+    t0 = time.monotonic()
+    last: dict[str, int | None] = {}
+    since = time.monotonic()
+    state = ""
+    while time.monotonic() - t0 < timeout:
+        rows = {d: count_rows(run.ep.clickhouse[d]) for d in run.sc.outlet.destinations}
+        if rows != last or any(v is None for v in rows.values()):
+            last, since = rows, time.monotonic()
+        lag = consumer_lag(run.ep, run.topic, run.group)
+        state = f"rows {rows}, committed lag {lag}"
+        if lag == 0 and time.monotonic() - since >= quiet:
+            return True, time.monotonic() - t0, state
+        time.sleep(0.5)
+    return False, time.monotonic() - t0, state
+
+
+def _rows_at(samples: list[Sample], dest: str, t: float) -> float | None:
+    """Row count of ``dest`` at time ``t``, linearly interpolated between samples."""
+    pts = [(s.t, s.rows.get(dest)) for s in samples if s.rows.get(dest) is not None]
+    if not pts or t < pts[0][0] or t > pts[-1][0]:
+        return None
+    for (ta, ra), (tb, rb) in itertools.pairwise(pts):
+        if ta <= t <= tb:
+            assert ra is not None and rb is not None
+            return ra if tb == ta else ra + (rb - ra) * (t - ta) / (tb - ta)
+    return float(pts[-1][1] or 0)
+
+
+def _throughput(samples: list[Sample], dest: str, window: tuple[float, float]
+                ) -> float | None:
+    a, b = _rows_at(samples, dest, window[0]), _rows_at(samples, dest, window[1])
+    if a is None or b is None:
+        return None
+    return (b - a) / (window[1] - window[0])
+
+
+def table_summary(ch: ClickHouseEndpoints, run_id: int, n: int) -> dict[str, Any]:
+    from loadtest.generator import (
+        flow_id_sql_expr,
+        flow_index_sql_expr,
+        unique_rows_sql_filter,
+    )
+
+    sql = (
+        f"SELECT count(), uniqExact({flow_id_sql_expr()}), "
+        f"countIf({flow_index_sql_expr()} >= {n}), sum(Bytes) "
+        f"FROM flows.flows WHERE {unique_rows_sql_filter(run_id)}"
+    )
+    fields = ch_query(ch, sql, timeout=60).strip().split("\t")
+    total = int(ch_query(ch, "SELECT count() FROM flows.flows", timeout=30).strip())
+    rows, distinct, out_of_range, bytes_sum = (int(x) for x in fields)
+    return {
+        "rows": rows, "distinct_flows": distinct, "duplicates": rows - distinct,
+        "unknown_flows": out_of_range, "bytes_sum": bytes_sum,
+        "foreign_rows": total - rows, "missing": n - (distinct - out_of_range),
+    }
+
+
+def check_invariants(run: Run, samples: list[Sample], n: int, bytes_sum: int,
+                     metrics: dict[str, float], tables: dict[str, dict[str, Any]]
+                     ) -> list[Check]:
+    sc = run.sc
+    checks: list[Check] = []
+    for d in sc.outlet.destinations:
+        t = tables[d]
+        if t["unknown_flows"] or t["foreign_rows"]:
+            checks.append(Check(f"{d}: only this run's flows", "0 foreign/unknown rows",
+                                f"{t['foreign_rows']} foreign, {t['unknown_flows']} unknown",
+                                False))
+    for e in sc.expect.destinations:
+        t = tables[e.destination]
+        label = sc.metric_destination(e.destination)
+        reported = int(metric_value(
+            metrics, "outlet_destination_retries_exceeded_flows_total", destination=label))
+        d = e.destination
+        if e.rows is not None:
+            if e.rows == "all":
+                want = n
+                what = f"{n} (all produced)"
+            elif e.rows == "all_minus_reported_loss":
+                want = n - reported
+                what = f"{want} ({n} produced - {reported} reported lost)"
+            else:
+                want = int(e.rows)
+                what = str(want)
+            checks.append(Check(f"{d}: rows", what, str(t["rows"]), t["rows"] == want))
+            if e.rows == "all" and e.no_duplicates:
+                checks.append(Check(f"{d}: sum(Bytes)", str(bytes_sum), str(t["bytes_sum"]),
+                                    t["bytes_sum"] == bytes_sum))
+        if e.no_duplicates:
+            checks.append(Check(f"{d}: no duplicates", "0 duplicate rows",
+                                str(t["duplicates"]), t["duplicates"] == 0))
+        if e.no_loss:
+            checks.append(Check(f"{d}: no loss", "0 missing flows", str(t["missing"]),
+                                t["missing"] == 0))
+        if e.loss_equals_metric:
+            checks.append(Check(f"{d}: loss equals metric",
+                                f"missing == retries_exceeded_flows ({reported})",
+                                f"{t['missing']} missing", t["missing"] == reported))
+        if e.loss_bounded_by_metric:
+            checks.append(Check(f"{d}: loss bounded by metric",
+                                f"missing <= retries_exceeded_flows ({reported})",
+                                f"{t['missing']} missing", t["missing"] <= reported))
+        if e.min_loss is not None:
+            checks.append(Check(f"{d}: fault took effect", f">= {e.min_loss} missing flows",
+                                f"{t['missing']} missing", t["missing"] >= e.min_loss))
+    for tp in sc.expect.throughput:
+        win = _throughput(samples, tp.destination, tp.window)
+        base = _throughput(samples, tp.destination, tp.baseline)
+        name = (f"{tp.destination}: throughput {format_duration(tp.window[0])}-"
+                f"{format_duration(tp.window[1])}")
+        expected = (f">= {tp.min_percent:g}% of baseline {format_duration(tp.baseline[0])}-"
+                    f"{format_duration(tp.baseline[1])}")
+        if win is None or base is None or base <= 0:
+            checks.append(Check(name, expected, f"no data (window {win}, baseline {base})",
+                                False))
+            continue
+        pct = 100.0 * win / base
+        checks.append(Check(name, expected,
+                            f"{pct:.1f}% ({win:.0f} vs {base:.0f} flows/s)",
+                            pct >= tp.min_percent))
+    for ma in sc.expect.metrics:
+        def val(x: MetricSelector | float) -> float:
+            return x if isinstance(x, float) else metric_value(metrics, x)
+
+        left, right = val(ma.lhs), val(ma.rhs)
+        checks.append(Check(f"metric: {ma.text}", f"{ma.lhs} {ma.op} {right:g}",
+                            f"{left:g}", ma.compare(left, right)))
+    if sc.expect.lag is not None:
+        lg = sc.expect.lag
+        end = run.load.t_end - run.t0 if run.load else sc.load.duration
+        worst, worst_t = 0.0, None
+        for s in samples:
+            if not lg.after <= s.t <= end:
+                continue
+            stored = s.rows.get(lg.destination)
+            rate = s.rate or sc.load.rate
+            if stored is None or rate <= 0:
+                continue
+            secs = max(0, s.produced - stored) / rate
+            if secs > worst:
+                worst, worst_t = secs, s.t
+        checks.append(Check(
+            f"{lg.destination}: end-to-end lag after {format_duration(lg.after)}",
+            f"<= {lg.max_seconds:g} s of load",
+            f"{worst:.1f} s" + (f" at {worst_t:.0f}s" if worst_t is not None else ""),
+            worst <= lg.max_seconds))
+    return checks
+
+
+def _stack(stack_dir: Path) -> tuple[Endpoints, bool]:
+    """Reuse a healthy stack or start one; returns (endpoints, started_here)."""
+    if stk.is_healthy(stack_dir):
+        return Endpoints.load(stack_dir), False
+    print(f"starting the stack in {stack_dir} ...", flush=True)
+    try:
+        return stk.start_stack(stack_dir), True
+    except stk.StackError as e:
+        raise HarnessError(f"stack start failed: {e}\n{e.log_tail(30)}") from None
+
+
+def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
+                 reports_dir: str | Path = REPORTS_DIR, *,
+                 progress: Callable[[str], None] = print) -> RunResult:
+    """Run one (validated, already scaled) scenario; the stack must be up."""
+    sdir = Path(stack_dir).resolve()
+    ep = Endpoints.load(sdir)
+    report_dir = Path(reports_dir) / sc.name
+    if report_dir.exists():
+        shutil.rmtree(report_dir)
+    workdir = report_dir / "outlet"
+    workdir.mkdir(parents=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    topic = f"chaos-{sc.name}-{stamp}"
+    group = f"outlet-{topic}"
+    run_id = int(time.time()) % 255 + 1
+    tp = ep.toxiproxy.client()
+    tp.reset()
+
+    # Schema on the direct URLs with the unmodified config: an outlet_overrides section
+    # that breaks a destination (wrong password) must not break the set-up.
+    schema_cfg = outlet_config(ep, state_path=str(workdir / "schema-state"), http_port=0,
+                               destinations=sc.outlet.destinations, proxied=False,
+                               topic=topic)
+    schema_path = workdir / "schema.yaml"
+    import yaml
+
+    schema_path.write_text(yaml.safe_dump(schema_cfg, sort_keys=False))
+    apply_schema(schema_path)
+    for d in sc.outlet.destinations:
+        ch_query(ep.clickhouse[d], "TRUNCATE TABLE IF EXISTS flows.flows")
+    _create_topic(ep, topic)
+
+    cfg = outlet_config(
+        ep, state_path=str(workdir / "state"), http_port=free_port(),
+        destinations=sc.outlet.destinations, consumer_group=group, topic=topic,
+        batch_size=sc.outlet.batch_size, wait_time=sc.outlet.wait_time,
+        azure_max_retries=sc.outlet.azure_max_retries)
+    cfg = merge_overrides(cfg, sc.outlet_overrides)
+    outlet = Outlet(OutletProcess(workdir, cfg))
+    run = Run(sc, ep, sdir, report_dir, outlet, topic, group, run_id)
+    info: dict[str, Any] = {
+        "topic": topic, "consumer_group": group, "run_id": run_id,
+        "time_scale": sc.time_scale, "rate": sc.load.rate,
+        "load_duration": sc.load.duration, "stack_dir": str(sdir),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "outlet_log": str(outlet.proc.log_path), "source": sc.source,
+        "description": sc.description,
+    }
+    checks: list[Check] = []
+    sampler = Sampler(run)
+    error = ""
+    n = 0
+    bytes_sum = 0
+    tables: dict[str, dict[str, Any]] = {}
+    metrics: dict[str, float] = {}
+    t_wall = time.monotonic()
+    try:
+        outlet.start()
+        if not outlet.wait_ready(60):
+            raise HarnessError(f"outlet not ready after 60 s:\n{outlet.proc.log_tail(20)}")
+        info["outlet_ready_s"] = round(time.monotonic() - t_wall, 1)
+        run.t0 = time.monotonic()
+        run.load = LoadThread(ep.kafka.bootstrap, topic, sc.load.rate, sc.load.duration,
+                              run_id, sc.load.seed, sc.load.flows_per_record)
+        run.load.start()
+        sampler.start()
+        progress(f"  load {sc.load.rate:g} flows/s for {format_duration(sc.load.duration)}, "
+                 f"topic {topic}")
+        run.play(sc.timeline)
+        run.load.join()
+        if run.load.exception is not None:
+            raise HarnessError(f"load generator failed: {run.load.errors}")
+        if run.load.failed:
+            raise HarnessError(f"{run.load.failed} records not delivered to Kafka: "
+                               f"{run.load.errors[:3]}")
+        n, bytes_sum = run.load.produced, run.load.bytes_sum
+        info["produced"] = n
+        info["load_end_s"] = round(run.load.t_end - run.t0, 1)
+        # Heal whatever the timeline left broken, then wait for the pipeline to settle.
+        leftover = [p.name for p in tp.proxies().values() if p.toxics or not p.enabled]
+        tp.reset()
+        info["healed_at_end"] = leftover
+        if not run.outlet_running:
+            outlet.start()
+            run.outlet_running = True
+        progress(f"  load done: {n} flows in {info['load_end_s']}s; waiting for quiet ...")
+        quiet, waited, state = wait_quiet(run, sc.expect.quiesce_timeout)
+        info["quiesce_s"] = round(waited, 1)
+        checks.append(Check("pipeline quiet", f"within {format_duration(sc.expect.quiesce_timeout)}"
+                            " (rows stable, all offsets committed)",
+                            f"{'quiet' if quiet else 'NOT quiet'} after {waited:.0f} s ({state})",
+                            quiet))
+        outlet.scrape()
+        metrics = outlet.totals()
+        tables = {d: table_summary(ep.clickhouse[d], run_id, n)
+                  for d in sc.outlet.destinations}
+    except Exception as e:
+        error = f"{type(e).__name__}: {e}"
+        log.debug("run failed", exc_info=True)
+        info["traceback"] = traceback.format_exc()
+    finally:
+        if run.load is not None and run.load.is_alive():
+            run.load.stop_event.set()
+            run.load.join(150)
+        sampler.stop_event.set()
+        if sampler.is_alive():
+            sampler.join(10)
+        rc = outlet.stop() if outlet.proc.alive() else None
+        with contextlib.suppress(Exception):
+            tp.reset()
+        _delete_topic(ep, topic)
+    info["wall_s"] = round(time.monotonic() - t_wall, 1)
+    samples = sampler.samples
+    if not error:
+        checks.extend(check_invariants(run, samples, n, bytes_sum, metrics, tables))
+        for ev in run.events:
+            if not ev.ok:
+                checks.append(Check(f"timeline: {ev.action} at {ev.started:.0f}s",
+                                    "action succeeds", ev.error, False))
+        if sc.expect.clean_shutdown:
+            checks.append(Check("outlet clean shutdown", "SIGTERM -> exit 0",
+                                f"exit {rc}", rc == 0))
+    if error:
+        lines = [ln.strip(" |") for ln in error.splitlines() if ln.strip(" |+-")]
+        short = lines[0][:160] + (f" ... {lines[-1][:200]}" if len(lines) > 1 else "")
+        checks.append(Check("harness", "run completes", short, False))
+    result = RunResult(
+        scenario=sc.name, passed=not error and all(c.passed for c in checks), checks=checks,
+        events=run.events, samples=samples, info=info, destinations=tables, metrics=metrics,
+        report_dir=report_dir, error=error)
+    from chaos.report import write_report
+
+    write_report(result, sc)
+    return result
+
+
+def run_many(scenarios: list[Scenario], stack_dir: str | Path = ".stack",
+             reports_dir: str | Path = REPORTS_DIR, keep_stack: bool = False
+             ) -> list[RunResult]:
+    """Bring the stack up (or reuse it), run each scenario, print a verdict per run."""
+    sdir = Path(stack_dir).resolve()
+    _ep, started = _stack(sdir)
+    results: list[RunResult] = []
+    try:
+        for sc in scenarios:
+            print(f"=== {sc.name} (time scale {sc.time_scale:g}) ===", flush=True)
+            t = time.monotonic()
+            if not stk.is_healthy(sdir):
+                print("  stack unhealthy (a restart action may have failed): restarting it",
+                      flush=True)
+                stk.stop_stack(sdir)
+                _stack(sdir)
+            res = run_scenario(sc, sdir, reports_dir)
+            results.append(res)
+            verdict = "PASS" if res.passed else "FAIL"
+            print(f"  {verdict} {sc.name} in {time.monotonic() - t:.0f} s; report "
+                  f"{res.report_dir / 'report.md'}", flush=True)
+            for c in res.failures:
+                print(f"  VIOLATION {c.name}: expected {c.expected}, observed {c.observed}",
+                      flush=True)
+    finally:
+        if started and not keep_stack:
+            stk.stop_stack(sdir)
+    return results
+
+
+def summary_json(results: list[RunResult]) -> str:
+    return json.dumps([{"scenario": r.scenario, "passed": r.passed,
+                        "wall_s": r.info.get("wall_s")} for r in results])
