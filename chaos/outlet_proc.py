@@ -47,6 +47,9 @@ def outlet_config(
     metadata: dict[str, Any] | None = None,
     networks: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    database: str = "flows",
+    additional_extra: dict[str, Any] | None = None,
+    grace_period: str = "30s",
 ) -> dict[str, Any]:
     """An outlet config dict: the first destination is the primary."""
 
@@ -54,7 +57,7 @@ def outlet_config(
         ch = ep.clickhouse[name]
         return {
             "servers": [ch.proxied_url if proxied else ch.url],
-            "database": "flows",
+            "database": database,
             "username": ch.username,
             "password": ch.password,
             "max-retries": max_retries,
@@ -75,7 +78,7 @@ def outlet_config(
         "clickhouse": {
             "maximum-batch-size": batch_size,
             "maximum-wait-time": wait_time,
-            "grace-period": "30s",
+            "grace-period": grace_period,
         },
         "http": {"listen": f"127.0.0.1:{http_port}"},
         "state": {"path": state_path},
@@ -87,6 +90,7 @@ def outlet_config(
                 "name": name,
                 "connection": connection(name, azure_max_retries),
                 "clickhouse": {"maximum-batch-size": batch_size, "maximum-wait-time": wait_time},
+                **(additional_extra or {}),
             }
             for name in others
         ]
@@ -217,6 +221,16 @@ class OutletProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def create_topic(ep: Endpoints, name: str, partitions: int | None = None) -> str:
+    """A fresh topic, so a run never sees another run's records."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": ep.kafka.bootstrap})
+    futures = admin.create_topics([NewTopic(name, partitions or ep.kafka.partitions, 1)])
+    futures[name].result(30)
+    return name
 
 
 def apply_schema(config_path: Path) -> None:

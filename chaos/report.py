@@ -9,7 +9,6 @@ consumer lag, with the fault windows shaded and labelled.
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,14 +40,20 @@ def actual_windows(result: RunResult) -> list[tuple[float, float | None, str]]:
     return sorted(out, key=lambda w: w[0])
 
 
-def _rates(samples: list[Sample], dest: str) -> tuple[list[float], list[float]]:
+def _rates(samples: list[Sample], dest: str, span: float = 3.0
+           ) -> tuple[list[float], list[float]]:
+    """Stored flows/s from the row counts, over a sliding ``span`` (batches arrive in
+    steps; a 1 s derivative would be all spikes)."""
+    pts = [(s.t, s.rows[dest]) for s in samples if s.rows.get(dest) is not None]
     ts, rs = [], []
-    for s0, s1 in itertools.pairwise(samples):
-        r0, r1 = s0.rows.get(dest), s1.rows.get(dest)
-        if r0 is None or r1 is None or s1.t <= s0.t:
-            continue
-        ts.append((s0.t + s1.t) / 2)
-        rs.append(max(0.0, (r1 - r0) / (s1.t - s0.t)))
+    j = 0
+    for i in range(1, len(pts)):
+        while pts[i][0] - pts[j][0] > span and j < i - 1:
+            j += 1
+        (t0, r0), (t1, r1) = pts[j], pts[i]
+        if t1 > t0:
+            ts.append((t0 + t1) / 2)
+            rs.append(max(0.0, (float(r1 or 0) - float(r0 or 0)) / (t1 - t0)))
     return ts, rs
 
 
@@ -66,9 +71,11 @@ def plot_timeline(result: RunResult, sc: Scenario, path: Path) -> None:
                  f"time scale {sc.time_scale:g})", fontsize=13,
                  color="tab:green" if result.passed else "tab:red")
     windows = actual_windows(result)
+    labels = list(dict.fromkeys(w[2] for w in windows))  # same label, same colour
+    colors = {lb: FAULT_COLORS[i % len(FAULT_COLORS)] for i, lb in enumerate(labels)}
     for ax in (ax1, ax2):
-        for i, (a, b, _label) in enumerate(windows):
-            color = FAULT_COLORS[i % len(FAULT_COLORS)]
+        for a, b, label in windows:
+            color = colors[label]
             if b is None:
                 ax.axvline(a, color=color, linestyle="--", linewidth=1.5)
             else:
@@ -77,19 +84,19 @@ def plot_timeline(result: RunResult, sc: Scenario, path: Path) -> None:
     for d in sc.outlet.destinations:
         ts, rs = _rates(samples, d)
         role = "primary" if d == sc.outlet.destinations[0] else "additional"
-        ax1.plot(ts, rs, label=f"{d} ({role}) stored flows/s", color=COLORS.get(d),
+        ax1.plot(ts, rs, label=f"{d} ({role}) stored flows/s (3 s avg)", color=COLORS.get(d),
                  linewidth=1.8)
     ts = [s.t for s in samples]
     ax1.step(ts, [s.rate for s in samples], where="post", color="gray", linestyle=":",
              label="offered load flows/s")
     ax1.set_ylabel("flows/s stored")
     ax1.grid(alpha=0.3)
-    ax1.legend(loc="upper right", fontsize=9)
+    ax1.legend(loc="lower left", fontsize=8, framealpha=0.9)
     ymax = ax1.get_ylim()[1]
-    for i, (a, b, label) in enumerate(windows):
-        color = FAULT_COLORS[i % len(FAULT_COLORS)]
+    for i, label in enumerate(labels):  # each label once, at its first window
+        a = next(w[0] for w in windows if w[2] == label)
         y = ymax * (0.97 - 0.08 * (i % 4))
-        ax1.text(a, y, " " + label[:48], color=color, fontsize=8, va="top",
+        ax1.text(a, y, " " + label[:48], color=colors[label], fontsize=8, va="top",
                  ha="left", clip_on=True)
     # Lag.
     lag_t = [s.t for s in samples if s.lag is not None]
@@ -108,7 +115,7 @@ def plot_timeline(result: RunResult, sc: Scenario, path: Path) -> None:
     ax2.set_ylabel("messages / flows behind")
     ax2.set_xlabel("seconds since load start")
     ax2.grid(alpha=0.3)
-    ax2.legend(loc="upper right", fontsize=9)
+    ax2.legend(loc="upper left", fontsize=8, framealpha=0.9)
     load_end = result.info.get("load_end_s")
     if load_end:
         for ax in (ax1, ax2):
@@ -177,7 +184,8 @@ def render_markdown(result: RunResult, sc: Scenario) -> str:
               "|---|---|---|---|---|"]
     for e in result.events:
         lines.append(f"| {e.at:.1f}s | {e.started:.1f}s | {e.ended - e.started:.1f}s | "
-                     f"{_md_escape(e.label)} | {'yes' if e.ok else _md_escape(e.error)} |")
+                     f"{e.action}: {_md_escape(e.label)} | "
+                f"{'yes' if e.ok else _md_escape(e.error)} |")
     lines += ["", "![timeline](timeline.png)", ""]
     return "\n".join(lines)
 

@@ -46,7 +46,6 @@ from chaos.scenario import (
     Scenario,
     format_duration,
     merge_overrides,
-    planned_windows,
 )
 from chaos.stack import ClickHouseEndpoints, Endpoints
 
@@ -560,6 +559,23 @@ def table_summary(ch: ClickHouseEndpoints, run_id: int, n: int) -> dict[str, Any
     }
 
 
+def _passwords(cfg: dict[str, Any]) -> list[str]:
+    """Every password of an outlet config (primary and additional destinations)."""
+    out = [str(cfg.get("clickhousedb", {}).get("password") or "")]
+    for extra in cfg.get("additional-clickhouses") or []:
+        out.append(str((extra.get("connection") or {}).get("password") or ""))
+    return [p for p in out if len(p) >= 4]
+
+
+def _leaked_secrets(log_path: Path, secrets: list[str]) -> list[str]:
+    """Which destination passwords appear in the log (named by position, never printed)."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return []
+    return [f"password #{i + 1}" for i, s in enumerate(secrets) if s in text]
+
+
 def check_invariants(run: Run, samples: list[Sample], n: int, bytes_sum: int,
                      metrics: dict[str, float], tables: dict[str, dict[str, Any]]
                      ) -> list[Check]:
@@ -782,6 +798,11 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
             if not ev.ok:
                 checks.append(Check(f"timeline: {ev.action} at {ev.started:.0f}s",
                                     "action succeeds", ev.error, False))
+        secrets = _passwords(cfg)
+        leaked = _leaked_secrets(outlet.proc.log_path, secrets)
+        checks.append(Check("no password in outlet log", f"none of {len(secrets)} passwords",
+                            f"{len(leaked)} found" + (f" ({', '.join(leaked)})" if leaked else ""),
+                            not leaked))
         if sc.expect.clean_shutdown:
             checks.append(Check("outlet clean shutdown", "SIGTERM -> exit 0",
                                 f"exit {rc}", rc == 0))

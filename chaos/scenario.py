@@ -120,7 +120,7 @@ def parse_duration(value: Any) -> float:
 
 def format_duration(seconds: float) -> str:
     if seconds >= 1 and abs(seconds - round(seconds)) < 1e-9:
-        return f"{int(round(seconds))}s"
+        return f"{round(seconds)}s"
     if seconds < 1:
         return f"{seconds * 1000:g}ms"
     return f"{seconds:g}s"
@@ -323,8 +323,8 @@ def planned_windows(timeline: tuple[Action, ...] | list[Action]
                 out.append((start[0], a.at, start[1]))
         elif a.action != "set_rate":
             out.append((a.at, None, a.label))
-    for start, label in open_.values():
-        out.append((start, float("inf"), label))
+    for t_open, label in open_.values():
+        out.append((t_open, float("inf"), label))
     return sorted(out, key=lambda w: w[0])
 
 
@@ -366,7 +366,7 @@ class _Parser:
     def __init__(self, source: str) -> None:
         self.source = source
         self.problems: list[str] = []
-        self._known_metrics: set[str] | None | bool = False
+        self._known_metrics: set[str] | bool | None = False
 
     def err(self, path: str, msg: str) -> None:
         self.problems.append(f"{path}: {msg}" if path else msg)
@@ -509,11 +509,11 @@ class _Parser:
             ok = False
         if name == "add_toxic":
             ok &= self._toxic(params, path)
-        if name == "restart_clickhouse" and "target" in params:
-            if params["target"] not in DESTINATIONS:
-                self.err(f"{path}.target", f"unknown target {params['target']!r} "
-                                           f"(known: {', '.join(DESTINATIONS)})")
-                ok = False
+        if (name == "restart_clickhouse" and "target" in params
+                and params["target"] not in DESTINATIONS):
+            self.err(f"{path}.target", f"unknown target {params['target']!r} "
+                                       f"(known: {', '.join(DESTINATIONS)})")
+            ok = False
         if name == "set_rate" and "rate" in params:
             ok &= self.number(params["rate"], f"{path}.rate", minimum=0) is not None
         if name == "restart_outlet" and not isinstance(params.get("graceful", True), bool):
@@ -544,7 +544,8 @@ class _Parser:
                     self.err(f"{path}.repeat.every", "must be > 0")
                     ok = False
                 elif hold is not None and hold >= e:
-                    self.err(f"{path}.for", f"must be shorter than repeat.every ({repeat['every']})")
+                    self.err(f"{path}.for",
+                             f"must be shorter than repeat.every ({repeat['every']})")
                     ok = False
         if not ok or at is None:
             return []

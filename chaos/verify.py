@@ -69,13 +69,15 @@ def wait_rows(
     return rows
 
 
-def wait_stable(ch: ClickHouseEndpoints, quiet: float = 3.0, timeout: float = 120) -> int:
+def wait_stable(
+    ch: ClickHouseEndpoints, quiet: float = 3.0, timeout: float = 120, database: str = "flows"
+) -> int:
     """Poll until the row count stops changing for `quiet` seconds."""
     deadline = time.monotonic() + timeout
     last = -1
     since = time.monotonic()
     while time.monotonic() < deadline:
-        rows = count_rows(ch)
+        rows = count_rows(ch, database)
         if rows != last:
             last, since = rows, time.monotonic()
         elif time.monotonic() - since >= quiet:

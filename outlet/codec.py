@@ -358,6 +358,7 @@ class FlowCodec:
             shm = Path("/dev/shm")
             spool_dir = shm if shm.is_dir() and os.access(shm, os.W_OK) else workdir
         self._db = f"outlet_codec_{next(_instances)}"
+        _remove_stale_spools(spool_dir)
         fd, spool = tempfile.mkstemp(
             prefix=f"outlet-codec-{os.getpid()}-", suffix=".bin", dir=spool_dir
         )
@@ -585,6 +586,15 @@ class FlowCodec:
 
 
 # --- helpers ------------------------------------------------------------------------------
+
+
+def _remove_stale_spools(spool_dir: Path) -> None:
+    """Spool files of dead processes (crash, SIGKILL) would pin tmpfs memory."""
+    for path in spool_dir.glob("outlet-codec-*-*.bin"):
+        pid = path.name.split("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def _u32(v: int) -> int:

@@ -133,7 +133,11 @@ class ClickHouseWriter:
                 f"{self.conn.database}.{schema.TABLE}",
                 column_names=schema.COLUMN_NAMES,
                 insert_block=job.native,
-                settings={"insert_deduplication_token": job.token, "insert_deduplicate": 1},
+                settings={
+                    **schema.INSERT_SETTINGS,
+                    "insert_deduplication_token": job.token,
+                    "insert_deduplicate": 1,
+                },
                 fmt="Native",
             )
         except Exception as exc:

@@ -46,3 +46,110 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stk.Endpoints]:
 def _stack_for_marked_tests(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("stack") is not None:
         request.getfixturevalue("stack")
+
+
+# --- outlet runs against the stack -------------------------------------------------------
+
+import itertools  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Any  # noqa: E402
+
+import yaml  # noqa: E402
+
+from chaos import verify  # noqa: E402
+from chaos.outlet_proc import (  # noqa: E402
+    OutletProcess,
+    apply_schema,
+    create_topic,
+    free_port,
+    outlet_config,
+)
+from loadtest.generator import FlowGenerator, GeneratorConfig  # noqa: E402
+from loadtest.producer import produce  # noqa: E402
+
+_counter = itertools.count()
+
+
+@dataclass
+class OutletRun:
+    """One isolated outlet run: its own topic, consumer group, databases and state."""
+
+    ep: stk.Endpoints
+    workdir: Path
+    topic: str
+    database: str
+    destinations: tuple[str, ...]
+    config: dict[str, Any]
+    outlets: list[OutletProcess] = field(default_factory=list)
+    produced: int = 0
+    bytes_sum: int = 0
+
+    def outlet(self, name: str = "outlet") -> OutletProcess:
+        o = OutletProcess(self.workdir, self.config, name=name)
+        self.outlets.append(o)
+        return o
+
+    def produce(self, count: int, rate: float | None = None, start: int | None = None) -> None:
+        first = self.produced if start is None else start
+        gen = FlowGenerator(GeneratorConfig(seed=7, unique=True))
+        stats = produce(self.ep.kafka.bootstrap, self.topic, gen.records(count, start=first), rate)
+        assert stats.failed == 0
+        self.produced = max(self.produced, first + count)
+        self.bytes_sum += gen.expected_bytes_sum(count, first)
+
+    def ch(self, name: str) -> stk.ClickHouseEndpoints:
+        return self.ep.clickhouse[name]
+
+    def stats(self, name: str) -> verify.TableStats:
+        return verify.table_stats(self.ch(name), self.database)
+
+    def rows(self, name: str) -> int:
+        return verify.count_rows(self.ch(name), self.database)
+
+    def wait_rows(self, name: str, expected: int, timeout: float = 120) -> int:
+        return verify.wait_rows(self.ch(name), expected, timeout, self.database)
+
+    def wait_stable(self, name: str, quiet: float = 3.0) -> int:
+        return verify.wait_stable(self.ch(name), quiet=quiet, database=self.database)
+
+
+@pytest.fixture
+def outlet_run(
+    stack: stk.Endpoints, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., OutletRun]]:
+    """Factory: `outlet_run(destinations=("local", "azure"), **outlet_config_kwargs)`."""
+    runs: list[OutletRun] = []
+    toxi = stack.toxiproxy.client()
+
+    def make(destinations: tuple[str, ...] = ("local", "azure"), **kwargs: Any) -> OutletRun:
+        n = next(_counter)
+        slug = re.sub(r"[^a-z0-9]", "_", request.node.name.lower())[:40]
+        topic = create_topic(stack, f"t{int(time.time())}_{n}_{slug}")
+        database = f"db_{slug}_{n}"
+        workdir = tmp_path / f"run{n}"
+        workdir.mkdir()
+        cfg = outlet_config(
+            stack,
+            state_path=str(workdir / "state"),
+            http_port=free_port(),
+            destinations=destinations,
+            topic=topic,
+            consumer_group=f"g_{topic}",
+            database=database,
+            **kwargs,
+        )
+        config_path = workdir / "schema.yaml"
+        config_path.write_text(yaml.safe_dump(cfg))
+        apply_schema(config_path)
+        run = OutletRun(stack, workdir, topic, database, destinations, cfg)
+        runs.append(run)
+        return run
+
+    yield make
+    for run in runs:
+        for o in run.outlets:
+            o.kill()
+    toxi.reset()

@@ -1,0 +1,264 @@
+"""Chaos harness: scenario validation (pure) and one real run against the stack."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from chaos.scenario import (
+    ScenarioError,
+    list_scenarios,
+    load_scenario,
+    merge_overrides,
+    parse_duration,
+    parse_scenario,
+    planned_windows,
+)
+
+MINIMAL: dict[str, Any] = {
+    "name": "t",
+    "load": {"rate": 1000, "duration": "30s"},
+    "timeline": [{"at": "10s", "action": "disable_proxy", "proxy": "azure", "for": "5s"}],
+    "expect": {"destinations": {"local": {"rows": "all", "no_duplicates": True}}},
+}
+
+
+def problems(doc: dict[str, Any]) -> list[str]:
+    with pytest.raises(ScenarioError) as ei:
+        parse_scenario(doc, "test.yaml")
+    return ei.value.problems
+
+
+def with_action(**action: Any) -> dict[str, Any]:
+    doc = json.loads(json.dumps(MINIMAL))
+    doc["timeline"] = [action]
+    return doc
+
+
+# -- durations --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("10s", 10.0), ("500ms", 0.5), ("1m30s", 90.0), ("2h", 7200.0), (3, 3.0), ("1.5s", 1.5),
+])
+def test_parse_duration(text: Any, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["10x", "", "s", "-5s", "10 parsecs", True, None, [1], -1])
+def test_parse_duration_rejects(bad: Any) -> None:
+    with pytest.raises(ValueError, match="bad duration"):
+        parse_duration(bad)
+
+
+# -- validation errors carry the key path ----------------------------------------------
+
+
+def test_minimal_is_valid_and_for_expands_to_a_pair() -> None:
+    sc = parse_scenario(MINIMAL)
+    assert [(a.at, a.action) for a in sc.timeline] == [(10.0, "disable_proxy"),
+                                                        (15.0, "enable_proxy")]
+    assert sc.timeline[0].proxy == "clickhouse-azure"
+    assert planned_windows(sc.timeline) == [(10.0, 15.0, "disable_proxy clickhouse-azure")]
+
+
+def test_unknown_action() -> None:
+    [p] = problems(with_action(at="5s", action="kil_outlet"))
+    assert p.startswith("timeline[0].action: unknown action 'kil_outlet'")
+    assert "kill_outlet" in p
+
+
+def test_bad_duration_path() -> None:
+    [p] = problems(with_action(at="5 sec", action="restart_kafka"))
+    assert p.startswith("timeline[0].at: bad duration '5 sec'")
+
+
+def test_unknown_proxy_target_destination() -> None:
+    ps = problems(with_action(at="5s", action="disable_proxy", proxy="gcp"))
+    assert any(p.startswith("timeline[0].proxy: unknown proxy 'gcp'") for p in ps)
+    ps = problems(with_action(at="5s", action="restart_clickhouse", target="gcp"))
+    assert any(p.startswith("timeline[0].target: unknown target 'gcp'") for p in ps)
+    doc = json.loads(json.dumps(MINIMAL))
+    doc["expect"] = {"destinations": {"gcp": {"rows": "all"}}}
+    ps = problems(doc)
+    assert any(p.startswith("expect.destinations.gcp: unknown destination 'gcp'") for p in ps)
+
+
+def test_toxic_validation() -> None:
+    ps = problems(with_action(at="5s", action="add_toxic", proxy="azure", type="lag"))
+    assert any(p.startswith("timeline[0].type: unknown toxic type 'lag'") for p in ps)
+    ps = problems(with_action(at="5s", action="add_toxic", proxy="azure", type="latency",
+                              attributes={"latencyy": 5}, stream="sideways", toxicity=2))
+    assert "timeline[0].attributes.latencyy: unknown attribute for latency (known: latency, " \
+           "jitter)" in ps
+    assert "timeline[0].attributes.latency: required by toxic latency" in ps
+    assert any(p.startswith("timeline[0].stream: must be upstream or downstream") for p in ps)
+    assert any(p.startswith("timeline[0].toxicity: must be <= 1") for p in ps)
+
+
+def test_missing_and_unknown_keys() -> None:
+    ps = problems(with_action(at="5s", action="add_toxic", type="latency",
+                              attributes={"latency": 1}, colour="red"))
+    assert "timeline[0].proxy: required by action add_toxic" in ps
+    assert any(p.startswith("timeline[0].colour: unknown key") for p in ps)
+    doc = json.loads(json.dumps(MINIMAL))
+    doc["lod"] = {}
+    assert any(p.startswith("lod: unknown key") for p in problems(doc))
+
+
+def test_timeline_consistency() -> None:
+    ps = problems(with_action(at="5s", action="kill_outlet"))
+    assert any("outlet is stopped at the end of the timeline" in p for p in ps)
+    ps = problems(with_action(at="5s", action="start_outlet"))
+    assert any("already running" in p for p in ps)
+    ps = problems(with_action(at="5s", action="remove_toxic", proxy="azure", name="x"))
+    assert any("no toxic 'x' on clickhouse-azure" in p for p in ps)
+
+
+def test_expectation_validation() -> None:
+    doc = json.loads(json.dumps(MINIMAL))
+    doc["expect"] = {
+        "destinations": {"local": {"rows": "most", "no_duplicates": "yes"},
+                         "azure": {"loss_equals_metric": True}},
+        "metrics": ['nonexistent_metric{destination="azure"} > 0',
+                    'retries_exceeded_flows_total{destination="gcp"} > 0',
+                    "retries_exceeded_flows_total >> 0"],
+        "throughput": [{"destination": "local", "window": ["20s", "10s"], "min_percent": 95}],
+    }
+    ps = problems(doc)
+    assert any(p.startswith("expect.destinations.local.rows: expected one of all") for p in ps)
+    assert any(p.startswith("expect.destinations.local.no_duplicates: expected true") for p in ps)
+    assert any(p.startswith("expect.metrics[0]: unknown metric 'nonexistent_metric'")
+               for p in ps)
+    assert any(p.startswith("expect.metrics[1]: unknown destination label 'gcp'") for p in ps)
+    assert any(p.startswith("expect.metrics[2]:") for p in ps)
+    assert any(p.startswith("expect.throughput[0].window: window end must be after")
+               for p in ps)
+
+
+def test_primary_never_loses() -> None:
+    doc = json.loads(json.dumps(MINIMAL))
+    doc["expect"] = {"destinations": {"local": {"rows": "all_minus_reported_loss"}}}
+    assert any("the primary never gives up" in p for p in problems(doc))
+
+
+def test_metric_short_names_resolve() -> None:
+    doc = json.loads(json.dumps(MINIMAL))
+    doc["expect"]["metrics"] = ['retries_exceeded_flows_total{destination="azure"} > 0']
+    [ma] = parse_scenario(doc).expect.metrics
+    assert str(ma.lhs) == 'outlet_destination_retries_exceeded_flows_total{destination="azure"}'
+    assert ma.compare(1, 0) and not ma.compare(0, 0)
+
+
+def test_repeat_and_time_scale() -> None:
+    doc = with_action(at="10s", action="disable_proxy", proxy="azure", label="flap",
+                      **{"for": "2s", "repeat": {"count": 3, "every": "5s"}})
+    doc["expect"]["throughput"] = [{"destination": "local", "window": ["10s", "25s"],
+                                    "baseline": ["2s", "10s"], "min_percent": 95}]
+    sc = parse_scenario(doc)
+    assert [a.at for a in sc.timeline] == [10, 12, 15, 17, 20, 22]
+    assert len(planned_windows(sc.timeline)) == 3
+    s2 = sc.scaled(2)
+    assert [a.at for a in s2.timeline] == [20, 24, 30, 34, 40, 44]
+    assert s2.load.duration == 60 and s2.load.rate == sc.load.rate
+    assert s2.expect.throughput[0].window == (20, 50)
+    assert s2.expect.throughput[0].baseline == (4, 20)
+    doc["timeline"][0]["for"] = "6s"
+    assert any("must be shorter than repeat.every" in p for p in problems(doc))
+
+
+def test_merge_overrides_by_name() -> None:
+    base = {"a": {"b": 1, "c": 2}, "additional-clickhouses": [
+        {"name": "azure", "connection": {"password": "good", "database": "flows"}}]}
+    out = merge_overrides(base, {"a": {"c": 3}, "additional-clickhouses": {
+        "azure": {"connection": {"password": "bad"}}}})
+    assert out["a"] == {"b": 1, "c": 3}
+    assert out["additional-clickhouses"][0]["connection"] == {"password": "bad",
+                                                             "database": "flows"}
+    assert base["additional-clickhouses"][0]["connection"]["password"] == "good"
+    with pytest.raises(ValueError, match="no item named 'gcp'"):
+        merge_overrides(base, {"additional-clickhouses": {"gcp": {}}})
+
+
+def test_yaml_syntax_error_is_a_scenario_error(tmp_path: Path) -> None:
+    f = tmp_path / "broken.yaml"
+    f.write_text("load: [1,\n")
+    with pytest.raises(ScenarioError, match="YAML syntax error"):
+        load_scenario(f)
+
+
+def test_shipped_scenarios_are_valid_and_short() -> None:
+    names = list_scenarios()
+    for required in ("azure-partition", "azure-latency", "azure-bandwidth", "azure-flapping",
+                     "azure-reset-mid-insert", "azure-blackhole", "azure-auth-failure",
+                     "local-outage", "both-down", "slow-local", "outlet-crash",
+                     "outlet-graceful-restart", "clickhouse-restart", "kafka-restart"):
+        assert required in names
+    for name in names:
+        sc = load_scenario(name)
+        assert sc.name == name
+        assert sc.end <= 120, f"{name} lasts {sc.end} s by default"
+
+
+# -- report rendering (no stack) --------------------------------------------------------
+
+
+def test_report_rendering(tmp_path: Path) -> None:
+    from chaos.report import write_report
+    from chaos.runner import Check, Event, RunResult, Sample
+
+    sc = load_scenario("azure-partition")
+    samples = [Sample(t=float(t), produced=2000 * t, rate=2000, rows={
+        "local": 2000 * t, "azure": 2000 * min(t, 12)}, written={"local": None, "azure": None},
+        lost={"local": 0, "azure": 0}, lag=100.0, pending=0.0, paused=0.0, outlet_up=True)
+        for t in range(0, 46)]
+    res = RunResult(
+        scenario=sc.name, passed=False,
+        checks=[Check("azure: rows", "10", "9", False), Check("local: rows", "5", "5", True)],
+        events=[Event(12, 12.0, 12.01, "disable_proxy", "azure partitioned",
+                      {"proxy": "azure"}, True),
+                Event(27, 27.0, 27.01, "enable_proxy", "azure partitioned",
+                      {"proxy": "azure"}, True)],
+        samples=samples, info={"load_end_s": 45.0, "produced": 90000},
+        destinations={"local": {"rows": 5, "distinct_flows": 5, "duplicates": 0,
+                                "missing": 0}},
+        metrics={'outlet_destination_retries_exceeded_flows_total{destination="azure",'
+                 'reason="retries_exceeded"}': 7.0},
+        report_dir=tmp_path / sc.name)
+    out = write_report(res, sc)
+    md = (out / "report.md").read_text()
+    assert "| azure: rows | 10 | 9 | **FAIL** |" in md
+    assert json.loads((out / "report.json").read_text())["checks"][0]["passed"] is False
+    assert (out / "timeline.png").stat().st_size > 10_000
+
+
+# -- one real run -----------------------------------------------------------------------
+
+E2E_TIME_SCALE = 0.6  # azure-partition: 27 s of load, ~40 s in all
+
+
+@pytest.mark.stack
+@pytest.mark.timeout(240)
+def test_azure_partition_end_to_end(stack: Any, tmp_path: Path) -> None:
+    from chaos.runner import run_scenario
+
+    sc = load_scenario("azure-partition").scaled(E2E_TIME_SCALE)
+    t0 = time.monotonic()
+    res = run_scenario(sc, stack.stack_dir, tmp_path)
+    took = time.monotonic() - t0
+    failures = [f"{c.name}: expected {c.expected}, observed {c.observed}"
+                for c in res.failures]
+    assert res.passed, "\n".join(failures) + f"\n{res.error}"
+    assert took < 90, f"took {took:.0f} s"
+    report = tmp_path / sc.name
+    assert (report / "timeline.png").exists()
+    data = json.loads((report / "report.json").read_text())
+    assert data["passed"] and data["info"]["produced"] > 0
+    assert data["destinations"]["azure"]["missing"] > 0  # the partition really bit
+    assert yaml.safe_load((report / "outlet" / "outlet.yaml").read_text())["kafka"]["topic"] \
+        == data["info"]["topic"]
