@@ -50,3 +50,28 @@ chaos: setup
 
 chaos-all: setup
 	$(UV) run chaos run --all --time-scale $(TIME_SCALE) --stack-dir $(STACK_DIR) $(CHAOS_ARGS)
+
+# Load tests (docs/loadtest.md): `make load PROFILE=steady [SCALE=2] [RATE=0.5]` replays a
+# profile (loadtest/profiles/) with Locust against the stack, the outlet in dual-write;
+# `make capacity` steps the offered rate up, shows scale-out and the dual-write overhead;
+# `make bench-overhead-load` runs the overhead part alone. Reports in reports/load|capacity/.
+PROFILE ?=
+SCALE ?= 1
+RATE ?= 1
+LOAD_ARGS ?=
+CAPACITY_ARGS ?=
+
+.PHONY: load capacity bench-overhead-load
+
+load: setup
+	@if [ -z "$(PROFILE)" ]; then echo "usage: make load PROFILE=name [SCALE=x] [RATE=y]"; \
+	    $(UV) run python -m loadtest.run --list; exit 2; fi
+	$(UV) run python -m loadtest.run $(PROFILE) --time-scale $(SCALE) --rate-scale $(RATE) \
+	    --stack-dir $(STACK_DIR) $(LOAD_ARGS)
+
+capacity: setup
+	$(UV) run python -m loadtest.capacity --stack-dir $(STACK_DIR) $(CAPACITY_ARGS)
+
+bench-overhead-load: setup
+	$(UV) run python -m loadtest.capacity --only overhead --stack-dir $(STACK_DIR) \
+	    --report-dir reports/capacity/overhead-only $(CAPACITY_ARGS)

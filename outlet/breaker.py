@@ -89,6 +89,10 @@ class CircuitBreaker:
         self._probe_out = True
         return True
 
+    def release(self) -> None:
+        """The attempt allow() granted was not made after all (nothing to send)."""
+        self._probe_out = False
+
     def record_success(self) -> None:
         self._failures = 0
         self._probe_out = False

@@ -1,9 +1,22 @@
 """One ClickHouse destination: a bounded queue of encoded batches and one writer loop.
 
 The primary and every additional destination run this same code; only their
-configuration differs (retry limit, queue size). The writer inserts batches in
-order, retries with capped exponential backoff and full jitter, and reports each
-batch as settled (stored or given up) to the commit tracker.
+configuration differs (retry limit, queue size, spool, circuit breaker). The writer
+inserts batches in order, retries with capped exponential backoff and full jitter, and
+reports each batch as settled (stored, spooled or given up) to the commit tracker.
+
+Destinations that give up (``max-retries`` > 0, i.e. the additional ones) also have:
+- a circuit breaker (outlet/breaker.py): after `failure-threshold` consecutive failed
+  attempts no attempt is made for `cool-down`, then one probe decides;
+- with ``spool.enable``, an on-disk spool (outlet/spool.py): a batch that exhausted its
+  retries, met an open circuit, a permanent error or a full queue is appended there and
+  settled (handed over, not lost). A drain task replays spooled batches, oldest first,
+  with their original deduplication tokens: one insert at a time, only while the circuit
+  lets it and the live queue is less than half full (or a writer waits for spool room).
+  With ``when-full: block`` a full spool holds the batch (and, through the full queue,
+  the fan-out and Kafka consumption) until the drain frees room: nothing the drain
+  needs waits on the writer, so this cannot deadlock.
+The primary retries forever: its circuit never opens and it has no spool.
 """
 
 from __future__ import annotations
@@ -22,8 +35,10 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from outlet import schema
 from outlet.batch import EncodedJob
+from outlet.breaker import CircuitBreaker, State
 from outlet.config import ConnectionConfig, DestinationConfig
 from outlet.metrics import Metrics
+from outlet.spool import Spool, SpooledBatch
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +51,12 @@ PERMANENT_CODES = frozenset({516, 60, 81, 16, 47, 53, 70, 27, 33, 62, 192, 194, 
 _CODE_RE = re.compile(r"Code: (\d+)")
 
 SettleCallback = Callable[[EncodedJob, str, bool], Awaitable[None]]
+
+# Why a batch could not be inserted live: given up (no spool) or spooled (spool).
+SPOOL_REASONS = ("retries_exceeded", "queue_full", "permanent_error", "circuit_open")
+# retries_exceeded flows by reason = what a destination lost; spool_full = dropped from a
+# full spool (drop-oldest).
+GIVE_UP_REASONS = (*SPOOL_REASONS, "spool_full")
 
 
 @dataclass(frozen=True)
@@ -60,7 +81,8 @@ def classify(exc: BaseException) -> InsertFailure:
     if code is not None and code in PERMANENT_CODES:
         return InsertFailure("permanent", False, code, text)
     if code is not None:
-        return InsertFailure("server", code in TRANSIENT_CODES or code not in PERMANENT_CODES, code, text)
+        retriable = code in TRANSIENT_CODES or code not in PERMANENT_CODES
+        return InsertFailure("server", retriable, code, text)
     if isinstance(exc, (OperationalError, ConnectionError, OSError)):
         return InsertFailure("connect", True, None, text)
     if isinstance(exc, DatabaseError):
@@ -164,7 +186,7 @@ class ClickHouseWriter:
 
 
 class Destination:
-    """A destination's queue and writer loop."""
+    """A destination's queue, writer loop and (additional destinations) spool drain."""
 
     def __init__(self, cfg: DestinationConfig, metrics: Metrics, settle: SettleCallback) -> None:
         self.cfg = cfg
@@ -178,25 +200,61 @@ class Destination:
         self._secret = cfg.connection.password.reveal()
         for kind in ("connect", "timeout", "auth", "permanent", "server", "other"):
             metrics.dest_errors.labels(self.name, kind)
-        for reason in ("retries_exceeded", "queue_full", "permanent_error"):
+        for reason in GIVE_UP_REASONS:
             metrics.dest_retries_exceeded_flows.labels(self.name, reason)
             metrics.dest_retries_exceeded_batches.labels(self.name, reason)
         metrics.dest_flows.labels(self.name)
         metrics.dest_up.labels(self.name).set(1)
+        # The circuit gates attempts only where a batch can go elsewhere (spool, give up).
+        self._gated = not self.retries_forever
+        self.breaker = CircuitBreaker(
+            cfg.circuit_breaker.failure_threshold,
+            cfg.circuit_breaker.cool_down,
+            on_change=self._circuit_changed,
+        )
+        metrics.circuit_state.labels(self.name).set(0)
+        self.spool: Spool | None = None
+        self._replay_writer: ClickHouseWriter | None = None
+        self._room = trio.Event()  # set (and replaced) whenever the drain frees spool room
+        self._spooled = trio.Event()  # set (and replaced) whenever a batch is spooled
+        self._waiting_for_room = 0
+        self._corrupt_seen = 0
+        self._replay_failures = 0
+        if cfg.spool.enable and self._gated:
+            self._open_spool()
+
+    def _open_spool(self) -> None:
+        m, name = self.metrics, self.name
+        spool = Spool(self.cfg.spool, name)
+        self.spool = spool
+        self._replay_writer = ClickHouseWriter(self.cfg.connection)
+        m.spool_bytes.labels(name).set_function(lambda: spool.bytes)
+        m.spool_batches.labels(name).set_function(lambda: spool.batches)
+        m.spool_oldest_age.labels(name).set_function(lambda: spool.oldest_age_seconds)
+        for reason in SPOOL_REASONS:
+            m.spool_appended_flows.labels(name, reason)
+            m.spool_appended_batches.labels(name, reason)
+        for c in (
+            m.spool_replayed_flows, m.spool_replayed_batches, m.spool_dropped_flows,
+            m.spool_dropped_batches, m.spool_corrupt_records,
+        ):
+            c.labels(name)
+        self._count_corrupt()
 
     @property
     def retries_forever(self) -> bool:
         return self.cfg.connection.max_retries == 0
 
     async def submit(self, job: EncodedJob) -> None:
-        """Queue a batch. The primary blocks when full (backpressure); others give up."""
+        """Queue a batch. The primary blocks when full (backpressure); others spool it
+        (``when-full: block`` waits for spool room) or give it up."""
         if self.retries_forever:
             await self._send.send(job)
         else:
             try:
                 self._send.send_nowait(job)
             except trio.WouldBlock:
-                await self._give_up(job, "queue_full")
+                await self._spool_or_give_up(job, "queue_full")
                 return
         self.metrics.dest_queued.labels(self.name).set(self._queued())
 
@@ -208,16 +266,34 @@ class Destination:
         return self._send.statistics().current_buffer_used
 
     async def run(self) -> None:
-        async with self._recv:
-            async for job in self._recv:
-                self.metrics.dest_queued.labels(self.name).set(self._queued())
-                await self._deliver(job)
-        await trio.to_thread.run_sync(self._writer.close)
+        try:
+            async with trio.open_nursery() as nursery:
+                if self.spool is not None:
+                    nursery.start_soon(self._drain)
+                async with self._recv:
+                    async for job in self._recv:
+                        self.metrics.dest_queued.labels(self.name).set(self._queued())
+                        await self._deliver(job)
+                nursery.cancel_scope.cancel()  # the spool stays on disk for the next run
+            await trio.to_thread.run_sync(self._close)
+        finally:
+            if self.spool is not None:
+                self.spool.close()  # idempotent; also on cancellation
+
+    def _close(self) -> None:
+        self._writer.close()
+        if self._replay_writer is not None:
+            self._replay_writer.close()
+        if self.spool is not None:
+            self.spool.close()
 
     async def _deliver(self, job: EncodedJob) -> None:
         conn = self.cfg.connection
         attempt = 0
         while True:
+            if self._gated and not self.breaker.allow():
+                await self._spool_or_give_up(job, "circuit_open")
+                return
             attempt += 1
             if attempt > 1:
                 self.metrics.dest_retries.labels(self.name).inc()
@@ -228,19 +304,161 @@ class Destination:
                 failure = classify(exc)
                 self._note_failure(failure, attempt)
                 if not failure.retriable and not self.retries_forever:
-                    await self._give_up(job, "permanent_error")
+                    self.breaker.trip()
+                    await self._spool_or_give_up(job, "permanent_error")
                     return
+                if self._gated:
+                    self.breaker.record_failure()
                 if conn.max_retries and attempt >= conn.max_retries:
-                    await self._give_up(job, "retries_exceeded")
+                    await self._spool_or_give_up(job, "retries_exceeded")
                     return
                 await trio.sleep(
                     backoff_delay(attempt, conn.retry_initial_backoff, conn.retry_max_backoff)
                 )
                 continue
+            if self._gated:
+                self.breaker.record_success()
             self._note_success(job, time.perf_counter() - started, attempt)
             await self._settle(job, self.name, True)
             return
 
+    # -- spool ------------------------------------------------------------------------
+    async def _spool_or_give_up(self, job: EncodedJob, reason: str) -> None:
+        if self.spool is None:
+            await self._give_up(job, reason)
+        else:
+            await self._stash(job, reason)
+
+    async def _stash(self, job: EncodedJob, reason: str) -> None:
+        """Append to the spool, then settle: the batch is handed over, not lost."""
+        spool = self.spool
+        assert spool is not None
+        m = self.metrics
+        was_empty = spool.batches == 0
+        waited = 0.0
+        while True:
+            result = await trio.to_thread.run_sync(spool.append, job.token, job.rows, job.native)
+            if result.accepted:
+                break
+            # when-full: block. Hold the batch (no settle) until the drain frees room.
+            if waited == 0.0:
+                log.warning(
+                    "destination %s: spool full (%d bytes), holding batch %s until "
+                    "replay frees room (backpressure)", self.name, spool.bytes, job.token,
+                )
+            self._waiting_for_room += 1
+            t0 = trio.current_time()
+            try:
+                with trio.move_on_after(1.0):
+                    await self._room.wait()
+            finally:
+                self._waiting_for_room -= 1
+            waited += trio.current_time() - t0
+        m.spool_appended_batches.labels(self.name, reason).inc()
+        m.spool_appended_flows.labels(self.name, reason).inc(job.rows)
+        if result.dropped_batches:
+            self._count_dropped(result.dropped_batches, result.dropped_flows)
+            log.warning(
+                "destination %s: spool full, dropped the %d oldest batch(es) (%d flows): %s",
+                self.name, result.dropped_batches, result.dropped_flows,
+                ", ".join(result.dropped_tokens[:5]),
+            )
+        if was_empty:
+            log.warning(
+                "destination %s: spooling batches to %s (%s)", self.name, spool.dir, reason
+            )
+        self._spooled.set()
+        self._spooled = trio.Event()
+        await self._settle(job, self.name, False)
+
+    def _count_dropped(self, batches: int, flows: int) -> None:
+        """Drops count as given up (reason spool_full) and in the spool's own counters."""
+        m, name = self.metrics, self.name
+        m.dest_retries_exceeded_batches.labels(name, "spool_full").inc(batches)
+        m.dest_retries_exceeded_flows.labels(name, "spool_full").inc(flows)
+        m.spool_dropped_batches.labels(name).inc(batches)
+        m.spool_dropped_flows.labels(name).inc(flows)
+
+    def _count_corrupt(self) -> None:
+        if self.spool is None:
+            return
+        seen = self.spool.corrupt_records
+        if seen > self._corrupt_seen:
+            self.metrics.spool_corrupt_records.labels(self.name).inc(seen - self._corrupt_seen)
+            self._corrupt_seen = seen
+
+    async def _drain(self) -> None:
+        """Replay spooled batches, oldest first, one at a time, with their own tokens."""
+        spool = self.spool
+        writer = self._replay_writer
+        assert spool is not None and writer is not None
+        conn = self.cfg.connection
+        half = max(1, self.cfg.queue_size // 2)
+        while True:
+            self._count_corrupt()
+            if spool.cfg.fsync == "interval":
+                await trio.to_thread.run_sync(spool.sync_if_due)
+            if spool.batches == 0:
+                with trio.move_on_after(1.0):
+                    await self._spooled.wait()
+                continue
+            if self._queued() >= half and not self._waiting_for_room:
+                await trio.sleep(0.1)  # live traffic first
+                continue
+            if not self.breaker.allow():
+                await trio.sleep(min(1.0, max(0.05, self.breaker.retry_after())))
+                continue
+            batch = await trio.to_thread.run_sync(spool.peek_oldest)
+            self._count_corrupt()
+            if batch is None:
+                self.breaker.release()
+                continue
+            await self._replay(spool, writer, batch)
+            if self._replay_failures:
+                await trio.sleep(
+                    backoff_delay(
+                        self._replay_failures, conn.retry_initial_backoff, conn.retry_max_backoff
+                    )
+                )
+
+    async def _replay(self, spool: Spool, writer: ClickHouseWriter, batch: SpooledBatch) -> None:
+        job = EncodedJob(seq=-1, token=batch.token, native=batch.native, rows=batch.rows, ranges={})
+        started = time.perf_counter()
+        try:
+            await trio.to_thread.run_sync(writer.insert, job, abandon_on_cancel=True)
+        except Exception as exc:
+            failure = classify(exc)
+            self._replay_failures += 1
+            self._note_failure(failure, self._replay_failures)
+            if failure.retriable:
+                self.breaker.record_failure()
+            else:
+                self.breaker.trip()
+            batches, flows = await trio.to_thread.run_sync(spool.release, batch)
+            if batches:
+                self._count_dropped(batches, flows)
+            return
+        self.breaker.record_success()
+        self._replay_failures = 0
+        self._note_success(job, time.perf_counter() - started, 1)
+        await trio.to_thread.run_sync(spool.ack_oldest, batch)
+        m = self.metrics
+        m.spool_replayed_batches.labels(self.name).inc()
+        m.spool_replayed_flows.labels(self.name).inc(batch.rows)
+        self._room.set()
+        self._room = trio.Event()
+        if spool.batches == 0:
+            log.info("destination %s: spool drained", self.name)
+
+    def _circuit_changed(self, old: State, new: State) -> None:
+        self.metrics.circuit_state.labels(self.name).set(int(new))
+        level = logging.WARNING if new is State.OPEN else logging.INFO
+        log.log(
+            level, "destination %s: circuit %s -> %s", self.name, old.name.lower(),
+            new.name.lower().replace("_", "-"),
+        )
+
+    # -- outcome bookkeeping ------------------------------------------------------------
     def _note_failure(self, failure: InsertFailure, attempt: int) -> None:
         self.metrics.dest_errors.labels(self.name, failure.kind).inc()
         self.metrics.dest_up.labels(self.name).set(0)
@@ -263,7 +481,9 @@ class Destination:
         m.dest_last_success.labels(self.name).set(time.time())
         m.dest_up.labels(self.name).set(1)
         if not self.healthy:
-            log.info("destination %s: inserts succeed again (after %d attempts)", self.name, attempt)
+            log.info(
+                "destination %s: inserts succeed again (after %d attempts)", self.name, attempt
+            )
         self.healthy = True
 
     async def _give_up(self, job: EncodedJob, reason: str) -> None:
@@ -271,6 +491,7 @@ class Destination:
         m.dest_retries_exceeded_batches.labels(self.name, reason).inc()
         m.dest_retries_exceeded_flows.labels(self.name, reason).inc(job.rows)
         log.warning(
-            "destination %s: gave up on batch %s (%d flows): %s", self.name, job.token, job.rows, reason
+            "destination %s: gave up on batch %s (%d flows): %s",
+            self.name, job.token, job.rows, reason,
         )
         await self._settle(job, self.name, False)

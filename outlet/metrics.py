@@ -128,6 +128,61 @@ class Metrics:
             d,
             registry=r,
         )
+        # spool and circuit breaker (additional destinations)
+        self.spool_bytes = Gauge(
+            f"{p}_spool_bytes", "Bytes of batches waiting in the on-disk spool.", d, registry=r
+        )
+        self.spool_batches = Gauge(
+            f"{p}_spool_batches", "Batches waiting in the on-disk spool.", d, registry=r
+        )
+        self.spool_oldest_age = Gauge(
+            f"{p}_spool_oldest_age_seconds",
+            "Age of the oldest spooled batch (0 when the spool is empty).",
+            d,
+            registry=r,
+        )
+        self.spool_appended_flows = Counter(
+            f"{p}_spool_appended_flows",
+            "Flows written to the spool, by why they could not be inserted live.",
+            ["destination", "reason"],
+            registry=r,
+        )
+        self.spool_appended_batches = Counter(
+            f"{p}_spool_appended_batches",
+            "Batches written to the spool, by why they could not be inserted live.",
+            ["destination", "reason"],
+            registry=r,
+        )
+        self.spool_replayed_flows = Counter(
+            f"{p}_spool_replayed_flows", "Spooled flows replayed and stored.", d, registry=r
+        )
+        self.spool_replayed_batches = Counter(
+            f"{p}_spool_replayed_batches", "Spooled batches replayed and stored.", d, registry=r
+        )
+        self.spool_dropped_flows = Counter(
+            f"{p}_spool_dropped_flows",
+            "Flows dropped from a full spool (drop-oldest): lost for this destination.",
+            d,
+            registry=r,
+        )
+        self.spool_dropped_batches = Counter(
+            f"{p}_spool_dropped_batches",
+            "Batches dropped from a full spool (drop-oldest): lost for this destination.",
+            d,
+            registry=r,
+        )
+        self.spool_corrupt_records = Counter(
+            f"{p}_spool_corrupt_records",
+            "Spool records that failed their checksum and were skipped (never sent).",
+            d,
+            registry=r,
+        )
+        self.circuit_state = Gauge(
+            f"{p}_destination_circuit_state",
+            "Circuit breaker state: 0 closed, 1 open (no attempts), 2 half-open (probing).",
+            d,
+            registry=r,
+        )
         # commit
         self.commit_pending_batches = Gauge(
             f"{p}_commit_pending_batches",

@@ -141,6 +141,12 @@ def outlet_run(
             database=database,
             **kwargs,
         )
+        for name in destinations:
+            c = verify.client(stack.clickhouse[name])
+            try:
+                c.command(f"DROP DATABASE IF EXISTS {database}")
+            finally:
+                c.close()
         config_path = workdir / "schema.yaml"
         config_path.write_text(yaml.safe_dump(cfg))
         apply_schema(config_path)

@@ -1,0 +1,213 @@
+"""Dual-write against the real stack: Toxiproxy in front of `local` and `azure` (issue 4).
+
+The spool (issue 5) is disabled here so that what `azure` loses is exactly what the
+`retries_exceeded` metrics report.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.conftest import OutletRun
+
+pytestmark = pytest.mark.stack
+
+RunFactory = Callable[..., OutletRun]
+NO_SPOOL: dict[str, Any] = {"spool": {"enable": False}}
+
+
+def background(target: Callable[[], None]) -> threading.Thread:
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+def lost(outlet: Any, destination: str) -> float:
+    return float(outlet.metric("outlet_destination_retries_exceeded_flows_total", destination=destination))
+
+
+def test_normal_operation_both_hold_exactly_n(outlet_run: RunFactory) -> None:
+    run = outlet_run(additional_extra=NO_SPOOL)
+    run.produce(200_000)
+    outlet = run.outlet()
+    outlet.start()
+    for name in ("local", "azure"):
+        assert run.wait_rows(name, 200_000) == 200_000
+        stats = run.stats(name)
+        assert (stats.rows, stats.duplicates, stats.bytes_sum) == (200_000, 0, run.bytes_sum)
+    assert outlet.metric("outlet_destination_flows_written_total", destination="azure") == 200_000
+    assert lost(outlet, "azure") == 0
+    assert outlet.stop() == 0
+
+
+def test_azure_partition_loses_exactly_what_is_reported(outlet_run: RunFactory) -> None:
+    run = outlet_run(
+        batch_size=5_000, wait_time="500ms", azure_max_retries=3, additional_extra=NO_SPOOL
+    )
+    toxi = run.ep.toxiproxy.client()
+    outlet = run.outlet()
+    outlet.start()
+    total = 400_000
+    producer = background(lambda: run.produce(total, rate=10_000))
+    time.sleep(5)
+    toxi.disable(run.ch("azure").proxy)
+    local_before = run.rows("local")
+    t0 = time.monotonic()
+    time.sleep(30)
+    local_rate = (run.rows("local") - local_before) / (time.monotonic() - t0)
+    toxi.enable(run.ch("azure").proxy)
+    producer.join()
+    assert run.wait_rows("local", total) == total
+    run.wait_stable("azure")
+    local, azure = run.stats("local"), run.stats("azure")
+    assert (local.rows, local.duplicates, local.bytes_sum) == (total, 0, run.bytes_sum)
+    reported = lost(outlet, "azure")
+    assert reported > 0
+    assert azure.duplicates == 0
+    assert azure.rows == total - reported, f"azure {azure.rows}, reported loss {reported}"
+    # The offered rate is 10k flows/s: the primary keeps up with it during the partition.
+    assert local_rate >= 0.95 * 10_000 * 0.9, f"primary stored {local_rate:.0f} flows/s"
+    assert outlet.stop() == 0
+
+
+def test_azure_latency_does_not_slow_primary(outlet_run: RunFactory) -> None:
+    run = outlet_run(batch_size=10_000, wait_time="500ms", additional_extra=NO_SPOOL)
+    toxi = run.ep.toxiproxy.client()
+    toxi.add_toxic(run.ch("azure").proxy, "latency", {"latency": 500, "jitter": 100}, name="lat")
+    run.produce(200_000)
+    outlet = run.outlet()
+    outlet.start()
+    t0 = time.monotonic()
+    assert run.wait_rows("local", 200_000, timeout=60) == 200_000
+    local_seconds = time.monotonic() - t0
+    run.wait_stable("azure")
+    azure = run.stats("azure")
+    assert azure.duplicates == 0
+    assert azure.rows == 200_000 - lost(outlet, "azure")
+    assert outlet.metric("outlet_destination_insert_errors_total", destination="primary") == 0
+    print(f"primary drained 200k flows in {local_seconds:.1f}s with azure at 500 ms latency")
+    assert outlet.stop() == 0
+
+
+def test_wrong_azure_password_no_retry_storm(outlet_run: RunFactory) -> None:
+    run = outlet_run(batch_size=10_000, wait_time="500ms", additional_extra=NO_SPOOL)
+    run.config["additional-clickhouses"][0]["connection"]["password"] = "wrong-password"
+    run.produce(100_000)
+    outlet = run.outlet()
+    outlet.start()
+    assert run.wait_rows("local", 100_000, timeout=60) == 100_000
+    deadline = time.monotonic() + 20
+    while lost(outlet, "azure") < 100_000 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert lost(outlet, "azure") == 100_000
+    auth_errors = outlet.metric(
+        "outlet_destination_insert_errors_total", destination="azure", error="auth"
+    )
+    batches = outlet.metric("outlet_batches_sealed_total")
+    assert 0 < auth_errors <= batches, "a permanent error is not retried (one attempt per batch)"
+    assert outlet.metric("outlet_destination_retries_total", destination="azure") == 0
+    assert run.rows("azure") == 0
+    assert "wrong-password" not in outlet.log_tail(500)
+    assert outlet.stop() == 0
+
+
+def test_local_down_pauses_everything_and_azure_stays_bounded(outlet_run: RunFactory) -> None:
+    batch = 5_000
+    run = outlet_run(batch_size=batch, wait_time="500ms", additional_extra=NO_SPOOL)
+    toxi = run.ep.toxiproxy.client()
+    outlet = run.outlet()
+    outlet.start()
+    total = 250_000
+    producer = background(lambda: run.produce(total, rate=10_000))
+    time.sleep(3)
+    toxi.disable(run.ch("local").proxy)
+    max_ahead = 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        max_ahead = max(max_ahead, run.rows("azure") - run.rows("local"))
+        time.sleep(0.5)
+    toxi.enable(run.ch("local").proxy)
+    producer.join()
+    for name in ("local", "azure"):
+        assert run.wait_rows(name, total) == total
+        stats = run.stats(name)
+        assert (stats.rows, stats.duplicates, stats.bytes_sum) == (total, 0, run.bytes_sum)
+    # Azure may run ahead by the primary's queue and the batches in flight, no more.
+    assert max_ahead <= 8 * batch, f"azure ran {max_ahead} flows ahead of local"
+    assert outlet.stop() == 0
+
+
+def test_cut_after_server_stored_does_not_duplicate(outlet_run: RunFactory) -> None:
+    """limit_data cuts each response: the server stored the insert, the client sees an error."""
+    no_breaker = {**NO_SPOOL, "circuit-breaker": {"failure-threshold": 1000}}
+    run = outlet_run(batch_size=10_000, wait_time="500ms", azure_max_retries=1000,
+                     additional_extra=no_breaker)
+    toxi = run.ep.toxiproxy.client()
+    outlet = run.outlet()
+    outlet.start()
+    run.produce(10_000)
+    for name in ("local", "azure"):
+        assert run.wait_rows(name, 10_000, timeout=30) == 10_000  # connections are pooled now
+    for name in ("local", "azure"):
+        toxi.add_toxic(run.ch(name).proxy, "limit_data", {"bytes": 64}, name="cut")
+    run.produce(40_000)
+    time.sleep(4)
+    stored_during_cut = run.rows("local")
+    for name in ("local", "azure"):
+        toxi.remove_toxic(run.ch(name).proxy, "cut")
+    for name in ("local", "azure"):
+        assert run.wait_rows(name, 50_000) >= 50_000
+        run.wait_stable(name)
+        stats = run.stats(name)
+        assert (stats.rows, stats.duplicates, stats.bytes_sum) == (50_000, 0, run.bytes_sum)
+    # Inserts reached the server while every response was cut, so each was sent again
+    # (by our retry loop or the HTTP client's own): the tokens made the repeats no-ops.
+    assert stored_during_cut > 10_000, "the toxic must let an insert reach the server"
+    assert outlet.stop() == 0
+
+
+def test_sigkill_with_batches_in_flight(outlet_run: RunFactory) -> None:
+    run = outlet_run(batch_size=10_000, wait_time="500ms", additional_extra=NO_SPOOL)
+    toxi = run.ep.toxiproxy.client()
+    # Slow azure so that batches are in flight there when the outlet dies.
+    toxi.add_toxic(run.ch("azure").proxy, "latency", {"latency": 300}, name="slow")
+    producer = background(lambda: run.produce(150_000, rate=25_000))
+    outlet = run.outlet()
+    outlet.start()
+    deadline = time.monotonic() + 60
+    while run.rows("local") < 50_000 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    outlet.kill()
+    toxi.remove_toxic(run.ch("azure").proxy, "slow")
+    producer.join()
+    outlet.start()
+    assert run.wait_rows("local", 150_000) >= 150_000
+    for name in ("local", "azure"):
+        run.wait_stable(name)
+    local, azure = run.stats("local"), run.stats("azure")
+    assert (local.distinct_flows, local.duplicates) == (150_000, 0)
+    assert local.bytes_sum == run.bytes_sum
+    assert azure.duplicates == 0
+    assert azure.rows == 150_000 - lost(outlet, "azure")
+    assert outlet.stop() == 0
+
+
+def test_single_destination_config_unchanged(outlet_run: RunFactory) -> None:
+    run = outlet_run(destinations=("local",))
+    assert "additional-clickhouses" not in run.config
+    run.produce(100_000)
+    outlet = run.outlet()
+    outlet.start()
+    assert run.wait_rows("local", 100_000) == 100_000
+    assert run.stats("local").duplicates == 0
+    metrics = outlet.metrics()
+    destinations = {
+        key.split('destination="')[1].split('"')[0] for key in metrics if 'destination="' in key
+    }
+    assert destinations == {"primary"}
+    assert outlet.stop() == 0
