@@ -34,6 +34,22 @@ class BatchBuilder:
         else:
             self.ranges[partition] = (current[0], offset)
 
+    def extend(
+        self, parts: list[int], offs: list[int], values: list[bytes], start: int, stop: int
+    ) -> None:
+        """Add records [start, stop) of a chunk; per-record work kept to two dict writes."""
+        self.records.extend(values[start:stop])
+        firsts: dict[int, int] = {}
+        lasts: dict[int, int] = {}
+        for p, off in zip(parts[start:stop], offs[start:stop], strict=True):
+            if p not in firsts:
+                firsts[p] = off
+            lasts[p] = off
+        ranges = self.ranges
+        for p, last in lasts.items():
+            current = ranges.get(p)
+            ranges[p] = (firsts[p] if current is None else current[0], last)
+
     def __len__(self) -> int:
         return len(self.records)
 

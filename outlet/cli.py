@@ -38,11 +38,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     setup_logging(cfg.log_level, cfg.log_format)
+    _tune_gc()
     names = ", ".join(d.name for d in cfg.destinations())
     log.info("outlet %s starting: topic %s, destinations: %s", _version(), cfg.kafka.topic, names)
     trio.run(Outlet(cfg).run)
     log.info("outlet stopped cleanly")
     return 0
+
+
+def _tune_gc() -> None:
+    """Batches hold ~50k record objects: default GC thresholds rescan them constantly.
+
+    Freeze what start-up allocated and collect the young generation far less often
+    (NOTES.md measured a 2x throughput swing from GC thrash on per-flow objects).
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(200_000, 50, 50)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

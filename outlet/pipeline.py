@@ -90,11 +90,29 @@ class Batcher:
         await self._flush_on_shutdown()
 
     async def _add_chunk(self, chunk: Chunk) -> None:
+        if self.plans:
+            await self._add_chunk_with_plans(chunk)
+            return
         parts, offs, vals = chunk.partitions, chunk.offsets, chunk.values
-        plans = self.plans
+        start, end = 0, len(vals)
+        while start < end:
+            cur = self.current
+            if not cur.records:
+                cur.started_at = trio.current_time()
+            room = self.max_size - len(cur.records)
+            stop = min(end, start + room)
+            cur.extend(parts, offs, vals, start, stop)
+            start = stop
+            if len(cur.records) >= self.max_size:
+                await self._seal(cur, "size")
+                self.current = BatchBuilder()
+
+    async def _add_chunk_with_plans(self, chunk: Chunk) -> None:
+        """Slow path, only while rebuilding batches recorded before a crash."""
+        parts, offs, vals = chunk.partitions, chunk.offsets, chunk.values
         for i in range(len(vals)):
             p, off = parts[i], offs[i]
-            if plans and await self._route_to_plan(p, off, vals[i]):
+            if self.plans and await self._route_to_plan(p, off, vals[i]):
                 continue
             cur = self.current
             if not cur.records:
