@@ -8,7 +8,7 @@ SETUP_STAMP := .tools/.setup.stamp
 SETUP_INPUTS := pyproject.toml uv.lock ci/setup.sh ci/install-kafka.sh ci/install-toxiproxy.sh \
 	ci/kafka/pom.xml
 
-.PHONY: setup up down status test lint chaos chaos-all
+.PHONY: setup up down status test test-all lint demo bench-outlet bench-dualwrite chaos chaos-all
 
 # Idempotent; the stamp makes it instant when nothing changed. A missing venv or missing
 # tools invalidate the stamp.
@@ -31,8 +31,26 @@ down: setup
 status: setup
 	$(UV) run chaos stack status --dir $(STACK_DIR)
 
+# The CI suite (README): unit tests, the native stack, the outlet, dual-write, spool and a
+# representative chaos set. `make test-all` adds the slow tests (every chaos scenario, load).
 test: setup
+	$(UV) run pytest -m "not slow and not docker" $(PYTEST_ARGS)
+
+test-all: setup
 	$(UV) run pytest $(PYTEST_ARGS)
+
+# The main job: stack up, schema, realistic flows for ~1 minute, dual-write, report, stack down.
+DEMO_ARGS ?=
+demo: setup
+	$(UV) run python -m loadtest.demo --stack-dir $(STACK_DIR) $(DEMO_ARGS)
+
+# Benchmarks print numbers (they are not timed tests): backlog drain of 2M flows.
+BENCH_ARGS ?=
+bench-outlet: setup
+	$(UV) run python -m loadtest.bench outlet --stack-dir $(STACK_DIR) $(BENCH_ARGS)
+
+bench-dualwrite: setup
+	$(UV) run python -m loadtest.bench dualwrite --rounds 2 --stack-dir $(STACK_DIR) $(BENCH_ARGS)
 
 lint: setup
 	$(UV) run ruff check . && $(UV) run mypy outlet chaos loadtest

@@ -85,7 +85,8 @@ def plot_timeline(result: RunResult, sc: Scenario, path: Path) -> None:
         ts, rs = _rates(samples, d)
         role = "primary" if d == sc.outlet.destinations[0] else "additional"
         ax1.plot(ts, rs, label=f"{d} ({role}) stored flows/s (3 s avg)", color=COLORS.get(d),
-                 linewidth=1.8)
+                 linewidth=2.6 if role == "primary" else 1.6,
+                 linestyle="-" if role == "primary" else "--")
     ts = [s.t for s in samples]
     ax1.step(ts, [s.rate for s in samples], where="post", color="gray", linestyle=":",
              label="offered load flows/s")
