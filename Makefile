@@ -34,7 +34,7 @@ status: setup
 # The CI suite (README): unit tests, the native stack, the outlet, dual-write, spool and a
 # representative chaos set. `make test-all` adds the slow tests (every chaos scenario, load).
 test: setup
-	$(UV) run pytest -m "not slow and not docker" $(PYTEST_ARGS)
+	$(UV) run pytest -m "not slow" $(PYTEST_ARGS)
 
 test-all: setup
 	$(UV) run pytest $(PYTEST_ARGS)

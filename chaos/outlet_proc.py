@@ -225,7 +225,7 @@ class OutletProcess:
 
 def create_topic(ep: Endpoints, name: str, partitions: int | None = None) -> str:
     """A fresh topic, so a run never sees another run's records."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     admin = AdminClient({"bootstrap.servers": ep.kafka.bootstrap})
     futures = admin.create_topics([NewTopic(name, partitions or ep.kafka.partitions, 1)])

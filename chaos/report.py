@@ -162,13 +162,13 @@ def render_markdown(result: RunResult, sc: Scenario) -> str:
                      f"{_md_escape(c.observed)} | {'pass' if c.passed else '**FAIL**'} |")
     lines += ["", "## Destinations", "",
               "| destination | rows | distinct flows | duplicates | missing | reported lost "
-              "(retries_exceeded) | flows written (metric) |", "|---|---|---|---|---|---|---|"]
-    from chaos.runner import metric_value
+              "(retries_exceeded + spool dropped) | flows written (metric) |",
+              "|---|---|---|---|---|---|---|"]
+    from chaos.runner import metric_value, reported_loss
 
     for d, t in result.destinations.items():
         label = sc.metric_destination(d)
-        lost = metric_value(result.metrics, "outlet_destination_retries_exceeded_flows_total",
-                            destination=label)
+        lost = reported_loss(result.metrics, label)
         written = metric_value(result.metrics, "outlet_destination_flows_written_total",
                                destination=label)
         lines.append(f"| {d} ({label}) | {t['rows']} | {t['distinct_flows']} | "
@@ -201,6 +201,9 @@ KEY_METRICS = {
     "outlet_kafka_errors_total",
     "outlet_decode_errors_total",
     "outlet_flows_received_total",
+    "outlet_spool_appended_flows_total",
+    "outlet_spool_replayed_flows_total",
+    "outlet_spool_dropped_flows_total",
 }
 
 

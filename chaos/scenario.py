@@ -244,6 +244,7 @@ class Expectations:
     lag: LagExpectation | None = None
     clean_shutdown: bool = True
     quiesce_timeout: float = 120.0
+    wait_for_spool: bool = True
 
 
 @dataclass(frozen=True)
@@ -718,7 +719,7 @@ class _Parser:
     def expectations(self, raw: dict[str, Any], dests: tuple[str, ...],
                      actions: list[Action], load: Load) -> Expectations | None:
         self.unknown_keys(raw, {"destinations", "throughput", "metrics", "lag", "clean_shutdown",
-                                "quiesce_timeout"}, "expect")
+                                "quiesce_timeout", "wait_for_spool"}, "expect")
         dest_exp: list[DestinationExpectation] = []
         for dname, spec in self.mapping(raw.get("destinations"), "expect.destinations").items():
             p = f"expect.destinations.{dname}"
@@ -805,10 +806,13 @@ class _Parser:
         if not isinstance(cs, bool):
             self.err("expect.clean_shutdown", "expected true or false")
         qt = self.duration(raw.get("quiesce_timeout"), "expect.quiesce_timeout", 120.0)
+        ws = raw.get("wait_for_spool", True)
+        if not isinstance(ws, bool):
+            self.err("expect.wait_for_spool", "expected true or false")
         if not dest_exp and not throughput and not metrics and lag is None:
             self.err("expect", "no invariant to check: a scenario must expect something")
         return Expectations(tuple(dest_exp), tuple(throughput), tuple(metrics), lag, bool(cs),
-                            qt or 120.0)
+                            qt or 120.0, bool(ws))
 
 
 def parse_scenario(data: Any, source: str = "<string>", default_name: str = "scenario"

@@ -29,7 +29,10 @@ class TableStats:
 
 def client(ch: ClickHouseEndpoints, database: str = "default") -> Any:
     return clickhouse_connect.get_client(
-        dsn=ch.url, username=ch.username, password=ch.password, database=database,
+        dsn=ch.url,
+        username=ch.username,
+        password=ch.password,
+        database=database,
         autogenerate_session_id=False,
     )
 

@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flows", type=int, default=2_000_000)
     ap.add_argument("--batch-size", type=int, default=50_000)
     ap.add_argument("--stack-dir", default=".stack")
-    ap.add_argument("--rounds", type=int, default=1, help="dualwrite: alternate single/dual N times")
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="dualwrite: alternate single/dual N times"
+    )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             r = drain(ep, topic, args.flows, dests, label, workdir, args.batch_size)
             results.append(r)
             print(
-                f"{label:>8}: {r.flows:,} flows in {r.seconds:.2f}s = {r.flows_per_s:,.0f} flows/s, "
+                f"{label:>8}: {r.flows:,} flows in {r.seconds:.2f}s = "
+                f"{r.flows_per_s:,.0f} flows/s, "
                 f"outlet CPU {r.cpu_us_per_flow:.2f} us/flow",
                 flush=True,
             )

@@ -22,7 +22,7 @@ from chaos.stack import Endpoints, is_healthy, start_stack, stop_stack
 from loadtest.generator import FlowGenerator, GeneratorConfig
 from loadtest.producer import produce
 
-KEY_METRICS = (
+KEY_METRICS: tuple[tuple[str, dict[str, str]], ...] = (
     ("outlet_kafka_received_messages_total", {}),
     ("outlet_flows_received_total", {}),
     ("outlet_decode_errors_total", {}),
@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     reused = is_healthy(args.stack_dir)
-    print("== stack:", "reusing the running one" if reused else "starting (Kafka, Toxiproxy, 2 ClickHouse)")
+    print(
+        "== stack:",
+        "reusing the running one" if reused else "starting (Kafka, Toxiproxy, 2 ClickHouse)",
+    )
     ep = Endpoints.load(args.stack_dir) if reused else start_stack(args.stack_dir)
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== outlet running (log {outlet.log_path}, metrics {outlet.http}/metrics)")
         total = int(args.rate * args.seconds)
         producer = threading.Thread(
-            target=produce, args=(ep.kafka.bootstrap, topic, gen.records(total), args.rate),
+            target=produce,
+            args=(ep.kafka.bootstrap, topic, gen.records(total), args.rate),
             daemon=True,
         )
         started = time.monotonic()
@@ -107,7 +111,10 @@ def report(ep: Endpoints, outlet: OutletProcess, total: int, elapsed: float) -> 
     for name in ("local", "azure"):
         s = verify.table_stats(ep.clickhouse[name], where="1")
         print(f"   {name:6} rows {s.rows:>10,}  sum(Bytes) {s.bytes_sum:>16,}")
-    print(f"   produced {total:,} flows; end to end {total / elapsed:,.0f} flows/s over {elapsed:.0f}s")
+    print(
+        f"   produced {total:,} flows; end to end "
+        f"{total / elapsed:,.0f} flows/s over {elapsed:.0f}s"
+    )
     c = verify.client(ep.clickhouse["local"])
     try:
         rows = c.query(
@@ -120,7 +127,10 @@ def report(ep: Endpoints, outlet: OutletProcess, total: int, elapsed: float) -> 
         c.close()
     print("\n== top 5 (exporter, in-interface, boundary, source network) by sampled bytes")
     for exporter, ifname, boundary, net, flows, nbytes in rows:
-        print(f"   {exporter:10} {ifname:14} {boundary:9} {net or '-':14} {flows:>8,} flows {nbytes:>18,} B")
+        print(
+            f"   {exporter:10} {ifname:14} {boundary:9} {net or '-':14} "
+            f"{flows:>8,} flows {nbytes:>18,} B"
+        )
     print("\n== key metrics")
     for name, labels in KEY_METRICS:
         shown = ",".join(f'{k}="{v}"' for k, v in labels.items())

@@ -312,8 +312,10 @@ class LocustRun:
                 return self.proc.wait(10)
 
     def stop(self) -> int:
+        """Early stop through the shape (a ``.stop`` file next to the summary): Locust then
+        runs its normal test stop (flush, summary). SIGTERM only as a fallback."""
         if self.proc.poll() is None:
-            self.proc.terminate()
+            self.summary_path.with_suffix(".stop").write_text("stop")
         return self.wait(90)
 
     def started_at(self) -> float | None:
@@ -337,6 +339,7 @@ def start_locust(settings: LoadSettings, out_dir: Path) -> LocustRun:
     summary = out_dir / "producer-summary.json"
     summary.unlink(missing_ok=True)
     summary.with_suffix(".started").unlink(missing_ok=True)
+    summary.with_suffix(".stop").unlink(missing_ok=True)
     env = dict(os.environ, **LoadSettings(**{**settings.__dict__,
                                              "summary": str(summary)}).to_env())
     env["PYTHONPATH"] = str(PROJECT_ROOT) + os.pathsep + env.get("PYTHONPATH", "")

@@ -139,6 +139,8 @@ class ProfileShape(LoadTestShape):
 
     def tick(self) -> tuple[int, float] | None:
         PACER.start()
+        if SETTINGS.summary and Path(SETTINGS.summary).with_suffix(".stop").exists():
+            return None  # the harness asked for an early, clean stop
         t = float(self.get_run_time())  # type: ignore[no-untyped-call]
         tk = SCHEDULE.tick(t)
         if tk is None:

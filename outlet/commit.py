@@ -60,9 +60,7 @@ class CommitTracker:
                     break
                 queue.popleft()
                 if head is not None:
-                    self._committable[p] = max(
-                        self._committable.get(p, -1), head.ranges[p][1] + 1
-                    )
+                    self._committable[p] = max(self._committable.get(p, -1), head.ranges[p][1] + 1)
                     moved = True
         self._forget_settled()
         return moved

@@ -182,7 +182,11 @@ class KafkaInput:
 
     def commit(self, offsets: dict[int, int]) -> None:
         """Synchronously commit next-offsets (blocking; call through to_thread)."""
-        tps = [TopicPartition(self.cfg.topic, p, off) for p, off in offsets.items() if p in self.assigned]
+        tps = [
+            TopicPartition(self.cfg.topic, p, off)
+            for p, off in offsets.items()
+            if p in self.assigned
+        ]
         if not tps:
             return
         self._consumer.commit(offsets=tps, asynchronous=False)

@@ -62,9 +62,7 @@ class Ledger:
         """
         plans: list[Ranges] = []
         for ranges in self._entries:
-            left = {
-                p: rng for p, rng in ranges.items() if rng[1] >= committed.get(p, -1)
-            }
+            left = {p: rng for p, rng in ranges.items() if rng[1] >= committed.get(p, -1)}
             if left and len(left) == len(ranges):
                 plans.append(left)
             elif left:
@@ -87,7 +85,9 @@ class Ledger:
         if self._lines < COMPACT_AFTER_LINES:
             return
         keep = [
-            r for r in self._entries if any(last >= committed.get(p, -1) for p, (_, last) in r.items())
+            r
+            for r in self._entries
+            if any(last >= committed.get(p, -1) for p, (_, last) in r.items())
         ]
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "wb") as f:

@@ -73,9 +73,7 @@ class Batcher:
     async def run(self, recv: trio.MemoryReceiveChannel[Chunk]) -> None:
         async with recv:
             while True:
-                deadline = (
-                    self.current.started_at + self.max_wait if self.current else math.inf
-                )
+                deadline = self.current.started_at + self.max_wait if self.current else math.inf
                 chunk: Chunk | None = None
                 with trio.move_on_at(deadline):
                     try:
@@ -271,9 +269,7 @@ class Outlet:
 
     async def commit_now(self) -> None:
         offsets = {
-            p: off
-            for p, off in self.tracker.committable().items()
-            if self._committed.get(p) != off
+            p: off for p, off in self.tracker.committable().items() if self._committed.get(p) != off
         }
         if not offsets:
             return

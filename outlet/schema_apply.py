@@ -26,7 +26,12 @@ def apply_schema(cfg: OutletConfig) -> int:
             log.info("schema applied on %s (%s, database %s)", dest.name, writer.server, db)
         except Exception as exc:
             failures += 1
-            log.error("schema apply failed on %s (%s): %s", dest.name, writer.server, writer.redact(str(exc)))
+            log.error(
+                "schema apply failed on %s (%s): %s",
+                dest.name,
+                writer.server,
+                writer.redact(str(exc)),
+            )
         finally:
             writer.close()
     return 1 if failures else 0

@@ -28,7 +28,9 @@ def background(target: Callable[[], None]) -> threading.Thread:
 
 
 def lost(outlet: Any, destination: str) -> float:
-    return float(outlet.metric("outlet_destination_retries_exceeded_flows_total", destination=destination))
+    return float(
+        outlet.metric("outlet_destination_retries_exceeded_flows_total", destination=destination)
+    )
 
 
 def test_normal_operation_both_hold_exactly_n(outlet_run: RunFactory) -> None:
@@ -145,8 +147,9 @@ def test_local_down_pauses_everything_and_azure_stays_bounded(outlet_run: RunFac
 def test_cut_after_server_stored_does_not_duplicate(outlet_run: RunFactory) -> None:
     """limit_data cuts each response: the server stored the insert, the client sees an error."""
     no_breaker = {**NO_SPOOL, "circuit-breaker": {"failure-threshold": 1000}}
-    run = outlet_run(batch_size=10_000, wait_time="500ms", azure_max_retries=1000,
-                     additional_extra=no_breaker)
+    run = outlet_run(
+        batch_size=10_000, wait_time="500ms", azure_max_retries=1000, additional_extra=no_breaker
+    )
     toxi = run.ep.toxiproxy.client()
     outlet = run.outlet()
     outlet.start()

@@ -12,7 +12,6 @@ import pytest
 from loadtest import harness as h
 from loadtest.loadgen import LoadSettings, Pacer, generator_config
 from loadtest.profile import (
-    Profile,
     ProfileError,
     Schedule,
     available_profiles,
