@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-shot, idempotent project setup: uv, the locked Python environment (.venv),
-# the Apache Kafka broker jars and the Toxiproxy server under .tools/.
+# the Apache Kafka broker jars, the Toxiproxy server and GoFlow2 under .tools/.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -14,4 +14,5 @@ echo "setup: uv sync --frozen"
 uv sync --frozen
 bash ci/install-kafka.sh
 bash ci/install-toxiproxy.sh
+bash ci/install-goflow2.sh
 echo "setup: done"

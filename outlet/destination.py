@@ -25,6 +25,7 @@ import logging
 import random
 import re
 import time
+from urllib.parse import urlsplit
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -126,8 +127,14 @@ class ClickHouseWriter:
         client = self._clients.get(url)
         if client is None:
             tls = self.conn.tls
+            parsed = urlsplit(url)
+            secure = parsed.scheme == "https"
             kwargs: dict[str, Any] = {
-                "dsn": url,
+                # Explicit host/port/interface: a dsn alone does not select HTTPS.
+                "host": parsed.hostname,
+                "port": parsed.port or (8443 if secure else 8123),
+                "interface": "https" if secure else "http",
+                "secure": secure,
                 "username": self.conn.username,
                 "password": self.conn.password.reveal(),
                 "database": self.conn.database,

@@ -239,7 +239,7 @@ def test_report_rendering(tmp_path: Path) -> None:
 
 # -- one real run -----------------------------------------------------------------------
 
-E2E_TIME_SCALE = 0.6  # azure-partition: 27 s of load, ~40 s in all
+E2E_TIME_SCALE = 0.5  # azure-partition: 22.5 s of load, ~40-60 s with set-up and drain
 
 
 @pytest.mark.stack
@@ -259,6 +259,8 @@ def test_azure_partition_end_to_end(stack: Any, tmp_path: Path) -> None:
     assert (report / "timeline.png").exists()
     data = json.loads((report / "report.json").read_text())
     assert data["passed"] and data["info"]["produced"] > 0
-    assert data["destinations"]["azure"]["missing"] > 0  # the partition really bit
+    # the partition really bit (azure's loss itself depends on the spool of issue 5)
+    assert any(k.startswith("outlet_destination_insert_errors_total") and 'azure' in k and v > 0
+               for k, v in data["metrics"].items())
     assert yaml.safe_load((report / "outlet" / "outlet.yaml").read_text())["kafka"]["topic"] \
         == data["info"]["topic"]

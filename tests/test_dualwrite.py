@@ -214,3 +214,41 @@ def test_single_destination_config_unchanged(outlet_run: RunFactory) -> None:
     }
     assert destinations == {"primary"}
     assert outlet.stop() == 0
+
+
+def _https_azure(run: OutletRun, ca_file: str | None, verify: bool = True) -> None:
+    conn = run.config["additional-clickhouses"][0]["connection"]
+    conn["servers"] = [run.ch("azure").https_url]
+    conn["tls"] = {"enable": True, "verify": verify, **({"ca-file": ca_file} if ca_file else {})}
+
+
+def test_azure_over_https_verified_with_its_ca(outlet_run: RunFactory) -> None:
+    run = outlet_run(wait_time="500ms", additional_extra=NO_SPOOL)
+    _https_azure(run, run.ep.ca_file)
+    run.produce(50_000)
+    outlet = run.outlet()
+    outlet.start()
+    for name in ("local", "azure"):
+        assert run.wait_rows(name, 50_000, timeout=60) == 50_000
+        assert run.stats(name).bytes_sum == run.bytes_sum
+    log = outlet.log_tail(1000)
+    for name in ("local", "azure"):
+        assert run.ch(name).password not in log, "passwords never appear in logs"
+    assert run.ch("azure").password not in "\n".join(outlet.metrics())
+    assert outlet.stop() == 0
+
+
+def test_azure_https_unknown_ca_fails_without_hurting_primary(outlet_run: RunFactory) -> None:
+    run = outlet_run(wait_time="500ms", azure_max_retries=2, additional_extra=NO_SPOOL)
+    _https_azure(run, None)  # verify on, system CAs only: the stack's CA is unknown
+    run.produce(30_000)
+    outlet = run.outlet()
+    outlet.start()
+    assert run.wait_rows("local", 30_000, timeout=60) == 30_000
+    deadline = time.monotonic() + 30
+    while lost(outlet, "azure") < 30_000 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert lost(outlet, "azure") == 30_000
+    assert run.rows("azure") == 0
+    assert outlet.metric("outlet_destination_insert_errors_total", destination="azure") > 0
+    assert outlet.stop() == 0
