@@ -215,8 +215,12 @@ class LoadThread(threading.Thread):
                 if len(self.errors) < 5:
                     self.errors.append(str(err))
 
+        quiet = logging.getLogger("chaos.runner.producer")  # broker restarts: no stderr flood
+        quiet.addHandler(logging.NullHandler())
+        quiet.propagate = False
         producer = make_producer(self.bootstrap, {"on_delivery": on_delivery,
-                                                  "delivery.report.only.error": True})
+                                                  "delivery.report.only.error": True,
+                                                  "logger": quiet})
         it = gen.records(1 << 31)
         limiter: RateLimiter | None = None
         limiter_rate = -1.0

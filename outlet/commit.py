@@ -76,6 +76,10 @@ class CommitTracker:
         """Next offset to read, per partition, that is safe to commit."""
         return dict(self._committable)
 
+    def pending_in(self, partitions: set[int]) -> bool:
+        """Whether any unsettled batch holds records of these partitions."""
+        return any(b.waiting and partitions & b.ranges.keys() for b in self._batches.values())
+
     def forget_partitions(self, partitions: set[int]) -> None:
         """Drop state of revoked partitions (their new owner re-reads from the commit)."""
         for p in partitions:

@@ -39,6 +39,13 @@ class Chunk:
         return len(self.values)
 
 
+@dataclass
+class Barrier(Chunk):
+    """No records: asks the batcher to seal its open batch now (partitions are moving)."""
+
+    sealed: trio.Event = field(default_factory=trio.Event)
+
+
 def consumer_settings(cfg: KafkaConfig) -> dict[str, Any]:
     """librdkafka settings derived from our config section."""
     settings: dict[str, Any] = {
@@ -115,10 +122,12 @@ class KafkaInput:
 
     def _revoke_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         parts = {tp.partition for tp in partitions}
-        self.assigned -= parts
-        log.info("kafka: revoked partitions %s", sorted(parts))
+        log.info("kafka: revoking partitions %s", sorted(parts))
         if self._on_revoke is not None:
+            # Still assigned here: the pipeline settles and commits what it read from
+            # these partitions before the next owner starts from the committed offsets.
             self._on_revoke(parts)
+        self.assigned -= parts
 
     def _consume(self, limit: int, timeout: float) -> Chunk:
         chunk = Chunk()

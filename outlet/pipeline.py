@@ -27,7 +27,7 @@ from outlet.codec import FlowCodec
 from outlet.commit import CommitTracker
 from outlet.config import OutletConfig
 from outlet.destination import Destination
-from outlet.kafka_input import Chunk, KafkaInput
+from outlet.kafka_input import Barrier, Chunk, KafkaInput
 from outlet.ledger import Ledger
 from outlet.metrics import Metrics
 
@@ -83,6 +83,11 @@ class Batcher:
                 if chunk is None:
                     await self._seal(self.current, "time")
                     self.current = BatchBuilder()
+                    continue
+                if isinstance(chunk, Barrier):
+                    await self._seal(self.current, "rebalance")
+                    self.current = BatchBuilder()
+                    chunk.sealed.set()
                     continue
                 await self._add_chunk(chunk)
         await self._flush_on_shutdown()
@@ -211,6 +216,7 @@ class Outlet:
         self._bad_since_log = 0
         self._committed: dict[int, int] = {}
         self._input_scope = trio.CancelScope()
+        self._chunk_send: trio.MemorySendChannel[Chunk] | None = None
         for reason in ("empty", "malformed"):
             self.metrics.decode_errors.labels(reason)
 
@@ -243,7 +249,45 @@ class Outlet:
         self.metrics.commit_pending_flows.set(self.tracker.pending_flows)
 
     def _revoked(self, partitions: set[int]) -> None:
+        """Partitions are moving to another outlet (called in the consume thread).
+
+        Blocks the rebalance until every batch holding records of those partitions is
+        settled (within the grace period) and commits them from this thread, as
+        librdkafka expects, so the next owner starts right after what we stored.
+        """
+        if not self.state.stopping and self._chunk_send is not None:
+            try:
+                offsets = trio.from_thread.run(self._settle_revoked, partitions)
+            except (trio.RunFinishedError, trio.Cancelled, trio.ClosedResourceError):
+                offsets = {}
+            if offsets:
+                try:
+                    self.kafka.commit(offsets)
+                    self._committed.update(offsets)
+                except Exception as exc:  # lost assignment: the ledger rebuilds instead
+                    self.metrics.kafka_errors.labels("commit").inc()
+                    log.warning("commit on revoke failed: %s", exc)
         self.tracker.forget_partitions(partitions)
+
+    async def _settle_revoked(self, partitions: set[int]) -> dict[int, int]:
+        assert self._chunk_send is not None
+        with trio.move_on_after(self.cfg.clickhouse.grace_period) as scope:
+            barrier = Barrier()
+            await self._chunk_send.send(barrier)
+            await barrier.sealed.wait()
+            while self.tracker.pending_in(partitions):
+                await trio.sleep(0.02)
+        if scope.cancelled_caught:
+            log.warning(
+                "rebalance: batches of partitions %s not settled within the grace period; "
+                "they will be rebuilt by whoever owns the partitions next",
+                sorted(partitions),
+            )
+        return {
+            p: off
+            for p, off in self.tracker.committable().items()
+            if p in partitions and self._committed.get(p) != off
+        }
 
     def log_bad_records(self, count: int) -> None:
         """Rate-limited log of skipped records (at most one line per 10 s)."""
@@ -319,6 +363,7 @@ class Outlet:
 
     async def _run_input_and_batcher(self, task_status: trio.TaskStatus[None]) -> None:
         send, recv = trio.open_memory_channel[Chunk](self.cfg.kafka.queue_size)
+        self._chunk_send = send
         async with trio.open_nursery() as nursery:
 
             async def consume() -> None:

@@ -88,7 +88,12 @@ class OutletRun:
     bytes_sum: int = 0
 
     def outlet(self, name: str = "outlet") -> OutletProcess:
-        o = OutletProcess(self.workdir, self.config, name=name)
+        """An outlet process; a second name gets its own state dir and HTTP port."""
+        config = self.config
+        if self.outlets and name not in {o.name for o in self.outlets}:
+            config = {**self.config, "http": {"listen": f"127.0.0.1:{free_port()}"}}
+            config["state"] = {"path": str(self.workdir / f"state-{name}")}
+        o = OutletProcess(self.workdir, config, name=name)
         self.outlets.append(o)
         return o
 

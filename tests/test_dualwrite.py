@@ -252,3 +252,23 @@ def test_azure_https_unknown_ca_fails_without_hurting_primary(outlet_run: RunFac
     assert run.rows("azure") == 0
     assert outlet.metric("outlet_destination_insert_errors_total", destination="azure") > 0
     assert outlet.stop() == 0
+
+
+def test_two_outlets_rebalance_without_loss_or_duplicates(outlet_run: RunFactory) -> None:
+    """Scale-out: one consumer group, two processes; one stops mid-run, the other takes over."""
+    run = outlet_run(batch_size=10_000, wait_time="500ms", additional_extra=NO_SPOOL)
+    first, second = run.outlet("a"), run.outlet("b")
+    first.start()
+    producer = background(lambda: run.produce(300_000, rate=20_000))
+    time.sleep(3)
+    second.start()  # rebalance: partitions are split between the two
+    time.sleep(5)
+    assert second.stop() == 0  # rebalance again: the first takes everything back
+    producer.join()
+    for name in ("local", "azure"):
+        assert run.wait_rows(name, 300_000) >= 300_000
+        run.wait_stable(name)
+        stats = run.stats(name)
+        assert (stats.rows, stats.duplicates, stats.bytes_sum) == (300_000, 0, run.bytes_sum), name
+    assert first.metric("outlet_batches_sealed_total", reason="rebalance") >= 1
+    assert first.stop() == 0
