@@ -233,6 +233,22 @@ def create_topic(ep: Endpoints, name: str, partitions: int | None = None) -> str
     return name
 
 
+def topic_end_offsets(ep: Endpoints, topic: str) -> int:
+    """Sum of the partitions' high watermarks: how many records the topic has received."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": ep.kafka.bootstrap, "group.id": "watermarks"})
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        total = 0
+        for p in meta.topics[topic].partitions:
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            total += int(high)
+        return total
+    finally:
+        consumer.close()
+
+
 def apply_schema(config_path: Path) -> None:
     """`outlet schema apply` as a subprocess (the same path users take)."""
     subprocess.run(

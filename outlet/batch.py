@@ -88,7 +88,8 @@ class EncodedJob:
 class RebuildPlan:
     """A batch recorded in the ledger before a crash, to be rebuilt exactly."""
 
-    ranges: Ranges
+    ranges: Ranges  # what to collect again (the uncommitted part)
+    token_ranges: Ranges  # the batch as originally sealed: its token
     seq: int = 0
     builder: BatchBuilder = field(default_factory=BatchBuilder)
     reached: set[int] = field(default_factory=set)

@@ -52,7 +52,7 @@ class CommitTracker:
             return False
         moved = False
         for p in pending.ranges:
-            queue = self._order[p]
+            queue = self._order.get(p)  # None once the partition was revoked
             while queue:
                 head_seq = queue[0][1]
                 head = self._batches.get(head_seq)

@@ -25,10 +25,10 @@ import logging
 import random
 import re
 import time
-from urllib.parse import urlsplit
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import clickhouse_connect
 import trio

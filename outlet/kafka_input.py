@@ -112,6 +112,8 @@ class KafkaInput:
             for tp in committed:
                 if tp.offset != OFFSET_INVALID and tp.offset >= 0:
                     self.committed_at_assign[tp.partition] = tp.offset
+                else:
+                    self.committed_at_assign.pop(tp.partition, None)
         except KafkaException as exc:
             log.warning("could not read committed offsets on assignment: %s", exc)
         self.assigned |= parts

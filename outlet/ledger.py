@@ -54,21 +54,26 @@ class Ledger:
                 self._lines += 1
         return entries
 
-    def pending(self, committed: dict[int, int]) -> list[Ranges]:
-        """Batches with at least one range beyond the committed offsets, in seal order.
+    def pending(
+        self, committed: dict[int, int], partitions: set[int] | None = None
+    ) -> list[tuple[Ranges, Ranges]]:
+        """Recorded batches with records not yet committed, in seal order.
 
-        Ranges already covered by a commit are removed from the plan (their data will
-        not be redelivered); partitions we know nothing about are kept.
+        Returns (full ranges, ranges still to rebuild) pairs. Part of a batch can be
+        committed already (partitions commit independently): only the rest is re-read,
+        and it is rebuilt under the batch's original token, so a destination that stored
+        the batch drops the repeat and one that never did stores the part it lacks.
+        `partitions` restricts the result to ranges of partitions we own.
         """
-        plans: list[Ranges] = []
+        plans: list[tuple[Ranges, Ranges]] = []
         for ranges in self._entries:
-            left = {p: rng for p, rng in ranges.items() if rng[1] >= committed.get(p, -1)}
-            if left and len(left) == len(ranges):
-                plans.append(left)
-            elif left:
-                # Part of this batch was committed: it was fully handled (commits only
-                # happen at batch boundaries), so nothing here needs rebuilding.
-                continue
+            left = {
+                p: rng
+                for p, rng in ranges.items()
+                if rng[1] >= committed.get(p, -1) and (partitions is None or p in partitions)
+            }
+            if left:
+                plans.append((dict(ranges), left))
         return plans
 
     def record(self, ranges: Ranges) -> None:

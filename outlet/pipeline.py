@@ -13,6 +13,7 @@ Tasks, all owned by one nursery:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -55,20 +56,28 @@ class Batcher:
         self.plans: list[RebuildPlan] = []
         self._seq = 0
 
-    def load_plans(self, committed: dict[int, int]) -> None:
-        """Batches sealed before a crash and not committed: rebuild them exactly.
+    def add_plans(self, committed: dict[int, int], partitions: set[int]) -> None:
+        """On assignment: batches sealed earlier and not committed are rebuilt exactly.
 
-        They are registered with the commit tracker now, before any new batch, so
-        the commit watermark cannot pass them while they are being rebuilt.
+        This covers a restart after a crash and a consumer-group rejoin after a lost
+        assignment (session timeout): the re-read records go into batches with the
+        original boundaries and tokens, so destinations deduplicate them. Plans are
+        registered with the commit tracker now, before any new batch of those
+        partitions, so the commit watermark cannot pass them while they are rebuilt.
         """
-        self.plans = [RebuildPlan(r) for r in self.o.ledger.pending(committed)]
+        active = {make_token(self.o.cfg.kafka.topic, p.token_ranges) for p in self.plans}
         names = {d.name for d in self.o.destinations}
-        for plan in self.plans:
+        added = 0
+        for full, left in self.o.ledger.pending(committed, partitions):
+            if make_token(self.o.cfg.kafka.topic, full) in active:
+                continue
             self._seq += 1
-            plan.seq = self._seq
+            plan = RebuildPlan(ranges=left, token_ranges=full, seq=self._seq)
+            self.plans.append(plan)
             self.o.tracker.register(plan.seq, plan.ranges, 0, names)
-        if self.plans:
-            log.info("rebuilding %d batch(es) recorded before the last stop", len(self.plans))
+            added += 1
+        if added:
+            log.info("rebuilding %d batch(es) sealed before and not committed", added)
 
     async def run(self, recv: trio.MemoryReceiveChannel[Chunk]) -> None:
         async with recv:
@@ -137,7 +146,12 @@ class Batcher:
             self.plans.remove(plan)
             if plan.builder.records:
                 await self._seal(
-                    plan.builder, "rebuild", record=False, ranges=plan.ranges, seq=plan.seq
+                    plan.builder,
+                    "rebuild",
+                    record=False,
+                    ranges=plan.ranges,
+                    seq=plan.seq,
+                    token_ranges=plan.token_ranges,
                 )
             else:
                 for d in self.o.destinations:
@@ -156,6 +170,7 @@ class Batcher:
         record: bool = True,
         ranges: dict[int, tuple[int, int]] | None = None,
         seq: int | None = None,
+        token_ranges: dict[int, tuple[int, int]] | None = None,
     ) -> None:
         if not builder.records:
             return
@@ -180,7 +195,7 @@ class Batcher:
         self.o.metrics.batch_size.observe(encoded.rows)
         job = EncodedJob(
             seq=batch.seq,
-            token=make_token(batch.topic, batch.ranges),
+            token=make_token(batch.topic, token_ranges or batch.ranges),
             native=encoded.native,
             rows=encoded.rows,
             ranges=batch.ranges,
@@ -209,7 +224,9 @@ class Outlet:
         self.codec = FlowCodec(cfg.metadata, state_dir / "codec")
         self.tracker = CommitTracker()
         self.destinations = [Destination(d, self.metrics, self._settle) for d in cfg.destinations()]
-        self.kafka = KafkaInput(cfg.kafka, self.metrics, on_revoke=self._revoked)
+        self.kafka = KafkaInput(
+            cfg.kafka, self.metrics, on_assign=self._assigned, on_revoke=self._revoked
+        )
         self.batcher = Batcher(self)
         self._commit_wanted = trio.Event()
         self._last_bad_log = 0.0
@@ -247,6 +264,12 @@ class Outlet:
     def _update_commit_gauges(self) -> None:
         self.metrics.commit_pending_batches.set(self.tracker.pending_batches)
         self.metrics.commit_pending_flows.set(self.tracker.pending_flows)
+
+    def _assigned(self, partitions: set[int]) -> None:
+        """Partitions assigned (consume thread): plan the rebuild of uncommitted batches."""
+        committed = {p: o for p, o in self.kafka.committed_at_assign.items() if p in partitions}
+        with contextlib.suppress(trio.RunFinishedError):
+            trio.from_thread.run_sync(self.batcher.add_plans, committed, partitions)
 
     def _revoked(self, partitions: set[int]) -> None:
         """Partitions are moving to another outlet (called in the consume thread).
@@ -332,9 +355,6 @@ class Outlet:
         from outlet.httpapi import serve_http  # local: keeps hypercorn out of unit tests
 
         self.state.started = time.time()
-        # Rebuild plans need the committed offsets; read them before consuming.
-        committed = await trio.to_thread.run_sync(self._initial_committed)
-        self.batcher.load_plans(committed)
         async with trio.open_nursery() as outer:
             outer.start_soon(serve_http, self)
             async with trio.open_nursery() as dests:
@@ -391,26 +411,6 @@ class Outlet:
         """Stop consuming; the batch in progress is flushed and committed (like SIGTERM)."""
         self.state.stopping = True
         self._input_scope.cancel()
-
-    def _initial_committed(self) -> dict[int, int]:
-        from confluent_kafka import OFFSET_INVALID, Consumer, TopicPartition
-
-        from outlet.kafka_input import consumer_settings
-
-        probe = Consumer(consumer_settings(self.cfg.kafka))
-        try:
-            meta = probe.list_topics(self.cfg.kafka.topic, timeout=30)
-            topic = meta.topics.get(self.cfg.kafka.topic)
-            if topic is None or topic.error is not None:
-                return {}
-            tps = [TopicPartition(self.cfg.kafka.topic, p) for p in topic.partitions]
-            out = {}
-            for tp in probe.committed(tps, timeout=30):
-                if tp.offset != OFFSET_INVALID and tp.offset >= 0:
-                    out[tp.partition] = tp.offset
-            return out
-        finally:
-            probe.close()
 
     def _close(self) -> None:
         self.kafka.close()

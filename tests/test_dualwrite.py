@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from chaos.outlet_proc import topic_end_offsets
 from tests.conftest import OutletRun
 
 pytestmark = pytest.mark.stack
@@ -58,10 +59,10 @@ def test_azure_partition_loses_exactly_what_is_reported(outlet_run: RunFactory) 
     producer = background(lambda: run.produce(total, rate=10_000))
     time.sleep(5)
     toxi.disable(run.ch("azure").proxy)
-    local_before = run.rows("local")
-    t0 = time.monotonic()
+    local_before, produced_before = run.rows("local"), topic_end_offsets(run.ep, run.topic)
     time.sleep(30)
-    local_rate = (run.rows("local") - local_before) / (time.monotonic() - t0)
+    stored = run.rows("local") - local_before
+    offered = topic_end_offsets(run.ep, run.topic) - produced_before
     toxi.enable(run.ch("azure").proxy)
     producer.join()
     assert run.wait_rows("local", total) == total
@@ -72,8 +73,10 @@ def test_azure_partition_loses_exactly_what_is_reported(outlet_run: RunFactory) 
     assert reported > 0
     assert azure.duplicates == 0
     assert azure.rows == total - reported, f"azure {azure.rows}, reported loss {reported}"
-    # The offered rate is 10k flows/s: the primary keeps up with it during the partition.
-    assert local_rate >= 0.95 * 10_000 * 0.9, f"primary stored {local_rate:.0f} flows/s"
+    # The primary keeps up with what was offered during the partition (the ratio is
+    # printed; batches in flight at the window's edges make it a little noisy).
+    print(f"during the azure partition the primary stored {stored / offered:.3f} of the offered")
+    assert stored >= 0.93 * offered, f"primary stored {stored} of {offered} offered flows"
     assert outlet.stop() == 0
 
 
