@@ -239,28 +239,33 @@ def test_report_rendering(tmp_path: Path) -> None:
 
 # -- one real run -----------------------------------------------------------------------
 
-E2E_TIME_SCALE = 0.5  # azure-partition: 22.5 s of load, ~40-60 s with set-up and drain
+# The representative set `make test` runs (docs/chaos.md): a cloud partition, an outlet
+# crash under load and a broker restart, each about 40-70 s with set-up and drain.
+CI_SCENARIOS = [("azure-partition", 0.5), ("outlet-crash", 0.5), ("kafka-restart", 1.0)]
 
 
 @pytest.mark.stack
-@pytest.mark.timeout(240)
-def test_azure_partition_end_to_end(stack: Any, tmp_path: Path) -> None:
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("name", "scale"), CI_SCENARIOS, ids=[n for n, _ in CI_SCENARIOS])
+def test_scenario_end_to_end(stack: Any, tmp_path: Path, name: str, scale: float) -> None:
     from chaos.runner import run_scenario
 
-    sc = load_scenario("azure-partition").scaled(E2E_TIME_SCALE)
+    sc = load_scenario(name).scaled(scale)
     t0 = time.monotonic()
     res = run_scenario(sc, stack.stack_dir, tmp_path)
-    took = time.monotonic() - t0
+    print(f"{name} at time scale {scale}: {time.monotonic() - t0:.0f} s")
     failures = [f"{c.name}: expected {c.expected}, observed {c.observed}"
                 for c in res.failures]
     assert res.passed, "\n".join(failures) + f"\n{res.error}"
-    assert took < 90, f"took {took:.0f} s"
     report = tmp_path / sc.name
     assert (report / "timeline.png").exists()
     data = json.loads((report / "report.json").read_text())
     assert data["passed"] and data["info"]["produced"] > 0
-    # the partition really bit (azure's loss itself depends on the spool of issue 5)
-    assert any(k.startswith("outlet_destination_insert_errors_total") and 'azure' in k and v > 0
-               for k, v in data["metrics"].items())
+    if name.startswith("azure"):
+        # the partition really bit (azure's data itself is kept by the spool)
+        assert any(
+            k.startswith("outlet_destination_insert_errors_total") and "azure" in k and v > 0
+            for k, v in data["metrics"].items()
+        )
     assert yaml.safe_load((report / "outlet" / "outlet.yaml").read_text())["kafka"]["topic"] \
         == data["info"]["topic"]
