@@ -191,8 +191,14 @@ class KafkaInput:
             self.metrics.kafka_paused.set(0)
             log.info("kafka: consumption resumed")
 
-    def commit(self, offsets: dict[int, int]) -> None:
-        """Synchronously commit next-offsets (blocking; call through to_thread)."""
+    def commit(self, offsets: dict[int, int], asynchronous: bool = False) -> None:
+        """Commit next-offsets. Synchronous by default (call it through to_thread).
+
+        The rebalance callback commits asynchronously: the request is queued on the
+        coordinator connection ahead of the JoinGroup that follows the callback, so the
+        next owner sees it, and a lost assignment (session timeout, coordinator gone)
+        cannot block the callback and with it the whole consumer.
+        """
         tps = [
             TopicPartition(self.cfg.topic, p, off)
             for p, off in offsets.items()
@@ -200,7 +206,7 @@ class KafkaInput:
         ]
         if not tps:
             return
-        self._consumer.commit(offsets=tps, asynchronous=False)
+        self._consumer.commit(offsets=tps, asynchronous=asynchronous)
         self.metrics.kafka_commits.inc()
         for tp in tps:
             self.metrics.kafka_committed_offset.labels(str(tp.partition)).set(tp.offset)

@@ -276,7 +276,9 @@ class Outlet:
 
         Blocks the rebalance until every batch holding records of those partitions is
         settled (within the grace period) and commits them from this thread, as
-        librdkafka expects, so the next owner starts right after what we stored.
+        librdkafka expects, so the next owner starts right after what we stored. If the
+        assignment was lost instead (session timeout), the commit fails harmlessly and
+        the ledger rebuilds the re-read batches with their original tokens.
         """
         if not self.state.stopping and self._chunk_send is not None:
             try:
@@ -285,7 +287,7 @@ class Outlet:
                 offsets = {}
             if offsets:
                 try:
-                    self.kafka.commit(offsets)
+                    self.kafka.commit(offsets, asynchronous=True)
                     self._committed.update(offsets)
                 except Exception as exc:  # lost assignment: the ledger rebuilds instead
                     self.metrics.kafka_errors.labels("commit").inc()
