@@ -241,7 +241,12 @@ def test_report_rendering(tmp_path: Path) -> None:
 
 # The representative set `make test` runs (docs/chaos.md): a cloud partition, an outlet
 # crash under load and a broker restart, each about 40-70 s with set-up and drain.
-CI_SCENARIOS = [("azure-partition", 0.5), ("outlet-crash", 0.5), ("kafka-restart", 1.0)]
+CI_SCENARIOS = [
+    ("azure-partition", 0.5),
+    ("outlet-crash", 0.5),
+    ("kafka-restart", 1.0),
+    ("kafka-partition", 1.0),
+]
 
 
 @pytest.mark.stack
