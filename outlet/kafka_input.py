@@ -206,7 +206,10 @@ class KafkaInput:
         ]
         if not tps:
             return
-        self._consumer.commit(offsets=tps, asynchronous=asynchronous)
+        if asynchronous:
+            self._consumer.commit(offsets=tps, asynchronous=True)
+        else:
+            self._consumer.commit(offsets=tps, asynchronous=False)
         self.metrics.kafka_commits.inc()
         for tp in tps:
             self.metrics.kafka_committed_offset.labels(str(tp.partition)).set(tp.offset)
