@@ -12,6 +12,7 @@ settled on every destination (see outlet/commit.py).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,7 +103,13 @@ class KafkaInput:
         self.committed_at_assign: dict[int, int] = {}
         self._consumer = Consumer(consumer_settings(cfg), logger=logging.getLogger("librdkafka"))
         self._consumer.subscribe([cfg.topic], on_assign=self._assign_cb, on_revoke=self._revoke_cb)
-        self._held: Chunk | None = None
+        # Every librdkafka call happens in the consume worker thread: calling the consumer
+        # from the Trio thread can block it behind a rebalance callback (a deadlock seen
+        # in the kafka-partition scenario). Pause state and lag are applied from there.
+        self._want_paused = False
+        self._paused = False
+        self.lag_base: dict[int, int] = {}
+        self._last_lag = 0.0
 
     # librdkafka calls these from inside consume(), i.e. in our worker thread.
     def _assign_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -118,6 +125,8 @@ class KafkaInput:
             log.warning("could not read committed offsets on assignment: %s", exc)
         self.assigned |= parts
         self.ever_assigned = True
+        if self._paused:
+            consumer.pause(partitions)
         log.info("kafka: assigned partitions %s", sorted(parts))
         if self._on_assign is not None:
             self._on_assign(parts)
@@ -131,7 +140,23 @@ class KafkaInput:
             self._on_revoke(parts)
         self.assigned -= parts
 
+    def _apply_pause(self) -> None:
+        if self._want_paused == self._paused:
+            return
+        tps = [TopicPartition(self.cfg.topic, p) for p in sorted(self.assigned)]
+        if tps:
+            if self._want_paused:
+                self._consumer.pause(tps)
+            else:
+                self._consumer.resume(tps)
+        self._paused = self._want_paused
+
     def _consume(self, limit: int, timeout: float) -> Chunk:
+        self._apply_pause()
+        now = time.monotonic()
+        if now - self._last_lag >= 1.0:
+            self._last_lag = now
+            self._update_lag()
         chunk = Chunk()
         messages = self._consumer.consume(num_messages=limit, timeout=timeout)
         parts, offs, vals = chunk.partitions, chunk.offsets, chunk.values
@@ -169,25 +194,22 @@ class KafkaInput:
             return
         # The pipeline is full (a destination that must not lose data is down or slow):
         # pause fetching but keep polling so we stay in the consumer group.
-        paused = [TopicPartition(self.cfg.topic, p) for p in sorted(self.assigned)]
-        if paused:
-            self._consumer.pause(paused)
+        self._want_paused = True
         self.metrics.kafka_paused.set(1)
         log.info("kafka: pipeline full, consumption paused")
         held = [chunk]
         try:
-            while True:
+            while held:
                 with trio.move_on_after(1.0):
-                    for c in held:
-                        await send.send(c)
-                    return
-                extra = await trio.to_thread.run_sync(self._consume, 1000, 0.0)
-                if extra:
-                    held.append(extra)  # fetched before the pause took effect
+                    while held:
+                        await send.send(held[0])
+                        held.pop(0)
+                if held:
+                    extra = await trio.to_thread.run_sync(self._consume, 1000, 0.0)
+                    if extra:
+                        held.append(extra)  # fetched before the pause took effect
         finally:
-            current = [TopicPartition(self.cfg.topic, p) for p in sorted(self.assigned)]
-            if current:
-                self._consumer.resume(current)
+            self._want_paused = False  # the next consume() resumes fetching
             self.metrics.kafka_paused.set(0)
             log.info("kafka: consumption resumed")
 
@@ -214,8 +236,8 @@ class KafkaInput:
         for tp in tps:
             self.metrics.kafka_committed_offset.labels(str(tp.partition)).set(tp.offset)
 
-    def update_lag(self, committed: dict[int, int]) -> None:
-        """Refresh the consumer-lag gauge from cached high watermarks (non-blocking)."""
+    def _update_lag(self) -> None:
+        """Refresh the consumer-lag gauge from cached high watermarks (consume thread)."""
         for p in list(self.assigned):
             try:
                 _, high = self._consumer.get_watermark_offsets(
@@ -225,7 +247,7 @@ class KafkaInput:
                 continue
             if high is None or high < 0:
                 continue
-            base = committed.get(p, self.committed_at_assign.get(p, 0))
+            base = self.lag_base.get(p, self.committed_at_assign.get(p, 0))
             self.metrics.kafka_lag.labels(str(p)).set(max(0, high - base))
 
     def close(self) -> None:

@@ -334,7 +334,6 @@ class Outlet:
                 await self._commit_wanted.wait()
             self._commit_wanted = trio.Event()
             await self.commit_now()
-            self.kafka.update_lag(self._committed)
 
     async def commit_now(self) -> None:
         offsets = {
@@ -349,6 +348,7 @@ class Outlet:
             log.warning("kafka commit failed (will retry): %s", exc)
             return
         self._committed.update(offsets)
+        self.kafka.lag_base.update(offsets)
         await trio.to_thread.run_sync(self.ledger.compact, dict(self._committed))
 
     # -- lifecycle -------------------------------------------------------------------
