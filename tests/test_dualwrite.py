@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from chaos.outlet_proc import topic_end_offsets
+from chaos.toxiproxy import Toxiproxy
 from tests.conftest import OutletRun
 
 pytestmark = pytest.mark.stack
@@ -179,7 +180,8 @@ def test_cut_after_server_stored_does_not_duplicate(outlet_run: RunFactory) -> N
 
 def test_sigkill_with_batches_in_flight(outlet_run: RunFactory) -> None:
     run = outlet_run(batch_size=10_000, wait_time="500ms", additional_extra=NO_SPOOL)
-    toxi = run.ep.toxiproxy.client()
+    # Removing a latency toxic waits for the data it delays: allow it time.
+    toxi = Toxiproxy(run.ep.toxiproxy.api, timeout=120)
     # Slow azure so that batches are in flight there when the outlet dies.
     toxi.add_toxic(run.ch("azure").proxy, "latency", {"latency": 300}, name="slow")
     producer = background(lambda: run.produce(150_000, rate=25_000))
