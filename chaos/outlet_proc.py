@@ -233,6 +233,28 @@ def create_topic(ep: Endpoints, name: str, partitions: int | None = None) -> str
     return name
 
 
+@dataclass(frozen=True)
+class RunNames:
+    """Names that keep one harness run apart from every other (topic, group, flow ids)."""
+
+    workdir: Path
+    topic: str
+    group: str
+    run_id: int
+
+
+def fresh_run(report_dir: Path, kind: str, name: str) -> RunNames:
+    """Empty `report_dir`, make its outlet workdir and name a fresh topic and group."""
+    import shutil
+
+    if report_dir.exists():
+        shutil.rmtree(report_dir)
+    workdir = report_dir / "outlet"
+    workdir.mkdir(parents=True)
+    topic = f"{kind}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return RunNames(workdir, topic, f"outlet-{topic}", int(time.time()) % 255 + 1)
+
+
 def topic_end_offsets(ep: Endpoints, topic: str) -> int:
     """Sum of the partitions' high watermarks: how many records the topic has received."""
     from confluent_kafka import Consumer, TopicPartition

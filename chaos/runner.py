@@ -28,7 +28,6 @@ import contextlib
 import itertools
 import json
 import logging
-import shutil
 import threading
 import time
 import traceback
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos import stack as stk
-from chaos.outlet_proc import OutletProcess, apply_schema, free_port, outlet_config
+from chaos.outlet_proc import OutletProcess, apply_schema, free_port, fresh_run, outlet_config
 from chaos.scenario import (
     Action,
     MetricSelector,
@@ -721,14 +720,8 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
     sdir = Path(stack_dir).resolve()
     ep = Endpoints.load(sdir)
     report_dir = Path(reports_dir) / sc.name
-    if report_dir.exists():
-        shutil.rmtree(report_dir)
-    workdir = report_dir / "outlet"
-    workdir.mkdir(parents=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    topic = f"chaos-{sc.name}-{stamp}"
-    group = f"outlet-{topic}"
-    run_id = int(time.time()) % 255 + 1
+    names = fresh_run(report_dir, "chaos", sc.name)
+    workdir, topic, group, run_id = names.workdir, names.topic, names.group, names.run_id
     tp = ep.toxiproxy.client()
     tp.reset()
 

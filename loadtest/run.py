@@ -16,13 +16,13 @@ sums); write ``reports/load/<profile>/``: ``report.md``, ``report.json``,
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from chaos.outlet_proc import fresh_run
 from chaos.stack import Endpoints
 from loadtest import harness as h
 from loadtest.loadgen import LoadSettings
@@ -39,14 +39,8 @@ def run_load(profile: Profile, ep: Endpoints, report_dir: Path, *,
              destinations: Sequence[str] = DESTINATIONS) -> dict[str, Any]:
     """One load run; returns the report dict (also written to ``report_dir``)."""
     scaled = profile.scaled(time_scale, rate_scale)
-    if report_dir.exists():
-        shutil.rmtree(report_dir)
-    workdir = report_dir / "outlet"
-    workdir.mkdir(parents=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    topic = f"load-{profile.name}-{stamp}"
-    group = f"outlet-{topic}"
-    run_id = int(time.time()) % 255 + 1
+    names = fresh_run(report_dir, "load", profile.name)
+    workdir, topic, group, run_id = names.workdir, names.topic, names.group, names.run_id
     nparts = partitions or ep.kafka.partitions
     h.prepare_tables(ep, workdir, destinations, topic)
     h.create_topic(ep, topic, nparts)
