@@ -50,6 +50,7 @@ def outlet_config(
     database: str = "flows",
     additional_extra: dict[str, Any] | None = None,
     grace_period: str = "30s",
+    compression: str = "none",
 ) -> dict[str, Any]:
     """An outlet config dict: the first destination is the primary."""
 
@@ -79,6 +80,7 @@ def outlet_config(
             "maximum-batch-size": batch_size,
             "maximum-wait-time": wait_time,
             "grace-period": grace_period,
+            "compression": compression,
         },
         "http": {"listen": f"127.0.0.1:{http_port}"},
         "state": {"path": state_path},

@@ -54,6 +54,7 @@ def drain(
     label: str,
     workdir: Path,
     batch_size: int,
+    compression: str = "none",
 ) -> DrainResult:
     """Run one outlet over the whole backlog; stop it when the primary holds every flow."""
     database = f"bench_{label}_{int(time.time())}"
@@ -68,6 +69,7 @@ def drain(
         batch_size=batch_size,
         wait_time="1s",
         additional_extra={"spool": {"enable": False}},
+        compression=compression,
     )
     cfg["log"]["level"] = "warning"
     run_dir = workdir / label
@@ -117,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds", type=int, default=1, help="dualwrite: alternate single/dual N times"
     )
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument(
+        "--compression",
+        default="none",
+        choices=["none", "lz4"],
+        help="clickhouse.compression of the outlet (lz4: compressed once, sent to every one)",
+    )
     args = ap.parse_args(argv)
 
     ep, started_stack = _stack(args.stack_dir)
@@ -134,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.rounds):
                 plan += [(f"single{i}", ("local",)), (f"dual{i}", ("local", "azure"))]
         for label, dests in plan:
-            r = drain(ep, topic, args.flows, dests, label, workdir, args.batch_size)
+            r = drain(
+                ep, topic, args.flows, dests, label, workdir, args.batch_size, args.compression
+            )
             results.append(r)
             print(
                 f"{label:>8}: {r.flows:,} flows in {r.seconds:.2f}s = "

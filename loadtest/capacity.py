@@ -700,8 +700,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--overhead-rounds", type=int, default=2)
     ap.add_argument("--datacenter-rate", type=float, default=DATACENTER_RATE)
     ap.add_argument("--stack-dir", default=".stack")
+    ap.add_argument("--compression", default="none", choices=["none", "lz4"],
+                    help="the outlet's clickhouse.compression")
     ap.add_argument("--report-dir", default=str(REPORT_DIR))
     args = ap.parse_args(argv)
+    h.OUTLET_COMPRESSION = args.compression
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
     unknown = parts - {"steps", "scaleout", "overhead"}
     if unknown:

@@ -95,6 +95,10 @@ def prepare_tables(ep: Endpoints, workdir: Path, destinations: Sequence[str], to
         reset_table(ep.clickhouse[d])
 
 
+# clickhouse.compression for every outlet the harness starts (`--compression` of the CLIs).
+OUTLET_COMPRESSION = "none"
+
+
 def make_outlet(ep: Endpoints, workdir: Path, *, name: str, destinations: Sequence[str],
                 topic: str, group: str, batch_size: int, wait_time: str,
                 proxied: bool = False) -> OutletProcess:
@@ -102,7 +106,8 @@ def make_outlet(ep: Endpoints, workdir: Path, *, name: str, destinations: Sequen
     the outlet, not the proxy), with its own state directory."""
     cfg = outlet_config(ep, state_path=str(workdir / f"{name}-state"), http_port=free_port(),
                         destinations=destinations, proxied=proxied, consumer_group=group,
-                        topic=topic, batch_size=batch_size, wait_time=wait_time)
+                        topic=topic, batch_size=batch_size, wait_time=wait_time,
+                        compression=OUTLET_COMPRESSION)
     cfg["log"] = {"level": "warning", "format": "human"}
     return OutletProcess(workdir, cfg, name=name)
 

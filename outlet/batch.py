@@ -75,13 +75,22 @@ class EncodedJob:
 
     seq: int
     token: str
-    native: bytes
+    native: bytes  # a Native block, or an LZ4 frame of one (see `compression`)
     rows: int
     ranges: Ranges
 
     @property
     def nbytes(self) -> int:
         return len(self.native)
+
+    @property
+    def compression(self) -> str | None:
+        """`lz4` when the bytes are an LZ4 frame (spooled batches keep their encoding)."""
+        return "lz4" if self.native[:4] == LZ4_FRAME_MAGIC else None
+
+
+# A Native block starts with a varint column count, never with this frame magic.
+LZ4_FRAME_MAGIC = b"\x04\x22\x4d\x18"
 
 
 @dataclass

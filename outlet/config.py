@@ -173,6 +173,7 @@ class BatchConfig:
     maximum_batch_size: int = 50000
     maximum_wait_time: float = 5.0
     grace_period: float = 60.0
+    compression: str = "none"  # global: a batch is encoded (and compressed) once
 
 
 @dataclass(frozen=True)
@@ -909,7 +910,8 @@ def _connection(m: _Map, *, max_retries_default: int, servers_required: bool) ->
     )
 
 
-_BATCH_KEYS = ("maximum-batch-size", "maximum-wait-time", "grace-period")
+_BATCH_KEYS = ("maximum-batch-size", "maximum-wait-time", "grace-period", "compression")
+COMPRESSIONS = ("none", "lz4")
 
 
 def _batch(m: _Map, defaults: BatchConfig) -> BatchConfig:
@@ -921,6 +923,7 @@ def _batch(m: _Map, defaults: BatchConfig) -> BatchConfig:
             "maximum-wait-time", defaults.maximum_wait_time, positive=True
         ),
         grace_period=m.duration("grace-period", defaults.grace_period),
+        compression=m.string("compression", defaults.compression, choices=COMPRESSIONS),
     )
 
 
@@ -967,7 +970,11 @@ def _destination(m: _Map, top_batch: BatchConfig, state_path: str) -> Destinatio
     connection = _connection(
         m.map("connection", _CONNECTION_KEYS), max_retries_default=3, servers_required=True
     )
-    hints = {"grace-period": "grace-period is global: set it in the top-level clickhouse section"}
+    hints = {
+        "grace-period": "grace-period is global: set it in the top-level clickhouse section",
+        "compression": "compression is global (batches are compressed once for every "
+        "destination): set it in the top-level clickhouse section",
+    }
     batch = _batch(m.map("clickhouse", _BATCH_KEYS[:2], hints), top_batch)
     return DestinationConfig(
         name=name,
@@ -1280,6 +1287,7 @@ def redacted_dict(cfg: OutletConfig) -> dict[str, Any]:
             "maximum-batch-size": cfg.clickhouse.maximum_batch_size,
             "maximum-wait-time": format_duration(cfg.clickhouse.maximum_wait_time),
             "grace-period": format_duration(cfg.clickhouse.grace_period),
+            "compression": cfg.clickhouse.compression,
         },
         "additional-clickhouses": [
             {

@@ -168,6 +168,7 @@ class ClickHouseWriter:
                     "insert_deduplicate": 1,
                 },
                 fmt="Native",
+                compression=job.compression,
             )
         except Exception as exc:
             failure = classify(exc)

@@ -14,6 +14,7 @@ Tasks, all owned by one nursery:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import signal
@@ -21,10 +22,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import lz4.frame
 import trio
 
 from outlet.batch import BatchBuilder, EncodedJob, RebuildPlan, SealedBatch, make_token
-from outlet.codec import FlowCodec
+from outlet.codec import EncodedBatch, FlowCodec
 from outlet.commit import CommitTracker
 from outlet.config import OutletConfig
 from outlet.destination import Destination
@@ -188,7 +190,7 @@ class Batcher:
             await trio.to_thread.run_sync(self.o.ledger.record, batch.ranges)
         self.o.metrics.batches_sealed.labels(reason).inc()
         started = time.perf_counter()
-        encoded = await trio.to_thread.run_sync(self.o.codec.encode, batch.records)
+        encoded = await trio.to_thread.run_sync(self.o.encode, batch.records)
         self.o.metrics.encode_seconds.observe(time.perf_counter() - started)
         self._count_bad(encoded.bad_records, batch.records)
         self.o.metrics.flows_received.inc(encoded.rows)
@@ -236,6 +238,16 @@ class Outlet:
         self._chunk_send: trio.MemorySendChannel[Chunk] | None = None
         for reason in ("empty", "malformed"):
             self.metrics.decode_errors.labels(reason)
+
+    def encode(self, records: tuple[bytes, ...]) -> EncodedBatch:
+        """Decode, enrich, encode and (optionally) compress, once for every destination."""
+        encoded = self.codec.encode(records)
+        if self.cfg.clickhouse.compression == "lz4" and encoded.native:
+            native = lz4.frame.compress(
+                encoded.native, block_size=lz4.frame.BLOCKSIZE_MAX4MB, store_size=False
+            )
+            return dataclasses.replace(encoded, native=native)
+        return encoded
 
     # -- fan-out and settlement -------------------------------------------------
     async def fan_out(self, job: EncodedJob) -> None:

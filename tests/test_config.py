@@ -566,6 +566,7 @@ def test_redacted_dump_is_normalized_and_round_trips() -> None:
         "maximum-batch-size": 50000,
         "maximum-wait-time": "5s",
         "grace-period": "1m",
+        "compression": "none",
     }
     assert d["kafka"]["fetch-max-wait"] == "100ms"
     assert d["additional-clickhouses"][0]["spool"]["max-bytes"] == "1GiB"
@@ -616,3 +617,22 @@ def test_docs_example_parses() -> None:
     example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
     cfg = parse_config(yaml.safe_load(example), {"AZURE_PASSWORD": PASSWORD})
     assert [d.name for d in cfg.destinations()] == ["primary", "azure"]
+
+
+def test_compression_is_global() -> None:
+    cfg = parse_config({"clickhouse": {"compression": "lz4"}}, env={})
+    assert cfg.clickhouse.compression == "lz4"
+    with pytest.raises(ConfigError) as err:
+        parse_config({"clickhouse": {"compression": "gzip"}}, env={})
+    assert "clickhouse.compression" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        parse_config(
+            {
+                "additional-clickhouses": [
+                    {"name": "a", "connection": {"servers": ["x:1"]},
+                     "clickhouse": {"compression": "lz4"}}
+                ]
+            },
+            env={},
+        )
+    assert "compression is global" in str(err.value)

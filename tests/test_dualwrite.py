@@ -49,6 +49,18 @@ def test_normal_operation_both_hold_exactly_n(outlet_run: RunFactory) -> None:
     assert outlet.stop() == 0
 
 
+def test_lz4_compressed_once_stored_identically(outlet_run: RunFactory) -> None:
+    run = outlet_run(compression="lz4", wait_time="500ms", additional_extra=NO_SPOOL)
+    run.produce(100_000)
+    outlet = run.outlet()
+    outlet.start()
+    for name in ("local", "azure"):
+        assert run.wait_rows(name, 100_000) == 100_000
+        stats = run.stats(name)
+        assert (stats.rows, stats.duplicates, stats.bytes_sum) == (100_000, 0, run.bytes_sum)
+    assert outlet.stop() == 0
+
+
 def test_azure_partition_loses_exactly_what_is_reported(outlet_run: RunFactory) -> None:
     run = outlet_run(
         batch_size=5_000, wait_time="500ms", azure_max_retries=3, additional_extra=NO_SPOOL
