@@ -60,13 +60,14 @@ class SealedBatch:
 
     seq: int
     topic: str
-    ranges: Ranges
+    ranges: Ranges  # the records this batch holds
     records: tuple[bytes, ...]
     reason: str
+    token_ranges: Ranges | None = None  # a rebuilt batch keeps its original token
 
     @property
     def token(self) -> str:
-        return make_token(self.topic, self.ranges)
+        return make_token(self.topic, self.token_ranges or self.ranges)
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,6 @@ class EncodedJob:
     native: bytes  # a Native block, or an LZ4 frame of one (see `compression`)
     rows: int
     ranges: Ranges
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.native)
 
     @property
     def compression(self) -> str | None:

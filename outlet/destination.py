@@ -115,14 +115,11 @@ class ClickHouseWriter:
     def server(self) -> str:
         return self.conn.servers[self._current]
 
-    def client(self) -> Any:
-        """The client for the current server (created on first use)."""
-        return self._client()
-
     def redact(self, text: str) -> str:
         return _redact(text, self.conn.password.reveal())
 
-    def _client(self) -> Any:
+    def client(self) -> Any:
+        """The client for the current server (created on first use)."""
         url = self.server
         client = self._clients.get(url)
         if client is None:
@@ -157,7 +154,7 @@ class ClickHouseWriter:
     def insert(self, job: EncodedJob) -> int:
         """Insert one encoded batch; returns rows written as reported by the server."""
         try:
-            client = self._client()
+            client = self.client()
             summary = client.raw_insert(
                 f"{self.conn.database}.{schema.TABLE}",
                 column_names=schema.COLUMN_NAMES,
@@ -205,7 +202,6 @@ class Destination:
         self._send, self._recv = trio.open_memory_channel[EncodedJob](cfg.queue_size)
         self.healthy = True
         self.last_error: str = ""
-        self._secret = cfg.connection.password.reveal()
         for kind in ("connect", "timeout", "auth", "permanent", "server", "other"):
             metrics.dest_errors.labels(self.name, kind)
         for reason in GIVE_UP_REASONS:
@@ -471,7 +467,7 @@ class Destination:
         self.metrics.dest_errors.labels(self.name, failure.kind).inc()
         self.metrics.dest_up.labels(self.name).set(0)
         self.healthy = False
-        message = _redact(failure.message, self._secret).splitlines()[0][:300]
+        message = self._writer.redact(failure.message).splitlines()[0][:300]
         self.last_error = message
         level = logging.ERROR if not failure.retriable else logging.WARNING
         if attempt == 1 or attempt % 10 == 0:

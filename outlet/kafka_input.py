@@ -108,7 +108,7 @@ class KafkaInput:
         # in the kafka-partition scenario). Pause state and lag are applied from there.
         self._want_paused = False
         self._paused = False
-        self.lag_base: dict[int, int] = {}
+        self.committed: dict[int, int] = {}  # next offsets we committed, per partition
         self._last_lag = 0.0
 
     # librdkafka calls these from inside consume(), i.e. in our worker thread.
@@ -234,6 +234,7 @@ class KafkaInput:
             self._consumer.commit(offsets=tps, asynchronous=False)
         self.metrics.kafka_commits.inc()
         for tp in tps:
+            self.committed[tp.partition] = tp.offset
             self.metrics.kafka_committed_offset.labels(str(tp.partition)).set(tp.offset)
 
     def _update_lag(self) -> None:
@@ -247,7 +248,7 @@ class KafkaInput:
                 continue
             if high is None or high < 0:
                 continue
-            base = self.lag_base.get(p, self.committed_at_assign.get(p, 0))
+            base = self.committed.get(p, self.committed_at_assign.get(p, 0))
             self.metrics.kafka_lag.labels(str(p)).set(max(0, high - base))
 
     def close(self) -> None:

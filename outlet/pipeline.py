@@ -25,7 +25,7 @@ from pathlib import Path
 import lz4.frame
 import trio
 
-from outlet.batch import BatchBuilder, EncodedJob, RebuildPlan, SealedBatch, make_token
+from outlet.batch import BatchBuilder, EncodedJob, RebuildPlan, SealedBatch
 from outlet.codec import EncodedBatch, FlowCodec
 from outlet.commit import CommitTracker
 from outlet.config import OutletConfig
@@ -43,7 +43,6 @@ COMMIT_INTERVAL = 1.0
 class RunState:
     """What /readyz and the shutdown path look at."""
 
-    started: float = 0.0
     stopping: bool = False
 
 
@@ -67,11 +66,11 @@ class Batcher:
         registered with the commit tracker now, before any new batch of those
         partitions, so the commit watermark cannot pass them while they are rebuilt.
         """
-        active = {make_token(self.o.cfg.kafka.topic, p.token_ranges) for p in self.plans}
+        active = [p.token_ranges for p in self.plans]
         names = {d.name for d in self.o.destinations}
         added = 0
         for full, left in self.o.ledger.pending(committed, partitions):
-            if make_token(self.o.cfg.kafka.topic, full) in active:
+            if full in active:
                 continue
             self._seq += 1
             plan = RebuildPlan(ranges=left, token_ranges=full, seq=self._seq)
@@ -92,12 +91,10 @@ class Batcher:
                     except trio.EndOfChannel:
                         break
                 if chunk is None:
-                    await self._seal(self.current, "time")
-                    self.current = BatchBuilder()
+                    await self._seal_current("time")
                     continue
                 if isinstance(chunk, Barrier):
-                    await self._seal(self.current, "rebalance")
-                    self.current = BatchBuilder()
+                    await self._seal_current("rebalance")
                     chunk.sealed.set()
                     continue
                 await self._add_chunk(chunk)
@@ -118,8 +115,7 @@ class Batcher:
             cur.extend(parts, offs, vals, start, stop)
             start = stop
             if len(cur.records) >= self.max_size:
-                await self._seal(cur, "size")
-                self.current = BatchBuilder()
+                await self._seal_current("size")
 
     async def _add_chunk_with_plans(self, chunk: Chunk) -> None:
         """Slow path, only while rebuilding batches recorded before a crash."""
@@ -133,8 +129,7 @@ class Batcher:
                 cur.started_at = trio.current_time()
             cur.add(p, off, vals[i])
             if len(cur.records) >= self.max_size:
-                await self._seal(cur, "size")
-                self.current = BatchBuilder()
+                await self._seal_current("size")
 
     async def _route_to_plan(self, p: int, off: int, value: bytes) -> bool:
         routed = False
@@ -161,9 +156,12 @@ class Batcher:
         return routed
 
     async def _flush_on_shutdown(self) -> None:
-        if self.current.records:
-            await self._seal(self.current, "shutdown")
-            self.current = BatchBuilder()
+        await self._seal_current("shutdown")
+
+    async def _seal_current(self, reason: str) -> None:
+        """Seal the open batch (if it holds anything) and start a new one."""
+        builder, self.current = self.current, BatchBuilder()
+        await self._seal(builder, reason)
 
     async def _seal(
         self,
@@ -185,6 +183,7 @@ class Batcher:
             ranges=dict(ranges if ranges is not None else builder.ranges),
             records=tuple(builder.records),
             reason=reason,
+            token_ranges=token_ranges,
         )
         if record:
             await trio.to_thread.run_sync(self.o.ledger.record, batch.ranges)
@@ -197,7 +196,7 @@ class Batcher:
         self.o.metrics.batch_size.observe(encoded.rows)
         job = EncodedJob(
             seq=batch.seq,
-            token=make_token(batch.topic, token_ranges or batch.ranges),
+            token=batch.token,
             native=encoded.native,
             rows=encoded.rows,
             ranges=batch.ranges,
@@ -233,7 +232,6 @@ class Outlet:
         self._commit_wanted = trio.Event()
         self._last_bad_log = 0.0
         self._bad_since_log = 0
-        self._committed: dict[int, int] = {}
         self._input_scope = trio.CancelScope()
         self._chunk_send: trio.MemorySendChannel[Chunk] | None = None
         for reason in ("empty", "malformed"):
@@ -300,7 +298,6 @@ class Outlet:
             if offsets:
                 try:
                     self.kafka.commit(offsets, asynchronous=True)
-                    self._committed.update(offsets)
                 except Exception as exc:  # lost assignment: the ledger rebuilds instead
                     self.metrics.kafka_errors.labels("commit").inc()
                     log.warning("commit on revoke failed: %s", exc)
@@ -323,7 +320,7 @@ class Outlet:
         return {
             p: off
             for p, off in self.tracker.committable().items()
-            if p in partitions and self._committed.get(p) != off
+            if p in partitions and self.kafka.committed.get(p) != off
         }
 
     def log_bad_records(self, count: int) -> None:
@@ -349,7 +346,9 @@ class Outlet:
 
     async def commit_now(self) -> None:
         offsets = {
-            p: off for p, off in self.tracker.committable().items() if self._committed.get(p) != off
+            p: off
+            for p, off in self.tracker.committable().items()
+            if self.kafka.committed.get(p) != off
         }
         if not offsets:
             return
@@ -359,16 +358,13 @@ class Outlet:
             self.metrics.kafka_errors.labels("commit").inc()
             log.warning("kafka commit failed (will retry): %s", exc)
             return
-        self._committed.update(offsets)
-        self.kafka.lag_base.update(offsets)
-        await trio.to_thread.run_sync(self.ledger.compact, dict(self._committed))
+        await trio.to_thread.run_sync(self.ledger.compact, dict(self.kafka.committed))
 
     # -- lifecycle -------------------------------------------------------------------
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until SIGTERM/SIGINT or cancellation; flush and commit on the way out."""
         from outlet.httpapi import serve_http  # local: keeps hypercorn out of unit tests
 
-        self.state.started = time.time()
         async with trio.open_nursery() as outer:
             outer.start_soon(serve_http, self)
             async with trio.open_nursery() as dests:
