@@ -6,7 +6,7 @@ STACK_DIR ?= .stack
 PYTEST_ARGS ?=
 SETUP_STAMP := .tools/.setup.stamp
 SETUP_INPUTS := pyproject.toml uv.lock ci/setup.sh ci/install-kafka.sh ci/install-toxiproxy.sh \
-	ci/kafka/pom.xml
+	ci/install-goflow2.sh ci/go-tools.sh ci/kafka/pom.xml
 
 .PHONY: setup up down status test test-all lint demo bench-outlet bench-dualwrite chaos chaos-all
 
