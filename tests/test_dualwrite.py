@@ -35,6 +35,14 @@ def lost(outlet: Any, destination: str) -> float:
     )
 
 
+def wait_lost(outlet: Any, destination: str, expected: float, timeout: float) -> float:
+    """Poll the loss metric until it reaches `expected` or time runs out; return it."""
+    deadline = time.monotonic() + timeout
+    while lost(outlet, destination) < expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return lost(outlet, destination)
+
+
 def test_normal_operation_both_hold_exactly_n(outlet_run: RunFactory) -> None:
     run = outlet_run(additional_extra=NO_SPOOL)
     run.produce(200_000)
@@ -119,10 +127,7 @@ def test_wrong_azure_password_no_retry_storm(outlet_run: RunFactory) -> None:
     outlet = run.outlet()
     outlet.start()
     assert run.wait_rows("local", 100_000, timeout=60) == 100_000
-    deadline = time.monotonic() + 20
-    while lost(outlet, "azure") < 100_000 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert lost(outlet, "azure") == 100_000
+    assert wait_lost(outlet, "azure", 100_000, timeout=20) == 100_000
     auth_errors = outlet.metric(
         "outlet_destination_insert_errors_total", destination="azure", error="auth"
     )
@@ -262,10 +267,7 @@ def test_azure_https_unknown_ca_fails_without_hurting_primary(outlet_run: RunFac
     outlet = run.outlet()
     outlet.start()
     assert run.wait_rows("local", 30_000, timeout=60) == 30_000
-    deadline = time.monotonic() + 30
-    while lost(outlet, "azure") < 30_000 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert lost(outlet, "azure") == 30_000
+    assert wait_lost(outlet, "azure", 30_000, timeout=30) == 30_000
     assert run.rows("azure") == 0
     assert outlet.metric("outlet_destination_insert_errors_total", destination="azure") > 0
     assert outlet.stop() == 0
