@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,14 +21,8 @@ from typing import Any
 
 import yaml
 
-from chaos.stack import Endpoints
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from chaos.chserver_proc import free_port as free_port  # re-exported for the harnesses
+from chaos.stack import Endpoints, ensure_topic
 
 
 def outlet_config(
@@ -227,11 +220,7 @@ class OutletProcess:
 
 def create_topic(ep: Endpoints, name: str, partitions: int | None = None) -> str:
     """A fresh topic, so a run never sees another run's records."""
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-
-    admin = AdminClient({"bootstrap.servers": ep.kafka.bootstrap})
-    futures = admin.create_topics([NewTopic(name, partitions or ep.kafka.partitions, 1)])
-    futures[name].result(30)
+    ensure_topic(ep.kafka.bootstrap, name, partitions or ep.kafka.partitions)
     return name
 
 
@@ -256,21 +245,6 @@ def fresh_run(report_dir: Path, kind: str, name: str) -> RunNames:
     topic = f"{kind}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return RunNames(workdir, topic, f"outlet-{topic}", int(time.time()) % 255 + 1)
 
-
-def topic_end_offsets(ep: Endpoints, topic: str) -> int:
-    """Sum of the partitions' high watermarks: how many records the topic has received."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": ep.kafka.bootstrap, "group.id": "watermarks"})
-    try:
-        meta = consumer.list_topics(topic, timeout=10)
-        total = 0
-        for p in meta.topics[topic].partitions:
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            total += int(high)
-        return total
-    finally:
-        consumer.close()
 
 
 def apply_schema(config_path: Path) -> None:

@@ -38,7 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from chaos import stack as stk
-from chaos.outlet_proc import OutletProcess, apply_schema, free_port, fresh_run, outlet_config
+from chaos.outlet_proc import (
+    OutletProcess,
+    apply_schema,
+    create_topic,
+    free_port,
+    fresh_run,
+    outlet_config,
+)
 from chaos.scenario import (
     Action,
     MetricSelector,
@@ -461,9 +468,6 @@ class Run:
                   + ("" if ok else f"  FAILED: {err}"), flush=True)
 
 
-def _create_topic(ep: Endpoints, topic: str) -> None:
-    stk._ensure_topic(ep.kafka.bootstrap, topic, ep.kafka.partitions)
-
 
 def _delete_topic(ep: Endpoints, topic: str) -> None:
     with contextlib.suppress(Exception):
@@ -737,7 +741,7 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
     apply_schema(schema_path)
     for d in sc.outlet.destinations:
         ch_query(ep.clickhouse[d], "TRUNCATE TABLE IF EXISTS flows.flows")
-    _create_topic(ep, topic)
+    create_topic(ep, topic)
 
     cfg = outlet_config(
         ep, state_path=str(workdir / "state"), http_port=free_port(),

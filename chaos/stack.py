@@ -672,7 +672,8 @@ def kafka_ready(bootstrap: str, timeout: float = 2.0) -> bool:
     return len(md.brokers) > 0
 
 
-def _ensure_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 30.0) -> None:
+def ensure_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 30.0) -> None:
+    """Create the topic (or add partitions) and wait until its metadata is served."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import (  # type: ignore[attr-defined]
         NewPartitions,
@@ -1045,7 +1046,7 @@ def start_stack(
     if not errors:
         run("proxies", lambda: _create_proxies(sdir, state))
     if not errors:
-        run("topic", lambda: _ensure_topic(f"127.0.0.1:{state['kafka_port']}", topic, partitions))
+        run("topic", lambda: ensure_topic(f"127.0.0.1:{state['kafka_port']}", topic, partitions))
     if not errors:
         # The outlet's path: bootstrap through the proxy must answer with the proxied listener.
         def check_proxied() -> None:

@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from chaos.outlet_proc import create_topic
 from chaos.stack import Endpoints
 from loadtest import harness as h
 from loadtest.generator import FlowGenerator
@@ -108,7 +109,7 @@ def run_steps(ep: Endpoints, out: Path, rates: Sequence[float], step_s: float, *
     work.mkdir(parents=True, exist_ok=True)
     topic = f"capacity-steps-{time.strftime('%H%M%S')}"
     h.prepare_tables(ep, work, dests, topic)
-    h.create_topic(ep, topic, partitions)
+    create_topic(ep, topic, partitions)
     prof = step_profile(rates, step_s)
     prof_path = work / "steps-profile.yaml"
     prof_path.write_text(yaml.safe_dump({
@@ -273,7 +274,7 @@ def run_scaleout(ep: Endpoints, out: Path, rate: float, seconds: float, *, batch
     topic = f"capacity-scaleout-{time.strftime('%H%M%S')}"
     group = f"outlet-{topic}"
     h.prepare_tables(ep, work, dests, topic)
-    h.create_topic(ep, topic, partitions)
+    create_topic(ep, topic, partitions)
     run_id = _new_run_id(run_ids)
     count = int(rate * seconds)
     outlets = {n: h.make_outlet(ep, work, name=n, destinations=dests, topic=topic, group=group,
@@ -409,7 +410,7 @@ def _phase(ep: Endpoints, work: Path, mode: str, *, rate: float | None, count: i
     pdir = work / tag
     pdir.mkdir(parents=True, exist_ok=True)
     h.prepare_tables(ep, pdir, BOTH, topic)
-    h.create_topic(ep, topic, partitions)
+    create_topic(ep, topic, partitions)
     run_id = _new_run_id(run_ids)
     outlet = h.make_outlet(ep, pdir, name="outlet", destinations=dests, topic=topic,
                            group=f"outlet-{topic}", batch_size=batch_size, wait_time=wait_time)

@@ -74,9 +74,6 @@ def stack(stack_dir: str | Path) -> Iterator[Endpoints]:
         stk.stop_stack(sdir)
 
 
-def create_topic(ep: Endpoints, topic: str, partitions: int) -> None:
-    stk._ensure_topic(ep.kafka.bootstrap, topic, partitions)
-
 
 def delete_topic(ep: Endpoints, topic: str) -> None:
     with contextlib.suppress(Exception):

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chaos.outlet_proc import fresh_run
+from chaos.outlet_proc import create_topic, fresh_run
 from chaos.stack import Endpoints
 from loadtest import harness as h
 from loadtest.loadgen import LoadSettings
@@ -43,7 +43,7 @@ def run_load(profile: Profile, ep: Endpoints, report_dir: Path, *,
     workdir, topic, group, run_id = names.workdir, names.topic, names.group, names.run_id
     nparts = partitions or ep.kafka.partitions
     h.prepare_tables(ep, workdir, destinations, topic)
-    h.create_topic(ep, topic, nparts)
+    create_topic(ep, topic, nparts)
     outlet = h.make_outlet(ep, workdir, name="outlet", destinations=destinations, topic=topic,
                            group=group, batch_size=batch_size, wait_time=wait_time)
     settings = LoadSettings(bootstrap=ep.kafka.bootstrap, topic=topic,

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from chaos.outlet_proc import topic_end_offsets
 from chaos.toxiproxy import Toxiproxy
+from loadtest.harness import Watermarks
 from tests.conftest import OutletRun
 
 pytestmark = pytest.mark.stack
@@ -80,10 +80,12 @@ def test_azure_partition_loses_exactly_what_is_reported(outlet_run: RunFactory) 
     producer = background(lambda: run.produce(total, rate=10_000))
     time.sleep(5)
     toxi.disable(run.ch("azure").proxy)
-    local_before, produced_before = run.rows("local"), topic_end_offsets(run.ep, run.topic)
+    watermarks = Watermarks(run.ep.kafka.bootstrap, run.topic)
+    local_before, produced_before = run.rows("local"), watermarks.total()
     time.sleep(30)
     stored = run.rows("local") - local_before
-    offered = topic_end_offsets(run.ep, run.topic) - produced_before
+    offered = watermarks.total() - produced_before
+    watermarks.close()
     toxi.enable(run.ch("azure").proxy)
     producer.join()
     assert run.wait_rows("local", total) == total
