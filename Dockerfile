@@ -10,12 +10,13 @@ WORKDIR /app
 RUN pip install --no-cache-dir uv
 
 # Dependencies first (cached layer), then the project itself.
+# Only the outlet and its runtime dependencies: no harness (the `harness` workspace member
+# and the dev group are left out).
 COPY pyproject.toml uv.lock README.md ./
-RUN uv sync --frozen --no-dev --no-install-project
+COPY harness/pyproject.toml ./harness/pyproject.toml
+RUN uv sync --frozen --no-default-groups --no-install-project
 COPY outlet ./outlet
-COPY chaos ./chaos
-COPY loadtest ./loadtest
-RUN uv sync --frozen --no-dev
+RUN uv sync --frozen --no-default-groups
 
 ENV PATH=/app/.venv/bin:$PATH
 RUN mkdir -p /var/lib/outlet /etc/outlet

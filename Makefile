@@ -5,7 +5,7 @@ UV ?= uv
 STACK_DIR ?= .stack
 PYTEST_ARGS ?=
 SETUP_STAMP := .tools/.setup.stamp
-SETUP_INPUTS := pyproject.toml uv.lock ci/setup.sh ci/install-kafka.sh ci/install-toxiproxy.sh \
+SETUP_INPUTS := pyproject.toml harness/pyproject.toml uv.lock ci/setup.sh ci/install-kafka.sh ci/install-toxiproxy.sh \
 	ci/install-goflow2.sh ci/go-tools.sh ci/kafka/pom.xml
 
 .PHONY: setup up down status test test-all lint demo bench-outlet bench-dualwrite chaos chaos-all
@@ -53,7 +53,7 @@ bench-dualwrite: setup
 	$(UV) run python -m loadtest.bench dualwrite --rounds 2 --stack-dir $(STACK_DIR) $(BENCH_ARGS)
 
 lint: setup
-	$(UV) run ruff check . && $(UV) run mypy outlet chaos loadtest
+	$(UV) run ruff check . && $(UV) run mypy outlet flowgen teststack chaos loadtest
 
 # Chaos harness (docs/chaos.md): `make chaos SCENARIO=azure-partition [TIME_SCALE=2]`,
 # `make chaos-all`. Reuses a healthy stack in $(STACK_DIR) or starts one (and stops it after).
@@ -93,3 +93,9 @@ capacity: setup
 bench-overhead-load: setup
 	$(UV) run python -m loadtest.capacity --only overhead --stack-dir $(STACK_DIR) \
 	    --report-dir reports/capacity/overhead-only $(CAPACITY_ARGS)
+
+# Regenerate outlet/pb/flow_pb2.py(i) from outlet/pb/flow.proto (grpcio-tools' protoc).
+.PHONY: proto
+proto: setup
+	$(UV) run python -m grpc_tools.protoc -Ioutlet/pb --python_out=outlet/pb --pyi_out=outlet/pb \
+	    outlet/pb/flow.proto

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from chaos import stack
+from teststack import stack
 
 
 def _cmd_up(args: argparse.Namespace) -> int:

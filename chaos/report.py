@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from chaos.results import RunResult, Sample, metric_value, reported_loss
 from chaos.scenario import Action, Scenario, format_duration, planned_windows
-
-if TYPE_CHECKING:
-    from chaos.runner import RunResult, Sample
 
 COLORS = {"local": "tab:blue", "azure": "tab:orange"}
 FAULT_COLORS = ["tab:red", "tab:purple", "tab:brown", "tab:olive", "tab:cyan", "tab:pink"]
@@ -164,7 +162,6 @@ def render_markdown(result: RunResult, sc: Scenario) -> str:
               "| destination | rows | distinct flows | duplicates | missing | reported lost "
               "(retries_exceeded + spool dropped) | flows written (metric) |",
               "|---|---|---|---|---|---|---|"]
-    from chaos.runner import metric_value, reported_loss
 
     for d, t in result.destinations.items():
         label = sc.metric_destination(d)

@@ -8,7 +8,7 @@ One run (:func:`run_scenario`):
    and use a fresh consumer group, so runs never see each other's data or offsets;
 4. start the outlet (dual-write, every connection through Toxiproxy) and wait for
    ``/readyz``;
-5. produce unique flows (``loadtest.generator`` unique mode, run id in the flow id) at the
+5. produce unique flows (``flowgen.generator`` unique mode, run id in the flow id) at the
    scenario's rate in a background thread, sample rows/metrics once a second in another,
    and play the timeline in the main thread;
 6. stop the load, heal everything (Toxiproxy reset, outlet started if needed), wait until
@@ -33,18 +33,17 @@ import time
 import traceback
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos import stack as stk
-from chaos.outlet_proc import (
-    OutletProcess,
-    apply_schema,
-    create_topic,
-    free_port,
-    fresh_run,
-    outlet_config,
+from chaos.results import (
+    Check,
+    Event,
+    RunResult,
+    Sample,
+    metric_value,
+    reported_loss,
 )
 from chaos.scenario import (
     Action,
@@ -53,7 +52,16 @@ from chaos.scenario import (
     format_duration,
     merge_overrides,
 )
-from chaos.stack import ClickHouseEndpoints, Endpoints
+from teststack import stack as stk
+from teststack.outlet_proc import (
+    OutletProcess,
+    apply_schema,
+    create_topic,
+    free_port,
+    fresh_run,
+    outlet_config,
+)
+from teststack.stack import ClickHouseEndpoints, Endpoints
 
 log = logging.getLogger("chaos.runner")
 
@@ -88,20 +96,6 @@ def count_rows(ch: ClickHouseEndpoints) -> int | None:
         return int(ch_query(ch, "SELECT count() FROM flows.flows", timeout=5).strip())
     except Exception:
         return None
-
-
-def metric_value(metrics: dict[str, float], sel: MetricSelector | str,
-                 **labels: str) -> float:
-    """Sum of samples of ``sel`` whose labels include the selector's (and ``labels``)."""
-    if isinstance(sel, str):
-        sel = MetricSelector(sel)
-    want = [f'{k}="{v}"' for k, v in (*sel.labels, *labels.items())]
-    total = 0.0
-    for key, value in metrics.items():
-        base, _, rest = key.partition("{")
-        if base == sel.name and all(w in rest for w in want):
-            total += value
-    return total
 
 
 class Outlet:
@@ -207,8 +201,8 @@ class LoadThread(threading.Thread):
             self.errors.append(f"{type(e).__name__}: {e}")
 
     def _run(self) -> None:
-        from loadtest.generator import FlowGenerator, GeneratorConfig
-        from loadtest.producer import RateLimiter, make_producer
+        from flowgen.generator import FlowGenerator, GeneratorConfig
+        from flowgen.producer import RateLimiter, make_producer
 
         chunk = max(16, min(4096, int(max(self.rate, 160) / 10)))
         gen = FlowGenerator(GeneratorConfig(
@@ -270,20 +264,6 @@ class LoadThread(threading.Thread):
 # ---------------------------------------------------------------------------------------
 
 
-@dataclass
-class Sample:
-    t: float  # seconds since the load started
-    produced: int
-    rate: float  # target load rate at that time
-    rows: dict[str, int | None]
-    written: dict[str, float | None]  # outlet_destination_flows_written_total (over restarts)
-    lost: dict[str, float | None]  # retries_exceeded flows (over restarts)
-    lag: float | None  # outlet_kafka_consumergroup_lag_messages, summed
-    pending: float | None  # outlet_commit_pending_flows
-    paused: float | None
-    outlet_up: bool
-
-
 class Sampler(threading.Thread):
     def __init__(self, run: Run) -> None:
         super().__init__(name="chaos-sampler", daemon=True)
@@ -328,58 +308,6 @@ class Sampler(threading.Thread):
 # ---------------------------------------------------------------------------------------
 # Results
 # ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Check:
-    name: str
-    expected: str
-    observed: str
-    passed: bool
-    detail: str = ""
-
-
-@dataclass
-class Event:
-    at: float  # planned (scaled) time
-    started: float  # actual start, seconds since load start
-    ended: float
-    action: str
-    label: str
-    params: dict[str, Any]
-    ok: bool
-    error: str = ""
-
-
-@dataclass
-class RunResult:
-    scenario: str
-    passed: bool
-    checks: list[Check]
-    events: list[Event]
-    samples: list[Sample]
-    info: dict[str, Any]
-    destinations: dict[str, dict[str, Any]]
-    metrics: dict[str, float]
-    report_dir: Path
-    error: str = ""
-
-    @property
-    def failures(self) -> list[Check]:
-        return [c for c in self.checks if not c.passed]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "scenario": self.scenario,
-            "passed": self.passed,
-            "error": self.error,
-            "info": self.info,
-            "checks": [asdict(c) for c in self.checks],
-            "destinations": self.destinations,
-            "events": [asdict(e) for e in self.events],
-            "metrics": self.metrics,
-            "samples": [asdict(s) for s in self.samples],
-        }
 
 
 # ---------------------------------------------------------------------------------------
@@ -561,7 +489,7 @@ def throughput(samples: list[Sample], dest: str, window: tuple[float, float]
 
 
 def table_summary(ch: ClickHouseEndpoints, run_id: int, n: int) -> dict[str, Any]:
-    from loadtest.generator import (
+    from flowgen.generator import (
         flow_id_sql_expr,
         flow_index_sql_expr,
         unique_rows_sql_filter,
@@ -597,16 +525,6 @@ def _leaked_secrets(log_path: Path, secrets: list[str]) -> list[str]:
     except OSError:
         return []
     return [f"password #{i + 1}" for i, s in enumerate(secrets) if s in text]
-
-
-LOSS_METRICS = ("outlet_destination_retries_exceeded_flows_total",
-                "outlet_spool_dropped_flows_total")
-"""What a destination reports it lost: given up without a spool, or dropped by a full
-spool (absent metrics count 0, so this works with and without the spool of issue 5)."""
-
-
-def reported_loss(metrics: dict[str, float], label: str) -> int:
-    return int(sum(metric_value(metrics, m, destination=label) for m in LOSS_METRICS))
 
 
 def check_invariants(run: Run, samples: list[Sample], n: int, bytes_sum: int,
@@ -846,7 +764,7 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
         scenario=sc.name, passed=not error and all(c.passed for c in checks), checks=checks,
         events=run.events, samples=samples, info=info, destinations=tables, metrics=metrics,
         report_dir=report_dir, error=error)
-    from chaos.report import write_report
+    from chaos.report import write_report  # local: matplotlib only when reporting
 
     write_report(result, sc)
     return result

@@ -35,13 +35,13 @@ from typing import Any
 
 import yaml
 
-from chaos.outlet_proc import create_topic
-from chaos.stack import Endpoints
+from flowgen.generator import FlowGenerator, generator_config
+from flowgen.producer import ProduceStats, produce
 from loadtest import harness as h
-from loadtest.generator import FlowGenerator
-from loadtest.loadgen import LoadSettings, encode_chunk_for, generator_config
-from loadtest.producer import ProduceStats, produce
+from loadtest.loadgen import LoadSettings, encode_chunk_for
 from loadtest.profile import parse_rate, step_profile
+from teststack.outlet_proc import create_topic
+from teststack.stack import Endpoints
 
 REPORT_DIR = Path("reports/capacity")
 DEFAULT_RATES = (25_000, 50_000, 75_000, 100_000, 125_000, 150_000, 200_000, 250_000, 300_000)
@@ -65,7 +65,7 @@ def _slope(points: Sequence[tuple[float, float]]) -> float:
 
 
 class ProducerThread(threading.Thread):
-    """``loadtest.producer.produce`` of ``count`` unique flows at ``rate`` in a thread."""
+    """``flowgen.producer.produce`` of ``count`` unique flows at ``rate`` in a thread."""
 
     def __init__(self, bootstrap: str, topic: str, count: int, rate: float | None,
                  run_id: int) -> None:
@@ -254,7 +254,7 @@ def _drain_rate(samples: Sequence[h.Sample], t_end: float, produced: int, dest: 
 
 def group_assignment(ep: Endpoints, group: str) -> list[list[int]]:
     """Partitions of each member of the consumer group, from the broker (sorted)."""
-    from chaos import stack as stk
+    from teststack import stack as stk
 
     try:
         admin = stk._admin(ep.kafka.bootstrap)
@@ -337,7 +337,7 @@ def run_scaleout(ep: Endpoints, out: Path, rate: float, seconds: float, *, batch
         info["produced"] = tot.flows
         # The stopped outlet's last inserts (during its SIGTERM drain) happen after its last
         # scrape: count rows on the servers (the ground truth) instead of its counters.
-        from chaos.verify import wait_rows
+        from teststack.verify import wait_rows
 
         for d in dests:
             rows = wait_rows(ep.clickhouse[d], tot.flows, 180)

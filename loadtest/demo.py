@@ -16,11 +16,17 @@ from pathlib import Path
 
 import yaml
 
-from chaos import verify
-from chaos.outlet_proc import OutletProcess, apply_schema, create_topic, free_port, outlet_config
-from chaos.stack import Endpoints, is_healthy, start_stack, stop_stack
-from loadtest.generator import FlowGenerator, GeneratorConfig
-from loadtest.producer import produce
+from flowgen.generator import FlowGenerator, GeneratorConfig
+from flowgen.producer import produce
+from teststack import verify
+from teststack.outlet_proc import (
+    OutletProcess,
+    apply_schema,
+    create_topic,
+    free_port,
+    outlet_config,
+)
+from teststack.stack import Endpoints, is_healthy, start_stack, stop_stack
 
 KEY_METRICS: tuple[tuple[str, dict[str, str]], ...] = (
     ("outlet_kafka_received_messages_total", {}),

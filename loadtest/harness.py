@@ -26,12 +26,12 @@ from typing import Any
 import psutil
 import yaml
 
-from chaos import stack as stk
-from chaos.outlet_proc import OutletProcess, apply_schema, free_port, outlet_config
-from chaos.stack import Endpoints
-from chaos.verify import TableStats, reset_table, table_stats
-from loadtest.generator import unique_rows_sql_filter
+from flowgen.generator import unique_rows_sql_filter
 from loadtest.loadgen import LoadSettings, RunSummary
+from teststack import stack as stk
+from teststack.outlet_proc import OutletProcess, apply_schema, free_port, outlet_config
+from teststack.stack import Endpoints
+from teststack.verify import TableStats, reset_table, table_stats
 
 log = logging.getLogger("loadtest.harness")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

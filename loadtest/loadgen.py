@@ -14,42 +14,14 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadtest.generator import FlowGenerator, GeneratorConfig, Totals
+from flowgen.generator import FlowGenerator, GeneratorConfig, Totals
 from loadtest.profile import DEFAULT_FLOWS_PER_USER, DEFAULT_MAX_USERS, Profile, load_profile
 
 ENV_PREFIX = "LOADTEST_"
-_GEN_FIELDS = {f.name: f for f in fields(GeneratorConfig)}
-_GEN_ALLOWED = ("seed", "exporters", "ipv6_exporters", "interfaces_per_exporter", "ipv6_share",
-                "heavy_hitters", "heavy_hitter_share", "heavy_hitter_zipf", "ephemeral_share",
-                "big_as_share", "as_tail_size", "local_as", "sampling_rate", "packets_mu",
-                "packets_sigma", "icmp_share", "dropped_share", "flows_per_record")
-
-
-def generator_config(overrides: Mapping[str, Any], **fixed: Any) -> GeneratorConfig:
-    """GeneratorConfig from a profile's ``generator:`` section (kebab- or snake-case keys)
-    plus ``fixed`` values set by the harness (run_id, unique, time_mode, ...)."""
-    kwargs: dict[str, Any] = {}
-    for key, value in overrides.items():
-        name = str(key).replace("-", "_")
-        if name not in _GEN_ALLOWED:
-            raise ValueError(f"unknown generator setting {key!r} (known: "
-                             f"{', '.join(k.replace('_', '-') for k in _GEN_ALLOWED)})")
-        kind = _GEN_FIELDS[name].type
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"generator setting {key!r} must be a number")
-        if kind == "int" and float(value) != int(value):
-            raise ValueError(f"generator setting {key!r} must be an integer")
-        kwargs[name] = int(value) if kind == "int" else float(value)
-    kwargs.update(fixed)
-    cfg = GeneratorConfig(**kwargs)
-    cfg.validate()
-    return cfg
-
-
 @dataclass(frozen=True)
 class LoadSettings:
     """What one Locust process produces, from ``LOADTEST_*`` environment variables."""

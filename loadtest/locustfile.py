@@ -32,6 +32,8 @@ from confluent_kafka import KafkaError, Producer
 from locust import LoadTestShape, User, events, task
 from locust.env import Environment
 
+from flowgen.generator import generator_config
+from flowgen.producer import DEFAULT_PRODUCER_CONFIG
 from loadtest.loadgen import (
     DeliveryStats,
     FlowSource,
@@ -39,9 +41,7 @@ from loadtest.loadgen import (
     Pacer,
     RunSummary,
     encode_chunk_for,
-    generator_config,
 )
-from loadtest.producer import DEFAULT_PRODUCER_CONFIG
 from loadtest.profile import Schedule
 
 log = logging.getLogger("loadtest")

@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import yaml
 
+from flowgen.generator import generator_config
 from outlet.config import parse_duration
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
@@ -228,8 +229,6 @@ def parse_profile(data: object, name: str = "", source: str = "") -> Profile:
         errors.append("generator: must be a mapping")
         generator = {}
     else:
-        from loadtest.loadgen import generator_config
-
         try:
             generator_config(generator)
         except (TypeError, ValueError) as e:

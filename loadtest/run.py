@@ -22,11 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chaos.outlet_proc import create_topic, fresh_run
-from chaos.stack import Endpoints
 from loadtest import harness as h
 from loadtest.loadgen import LoadSettings
 from loadtest.profile import Profile, ProfileError, available_profiles, load_profile
+from teststack.outlet_proc import create_topic, fresh_run
+from teststack.stack import Endpoints
 
 REPORTS_DIR = Path("reports/load")
 DESTINATIONS = ("local", "azure")

@@ -9,25 +9,25 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-if TYPE_CHECKING:
-    from outlet.pipeline import Outlet
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ReadyCheck = Callable[[], tuple[bool, str]]
 
 
-def make_app(outlet: Outlet) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """A minimal ASGI app over the outlet's registry and health."""
+def make_app(
+    registry: CollectorRegistry, ready: ReadyCheck
+) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """A minimal ASGI app over a metrics registry and a readiness check."""
 
     async def respond(send: Send, status: int, body: bytes, ctype: str) -> None:
         await send(
@@ -50,11 +50,11 @@ def make_app(outlet: Outlet) -> Callable[[Scope, Receive, Send], Awaitable[None]
                     return
         path = scope.get("path", "/")
         if path == "/metrics":
-            await respond(send, 200, generate_latest(outlet.metrics.registry), CONTENT_TYPE_LATEST)
+            await respond(send, 200, generate_latest(registry), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
             await respond(send, 200, b"ok\n", "text/plain")
         elif path == "/readyz":
-            ok, why = outlet.ready()
+            ok, why = ready()
             body = json.dumps({"ready": ok, "reason": why}).encode() + b"\n"
             await respond(send, 200 if ok else 503, body, "application/json")
         else:
@@ -63,12 +63,12 @@ def make_app(outlet: Outlet) -> Callable[[Scope, Receive, Send], Awaitable[None]
     return app
 
 
-async def serve_http(outlet: Outlet) -> None:
+async def serve_http(listen: str, registry: CollectorRegistry, ready: ReadyCheck) -> None:
     """Serve until cancelled."""
     config = HyperConfig()
-    config.bind = [outlet.cfg.http_listen]
+    config.bind = [listen]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 1.0
-    log.info("http: serving /metrics, /healthz, /readyz on %s", outlet.cfg.http_listen)
-    await serve(make_app(outlet), config, shutdown_trigger=trio.sleep_forever)  # type: ignore[arg-type]
+    log.info("http: serving /metrics, /healthz, /readyz on %s", listen)
+    await serve(make_app(registry, ready), config, shutdown_trigger=trio.sleep_forever)  # type: ignore[arg-type]

@@ -366,7 +366,7 @@ class Outlet:
         from outlet.httpapi import serve_http  # local: keeps hypercorn out of unit tests
 
         async with trio.open_nursery() as outer:
-            outer.start_soon(serve_http, self)
+            outer.start_soon(serve_http, self.cfg.http_listen, self.metrics.registry, self.ready)
             async with trio.open_nursery() as dests:
                 for d in self.destinations:
                     dests.start_soon(d.run)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos import stack as stk
+from teststack import stack as stk
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -59,16 +59,16 @@ from typing import Any  # noqa: E402
 
 import yaml  # noqa: E402
 
-from chaos import verify  # noqa: E402
-from chaos.outlet_proc import (  # noqa: E402
+from flowgen.generator import FlowGenerator, GeneratorConfig  # noqa: E402
+from flowgen.producer import produce  # noqa: E402
+from teststack import verify  # noqa: E402
+from teststack.outlet_proc import (  # noqa: E402
     OutletProcess,
     apply_schema,
     create_topic,
     free_port,
     outlet_config,
 )
-from loadtest.generator import FlowGenerator, GeneratorConfig  # noqa: E402
-from loadtest.producer import produce  # noqa: E402
 
 _counter = itertools.count()
 

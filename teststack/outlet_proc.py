@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from chaos.chserver_proc import free_port as free_port  # re-exported for the harnesses
-from chaos.stack import Endpoints, ensure_topic
+from teststack.chserver_proc import free_port as free_port  # re-exported for the harnesses
+from teststack.stack import Endpoints, ensure_topic
 
 
 def outlet_config(

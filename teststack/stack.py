@@ -43,7 +43,7 @@ from typing import Any
 
 import psutil
 
-from chaos.toxiproxy import Toxiproxy, ToxiproxyError
+from teststack.toxiproxy import Toxiproxy, ToxiproxyError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CLICKHOUSE_NAMES = ("local", "azure")
@@ -51,7 +51,7 @@ CLICKHOUSE_USER = "outlet"
 KAFKA_PROXY = "kafka"
 KAFKA_HEAP = os.environ.get("CHAOS_KAFKA_HEAP", "-Xmx512m")
 
-log = logging.getLogger("chaos.stack")
+log = logging.getLogger("teststack.stack")
 
 
 def tools_dir() -> Path:
@@ -655,7 +655,7 @@ def _kafka_cmd(props: Path, log4j: Path) -> list[str]:
 def _admin(bootstrap: str) -> Any:
     from confluent_kafka.admin import AdminClient
 
-    quiet = logging.getLogger("chaos.stack.librdkafka")
+    quiet = logging.getLogger("teststack.stack.librdkafka")
     quiet.addHandler(logging.NullHandler())
     quiet.propagate = False
     return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000}, logger=quiet)
@@ -788,7 +788,7 @@ def clickhouse_cmd(
 ) -> list[str]:
     """Command line of our ClickHouse-HTTP-on-chDB server (docs/CONTRACTS.md)."""
     cmd = [
-        sys.executable, "-m", "chaos.chserver", "--host", "127.0.0.1",
+        sys.executable, "-m", "teststack.chserver", "--host", "127.0.0.1",
         "--http-port", str(http_port),
     ]
     if https_port is not None:

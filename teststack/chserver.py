@@ -978,7 +978,9 @@ class ChServer(ThreadingHTTPServer):
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m chaos.chserver", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m teststack.chserver", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--http-port", type=int, default=0)
     p.add_argument("--https-port", type=int, default=None)

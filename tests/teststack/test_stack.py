@@ -21,8 +21,8 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from chaos import stack as stk
-from chaos.toxiproxy import Toxiproxy
+from teststack import stack as stk
+from teststack.toxiproxy import Toxiproxy
 
 pytestmark = pytest.mark.stack
 

@@ -1,4 +1,4 @@
-"""Start and stop ``chaos.chserver`` as a subprocess (shared by the stack, tests, chaos).
+"""Start and stop ``teststack.chserver`` as a subprocess (shared by the stack, tests, chaos).
 
 Why a module: every user needs the same dance (free ports, wait for the ``READY`` line,
 surface "data directory in use", SIGTERM then SIGKILL) and getting it subtly wrong makes
@@ -124,7 +124,7 @@ def start_chserver(
     env: dict[str, str] | None = None,
     die_with_parent: bool = False,
 ) -> ChServerProcess:
-    """Start ``python -m chaos.chserver`` and wait for its ``READY`` line.
+    """Start ``python -m teststack.chserver`` and wait for its ``READY`` line.
 
     Ports default to 0 (the server binds a free port and reports it: no race). Pass
     ``https_port=0`` with ``certfile``/``keyfile`` to also serve HTTPS. Raises
@@ -142,7 +142,7 @@ def start_chserver(
     else:
         err_path = Path(stderr_file)
     cmd = [
-        python, "-m", "chaos.chserver",
+        python, "-m", "teststack.chserver",
         "--host", host,
         "--http-port", str(http_port),
         "--data-dir", str(data),
@@ -160,7 +160,7 @@ def start_chserver(
         cmd += ["--parent-pid", str(os.getpid())]
     cmd += extra_args or []
     proc_env = dict(os.environ if env is None else env)
-    # Make `-m chaos.chserver` importable wherever the caller runs from.
+    # Make `-m teststack.chserver` importable wherever the caller runs from.
     root = str(Path(__file__).resolve().parent.parent)
     proc_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, proc_env.get("PYTHONPATH", "")) if p)
     with open(err_path, "ab") as err:

@@ -12,8 +12,8 @@ from typing import Any
 
 import clickhouse_connect
 
-from chaos.stack import ClickHouseEndpoints
-from loadtest.generator import flow_id_sql_expr
+from flowgen.generator import flow_id_sql_expr
+from teststack.stack import ClickHouseEndpoints
 
 
 @dataclass(frozen=True)

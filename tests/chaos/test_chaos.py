@@ -210,7 +210,7 @@ def test_shipped_scenarios_are_valid_and_short() -> None:
 
 def test_report_rendering(tmp_path: Path) -> None:
     from chaos.report import write_report
-    from chaos.runner import Check, Event, RunResult, Sample
+    from chaos.results import Check, Event, RunResult, Sample
 
     sc = load_scenario("azure-partition")
     samples = [Sample(t=float(t), produced=2000 * t, rate=2000, rows={

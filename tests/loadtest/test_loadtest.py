@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from flowgen.generator import generator_config
 from loadtest import harness as h
-from loadtest.loadgen import LoadSettings, Pacer, generator_config
+from loadtest.loadgen import LoadSettings, Pacer
 from loadtest.profile import (
     ProfileError,
     Schedule,

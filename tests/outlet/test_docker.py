@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from chaos import stack as stk
+from teststack import stack as stk
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 
 
@@ -88,7 +88,7 @@ def compose_stack() -> Iterator[dict[str, int]]:
 def test_compose_clickhouse_through_toxiproxy(compose_stack: dict[str, int]) -> None:
     import clickhouse_connect
 
-    from chaos.toxiproxy import Toxiproxy
+    from teststack.toxiproxy import Toxiproxy
 
     tp = Toxiproxy(f"http://127.0.0.1:{compose_stack['TOXIPROXY_API_PORT']}")
     assert {"clickhouse-local", "clickhouse-azure", "kafka"} <= set(tp.proxies())

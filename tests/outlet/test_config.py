@@ -610,7 +610,7 @@ def test_dataclasses_are_frozen() -> None:
 
 
 def test_docs_example_parses() -> None:
-    doc = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+    doc = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
     if not doc.exists():
         pytest.skip("docs/configuration.md not present")
     text = doc.read_text()

@@ -1,4 +1,4 @@
-"""Unit tests for loadtest.generator (and the broker-free parts of loadtest.producer)."""
+"""Unit tests for flowgen.generator (and the broker-free parts of flowgen.producer)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from loadtest.generator import (
+from flowgen.generator import (
     BLOCK,
     DEFAULT_BIG_ASES,
     FlowGenerator,
@@ -30,7 +30,7 @@ from loadtest.generator import (
     split_uid,
     unique_rows_sql_filter,
 )
-from loadtest.producer import RateLimiter
+from flowgen.producer import RateLimiter
 from outlet.pb.flow_pb2 import FlowMessage
 
 FIXED = GeneratorConfig(seed=7, time_mode="fixed")
@@ -340,7 +340,7 @@ def test_config_validation() -> None:
 
 
 def test_encode_rate_smoke() -> None:
-    """Not a benchmark (see `python -m loadtest.generator --bench`): catches a 10x regression."""
+    """Not a benchmark (see `python -m flowgen.generator --bench`): catches a 10x regression."""
     gen = FlowGenerator(GeneratorConfig(seed=1, time_mode="fixed", unique=True))
     gen.batch(BLOCK)  # warm-up
     t0 = time.perf_counter()
@@ -368,7 +368,7 @@ def test_produce_to_kafka(stack: Any) -> None:
     from confluent_kafka import Consumer
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-    from loadtest.producer import produce
+    from flowgen.producer import produce
 
     bootstrap = stack.kafka.bootstrap
     topic = f"gentest-{uuid.uuid4().hex[:8]}"

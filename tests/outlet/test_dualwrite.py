@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from chaos.toxiproxy import Toxiproxy
 from loadtest.harness import Watermarks
 from tests.conftest import OutletRun
+from teststack.toxiproxy import Toxiproxy
 
 pytestmark = pytest.mark.stack
 

@@ -2,7 +2,7 @@
 
 CLI (demo, chaos harness)::
 
-    python -m loadtest.producer --bootstrap 127.0.0.1:9092 --topic flows \\
+    python -m flowgen.producer --bootstrap 127.0.0.1:9092 --topic flows \\
         --count 200000 --rate 20000 --seed 1 --unique [--run-id 3] [--start 0]
 
 prints one JSON line: ``{"count", "records", "bytes_sum", "packets_sum", "seconds", ...}``
@@ -26,7 +26,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from loadtest.generator import FlowGenerator, GeneratorConfig
+from flowgen.generator import FlowGenerator, GeneratorConfig
 
 DEFAULT_PRODUCER_CONFIG: dict[str, Any] = {
     "linger.ms": 5,
@@ -185,7 +185,7 @@ def produce(
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m loadtest.producer",
+        prog="python -m flowgen.producer",
         description="Produce generated GoFlow2 flows to Kafka and print a JSON summary.")
     ap.add_argument("--bootstrap", required=True, help="host:port[,host:port]")
     ap.add_argument("--topic", default="flows")

@@ -1,4 +1,4 @@
-"""chaos.chserver driven by the real client (clickhouse-connect) over HTTP and HTTPS."""
+"""teststack.chserver driven by the real client (clickhouse-connect) over HTTP and HTTPS."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from chaos.chserver_proc import ChServerProcess, DataDirInUseError, start_chserver
+from teststack.chserver_proc import ChServerProcess, DataDirInUseError, start_chserver
 
 USER = "outlet"
 PASSWORD = "s3cret-pw"

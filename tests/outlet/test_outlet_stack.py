@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from loadtest.generator import garbage_records
+from flowgen.generator import garbage_records
 from tests.conftest import OutletRun
 
 pytestmark = pytest.mark.stack
@@ -92,7 +92,7 @@ def test_garbage_records_are_counted_and_skipped(outlet_run: RunFactory) -> None
     run = outlet_run(destinations=("local",), wait_time="500ms")
     garbage = garbage_records(seed=3)
     producer = Producer({"bootstrap.servers": run.ep.kafka.bootstrap})
-    from loadtest.generator import FlowGenerator, GeneratorConfig
+    from flowgen.generator import FlowGenerator, GeneratorConfig
 
     gen = FlowGenerator(GeneratorConfig(seed=11, unique=True))
     valid = gen.batch(20_000)

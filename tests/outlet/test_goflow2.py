@@ -1,6 +1,6 @@
 """A real GoFlow2 v2 feeds the outlet unchanged (issue 3).
 
-NetFlow v5 / IPFIX datagrams (loadtest/netflow.py) -> goflow2 (``-format=bin
+NetFlow v5 / IPFIX datagrams (flowgen/netflow.py) -> goflow2 (``-format=bin
 -transport=kafka``, built by ci/install-goflow2.sh) -> Kafka -> outlet -> ClickHouse; every
 stored column is checked against the values that were exported.
 """
@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from chaos import verify
-from chaos.outlet_proc import free_port
-from chaos.stack import tools_dir
-from loadtest.netflow import FlowFields, ipfix_packet, netflow_v5_packets, send_udp
+from flowgen.netflow import FlowFields, ipfix_packet, netflow_v5_packets, send_udp
 from tests.conftest import OutletRun
+from teststack import verify
+from teststack.outlet_proc import free_port
+from teststack.stack import tools_dir
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(120)]
 

@@ -16,12 +16,12 @@ import pytest
 import yaml
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from chaos.outlet_proc import OutletProcess, apply_schema, free_port, outlet_config
-from chaos.stack import Endpoints
-from chaos.toxiproxy import Toxiproxy
-from chaos.verify import TableStats, reset_table, table_stats, wait_rows
-from loadtest.generator import FlowGenerator, GeneratorConfig
-from loadtest.producer import produce
+from flowgen.generator import FlowGenerator, GeneratorConfig
+from flowgen.producer import produce
+from teststack.outlet_proc import OutletProcess, apply_schema, free_port, outlet_config
+from teststack.stack import Endpoints
+from teststack.toxiproxy import Toxiproxy
+from teststack.verify import TableStats, reset_table, table_stats, wait_rows
 
 pytestmark = pytest.mark.stack
 

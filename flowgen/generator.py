@@ -14,7 +14,7 @@ Design
 * Fast: fields are drawn as numpy columns and encoded column-wise (vectorized varints, one
   boolean-mask gather per chunk), producing bytes identical to ``SerializeToString()``
   (fields in field-number order, proto3 zero values omitted). See ``python -m
-  loadtest.generator --bench``.
+  flowgen.generator --bench``.
 * Unique mode (``unique=True``): flow ``k`` of run ``run_id`` carries the 40-bit id
   ``uid = run_id << 32 | k``: the low 16 bits in ``src_port``, the high 24 bits in the low
   24 bits of the source address, taken from ``10.0.0.0/8`` (IPv4: run ``r`` lives in
@@ -34,7 +34,7 @@ import dataclasses
 import ipaddress
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -1285,3 +1285,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+_GEN_FIELDS = {f.name: f for f in dataclasses.fields(GeneratorConfig)}
+_GEN_ALLOWED = ("seed", "exporters", "ipv6_exporters", "interfaces_per_exporter", "ipv6_share",
+                "heavy_hitters", "heavy_hitter_share", "heavy_hitter_zipf", "ephemeral_share",
+                "big_as_share", "as_tail_size", "local_as", "sampling_rate", "packets_mu",
+                "packets_sigma", "icmp_share", "dropped_share", "flows_per_record")
+
+
+def generator_config(overrides: Mapping[str, Any], **fixed: Any) -> GeneratorConfig:
+    """GeneratorConfig from a profile's ``generator:`` section (kebab- or snake-case keys)
+    plus ``fixed`` values set by the harness (run_id, unique, time_mode, ...)."""
+    kwargs: dict[str, Any] = {}
+    for key, value in overrides.items():
+        name = str(key).replace("-", "_")
+        if name not in _GEN_ALLOWED:
+            raise ValueError(f"unknown generator setting {key!r} (known: "
+                             f"{', '.join(k.replace('_', '-') for k in _GEN_ALLOWED)})")
+        kind = _GEN_FIELDS[name].type
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"generator setting {key!r} must be a number")
+        if kind == "int" and float(value) != int(value):
+            raise ValueError(f"generator setting {key!r} must be an integer")
+        kwargs[name] = int(value) if kind == "int" else float(value)
+    kwargs.update(fixed)
+    cfg = GeneratorConfig(**kwargs)
+    cfg.validate()
+    return cfg

@@ -1,0 +1,102 @@
+"""What a chaos run produced: samples, checks, executed events, the result, metric lookups.
+
+Shared by the runner (which fills them) and the report (which renders them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from chaos.scenario import MetricSelector
+
+
+def metric_value(metrics: dict[str, float], sel: MetricSelector | str,
+                 **labels: str) -> float:
+    """Sum of samples of ``sel`` whose labels include the selector's (and ``labels``)."""
+    if isinstance(sel, str):
+        sel = MetricSelector(sel)
+    want = [f'{k}="{v}"' for k, v in (*sel.labels, *labels.items())]
+    total = 0.0
+    for key, value in metrics.items():
+        base, _, rest = key.partition("{")
+        if base == sel.name and all(w in rest for w in want):
+            total += value
+    return total
+
+
+LOSS_METRICS = ("outlet_destination_retries_exceeded_flows_total",
+                "outlet_spool_dropped_flows_total")
+"""What a destination reports it lost: given up without a spool, or dropped by a full
+spool (absent metrics count 0, so this works with and without the spool of issue 5)."""
+
+
+def reported_loss(metrics: dict[str, float], label: str) -> int:
+    return int(sum(metric_value(metrics, m, destination=label) for m in LOSS_METRICS))
+
+
+@dataclass
+class Sample:
+    t: float  # seconds since the load started
+    produced: int
+    rate: float  # target load rate at that time
+    rows: dict[str, int | None]
+    written: dict[str, float | None]  # outlet_destination_flows_written_total (over restarts)
+    lost: dict[str, float | None]  # retries_exceeded flows (over restarts)
+    lag: float | None  # outlet_kafka_consumergroup_lag_messages, summed
+    pending: float | None  # outlet_commit_pending_flows
+    paused: float | None
+    outlet_up: bool
+
+
+@dataclass
+class Check:
+    name: str
+    expected: str
+    observed: str
+    passed: bool
+    detail: str = ""
+
+
+@dataclass
+class Event:
+    at: float  # planned (scaled) time
+    started: float  # actual start, seconds since load start
+    ended: float
+    action: str
+    label: str
+    params: dict[str, Any]
+    ok: bool
+    error: str = ""
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    passed: bool
+    checks: list[Check]
+    events: list[Event]
+    samples: list[Sample]
+    info: dict[str, Any]
+    destinations: dict[str, dict[str, Any]]
+    metrics: dict[str, float]
+    report_dir: Path
+    error: str = ""
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "passed": self.passed,
+            "error": self.error,
+            "info": self.info,
+            "checks": [asdict(c) for c in self.checks],
+            "destinations": self.destinations,
+            "events": [asdict(e) for e in self.events],
+            "metrics": self.metrics,
+            "samples": [asdict(s) for s in self.samples],
+        }
