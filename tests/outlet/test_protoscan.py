@@ -40,7 +40,9 @@ def code(record: bytes, max_flows: int = 1000, *, framing_only: bool = False) ->
     return int(protoscan.scan([record], max_flows, framing_only=framing_only)[0][0])
 
 
-M = FlowMessage(bytes=1500, packets=2, src_addr=bytes(4), time_received_ns=10**18).SerializeToString()
+M = FlowMessage(
+    bytes=1500, packets=2, src_addr=bytes(4), time_received_ns=10**18
+).SerializeToString()
 
 
 def test_framing() -> None:
@@ -155,7 +157,8 @@ def test_compiled_equals_python() -> None:
     """The kernel's Python source (what the reader reads) gives what the machine code does."""
     rng = random.Random(9)
     base = FlowGenerator(GeneratorConfig(seed=9)).batch(16)
-    records = [mutate(rng.choice(base), rng) for _ in range(300)] + [c.data for c in garbage_cases()]
+    records = [mutate(rng.choice(base), rng) for _ in range(300)]
+    records += [c.data for c in garbage_cases()]
     lens = np.fromiter(map(len, records), dtype=np.int64)
     buf = np.frombuffer(b"".join(records), dtype=np.uint8)
     for framing_only in (False, True):
