@@ -89,6 +89,7 @@ def _load_baseline(ref: str) -> ModuleType:
     sys.modules["codec_baseline"] = module
     spec.loader.exec_module(module)
     module.__dict__["_instances"] = itertools.count(1000)  # its own database names
+    module.__dict__["_PROTO_PATH"] = Path(codec_module.__file__).parent / "pb" / "flow.proto"
     return module
 
 

@@ -15,14 +15,31 @@ for network attributes by id. Output column types equal the flows table's exactl
 (outlet/schema.py; checked with DESCRIBE at construction), so the Native bytes insert
 without conversion.
 
-Python does only a vectorized framing check (``frame_batch``: numpy over the joined
-buffer; ``check_framing`` is the per-record reference) and one tmpfs write per batch.
-Bad records never fail a batch: bad framing is skipped up front; if chDB still rejects
-the batch, upb finds the bad records (parse errors, known fields with a wrong wire
-type), and if upb accepts them all, bisection with chDB does (a known-good canary
-flow tells engine failure, raised as CodecError, from bad input).
-The same records always give the same output (pass ``now`` for records whose
-time_received_ns is 0, otherwise the wall clock is used for those).
+Contract of ``encode(records)``:
+- it never raises because of what the records hold. A bad record is skipped, never
+  stored, and reported: ``bad_records`` (indexes) and ``bad_reasons`` (one of
+  ``BAD_REASONS`` each, the ``reason`` label of outlet_decode_errors_total);
+- it raises ``CodecError`` only when the engine itself fails (codec closed, spool not
+  writable, chDB rejecting a known-good canary flow): the batch should be retried, the
+  same records then give the same output. Any other exception is a bug.
+The same records always give the same output, bit for bit (pass ``now`` for records
+whose time_received_ns is 0, otherwise the wall clock is used for those).
+
+How bad records are kept from the engine: chDB's Protobuf reader is lenient (field
+number 0 decodes as an all-zero phantom flow, a declared field with another wire type is
+read anyway, a repeated bytes field reads as empty), so every record is first checked by
+``protoscan.scan`` (one compiled pass over the joined batch: framing, wire format,
+schema, at most ``max_flows_per_record`` flows; its docstring has the rules and the
+measured alternatives) and only the records that pass are given to the engine. If the
+engine still rejects the batch (no such kind of record is known: the fuzz harness in
+tests/outlet/test_codec.py ran 5,300 mutated batches without one), a canary flow tells
+engine failure from bad input, then bisection with parse-only probes (~2.4 ms each)
+isolates the records, at most ``MAX_ISOLATION_PROBES`` probes (~1 s at 20,000-50,000
+records); whatever is unresolved then is quarantined (reason ``quarantined``), so an
+unknown kind of garbage costs a bounded time under the codec lock instead of seconds per
+bad record (the unbounded bisection took 37 s for 200 such records in 20,000; measured
+now: see ``make bench-codec``).
+Python does per record only the join and the lengths (~0.04 us) and one tmpfs write.
 
 chDB is process-global: one data path per process. The codec's session lives at
 ``workdir``; any other in-process chDB user must use the same path (or close its
@@ -32,7 +49,8 @@ Measured (2 cores shared with other jobs, chdb-core 26.9, Python 3.11; GoFlow2-l
 messages with 24 fields set, ~77 B, one per record, 1/3 IPv6; 4 exporters with 49
 interfaces each, 4 networks); ``encode()`` end to end (framing + join + spool write +
 query + Native bytes in Python), time.process_time() covers all chDB threads; 9 runs,
-min / median:
+min / median (before the scan replaced the numpy framing check, +~0.06-0.1 us/flow
+since: ``make bench-codec`` measures both codecs side by side, see docs/codec.md):
   batch    max_threads  wall (min)               CPU per flow (min / median)
   50,000   1            57 ms  (870k flows/s)    1.14 / 1.23 us
   200,000  1            197 ms (1.0M flows/s)    0.96 / 1.02 us
@@ -42,22 +60,20 @@ min / median:
 Output: 127 bytes/flow of Native (LowCardinality columns carry 1-byte indexes).
 Breakdown (200k): query 0.81-0.9 us/flow, of which protobuf parsing ~0.45-0.5 (the
 floor: ClickHouse's row-wise Protobuf reader; ProtobufList measured 0.85, slower), Native
-output ~0.1, conversion + enrichment ~0.25; Python ~0.13 us (frame_batch incl. join 0.10,
-tmpfs pwrite 0.03). Fixed cost per query ~14 ms (analysis of ~45 expressions; a
-1-record batch costs that), i.e. +0.28 us/flow at 50k, +0.07 at 200k.
+output ~0.1, conversion + enrichment ~0.25; Python ~0.13 us (then: numpy framing incl.
+join 0.10, tmpfs pwrite 0.03; now the scan incl. join is ~0.16-0.19). Fixed cost per
+query ~14 ms (analysis of ~45 expressions; a 1-record batch costs that), i.e. +0.28
+us/flow at 50k, +0.07 at 200k.
 What helped: string attributes looked up on LowCardinality keys (dictGet runs on the
 distinct keys only, output is already LowCardinality: -0.4 us/flow vs tuple dictGet +
-CAST); CAST only where types differ (-2 ms/batch); numpy framing over the joined buffer
-(-0.06 us); pwrite over kept tmpfs pages instead of truncate+write (-0.03 us);
-max_threads=1 (2 gives no CPU gain; keep the other core for Kafka/HTTP).
+CAST); CAST only where types differ (-2 ms/batch); pwrite over kept tmpfs pages instead
+of truncate+write (-0.03 us); max_threads=1 (2 gives no CPU gain; keep the other core
+for Kafka/HTTP).
 What did not: nested subqueries per dependency layer (+4 ms analysis), format_schema
 from a file (same as 'string'), ProtobufList, os.writev instead of join+write.
 IPv4 -> IPv6: binary ``toIPv6(toFixedString(concat(::ffff: prefix, addr), 16))`` costs
 ~27 ns per address; note ``toIPv6(String)`` PARSES TEXT, so it fails on 16-byte binary
 addresses: binary IPv6 must go through toFixedString(.., 16) first.
-Known divergence: a known field sent with another wire type that chDB still accepts
-(e.g. uint64 ``bytes`` as length-delimited) is read by chDB (upb would ignore it); only
-batches chDB rejects are checked with upb, to keep per-flow Python work out.
 """
 
 from __future__ import annotations
@@ -446,23 +462,29 @@ class FlowCodec:
         if now is None:
             now = int(time.time())
         codes, data = protoscan.scan(records, self._max_flows)
-        good: list[int] = np.flatnonzero(codes > 0).tolist()
-        bad = {i: protoscan.REASONS[c] for i, c in _bad_codes(codes)}
-        counts: list[int] = codes.tolist()
+        ok = codes > 0
+        rows = int(codes.sum(where=ok))
         with self._lock:
             if self._session is None:
                 raise CodecError("codec is closed")
-            if len(good) < len(records):
-                data = b"".join([records[i] for i in good])
-            native = self._run(data, sum(counts[i] for i in good), now) if good else b""
+            if ok.all():  # the usual case: no per-record Python work at all
+                native = self._run(data, rows, now) if rows else b""
+                if native is not None:
+                    return EncodedBatch(native=native, rows=rows, bad_records=())
+            good: list[int] = np.flatnonzero(ok).tolist()
+            bad = {i: protoscan.REASONS[c] for i, c in _bad_codes(codes)}
+            if bad:
+                joined = b"".join([records[i] for i in good])
+                native = self._run(joined, rows, now) if rows else b""
             if native is None:
+                counts: list[int] = codes.tolist()
                 native, rejected = self._isolate(records, good, counts, now)
                 bad.update(rejected)
-                good = [i for i in good if i not in rejected]
+                rows -= sum(counts[i] for i in rejected)
         order = sorted(bad)
         return EncodedBatch(
             native=native,
-            rows=sum(counts[i] for i in good),
+            rows=rows,
             bad_records=tuple(order),
             bad_reasons=tuple(bad[i] for i in order),
         )
