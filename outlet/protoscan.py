@@ -247,7 +247,8 @@ def scan(
     data = b"".join(records)
     out = np.empty(n, dtype=np.int64)
     if n:
-        buf = np.frombuffer(data, dtype=np.uint8) if data else np.zeros(1, dtype=np.uint8)
+        # read-only in every case: one compiled specialization
+        buf = np.frombuffer(data or b"\x00", dtype=np.uint8)
         _scan(buf, lens, FIELD_KINDS, max_flows, framing_only, out)
     return out, data
 
