@@ -8,7 +8,8 @@ SETUP_STAMP := .tools/.setup.stamp
 SETUP_INPUTS := pyproject.toml harness/pyproject.toml uv.lock ci/setup.sh ci/install-kafka.sh ci/install-toxiproxy.sh \
 	ci/install-goflow2.sh ci/go-tools.sh ci/kafka/pom.xml
 
-.PHONY: setup up down status test test-all lint demo bench-outlet bench-dualwrite chaos chaos-all
+.PHONY: setup up down status test test-all lint demo bench-outlet bench-dualwrite bench-codec chaos \
+	chaos-all
 
 # Idempotent; the stamp makes it instant when nothing changed. A missing venv or missing
 # tools invalidate the stamp.
@@ -51,6 +52,11 @@ bench-outlet: setup
 
 bench-dualwrite: setup
 	$(UV) run python -m loadtest.bench dualwrite --rounds 2 --stack-dir $(STACK_DIR) $(BENCH_ARGS)
+
+# The codec alone (in-process, no stack): clean and 1%-garbage batches, isolation bound.
+# `make bench-codec BENCH_ARGS="--baseline main"` runs main's codec alongside.
+bench-codec: setup
+	$(UV) run python -m loadtest.bench codec $(BENCH_ARGS)
 
 lint: setup
 	$(UV) run ruff check . && $(UV) run mypy outlet flowgen teststack chaos loadtest

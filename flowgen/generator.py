@@ -33,6 +33,7 @@ import argparse
 import dataclasses
 import ipaddress
 import json
+import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +41,9 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+from google.protobuf.descriptor import FieldDescriptor
 
+from outlet.config import BatchConfig
 from outlet.pb.flow_pb2 import FlowMessage
 
 U64 = npt.NDArray[np.uint64]
@@ -587,23 +590,73 @@ def encode_columns(cols: FlowColumns, flows_per_record: int = 1) -> list[bytes]:
     return [data[a:z] for a, z in zip(starts_l, ends_l, strict=True)]
 
 
-def decode_record(record: bytes) -> list[FlowMessage]:
+def decode_record(record: bytes, max_flows: int | None = None) -> list[FlowMessage]:
     """Strictly split a record into FlowMessages: raises ValueError on any framing or
-    protobuf error, or on an empty record (the reference for what is garbage)."""
+    protobuf error, on an empty record or message, and on what the outlet's schema
+    refuses although upb accepts it (:func:`schema_problem`), and on more than
+    ``max_flows`` messages. The reference for what is
+    garbage (written independently of the outlet's compiled scanner, which tests compare
+    against it)."""
     if not record:
         raise ValueError("empty record")
     out = []
     pos = 0
     while pos < len(record):
         size, pos = decode_varint(record, pos)
+        if size == 0:
+            raise ValueError("zero-length message")
         if size > len(record) - pos:
             raise ValueError(f"message length {size} exceeds the {len(record) - pos} bytes left")
+        data = record[pos:pos + size]
         try:
-            out.append(FlowMessage.FromString(record[pos:pos + size]))
+            out.append(FlowMessage.FromString(data))
         except Exception as exc:  # google.protobuf.message.DecodeError
             raise ValueError(f"bad FlowMessage: {exc}") from exc
+        problem = schema_problem(data)
+        if problem:
+            raise ValueError(f"bad FlowMessage: {problem}")
         pos += size
+        if max_flows is not None and len(out) > max_flows:
+            raise ValueError(f"more than {max_flows} flows in one record")
     return out
+
+
+_WIRE_TYPES = {FieldDescriptor.TYPE_BYTES: 2}  # every other declared type: varint (0)
+_DECLARED = {f.number: (_WIRE_TYPES.get(f.type, 0), f.type == FieldDescriptor.TYPE_UINT32)
+             for f in FlowMessage.DESCRIPTOR.fields}
+
+
+def schema_problem(message: bytes) -> str | None:
+    """What makes a message that upb parses unfit for the outlet, or None: a group, a
+    declared field with another wire type or given twice, a uint32 value >= 2^32, a
+    varint beyond 64 bits (upb tolerates all of these; ClickHouse rejects or misreads
+    them). ``message`` must parse with upb."""
+    pos = 0
+    seen: set[int] = set()
+    while pos < len(message):
+        tag, pos = decode_varint(message, pos)
+        number, wire = tag >> 3, tag & 7
+        if wire in (3, 4):
+            return f"field {number}: group (wire type {wire})"
+        if number in _DECLARED:
+            expected = _DECLARED[number][0]
+            if wire != expected:
+                return f"field {number}: wire type {wire} instead of {expected}"
+            if number in seen:
+                return f"field {number}: given twice"
+            seen.add(number)
+        if wire == 0:
+            value, pos = decode_varint(message, pos)
+            if value >= 1 << 64:
+                return f"field {number}: varint beyond 64 bits"
+            if number in _DECLARED and _DECLARED[number][1] and value >= 1 << 32:
+                return f"field {number}: uint32 value {value} >= 2^32"
+        elif wire == 2:
+            length, pos = decode_varint(message, pos)
+            pos += length
+        else:
+            pos += 8 if wire == 1 else 4
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1144,12 +1197,14 @@ class GarbageRecord:
 
 
 def garbage_cases(seed: int = 0) -> list[GarbageRecord]:
-    """Bad Kafka record values, each rejected by :func:`decode_record`, none holding a
-    valid flow (so "all valid flows stored" stays well defined when they are interleaved).
+    """Bad Kafka record values, each rejected by :func:`decode_record` (with
+    ``max_flows=DEFAULT_MAX_FLOWS``), none holding a flow that may be stored (so "all
+    valid flows stored" stays well defined when they are interleaved): a record that
+    holds a valid message next to garbage is bad as a whole.
 
-    A wrong-but-valid wire type for a known field (e.g. ``bytes`` sent as length-delimited)
-    is *not* included: protobuf parsers treat it as an unknown field and accept the message.
-    Neither is ``b"\\x00"`` (a zero-length message is a valid, all-defaults FlowMessage).
+    Besides what upb rejects, the cases ClickHouse's Protobuf reader accepts although it
+    should not (field number 0: all-zero phantom flows; declared fields with another wire
+    type, given twice, or out of range) and records expanding to too many flows.
     """
     gen = FlowGenerator(GeneratorConfig(seed=seed, time_mode="fixed"))
     good = gen.batch(4)
@@ -1212,7 +1267,111 @@ def garbage_cases(seed: int = 0) -> list[GarbageRecord]:
     cases.append(GarbageRecord(
         "unterminated-varint", b"\xff" * 12,
         "the length prefix has its continuation bit set on every byte"))
+
+    # 8. field number 0, which ClickHouse reads as "no field" (upb rejects it)
+    for n in (2, 8, 100):
+        cases.append(GarbageRecord(
+            f"zero-payload-{n}", encode_varint(n) + bytes(n),
+            f"{n} zero bytes, framed: tags with field number 0; ClickHouse decoded them "
+            "as one all-zero flow (a phantom with TimeReceived = now)"))
+    cases.append(GarbageRecord(
+        "type-then-zeros", _frame(b"\x08\x01" + bytes(6)),
+        "type = 1 then zero bytes (field number 0): stored as a phantom flow before"))
+    cases.append(GarbageRecord(
+        "trailing-field-zero", _frame(msg0 + b"\x00\x01"),
+        "a valid message followed by 00 01 (field 0): the real flow was stored and the "
+        "garbage not counted"))
+
+    # 9. declared fields that ClickHouse reads although upb keeps them as unknown fields
+    cases.append(GarbageRecord(
+        "bytes-length-delimited", _frame(_strip_field(msg0, 9) + b"\x4a\x02ab"),
+        "uint64 bytes (field 9) sent length-delimited \"ab\": read as a packed varint, "
+        "stored as Bytes = 98"))
+    cases.append(GarbageRecord(
+        "bytes-fixed64", _frame(_strip_field(msg0, 9) + b"\x49" + bytes(range(1, 9))),
+        "uint64 bytes (field 9) sent as fixed64 (wire type 1)"))
+    cases.append(GarbageRecord(
+        "src-addr-fixed32", _frame(_strip_field(msg0, 6) + b"\x35\x0a\x00\x00\x01"),
+        "bytes src_addr (field 6) sent as fixed32: read as a 4-byte address"))
+    cases.append(GarbageRecord(
+        "src-addr-twice", _frame(msg0 + b"\x32\x04\x0a\x00\x00\x02"),
+        "src_addr given twice: upb keeps the last, ClickHouse stored an empty address"))
+    cases.append(GarbageRecord(
+        "uint32-overflow", _frame(_strip_field(msg0, 14) + b"\x70" + encode_varint(1 << 32)),
+        "src_as (uint32) = 2^32: upb truncates it to 0, ClickHouse rejects the batch"))
+    cases.append(GarbageRecord(
+        "varint-overflow", _frame(_strip_field(msg0, 9) + b"\x48" + b"\xff" * 9 + b"\x7f"),
+        "a 10-byte varint beyond 64 bits: upb drops the overflow, ClickHouse rejects it"))
+    cases.append(GarbageRecord(
+        "unknown-group", _frame(msg0 + b"\xfb\x07\x08\x01\xfc\x07"),
+        "a group (wire types 3/4) in an undeclared field: upb accepts it, ClickHouse "
+        "rejects the whole batch (bisection used to find such records one query at a time)"))
+
+    # 10. more flows than one record may expand to
+    cases.append(GarbageRecord(
+        "too-many-flows", _frame(b"\x48\x01") * (DEFAULT_MAX_FLOWS + 1),
+        f"{DEFAULT_MAX_FLOWS + 1} valid 3-byte flows in one record, more than "
+        "clickhouse.maximum-flows-per-record allows by default"))
     return cases
+
+
+#: ``clickhouse.maximum-flows-per-record``'s default: a record with more flows is bad.
+DEFAULT_MAX_FLOWS: int = BatchConfig.maximum_flows_per_record
+
+
+def _frame(message: bytes) -> bytes:
+    return encode_varint(len(message)) + message
+
+
+def _strip_field(message: bytes, number: int) -> bytes:
+    """``message`` without declared field ``number`` (so a case adds it exactly once)."""
+    m = FlowMessage.FromString(message)
+    m.ClearField(FlowMessage.DESCRIPTOR.fields_by_number[number].name)
+    return m.SerializeToString()
+
+
+def mutate(record: bytes, rng: random.Random) -> bytes:
+    """A random mutation of a record (fuzzing): a byte changed, a field injected (any
+    number, wire type and value), bytes deleted or appended, a truncation, the record
+    re-framed or not. The result may still be good: classify it with
+    :func:`decode_record`."""
+    size, pos = decode_varint(record)
+    msg = bytearray(record[pos:pos + size])
+    op = rng.randrange(6)
+    if op == 0 and msg:
+        for _ in range(rng.randint(1, 3)):
+            msg[rng.randrange(len(msg))] = rng.randrange(256)
+    elif op in (1, 2):
+        at = rng.randrange(len(msg) + 1) if op == 1 else len(msg)
+        msg[at:at] = _random_field(rng)
+    elif op == 3 and msg:
+        at = rng.randrange(len(msg))
+        del msg[at:at + rng.randint(1, 4)]
+    elif op == 4:
+        msg = bytearray(msg[: rng.randrange(len(msg) + 1)])
+    else:
+        msg += bytes(rng.choice((b"\x00\x01", b"\x00\x00", b"\x08", rng.randbytes(3))))
+    if rng.random() < 0.1:  # framing broken too
+        return bytes(record[:pos] + msg)
+    return _frame(bytes(msg))
+
+
+def _random_field(rng: random.Random) -> bytes:
+    number = rng.choice((0, 1, 3, 6, 9, 11, 14, 30, 63, 110, 127, 1000, 19000, (1 << 29) - 1,
+                         rng.randrange(1, 1 << 29)))
+    wire = rng.randrange(8)
+    if wire == 0:
+        value = encode_varint(rng.choice((0, 1, 127, 128, 1 << 32, 1 << 35, (1 << 64) - 1)))
+        if rng.random() < 0.1:
+            value = b"\xff" * 9 + bytes([rng.choice((0x01, 0x02, 0x7f))])
+    elif wire == 2:
+        n = rng.choice((0, 1, 2, 4, 16, 200))
+        value = encode_varint(n) + rng.randbytes(n)
+    elif wire in (1, 5):
+        value = rng.randbytes(8 if wire == 1 else 4)
+    else:
+        value = b""
+    return encode_varint(number << 3 | wire) + value
 
 
 def garbage_records(seed: int = 0) -> list[bytes]:

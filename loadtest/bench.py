@@ -1,4 +1,5 @@
-"""Backlog-drain benchmarks: `make bench-outlet` and `make bench-dualwrite`.
+"""Backlog-drain benchmarks: `make bench-outlet` and `make bench-dualwrite`
+(`make bench-codec`, the codec alone in-process, is loadtest/bench_codec.py).
 
 Both pre-produce one backlog of unique flows into a fresh topic, then let a real
 outlet process (a subprocess, through the Toxiproxy addresses like production) drain
@@ -116,8 +117,13 @@ def _stack(stack_dir: str) -> tuple[Endpoints, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["codec"]:  # in-process, no stack: loadtest/bench_codec.py
+        from loadtest import bench_codec
+
+        return bench_codec.main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("mode", choices=["outlet", "dualwrite"])
+    ap.add_argument("mode", choices=["outlet", "dualwrite", "codec"])
     ap.add_argument("--flows", type=int, default=2_000_000)
     ap.add_argument("--batch-size", type=int, default=50_000)
     ap.add_argument("--stack-dir", default=".stack")

@@ -25,6 +25,7 @@ class BatchBuilder:
     records: list[bytes] = field(default_factory=list)
     ranges: Ranges = field(default_factory=dict)
     started_at: float = 0.0
+    flows: int = 0  # flows the records hold, as the batcher counts them (its size bound)
 
     def add(self, partition: int, offset: int, value: bytes) -> None:
         self.records.append(value)

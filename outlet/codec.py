@@ -15,14 +15,31 @@ for network attributes by id. Output column types equal the flows table's exactl
 (outlet/schema.py; checked with DESCRIBE at construction), so the Native bytes insert
 without conversion.
 
-Python does only a vectorized framing check (``frame_batch``: numpy over the joined
-buffer; ``check_framing`` is the per-record reference) and one tmpfs write per batch.
-Bad records never fail a batch: bad framing is skipped up front; if chDB still rejects
-the batch, upb finds the bad records (parse errors, known fields with a wrong wire
-type), and if upb accepts them all, bisection with chDB does (a known-good canary
-flow tells engine failure, raised as CodecError, from bad input).
-The same records always give the same output (pass ``now`` for records whose
-time_received_ns is 0, otherwise the wall clock is used for those).
+Contract of ``encode(records)``:
+- it never raises because of what the records hold. A bad record is skipped, never
+  stored, and reported: ``bad_records`` (indexes) and ``bad_reasons`` (one of
+  ``BAD_REASONS`` each, the ``reason`` label of outlet_decode_errors_total);
+- it raises ``CodecError`` only when the engine itself fails (codec closed, spool not
+  writable, chDB rejecting a known-good canary flow): the batch should be retried, the
+  same records then give the same output. Any other exception is a bug.
+The same records always give the same output, bit for bit (pass ``now`` for records
+whose time_received_ns is 0, otherwise the wall clock is used for those).
+
+How bad records are kept from the engine: chDB's Protobuf reader is lenient (field
+number 0 decodes as an all-zero phantom flow, a declared field with another wire type is
+read anyway, a repeated bytes field reads as empty), so every record is first checked by
+``protoscan.scan`` (one compiled pass over the joined batch: framing, wire format,
+schema, at most ``max_flows_per_record`` flows; its docstring has the rules and the
+measured alternatives) and only the records that pass are given to the engine. If the
+engine still rejects the batch (no such kind of record is known: the fuzz harness in
+tests/outlet/test_codec.py ran 5,300 mutated batches without one), a canary flow tells
+engine failure from bad input, then bisection with parse-only probes (~2.4 ms each)
+isolates the records, at most ``MAX_ISOLATION_PROBES`` probes (~1 s at 20,000-50,000
+records); whatever is unresolved then is quarantined (reason ``quarantined``), so an
+unknown kind of garbage costs a bounded time under the codec lock instead of seconds per
+bad record (the unbounded bisection took 37 s for 200 such records in 20,000; measured
+now: see ``make bench-codec``).
+Python does per record only the join and the lengths (~0.04 us) and one tmpfs write.
 
 chDB is process-global: one data path per process. The codec's session lives at
 ``workdir``; any other in-process chDB user must use the same path (or close its
@@ -32,7 +49,8 @@ Measured (2 cores shared with other jobs, chdb-core 26.9, Python 3.11; GoFlow2-l
 messages with 24 fields set, ~77 B, one per record, 1/3 IPv6; 4 exporters with 49
 interfaces each, 4 networks); ``encode()`` end to end (framing + join + spool write +
 query + Native bytes in Python), time.process_time() covers all chDB threads; 9 runs,
-min / median:
+min / median (before the scan replaced the numpy framing check, +~0.06-0.1 us/flow
+since: ``make bench-codec`` measures both codecs side by side, see docs/codec.md):
   batch    max_threads  wall (min)               CPU per flow (min / median)
   50,000   1            57 ms  (870k flows/s)    1.14 / 1.23 us
   200,000  1            197 ms (1.0M flows/s)    0.96 / 1.02 us
@@ -42,26 +60,25 @@ min / median:
 Output: 127 bytes/flow of Native (LowCardinality columns carry 1-byte indexes).
 Breakdown (200k): query 0.81-0.9 us/flow, of which protobuf parsing ~0.45-0.5 (the
 floor: ClickHouse's row-wise Protobuf reader; ProtobufList measured 0.85, slower), Native
-output ~0.1, conversion + enrichment ~0.25; Python ~0.13 us (frame_batch incl. join 0.10,
-tmpfs pwrite 0.03). Fixed cost per query ~14 ms (analysis of ~45 expressions; a
-1-record batch costs that), i.e. +0.28 us/flow at 50k, +0.07 at 200k.
+output ~0.1, conversion + enrichment ~0.25; Python ~0.13 us (then: numpy framing incl.
+join 0.10, tmpfs pwrite 0.03; now the scan incl. join is ~0.16-0.19). Fixed cost per
+query ~14 ms (analysis of ~45 expressions; a 1-record batch costs that), i.e. +0.28
+us/flow at 50k, +0.07 at 200k.
 What helped: string attributes looked up on LowCardinality keys (dictGet runs on the
 distinct keys only, output is already LowCardinality: -0.4 us/flow vs tuple dictGet +
-CAST); CAST only where types differ (-2 ms/batch); numpy framing over the joined buffer
-(-0.06 us); pwrite over kept tmpfs pages instead of truncate+write (-0.03 us);
-max_threads=1 (2 gives no CPU gain; keep the other core for Kafka/HTTP).
+CAST); CAST only where types differ (-2 ms/batch); pwrite over kept tmpfs pages instead
+of truncate+write (-0.03 us); max_threads=1 (2 gives no CPU gain; keep the other core
+for Kafka/HTTP).
 What did not: nested subqueries per dependency layer (+4 ms analysis), format_schema
 from a file (same as 'string'), ProtobufList, os.writev instead of join+write.
 IPv4 -> IPv6: binary ``toIPv6(toFixedString(concat(::ffff: prefix, addr), 16))`` costs
 ~27 ns per address; note ``toIPv6(String)`` PARSES TEXT, so it fails on 16-byte binary
 addresses: binary IPv6 must go through toFixedString(.., 16) first.
-Known divergence: a known field sent with another wire type that chDB still accepts
-(e.g. uint64 ``bytes`` as length-delimited) is read by chDB (upb would ignore it); only
-batches chDB rejects are checked with upb, to keep per-flow Python work out.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import json
@@ -69,28 +86,21 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
-import numpy.typing as npt
 from chdb import session as chdb_session
 
-from outlet import schema
+from outlet import protoscan, schema
+from outlet.config import BatchConfig
 
 if TYPE_CHECKING:
     from outlet.config import InterfaceInfo, MetadataConfig
 
-__all__ = [
-    "CodecError",
-    "EncodedBatch",
-    "FlowCodec",
-    "check_framing",
-    "count_messages",
-    "frame_batch",
-]
+__all__ = ["BAD_REASONS", "CodecError", "EncodedBatch", "FlowCodec"]
 
 _PROTO_PATH: Final = Path(__file__).parent / "pb" / "flow.proto"
 
@@ -119,85 +129,6 @@ _PROTO_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
 
 _BOUNDARIES: Final[Mapping[str, int]] = {"undefined": 0, "external": 1, "internal": 2}
 
-# Largest message we accept (GoFlow2 flows are ~100-300 bytes). Guards against absurd
-# varint lengths (2^40...) and bounds what one record can make chDB allocate.
-MAX_MESSAGE_SIZE: Final = 1 << 20
-
-
-# --- framing --------------------------------------------------------------------------
-
-
-def count_messages(record: bytes) -> int:
-    """Number of length-delimited messages in ``record`` if the varint framing covers it
-    exactly; -1 otherwise (empty record, truncated varint or message, zero-length or
-    absurdly long message, varint longer than 10 bytes)."""
-    n = len(record)
-    if n == 0:
-        return -1
-    pos = 0
-    count = 0
-    while pos < n:
-        size = 0
-        shift = 0
-        while True:
-            if pos >= n or shift > 63:
-                return -1
-            b = record[pos]
-            pos += 1
-            size |= (b & 0x7F) << shift
-            if b < 0x80:
-                break
-            shift += 7
-        if size == 0 or size > MAX_MESSAGE_SIZE or pos + size > n:
-            return -1
-        pos += size
-        count += 1
-    return count
-
-
-def check_framing(record: bytes) -> int:
-    """``count_messages`` with fast paths for the usual single-message records
-    (1- and 2-byte varint prefix covering the record exactly)."""
-    n = len(record)
-    if n > 1:
-        b0 = record[0]
-        if b0 < 0x80:
-            if b0 + 1 == n:
-                return 1 if b0 else -1
-        elif n > 2:
-            b1 = record[1]
-            if b1 < 0x80 and (b0 & 0x7F) + (b1 << 7) + 2 == n:
-                return 1 if b1 else count_messages(record)
-    return count_messages(record)
-
-
-def frame_batch(records: Sequence[bytes]) -> tuple[npt.NDArray[np.int64], bytes]:
-    """(messages per record as ``check_framing`` would say, concatenated records).
-
-    Vectorized: the single-message 1- and 2-byte-prefix cases are checked with numpy on
-    the joined buffer (~0.03 us/record instead of ~0.13 us for a Python loop); only the
-    records that miss the fast path go through ``count_messages``."""
-    n = len(records)
-    lens = np.fromiter(map(len, records), dtype=np.int64, count=n)
-    data = b"".join(records)
-    if n == 0:
-        return lens, data
-    buf = np.frombuffer(data, dtype=np.uint8)
-    starts = np.cumsum(lens) - lens
-    nonempty = lens > 0
-    b0 = np.zeros(n, dtype=np.int64)
-    b0[nonempty] = buf[starts[nonempty]]
-    ok = (b0 > 0) & (b0 < 0x80) & (b0 + 1 == lens)
-    two = (lens > 2) & (b0 >= 0x80)
-    b1 = np.zeros(n, dtype=np.int64)
-    b1[two] = buf[starts[two] + 1]
-    ok |= two & (b1 > 0) & (b1 < 0x80) & ((b0 & 0x7F) + (b1 << 7) + 2 == lens)
-    counts = ok.astype(np.int64)
-    for i in np.flatnonzero(~ok).tolist():
-        counts[i] = count_messages(records[i])
-    return counts, data
-
-
 # --- result -----------------------------------------------------------------------------
 
 
@@ -205,11 +136,23 @@ def frame_batch(records: Sequence[bytes]) -> tuple[npt.NDArray[np.int64], bytes]
 class EncodedBatch:
     native: bytes  # one or more Native blocks, columns = schema.COLUMNS (exact types)
     rows: int  # flows encoded
-    bad_records: tuple[int, ...]  # indexes (into the input) of skipped records
+    bad_records: tuple[int, ...]  # indexes (into the input) of skipped records, ascending
+    bad_reasons: tuple[str, ...] = ()  # why, one per bad record (see BAD_REASONS)
+
+
+#: Every reason a record can be skipped for: protoscan's, plus the engine's verdicts.
+BAD_REASONS: Final = (*protoscan.REASONS.values(), "engine", "quarantined")
+
+#: Parse-only engine probes allowed to isolate records that pass the scan but that the
+#: engine rejects (no such kind is known: this bounds what an unknown one costs while the
+#: codec lock is held; what is unresolved then is quarantined). See the module doc.
+MAX_ISOLATION_PROBES: Final = 256
 
 
 class CodecError(RuntimeError):
-    """The engine itself failed (not the input): the caller should retry the batch."""
+    """The engine itself failed, not the input (the codec is closed, the spool cannot be
+    written, or chDB rejects a known-good canary flow). The same records give the same
+    result once the engine works again: the caller should retry the batch."""
 
 
 # --- SQL building -------------------------------------------------------------------------
@@ -320,17 +263,37 @@ def _select_sql(
         else f"{exprs[name]} AS {name}"
         for name, ctype in schema.COLUMNS
     )
-    structure = ", ".join(f"{n} {t}" for n, t in _PROTO_COLUMNS)
-    source = f"file({_sql_str(spool)}, 'Protobuf', {_sql_str(structure)})"
+    source = _protobuf_source(spool)
     # One subquery computes the intermediates; the outer SELECT sees plain columns.
     # (Measured: one subquery level per dependency layer costs ~4 ms more analysis.)
     source = f"(SELECT *, {', '.join(e for layer in layers for e in layer)} FROM {source})"
     return (
         f"SELECT\n  {select}\nFROM {source}\n"
-        f"SETTINGS format_schema = {_sql_str(proto_text)}, format_schema_source = 'string',"
-        f" format_schema_message_name = 'FlowMessage', max_threads = {max_threads},"
-        " allow_suspicious_low_cardinality_types = 1,"
-        " input_format_parallel_parsing = 0, output_format_parallel_formatting = 0"
+        f"SETTINGS {_protobuf_settings(proto_text)}, max_threads = {max_threads},"
+        " allow_suspicious_low_cardinality_types = 1, output_format_parallel_formatting = 0"
+    )
+
+
+def _probe_sql(spool: str, proto_text: str) -> str:
+    """Parse every field the batch query reads, and nothing else: does the engine accept
+    these records? (~2.4 ms + ~0.55 us/row, against ~21 ms + ~0.8 us for the batch query;
+    enrichment and conversions cannot fail on data, the reader is what rejects.)"""
+    return (
+        f"SELECT count() FROM {_protobuf_source(spool)} WHERE NOT ignore(*)"
+        f" SETTINGS {_protobuf_settings(proto_text)}, max_threads = 1,"
+        " optimize_count_from_files = 0"
+    )
+
+
+def _protobuf_source(spool: str) -> str:
+    structure = ", ".join(f"{n} {t}" for n, t in _PROTO_COLUMNS)
+    return f"file({_sql_str(spool)}, 'Protobuf', {_sql_str(structure)})"
+
+
+def _protobuf_settings(proto_text: str) -> str:
+    return (
+        f"format_schema = {_sql_str(proto_text)}, format_schema_source = 'string',"
+        " format_schema_message_name = 'FlowMessage', input_format_parallel_parsing = 0"
     )
 
 
@@ -349,9 +312,12 @@ class FlowCodec:
         *,
         spool_dir: Path | None = None,
         max_threads: int = 1,
+        max_flows_per_record: int = BatchConfig.maximum_flows_per_record,
     ) -> None:
         self._lock = threading.Lock()
         self._max_threads = max_threads
+        self._max_flows = max_flows_per_record
+        protoscan.warm_up()  # compile (~0.9 s, or load the cache) before the first batch
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         if spool_dir is None:
@@ -461,10 +427,13 @@ class FlowCodec:
     def _write_spool(self, data: bytes) -> None:
         # Overwrite then truncate (not truncate then write): tmpfs keeps its pages, which
         # halves the cost (~0.03 us/flow instead of ~0.06).
-        written = os.pwrite(self._spool_fd, data, 0)
-        if written != len(data):  # pragma: no cover - tmpfs full
+        try:
+            written = os.pwrite(self._spool_fd, data, 0)
+            os.ftruncate(self._spool_fd, len(data))
+        except OSError as exc:  # tmpfs full (ENOSPC), or the spool file went away
+            raise CodecError(f"cannot write the codec spool {self._spool}: {exc}") from exc
+        if written != len(data):  # pragma: no cover - short write on tmpfs
             raise CodecError(f"short write to {self._spool}: {written}/{len(data)}")
-        os.ftruncate(self._spool_fd, len(data))
 
     def _describe(self, casts: frozenset[str] | None) -> tuple[tuple[str, str], ...]:
         self._write_spool(_CANARY)
@@ -485,32 +454,40 @@ class FlowCodec:
     def encode(self, records: Sequence[bytes], *, now: int | None = None) -> EncodedBatch:
         """Blocking: run it in a worker thread (``trio.to_thread.run_sync``).
 
-        ``now`` (unix seconds) is used as TimeReceived for flows whose time_received_ns
-        is 0; default: the current time. Pass it for bit-identical rebuilds."""
+        Never raises because of what the records hold: a bad record is skipped and
+        reported in ``bad_records`` / ``bad_reasons``; raises ``CodecError`` only when
+        the engine fails (see the class). ``now`` (unix seconds) is used as
+        TimeReceived for flows whose time_received_ns is 0; default: the current time.
+        Pass it for bit-identical rebuilds."""
         if now is None:
             now = int(time.time())
-        counts, data = frame_batch(records)
-        n_ok = int(np.count_nonzero(counts > 0))
+        codes, data = protoscan.scan(records, self._max_flows)
+        ok = codes > 0
+        rows = int(codes.sum(where=ok))
         with self._lock:
             if self._session is None:
                 raise CodecError("codec is closed")
-            if n_ok == len(records):  # usual case: the whole batch in one query
-                rows = int(counts.sum())
-                native = self._run(data, rows, now)
+            if ok.all():  # the usual case: no per-record Python work at all
+                native = self._run(data, rows, now) if rows else b""
                 if native is not None:
                     return EncodedBatch(native=native, rows=rows, bad_records=())
-            cl: list[int] = counts.tolist()
-            bad = {i for i, c in enumerate(cl) if c < 0}
-            good = [i for i, c in enumerate(cl) if c > 0]
-            native = self._try(records, good, cl, now) if n_ok < len(records) else None
+            good: list[int] = np.flatnonzero(ok).tolist()
+            bad = {i: protoscan.REASONS[c] for i, c in _bad_codes(codes)}
+            if bad:
+                joined = b"".join([records[i] for i in good])
+                native = self._run(joined, rows, now) if rows else b""
             if native is None:
-                good, found = self._find_bad(records, good, cl, now)
-                bad.update(found)
-                native = self._try(records, good, cl, now)
-                if native is None:
-                    raise CodecError("batch still rejected after removing bad records")
-        rows = sum(cl[i] for i in good)
-        return EncodedBatch(native=native, rows=rows, bad_records=tuple(sorted(bad)))
+                counts: list[int] = codes.tolist()
+                native, rejected = self._isolate(records, good, counts, now)
+                bad.update(rejected)
+                rows -= sum(counts[i] for i in rejected)
+        order = sorted(bad)
+        return EncodedBatch(
+            native=native,
+            rows=rows,
+            bad_records=tuple(order),
+            bad_reasons=tuple(bad[i] for i in order),
+        )
 
     def _run(self, data: bytes, expected_rows: int, now: int) -> bytes | None:
         """Native bytes, or None if chDB rejects the data (or reads another row count)."""
@@ -535,34 +512,66 @@ class FlowCodec:
         data = b"".join([records[i] for i in idx])
         return self._run(data, sum(counts[i] for i in idx), now)
 
-    def _find_bad(
-        self, records: Sequence[bytes], good: list[int], counts: list[int], now: int
-    ) -> tuple[list[int], set[int]]:
-        """Split ``good`` into (accepted, bad). Deterministic for a given input."""
-        found = {i for i in good if not _upb_ok(records[i])}
-        if found:
-            good = [i for i in good if i not in found]
-            if self._try(records, good, counts, now) is not None:
-                return good, found
-        # upb accepts what chDB rejects: bisect with chDB.
+    def _accepts(self, records: Sequence[bytes], idx: Sequence[int], rows: int) -> bool:
+        """One isolation probe: the engine parses exactly ``rows`` rows from them."""
+        self._write_spool(b"".join([records[i] for i in idx]))
+        try:
+            res = self._session.query(_probe_sql(str(self._spool), self._proto_text), "CSV")
+        except Exception:
+            return False
+        return bool(res.bytes().strip() == str(rows).encode())
+
+    def _check_engine(self, now: int, when: str) -> None:
         if self._run(_CANARY, 1, now) is None:
-            raise CodecError("chDB rejects a known-good flow: engine failure, not bad input")
-        bisected: set[int] = set()
+            raise CodecError(
+                f"chDB rejects a known-good flow {when}: engine failure, not bad input"
+            )
 
-        def bisect(part: list[int]) -> None:
+    def _isolate(
+        self, records: Sequence[bytes], good: list[int], counts: list[int], now: int
+    ) -> tuple[bytes, dict[int, str]]:
+        """The engine rejected records that passed the scan: find them (bisection with
+        parse-only probes, breadth first, at most MAX_ISOLATION_PROBES) and return
+        (Native of the others, {index: "engine" | "quarantined"}). Parts still unresolved
+        when the budget is spent are quarantined (skipped and counted, not stored).
+        Deterministic for a given input."""
+        self._check_engine(now, "before isolating bad records")
+        rejected: dict[int, str] = {}
+        budget = MAX_ISOLATION_PROBES
+
+        def accepts(part: list[int]) -> bool:
+            return self._accepts(records, part, sum(counts[i] for i in part))
+
+        suspects: collections.deque[list[int]] = collections.deque([good])  # each fails
+        while suspects:
+            part = suspects.popleft()
             if len(part) == 1:
-                bisected.add(part[0])
-                return
-            mid = len(part) // 2
-            for half in (part[:mid], part[mid:]):
-                if self._try(records, half, counts, now) is None:
-                    bisect(half)
-
-        bisect(good)
-        if bisected and self._run(_CANARY, 1, now) is None:
-            raise CodecError("chDB failed during bisection: engine failure, not bad input")
-        found |= bisected
-        return [i for i in good if i not in bisected], found
+                rejected[part[0]] = "engine"
+                continue
+            if budget == 0:
+                rejected.update((i, "quarantined") for p in (part, *suspects) for i in p)
+                break
+            left, right = part[: len(part) // 2], part[len(part) // 2 :]
+            budget -= 1
+            if accepts(left):
+                suspects.append(right)  # the part fails and its left half does not
+                continue
+            suspects.append(left)
+            if budget == 0:
+                rejected.update((i, "quarantined") for i in right)
+                continue
+            budget -= 1
+            if not accepts(right):
+                suspects.append(right)
+        kept = [i for i in good if i not in rejected]
+        native = self._try(records, kept, counts, now)
+        if native is None:  # not explained by single records: keep nothing, say so
+            self._check_engine(now, "after isolating bad records")
+            rejected.update((i, "quarantined") for i in kept)
+            native = b""
+        elif rejected:
+            self._check_engine(now, "after isolating bad records")
+        return native, rejected
 
     def close(self) -> None:
         with self._lock:
@@ -623,51 +632,11 @@ def _frame(msg: bytes) -> bytes:
     return _varint(len(msg)) + msg
 
 
-def _messages(record: bytes) -> list[bytes]:
-    """Split a record whose framing is valid (check_framing > 0)."""
-    out = []
-    pos = 0
-    n = len(record)
-    while pos < n:
-        size = 0
-        shift = 0
-        while True:
-            b = record[pos]
-            pos += 1
-            size |= (b & 0x7F) << shift
-            if b < 0x80:
-                break
-            shift += 7
-        out.append(record[pos : pos + size])
-        pos += size
-    return out
+def _bad_codes(codes: np.ndarray[Any, np.dtype[np.int64]]) -> list[tuple[int, int]]:
+    """(index, reason code) of the records the scan refused."""
+    idx = np.flatnonzero(codes <= 0)
+    return list(zip(idx.tolist(), codes[idx].tolist(), strict=True))
 
-
-def _make_upb_check() -> Callable[[bytes], bool]:
-    from google.protobuf import unknown_fields
-    from google.protobuf.message import DecodeError
-
-    from outlet.pb.flow_pb2 import FlowMessage
-
-    parse = FlowMessage.FromString
-    known = frozenset(f.number for f in FlowMessage.DESCRIPTOR.fields)
-
-    def ok(record: bytes) -> bool:
-        """upb parses every message, and no known field came with a wrong wire type
-        (upb keeps those as unknown fields; chDB rejects or misreads them)."""
-        try:
-            for m in _messages(record):
-                unknown = unknown_fields.UnknownFieldSet(parse(m))
-                if any(unknown[i].field_number in known for i in range(len(unknown))):
-                    return False
-        except DecodeError:
-            return False
-        return True
-
-    return ok
-
-
-_upb_ok: Final = _make_upb_check()
 
 # time_received_ns=1, bytes=1 (field 110 varint, field 9 varint)
 _CANARY: Final = _frame(b"\xf0\x06\x01\x48\x01")

@@ -174,6 +174,7 @@ class BatchConfig:
     maximum_wait_time: float = 5.0
     grace_period: float = 60.0
     compression: str = "none"  # global: a batch is encoded (and compressed) once
+    maximum_flows_per_record: int = 1000  # global: more in one Kafka record = a bad record
 
 
 @dataclass(frozen=True)
@@ -910,7 +911,13 @@ def _connection(m: _Map, *, max_retries_default: int, servers_required: bool) ->
     )
 
 
-_BATCH_KEYS = ("maximum-batch-size", "maximum-wait-time", "grace-period", "compression")
+_BATCH_KEYS = (
+    "maximum-batch-size",
+    "maximum-wait-time",
+    "grace-period",
+    "compression",
+    "maximum-flows-per-record",
+)
 COMPRESSIONS = ("none", "lz4")
 
 
@@ -924,6 +931,9 @@ def _batch(m: _Map, defaults: BatchConfig) -> BatchConfig:
         ),
         grace_period=m.duration("grace-period", defaults.grace_period),
         compression=m.string("compression", defaults.compression, choices=COMPRESSIONS),
+        maximum_flows_per_record=m.integer(
+            "maximum-flows-per-record", defaults.maximum_flows_per_record, lo=1, hi=1_000_000
+        ),
     )
 
 
@@ -974,6 +984,8 @@ def _destination(m: _Map, top_batch: BatchConfig, state_path: str) -> Destinatio
         "grace-period": "grace-period is global: set it in the top-level clickhouse section",
         "compression": "compression is global (batches are compressed once for every "
         "destination): set it in the top-level clickhouse section",
+        "maximum-flows-per-record": "maximum-flows-per-record is global (records are "
+        "decoded once for every destination): set it in the top-level clickhouse section",
     }
     batch = _batch(m.map("clickhouse", _BATCH_KEYS[:2], hints), top_batch)
     return DestinationConfig(
@@ -1288,6 +1300,7 @@ def redacted_dict(cfg: OutletConfig) -> dict[str, Any]:
             "maximum-wait-time": format_duration(cfg.clickhouse.maximum_wait_time),
             "grace-period": format_duration(cfg.clickhouse.grace_period),
             "compression": cfg.clickhouse.compression,
+            "maximum-flows-per-record": cfg.clickhouse.maximum_flows_per_record,
         },
         "additional-clickhouses": [
             {

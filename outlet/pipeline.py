@@ -13,6 +13,7 @@ Tasks, all owned by one nursery:
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import logging
@@ -23,10 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lz4.frame
+import numpy as np
+import numpy.typing as npt
 import trio
 
+from outlet import protoscan
 from outlet.batch import BatchBuilder, EncodedJob, RebuildPlan, SealedBatch
-from outlet.codec import EncodedBatch, FlowCodec
+from outlet.codec import BAD_REASONS, EncodedBatch, FlowCodec
 from outlet.commit import CommitTracker
 from outlet.config import OutletConfig
 from outlet.destination import Destination
@@ -52,6 +56,7 @@ class Batcher:
     def __init__(self, outlet: Outlet) -> None:
         self.o = outlet
         self.max_size = outlet.cfg.clickhouse.maximum_batch_size
+        self.max_flows_per_record = outlet.cfg.clickhouse.maximum_flows_per_record
         self.max_wait = outlet.cfg.clickhouse.maximum_wait_time
         self.current = BatchBuilder()
         self.plans: list[RebuildPlan] = []
@@ -100,35 +105,51 @@ class Batcher:
                 await self._add_chunk(chunk)
         await self._flush_on_shutdown()
 
+    def _weights(self, values: list[bytes]) -> npt.NDArray[np.int64]:
+        """Flows each record adds to a batch (framing only; a bad record weighs 1), so
+        that ``maximum-batch-size`` bounds the flows of a batch, not its records."""
+        counts, _ = protoscan.scan(values, self.max_flows_per_record, framing_only=True)
+        return np.maximum(counts, 1)
+
     async def _add_chunk(self, chunk: Chunk) -> None:
         if self.plans:
             await self._add_chunk_with_plans(chunk)
             return
         parts, offs, vals = chunk.partitions, chunk.offsets, chunk.values
+        cum: list[int] = np.concatenate(([0], np.cumsum(self._weights(vals)))).tolist()
         start, end = 0, len(vals)
         while start < end:
             cur = self.current
             if not cur.records:
                 cur.started_at = trio.current_time()
-            room = self.max_size - len(cur.records)
-            stop = min(end, start + room)
+            # the most records that fit; a record alone larger than a batch goes alone
+            room = self.max_size - cur.flows
+            stop = bisect.bisect_right(cum, cum[start] + room, start, end + 1) - 1
+            if stop == start and not cur.records:
+                stop = start + 1
             cur.extend(parts, offs, vals, start, stop)
+            cur.flows += cum[stop] - cum[start]
             start = stop
-            if len(cur.records) >= self.max_size:
+            if cur.flows >= self.max_size or start < end:
                 await self._seal_current("size")
 
     async def _add_chunk_with_plans(self, chunk: Chunk) -> None:
         """Slow path, only while rebuilding batches recorded before a crash."""
         parts, offs, vals = chunk.partitions, chunk.offsets, chunk.values
+        weights: list[int] = self._weights(vals).tolist()
         for i in range(len(vals)):
             p, off = parts[i], offs[i]
             if self.plans and await self._route_to_plan(p, off, vals[i]):
                 continue
             cur = self.current
+            if cur.records and cur.flows + weights[i] > self.max_size:
+                await self._seal_current("size")
+                cur = self.current
             if not cur.records:
                 cur.started_at = trio.current_time()
             cur.add(p, off, vals[i])
-            if len(cur.records) >= self.max_size:
+            cur.flows += weights[i]
+            if cur.flows >= self.max_size:
                 await self._seal_current("size")
 
     async def _route_to_plan(self, p: int, off: int, value: bytes) -> bool:
@@ -191,7 +212,7 @@ class Batcher:
         started = time.perf_counter()
         encoded = await trio.to_thread.run_sync(self.o.encode, batch.records)
         self.o.metrics.encode_seconds.observe(time.perf_counter() - started)
-        self._count_bad(encoded.bad_records, batch.records)
+        self._count_bad(encoded.bad_reasons)
         self.o.metrics.flows_received.inc(encoded.rows)
         self.o.metrics.batch_size.observe(encoded.rows)
         job = EncodedJob(
@@ -203,13 +224,12 @@ class Batcher:
         )
         await self.o.fan_out(job)
 
-    def _count_bad(self, bad: tuple[int, ...], records: tuple[bytes, ...]) -> None:
-        if not bad:
+    def _count_bad(self, reasons: tuple[str, ...]) -> None:
+        if not reasons:
             return
-        for i in bad:
-            reason = "empty" if not records[i] else "malformed"
+        for reason in reasons:
             self.o.metrics.decode_errors.labels(reason).inc()
-        self.o.log_bad_records(len(bad))
+        self.o.log_bad_records(len(reasons))
 
 
 class Outlet:
@@ -222,7 +242,11 @@ class Outlet:
         state_dir = Path(cfg.state_path)
         state_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(state_dir, cfg.kafka.topic, cfg.kafka.consumer_group)
-        self.codec = FlowCodec(cfg.metadata, state_dir / "codec")
+        self.codec = FlowCodec(
+            cfg.metadata,
+            state_dir / "codec",
+            max_flows_per_record=cfg.clickhouse.maximum_flows_per_record,
+        )
         self.tracker = CommitTracker()
         self.destinations = [Destination(d, self.metrics, self._settle) for d in cfg.destinations()]
         self.kafka = KafkaInput(
@@ -234,7 +258,7 @@ class Outlet:
         self._bad_since_log = 0
         self._input_scope = trio.CancelScope()
         self._chunk_send: trio.MemorySendChannel[Chunk] | None = None
-        for reason in ("empty", "malformed"):
+        for reason in BAD_REASONS:
             self.metrics.decode_errors.labels(reason)
 
     def encode(self, records: tuple[bytes, ...]) -> EncodedBatch:

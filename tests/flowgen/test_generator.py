@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import ipaddress
+import random
 import time
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from flowgen.generator import (
     BLOCK,
     DEFAULT_BIG_ASES,
+    DEFAULT_MAX_FLOWS,
     FlowGenerator,
     GeneratorConfig,
     decode_record,
@@ -27,6 +29,7 @@ from flowgen.generator import (
     flow_uid,
     garbage_cases,
     garbage_records,
+    mutate,
     split_uid,
     unique_rows_sql_filter,
 )
@@ -324,10 +327,16 @@ def test_garbage_records_all_rejected() -> None:
     for c in cases:
         assert c.description
         with pytest.raises(ValueError):
-            decode_record(c.data)
+            decode_record(c.data, DEFAULT_MAX_FLOWS)
     names = {c.name for c in cases}
     assert {"truncated-message", "zero-length", "absurd-length", "random-bytes",
             "invalid-wire-type", "prefix-exceeds-record"} <= names
+    # issue 14: what ClickHouse's reader accepted although it should not
+    assert {"zero-payload-2", "zero-payload-100", "type-then-zeros", "trailing-field-zero",
+            "bytes-length-delimited", "bytes-fixed64", "src-addr-fixed32", "src-addr-twice",
+            "uint32-overflow", "varint-overflow", "unknown-group", "too-many-flows"} <= names
+    many = next(c for c in cases if c.name == "too-many-flows")
+    assert len(decode_record(many.data)) == DEFAULT_MAX_FLOWS + 1  # only the cap refuses it
     absurd = next(c for c in cases if c.name == "absurd-length")
     assert decode_varint(absurd.data)[0] == 2**40
 
@@ -390,3 +399,35 @@ def test_produce_to_kafka(stack: Any) -> None:
             ids.update(flow_id_from_message(m) for m in decode_record(value))
     cons.close()
     assert ids == {flow_uid(5, k) for k in range(20000)}
+
+
+def test_strict_reference_and_mutations() -> None:
+    """decode_record refuses what upb accepts but the outlet's schema does not; mutate()
+    gives both good and bad records, deterministically."""
+    gen = FlowGenerator(GeneratorConfig(seed=2, time_mode="fixed"))
+    (rec,) = gen.batch(1)
+    msg = rec[decode_varint(rec)[1]:]
+    frame = lambda m: encode_varint(len(m)) + m  # noqa: E731
+    assert len(decode_record(frame(msg + b"\xf8\x07\x05"))) == 1  # undeclared field: fine
+    for bad, why in ((msg + b"\x48\x01", "given twice"), (msg + b"\xfb\x07\xfc\x07", "group"),
+                     (b"\x70" + encode_varint(1 << 32), r">= 2\^32"),
+                     (b"\x4a\x02ab", "wire type 2 instead of 0"),
+                     (b"\x48" + b"\xff" * 9 + b"\x7f", "beyond 64 bits")):
+        with pytest.raises(ValueError, match=why):
+            decode_record(frame(bad))
+    with pytest.raises(ValueError, match="zero-length"):
+        decode_record(b"\x00")
+
+    def outcomes(seed: int) -> list[bytes]:
+        rng = random.Random(seed)
+        return [mutate(rec, rng) for _ in range(500)]
+
+    assert outcomes(1) == outcomes(1)
+    verdicts = set()
+    for m in outcomes(1):
+        try:
+            decode_record(m)
+            verdicts.add("good")
+        except ValueError:
+            verdicts.add("bad")
+    assert verdicts == {"good", "bad"}

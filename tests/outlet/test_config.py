@@ -567,6 +567,7 @@ def test_redacted_dump_is_normalized_and_round_trips() -> None:
         "maximum-wait-time": "5s",
         "grace-period": "1m",
         "compression": "none",
+        "maximum-flows-per-record": 1000,
     }
     assert d["kafka"]["fetch-max-wait"] == "100ms"
     assert d["additional-clickhouses"][0]["spool"]["max-bytes"] == "1GiB"
@@ -636,3 +637,27 @@ def test_compression_is_global() -> None:
             env={},
         )
     assert "compression is global" in str(err.value)
+
+
+def test_maximum_flows_per_record() -> None:
+    cfg = parse_config({"clickhouse": {"maximum-flows-per-record": 10}}, env={})
+    assert cfg.clickhouse.maximum_flows_per_record == 10
+    with pytest.raises(ConfigError) as e:
+        parse_config({"clickhouse": {"maximum-flows-per-record": 0}}, env={})
+    assert "clickhouse.maximum-flows-per-record: must be an integer between 1 and 1000000" in str(
+        e.value
+    )
+    with pytest.raises(ConfigError) as e:
+        parse_config(
+            {
+                "additional-clickhouses": [
+                    {
+                        "name": "azure",
+                        "connection": {"servers": ["azure:8123"]},
+                        "clickhouse": {"maximum-flows-per-record": 5},
+                    }
+                ]
+            },
+            env={},
+        )
+    assert "maximum-flows-per-record is global" in str(e.value)
