@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from teststack.outlet_proc import OutletProcess, parse_metrics
+from teststack.stack import ClickHouseEndpoints
 
 _LISTENING = re.compile(r"api: listening on (https?://\S+?)[, ]")
 
@@ -154,3 +155,63 @@ class RemoteOutletProcess(OutletProcess):
     def command(self) -> list[str]:
         return [sys.executable, "-m", "outlet.cli", "run", "--config", self.source,
                 *self.extra_args]  # fmt: skip
+
+
+def site_config(
+    ch: ClickHouseEndpoints,
+    database: str,
+    *,
+    password_var: str,
+    listen: str = "127.0.0.1:0",
+    proxied: bool = False,
+    resolutions: list[dict[str, Any]] | None = None,
+    outlets: list[dict[str, Any]] | None = None,
+    shared_kafka: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An orchestrator config managing ``database`` on one of the stack's ClickHouse
+    servers; its password is the placeholder ``${password_var}`` (set it in the env)."""
+    cfg: dict[str, Any] = {
+        "http": {"listen": listen},
+        "log": {"level": "info"},
+        "clickhousedb": {
+            "servers": [ch.proxied_url if proxied else ch.url],
+            "database": database,
+            "username": ch.username,
+            "password": f"${{{password_var}}}",
+            "dial-timeout": "2s",
+        },
+        "clickhouse": {"retry-initial-backoff": "200ms", "retry-max-backoff": "1s"},
+    }
+    if resolutions is not None:
+        cfg["clickhouse"]["resolutions"] = resolutions
+    if shared_kafka is not None:
+        cfg["kafka"] = shared_kafka
+    if outlets is not None:
+        cfg["outlet"] = outlets
+    return cfg
+
+
+def resolution_mismatches(
+    ch: ClickHouseEndpoints, database: str, intervals: tuple[int, ...] = (60, 300, 3600)
+) -> dict[str, list[tuple[Any, ...]]]:
+    """Per resolution table, the time buckets whose Bytes/Packets sums differ from the raw
+    table's (empty lists when every aggregate equals the raw sums)."""
+    from orchestrator.ddl import Resolution
+    from teststack.verify import client
+
+    c = client(ch)
+    try:
+        out: dict[str, list[tuple[Any, ...]]] = {}
+        for interval in intervals:
+            table = Resolution(interval, 0).table
+            rows = c.query(
+                f"SELECT t, r.b, r.p, a.b, a.p FROM (SELECT toStartOfInterval(TimeReceived,"
+                f" toIntervalSecond({interval})) AS t, sum(Bytes) AS b, sum(Packets) AS p"
+                f" FROM {database}.flows GROUP BY t) AS r FULL OUTER JOIN (SELECT TimeReceived"
+                f" AS t, sum(Bytes) AS b, sum(Packets) AS p FROM {database}.{table} GROUP BY t)"
+                " AS a USING (t) WHERE r.b != a.b OR r.p != a.p ORDER BY t"
+            ).result_rows
+            out[table] = [tuple(row) for row in rows]
+        return out
+    finally:
+        c.close()

@@ -104,8 +104,8 @@ def test_unknown_index_and_service_are_clear_404s(
 def test_secrets_never_leave_the_orchestrator(
     tmp_path: Path, orchestrators: list[OrchestratorProcess]
 ) -> None:
-    o = start(tmp_path, orchestrators, site_config(http={"listen": "127.0.0.1:0",
-                                                         "bearer-token": "${CH_PASSWORD}"}))  # fmt: skip
+    http = {"listen": "127.0.0.1:0", "bearer-token": "${CH_PASSWORD}"}
+    o = start(tmp_path, orchestrators, site_config(http=http))
     bodies = [o.get(f"{CONFIG}/{i}", token=SECRET).body for i in range(3)]
     bodies += [o.get(p).body for p in ("/metrics", "/healthz", "/readyz", f"{CONFIG}/9")]
     bodies.append(o.get(f"{CONFIG}/0", token="wrong").body)
@@ -120,8 +120,8 @@ def test_secrets_never_leave_the_orchestrator(
 def test_bearer_token_guards_the_configuration_api(
     tmp_path: Path, orchestrators: list[OrchestratorProcess]
 ) -> None:
-    o = start(tmp_path, orchestrators, site_config(http={"listen": "127.0.0.1:0",
-                                                         "bearer-token": TOKEN}))  # fmt: skip
+    http = {"listen": "127.0.0.1:0", "bearer-token": TOKEN}
+    o = start(tmp_path, orchestrators, site_config(http=http))
     assert o.get(f"{CONFIG}/0").status == 401
     refused = o.get(f"{CONFIG}/0", token="nope")
     assert refused.status == 401 and refused.headers["www-authenticate"] == "Bearer"
@@ -155,3 +155,45 @@ def test_refuses_to_start_with_literal_passwords(tmp_path: Path) -> None:
     check = run_orchestrator_cli("check-config", str(o.config_path), env={"CH_PASSWORD": "x"})
     assert check.returncode == 0 and SECRET not in check.stdout
     assert yaml.safe_load(check.stdout)["outlet"][1]["clickhousedb"]["password"] == "******"
+
+
+def outlet_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "outlet.cli", *args], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **(env or {})})  # fmt: skip
+
+
+def test_outlet_check_config_from_the_orchestrator(
+    tmp_path: Path, orchestrators: list[OrchestratorProcess]
+) -> None:
+    tls = generate_tls(tmp_path / "tls")
+    http = {"listen": "127.0.0.1:0", "bearer-token": TOKEN,
+            "tls": {"enable": True, "cert-file": str(tls["cert"]), "key-file": str(tls["key"])}}
+    o = start(tmp_path, orchestrators, site_config(http=http), ca_file=str(tls["ca"]))
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    ca = ["--orchestrator-ca-file", str(tls["ca"])]
+    env = {"CH_PASSWORD": "outlet-side-secret", "OTHER_PW": "x"}
+    res = outlet_cli("check-config", f"{o.url}#1", *ca, "--orchestrator-token-file",
+                     str(token_file), env=env)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    normalized = yaml.safe_load(res.stdout)
+    assert normalized["clickhousedb"]["servers"] == ["http://127.0.0.1:8124"]
+    assert normalized["clickhousedb"]["password"] == "******", "expanded by the outlet, redacted"
+    assert normalized["kafka"]["topic"] == "flows-a"
+    assert "outlet-side-secret" not in res.stdout + res.stderr
+    # The token from the environment works too; a wrong one, an unknown index, a missing
+    # variable and an unknown CA are clear errors (exit 2), as a bad local file is.
+    with_token = {**env, "OUTLET_ORCHESTRATOR_TOKEN": TOKEN}
+    ok = outlet_cli("check-config", f"{o.url}#0", *ca, env=with_token)
+    assert ok.returncode == 0, ok.stderr
+    for args, extra_env, message in (
+        ((f"{o.url}#0", *ca), {"OUTLET_ORCHESTRATOR_TOKEN": "wrong"}, "answered 401"),
+        ((f"{o.url}#7", *ca), {"OUTLET_ORCHESTRATOR_TOKEN": TOKEN}, "no outlet configuration 7"),
+        ((f"{o.url}#1", *ca), {"OUTLET_ORCHESTRATOR_TOKEN": TOKEN, "OTHER_PW": ""},
+         "clickhousedb.password: environment variable OTHER_PW is not set"),
+        ((f"{o.url}#0",), {"OUTLET_ORCHESTRATOR_TOKEN": TOKEN}, "CERTIFICATE_VERIFY_FAILED"),
+    ):  # fmt: skip
+        run_env = {**env, **extra_env}
+        run_env = {k: v for k, v in run_env.items() if v}
+        res = outlet_cli("check-config", *args, env=run_env)
+        assert res.returncode == 2 and message in res.stderr, (args, res.stderr)

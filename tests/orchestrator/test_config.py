@@ -199,12 +199,12 @@ def test_unknown_keys_with_hints() -> None:
 
 def test_resolutions_defaults_and_custom() -> None:
     assert parse(config()).clickhouse.resolutions == DEFAULT_RESOLUTIONS
-    assert DEFAULT_RESOLUTIONS == (
+    assert (
         Resolution(0, 15 * 86400),
         Resolution(60, 7 * 86400),
         Resolution(300, 90 * 86400),
         Resolution(3600, 360 * 86400),
-    )
+    ) == DEFAULT_RESOLUTIONS
     custom = config(clickhouse={"resolutions": [
         {"interval": "1h", "ttl": "400d"}, {"interval": 0, "ttl": "720h"}, {"interval": "10s"},
     ]})  # fmt: skip

@@ -7,8 +7,8 @@ tests/orchestrator/test_site_stack.py.
 from __future__ import annotations
 
 import logging
-import time
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +18,8 @@ import yaml
 
 from outlet.config import ConfigError
 from outlet.remote_config import (
-    FetchError,
     Fetched,
+    FetchError,
     RemoteConfig,
     RemoteSource,
     StartupAborted,
@@ -85,7 +85,9 @@ def start(remote: RemoteConfig, wait: float = 30.0) -> tuple[Fetched, bool, floa
     return fetched, cached, now
 
 
-def test_retries_while_unreachable_then_caches(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_retries_while_unreachable_then_caches(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     remote = Scripted(tmp_path, [DOWN] * 12 + [BODY])
     with caplog.at_level(logging.WARNING, "outlet.config"):
         fetched, cached, elapsed = start(remote)
