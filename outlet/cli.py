@@ -89,6 +89,10 @@ def cmd_schema_apply(args: argparse.Namespace) -> int:
     from outlet.logs import setup_logging
     from outlet.schema_apply import apply_schema
 
+    if remote_config.is_remote(args.config):
+        print("outlet: schema apply takes a configuration file: with an orchestrator, the"
+              " orchestrator manages its site's schema", file=sys.stderr)  # fmt: skip
+        return 2
     cfg = _load(args.config)
     setup_logging(cfg.log_level, cfg.log_format)
     return apply_schema(cfg)

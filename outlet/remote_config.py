@@ -284,7 +284,10 @@ async def load_at_startup(
                 delay = min(delay, max(0.0, wait - waited))
             await trio.sleep(delay)
             continue
-        await trio.to_thread.run_sync(remote.save, fetched)
+        try:
+            await trio.to_thread.run_sync(remote.save, fetched)
+        except OSError as e:  # the outlet can run; it just cannot start from a cache later
+            log.warning("cannot cache the configuration in %s: %s", remote.cache_path, e)
         log.info("configuration fetched from %s after %d attempt(s)", remote.source.url, attempt)
         return fetched, False
 

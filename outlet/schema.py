@@ -138,6 +138,9 @@ RESOLUTION_SORTING_KEY: Final[tuple[str, ...]] = RESOLUTION_PRIMARY_KEY + tuple(
 )
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TTL = re.compile(
+    r"^\s*(\d+)\s+(SECOND|MINUTE|HOUR|DAY|WEEK|MONTH|QUARTER|YEAR)S?\s*$", re.IGNORECASE
+)
 
 
 def check_identifier(name: str, what: str = "database") -> str:
@@ -205,9 +208,21 @@ def create_table_ddl(db: str, table: TableDef, cluster: str = "") -> str:
     return "\n".join(lines)
 
 
-def create_table_sql(db: str) -> str:
-    """Idempotent DDL for ``db.flows`` as ``outlet schema apply`` creates it."""
-    return create_table_ddl(db, TableDef())
+def _ttl_expr(ttl: str) -> str:
+    """``"30 DAY"`` / ``"90 days"`` -> ``TimeReceived + INTERVAL 30 DAY``."""
+    m = _TTL.match(ttl)
+    if m is None:
+        raise ValueError(f"invalid TTL {ttl!r}: expected '<N> <UNIT>', e.g. '30 DAY'")
+    n = int(m.group(1))
+    if n <= 0:
+        raise ValueError(f"invalid TTL {ttl!r}: must be positive")
+    return f"TimeReceived + INTERVAL {n} {m.group(2).upper()}"
+
+
+def create_table_sql(db: str, ttl: str | None = None) -> str:
+    """Idempotent DDL for ``db.flows`` as ``outlet schema apply`` creates it. ``ttl`` is an
+    interval such as ``"30 DAY"``."""
+    return create_table_ddl(db, TableDef(ttl=_ttl_expr(ttl) if ttl is not None else ""))
 
 
 def insert_sql(db: str) -> str:
