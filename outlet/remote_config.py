@@ -37,13 +37,13 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-import trio
-
 from outlet.config import ConfigError, OutletConfig, parse_config, parse_duration, read_yaml
-from outlet.destination import backoff_delay
-from outlet.metrics import Metrics
+
+if TYPE_CHECKING:
+    from outlet.metrics import Metrics
 
 log = logging.getLogger("outlet.config")
 
@@ -253,6 +253,10 @@ async def load_at_startup(
     max_backoff: float = MAX_BACKOFF,
 ) -> tuple[Fetched, bool]:
     """(configuration, from_cache). Raises StartupAborted on a permanent failure."""
+    import trio  # local, as below: the command line parses without Trio or the ClickHouse client
+
+    from outlet.destination import backoff_delay
+
     cached = remote.load_cache()
     started = trio.current_time()
     attempt, last_kind = 0, ""
@@ -348,6 +352,8 @@ def startup(args: argparse.Namespace, metrics: Metrics) -> OutletConfig:
 
     Raises ConfigError (bad arguments) or StartupAborted (permanent fetch failure).
     """
+    import trio
+
     remote = from_args(args.config, args)
     try:
         wait = parse_duration(args.config_wait)

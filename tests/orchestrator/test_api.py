@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from outlet.remote_config import FetchError, RemoteConfig, RemoteSource
 from teststack.orchestrator_proc import OrchestratorProcess, run_orchestrator_cli
 from teststack.stack import generate_tls
 
@@ -182,18 +183,23 @@ def test_outlet_check_config_from_the_orchestrator(
     assert normalized["kafka"]["topic"] == "flows-a"
     assert "outlet-side-secret" not in res.stdout + res.stderr
     # The token from the environment works too; a wrong one, an unknown index, a missing
-    # variable and an unknown CA are clear errors (exit 2), as a bad local file is.
+    # variable and an unknown CA are clear errors, as for a bad local file (exit 2).
     with_token = {**env, "OUTLET_ORCHESTRATOR_TOKEN": TOKEN}
-    ok = outlet_cli("check-config", f"{o.url}#0", *ca, env=with_token)
-    assert ok.returncode == 0, ok.stderr
-    for args, extra_env, message in (
-        ((f"{o.url}#0", *ca), {"OUTLET_ORCHESTRATOR_TOKEN": "wrong"}, "answered 401"),
-        ((f"{o.url}#7", *ca), {"OUTLET_ORCHESTRATOR_TOKEN": TOKEN}, "no outlet configuration 7"),
-        ((f"{o.url}#1", *ca), {"OUTLET_ORCHESTRATOR_TOKEN": TOKEN, "OTHER_PW": ""},
+    unknown = outlet_cli("check-config", f"{o.url}#7", *ca, env=with_token)
+    assert unknown.returncode == 2
+    assert "answered 404: no outlet configuration 7: this orchestrator has 3" in unknown.stderr
+    ca_file = str(tls["ca"])
+    for index, token, ca_used, outlet_env, message in (
+        (0, TOKEN, ca_file, env, ""),
+        (0, "wrong", ca_file, env, "answered 401: missing or wrong bearer token"),
+        (1, TOKEN, ca_file, {"CH_PASSWORD": "x"},
          "clickhousedb.password: environment variable OTHER_PW is not set"),
-        ((f"{o.url}#0",), {"OUTLET_ORCHESTRATOR_TOKEN": TOKEN}, "CERTIFICATE_VERIFY_FAILED"),
+        (0, TOKEN, None, env, "CERTIFICATE_VERIFY_FAILED"),
     ):  # fmt: skip
-        run_env = {**env, **extra_env}
-        run_env = {k: v for k, v in run_env.items() if v}
-        res = outlet_cli("check-config", *args, env=run_env)
-        assert res.returncode == 2 and message in res.stderr, (args, res.stderr)
+        remote = RemoteConfig(RemoteSource.parse(f"{o.url}#{index}"), cache_dir=tmp_path,
+                              token=token, ca_file=ca_used, env=outlet_env)  # fmt: skip
+        if not message:
+            assert remote.fetch().config.kafka.topic == "flows-a"
+            continue
+        with pytest.raises(FetchError, match=message):
+            remote.fetch()
