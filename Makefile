@@ -59,7 +59,7 @@ bench-codec: setup
 	$(UV) run python -m loadtest.bench codec $(BENCH_ARGS)
 
 lint: setup
-	$(UV) run ruff check . && $(UV) run mypy outlet flowgen teststack chaos loadtest
+	$(UV) run ruff check . && $(UV) run mypy outlet orchestrator flowgen teststack chaos loadtest
 
 # Chaos harness (docs/chaos.md): `make chaos SCENARIO=azure-partition [TIME_SCALE=2]`,
 # `make chaos-all`. Reuses a healthy stack in $(STACK_DIR) or starts one (and stops it after).

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
+from outlet import remote_config
 from outlet.config import ConfigError, OutletConfig, dump_redacted, load_config
 
 log = logging.getLogger("outlet")
@@ -30,18 +32,33 @@ def _load(path: str) -> OutletConfig:
         raise SystemExit(2) from None
 
 
+def _remote(load: Callable[[], OutletConfig], source: str) -> OutletConfig:
+    """A configuration from an orchestrator (outlet/remote_config.py), errors as for files."""
+    try:
+        return load()
+    except (ConfigError, remote_config.FetchError, remote_config.StartupAborted) as exc:
+        print(f"outlet: configuration from {source}:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
     from outlet.logs import setup_logging
+    from outlet.metrics import Metrics
     from outlet.pipeline import Outlet
 
-    cfg = _load(args.config)
+    metrics = Metrics()
+    if remote_config.is_remote(args.config):
+        setup_logging()  # defaults, until the configuration arrives
+        cfg = _remote(lambda: remote_config.startup(args, metrics), args.config)
+    else:
+        cfg = _load(args.config)
     setup_logging(cfg.log_level, cfg.log_format)
     _tune_gc()
     names = ", ".join(d.name for d in cfg.destinations())
     log.info("outlet %s starting: topic %s, destinations: %s", _version(), cfg.kafka.topic, names)
-    trio.run(Outlet(cfg).run)
+    trio.run(Outlet(cfg, metrics).run)
     log.info("outlet stopped cleanly")
     return 0
 
@@ -60,7 +77,10 @@ def _tune_gc() -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = _load(args.file)
+    if remote_config.is_remote(args.file):
+        cfg = _remote(lambda: remote_config.check(args), args.file)
+    else:
+        cfg = _load(args.file)
     sys.stdout.write(dump_redacted(cfg))
     return 0
 
@@ -69,6 +89,10 @@ def cmd_schema_apply(args: argparse.Namespace) -> int:
     from outlet.logs import setup_logging
     from outlet.schema_apply import apply_schema
 
+    if remote_config.is_remote(args.config):
+        print("outlet: schema apply takes a configuration file: with an orchestrator, the"
+              " orchestrator manages its site's schema", file=sys.stderr)  # fmt: skip
+        return 2
     cfg = _load(args.config)
     setup_logging(cfg.log_level, cfg.log_format)
     return apply_schema(cfg)
@@ -82,10 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"outlet {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the outlet")
-    run.add_argument("--config", "-c", required=True, help="YAML configuration file")
+    run.add_argument(
+        "--config", "-c", required=True,
+        help="YAML configuration file, or an orchestrator URL http(s)://host:port[#index]",
+    )  # fmt: skip
+    remote_config.add_arguments(run, run=True)
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check-config", help="validate a configuration and print it normalized")
-    check.add_argument("file")
+    check.add_argument("file", help="YAML configuration file or orchestrator URL")
+    remote_config.add_arguments(check, run=False)
     check.set_defaults(func=cmd_check_config)
     schema = sub.add_parser("schema", help="manage the flows table")
     schema_sub = schema.add_subparsers(dest="schema_command", required=True)

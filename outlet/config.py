@@ -45,12 +45,14 @@ __all__ = [
     "SpoolConfig",
     "TLSConfig",
     "dump_redacted",
+    "expand_env",
     "format_duration",
     "format_size",
     "load_config",
     "parse_config",
     "parse_duration",
     "parse_size",
+    "read_yaml",
     "redacted_dict",
 ]
 
@@ -1210,8 +1212,8 @@ def parse_config(data: object, env: Mapping[str, str] | None = None) -> OutletCo
     return cfg
 
 
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> OutletConfig:
-    """Read, expand and validate a YAML config file. Raises ConfigError."""
+def _read(path: str | Path) -> tuple[object, list[str]]:
+    """The parsed YAML document and its duplicate-key errors; ConfigError if unreadable."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -1221,17 +1223,42 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Outle
         raise ConfigError([f"the file is not UTF-8: {e.reason}"], source) from None
     loader = _Loader(text)
     try:
-        data = loader.get_single_data()
+        return loader.get_single_data(), loader.duplicate_errors
     except yaml.YAMLError as e:
         raise ConfigError([f"invalid YAML: {e}"], source) from None
     finally:
         loader.dispose()
+
+
+def read_yaml(path: str | Path) -> object:
+    """A YAML file as parsed data, unexpanded (duplicate keys are errors). Raises ConfigError."""
+    data, duplicates = _read(path)
+    if duplicates:
+        raise ConfigError(duplicates, str(path))
+    return data
+
+
+def expand_env(data: object, env: Mapping[str, str] | None = None) -> object:
+    """``${VAR}`` expansion of every string value (the rules of :func:`parse_config`).
+
+    Raises ConfigError naming each key whose variable is missing.
+    """
+    errors: list[str] = []
+    expanded = _expand(data, "", os.environ if env is None else env, errors)
+    if errors:
+        raise ConfigError(errors)
+    return expanded
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> OutletConfig:
+    """Read, expand and validate a YAML config file. Raises ConfigError."""
+    data, duplicates = _read(path)
     try:
         cfg = parse_config(data, env)
     except ConfigError as e:
-        raise ConfigError([*loader.duplicate_errors, *e.errors], source) from None
-    if loader.duplicate_errors:
-        raise ConfigError(loader.duplicate_errors, source)
+        raise ConfigError([*duplicates, *e.errors], str(path)) from None
+    if duplicates:
+        raise ConfigError(duplicates, str(path))
     return cfg
 
 

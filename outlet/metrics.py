@@ -21,6 +21,9 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         p = PREFIX
+        # configuration from an orchestrator: see enable_config_refresh
+        self.config_last_refresh: Gauge | None = None
+        self.config_refresh_errors: Counter | None = None
         # kafka input
         self.kafka_messages = Counter(
             f"{p}_kafka_received_messages", "Kafka records received.", registry=r
@@ -193,4 +196,19 @@ class Metrics:
             f"{p}_commit_pending_flows",
             "Flows in sealed batches not yet committed to Kafka.",
             registry=r,
+        )
+
+    def enable_config_refresh(self) -> None:
+        """The metrics of a configuration fetched from an orchestrator; a local file has
+        none (an alert on them must not fire for outlets that use no orchestrator)."""
+        self.config_last_refresh = Gauge(
+            f"{PREFIX}_config_last_refresh_timestamp_seconds",
+            "Unix time of the last successful configuration fetch from the orchestrator"
+            " (when started from the cache: the time that cached configuration was fetched).",
+            registry=self.registry,
+        )
+        self.config_refresh_errors = Counter(
+            f"{PREFIX}_config_refresh_errors",
+            "Failed configuration fetches from the orchestrator.",
+            registry=self.registry,
         )

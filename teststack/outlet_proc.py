@@ -136,13 +136,16 @@ class OutletProcess:
     def http(self) -> str:
         return "http://" + str(self.config["http"]["listen"])
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "outlet.cli", "run", "--config", str(self.config_path)]
+
     def start(self, wait_ready: bool = True, timeout: float = 60) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         env = dict(os.environ, **self.env)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "outlet.cli", "run", "--config", str(self.config_path)],
+            self.command(),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

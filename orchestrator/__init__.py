@@ -1,0 +1,1 @@
+"""orchestrator: serves outlet configurations and manages its site's ClickHouse."""

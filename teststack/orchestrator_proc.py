@@ -1,0 +1,217 @@
+"""Run the orchestrator, and outlets configured by it, as real subprocesses (tests, demo).
+
+``OrchestratorProcess`` writes its YAML config, starts ``orchestrator run`` (port 0 by
+default: the real address is read from its "listening on" log line), and offers the
+HTTP calls tests make. ``RemoteOutletProcess`` is an outlet started with the
+orchestrator's URL instead of a file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from teststack.outlet_proc import OutletProcess, parse_metrics
+from teststack.stack import ClickHouseEndpoints
+
+_LISTENING = re.compile(r"api: listening on (https?://\S+?)[, ]")
+
+
+@dataclass
+class HTTPReply:
+    status: int
+    body: str
+    headers: dict[str, str]
+
+
+@dataclass
+class OrchestratorProcess:
+    """One orchestrator subprocess with its config file and log."""
+
+    workdir: Path
+    config: dict[str, Any]
+    name: str = "orchestrator"
+    env: dict[str, str] = field(default_factory=dict)
+    ca_file: str | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    url: str = ""
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / f"{self.name}.yaml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def write_config(self) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        return self.config_path
+
+    def start(self, timeout: float = 30) -> None:
+        """Start and wait until the API listens (not until migrations are done)."""
+        self.write_config()
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator.cli", "run", "--config",
+                 str(self.config_path)],
+                stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **self.env),
+                start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = _LISTENING.search(self.log_text()[offset:])
+            if m:
+                self.url = m.group(1)
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"orchestrator exited with {self.proc.returncode}:\n"
+                                   f"{self.log_tail()}")  # fmt: skip
+            time.sleep(0.1)
+        raise TimeoutError(f"orchestrator did not listen in {timeout}s:\n{self.log_tail()}")
+
+    def get(self, path: str, token: str | None = None, etag: str | None = None) -> HTTPReply:
+        request = urllib.request.Request(self.url + path)
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        if etag is not None:
+            request.add_header("If-None-Match", etag)
+        context = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=context) as r:
+                return HTTPReply(r.status, r.read().decode(), dict(r.headers.items()))
+        except urllib.error.HTTPError as e:
+            return HTTPReply(e.code, e.read().decode(), dict(e.headers.items()))
+
+    def metrics(self) -> dict[str, float]:
+        return parse_metrics(self.get("/metrics").body)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until /readyz says migrations are done."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.get("/readyz").status == 200:
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"orchestrator exited:\n{self.log_tail()}")
+            time.sleep(0.2)
+        raise TimeoutError(f"migrations not done in {timeout}s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        return int(self.proc.returncode)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+def run_orchestrator_cli(*args: str, env: dict[str, str] | None = None,
+                         timeout: float = 60) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """``orchestrator <args>`` (check-config, --version) to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True,
+        env=dict(os.environ, **(env or {})), timeout=timeout,
+    )  # fmt: skip
+
+
+@dataclass
+class RemoteOutletProcess(OutletProcess):
+    """An outlet started as ``outlet run --config <orchestrator URL>#<index> ...``.
+
+    ``config`` is what the orchestrator serves it (tests read ``http.listen`` from it).
+    """
+
+    source: str = ""
+    extra_args: list[str] = field(default_factory=list)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "outlet.cli", "run", "--config", self.source,
+                *self.extra_args]  # fmt: skip
+
+
+def site_config(
+    ch: ClickHouseEndpoints,
+    database: str,
+    *,
+    password_var: str,
+    listen: str = "127.0.0.1:0",
+    proxied: bool = False,
+    resolutions: list[dict[str, Any]] | None = None,
+    outlets: list[dict[str, Any]] | None = None,
+    shared_kafka: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An orchestrator config managing ``database`` on one of the stack's ClickHouse
+    servers; its password is the placeholder ``${password_var}`` (set it in the env)."""
+    cfg: dict[str, Any] = {
+        "http": {"listen": listen},
+        "log": {"level": "info"},
+        "clickhousedb": {
+            "servers": [ch.proxied_url if proxied else ch.url],
+            "database": database,
+            "username": ch.username,
+            "password": f"${{{password_var}}}",
+            "dial-timeout": "2s",
+        },
+        "clickhouse": {"retry-initial-backoff": "200ms", "retry-max-backoff": "1s"},
+    }
+    if resolutions is not None:
+        cfg["clickhouse"]["resolutions"] = resolutions
+    if shared_kafka is not None:
+        cfg["kafka"] = shared_kafka
+    if outlets is not None:
+        cfg["outlet"] = outlets
+    return cfg
+
+
+def resolution_mismatches(
+    ch: ClickHouseEndpoints, database: str, intervals: tuple[int, ...] = (60, 300, 3600)
+) -> dict[str, list[tuple[Any, ...]]]:
+    """Per resolution table, the time buckets whose Bytes/Packets sums differ from the raw
+    table's (empty lists when every aggregate equals the raw sums)."""
+    from orchestrator.ddl import Resolution
+    from teststack.verify import client
+
+    c = client(ch)
+    try:
+        out: dict[str, list[tuple[Any, ...]]] = {}
+        for interval in intervals:
+            table = Resolution(interval, 0).table
+            rows = c.query(
+                f"SELECT t, r.b, r.p, a.b, a.p FROM (SELECT toStartOfInterval(TimeReceived,"
+                f" toIntervalSecond({interval})) AS t, sum(Bytes) AS b, sum(Packets) AS p"
+                f" FROM {database}.flows GROUP BY t) AS r FULL OUTER JOIN (SELECT TimeReceived"
+                f" AS t, sum(Bytes) AS b, sum(Packets) AS p FROM {database}.{table} GROUP BY t)"
+                " AS a USING (t) WHERE r.b != a.b OR r.p != a.p ORDER BY t"
+            ).result_rows
+            out[table] = [tuple(row) for row in rows]
+        return out
+    finally:
+        c.close()
