@@ -179,8 +179,13 @@ def test_cut_after_server_stored_does_not_duplicate(outlet_run: RunFactory) -> N
     run.produce(10_000)
     for name in ("local", "azure"):
         assert run.wait_rows(name, 10_000, timeout=30) == 10_000  # connections are pooled now
+    # bytes 0: the request goes through and is stored, the response is dropped (a larger
+    # limit lets a one-chunk insert response through whole and closes the connection only
+    # after it, which cuts nothing). Pooled connections predate the toxic: drop them.
     for name in ("local", "azure"):
-        toxi.add_toxic(run.ch(name).proxy, "limit_data", {"bytes": 64}, name="cut")
+        toxi.add_toxic(run.ch(name).proxy, "limit_data", {"bytes": 0}, name="cut")
+        toxi.disable(run.ch(name).proxy)
+        toxi.enable(run.ch(name).proxy)
     run.produce(40_000)
     time.sleep(4)
     stored_during_cut = run.rows("local")
@@ -194,6 +199,8 @@ def test_cut_after_server_stored_does_not_duplicate(outlet_run: RunFactory) -> N
     # Inserts reached the server while every response was cut, so each was sent again
     # (by our retry loop or the HTTP client's own): the tokens made the repeats no-ops.
     assert stored_during_cut > 10_000, "the toxic must let an insert reach the server"
+    for name in ("primary", "azure"):
+        assert outlet.metric("outlet_destination_retries_total", destination=name) > 0, name
     assert outlet.stop() == 0
 
 
