@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest import harness as h
+from teststack.series import rate_series
 
 COLORS = {"local": "tab:blue", "azure": "tab:orange"}
 
@@ -39,10 +40,10 @@ def plot_throughput(samples: Sequence[h.Sample], destinations: Sequence[str], pa
     if target:
         ax.plot([p[0] for p in target], [p[1] for p in target], color="grey", ls="--",
                 lw=1.2, label="target (profile)", drawstyle="steps-post")
-    t, r = h.rate_series(ts, [float(s.produced) for s in samples])
+    t, r = rate_series(ts, [float(s.produced) for s in samples])
     ax.plot(t, r, color="black", lw=1.2, label="offered (Kafka)")
     for d in destinations:
-        t, r = h.rate_series(ts, [s.stored(d) for s in samples], span=3.0)
+        t, r = rate_series(ts, [s.stored(d) for s in samples], span=3.0)
         ax.plot(t, r, color=COLORS.get(d), lw=1.4, label=f"stored: {d}")
     for a, b, label in shade:
         ax.axvspan(a, b, color="tab:red", alpha=0.08)
@@ -125,9 +126,10 @@ def load_markdown(r: dict[str, Any]) -> str:
         "",
         f"- started {r.get('started_at')}, topic `{r.get('topic')}` "
         f"({r.get('partitions')} partitions), run id {r.get('run_id')}",
-        f"- profile: {p['interpolation']} interpolation, time-scale {p['time-scale']:g}, "
-        f"rate-scale {p['rate-scale']:g} (SCALE {r.get('time_scale'):g}, RATE "
-        f"{r.get('rate_scale'):g}); {len(p['points'])} points",
+        f"- profile: {p['interpolation']} interpolation, {len(p['points'])} points, "
+        f"{p['duration']:g} s of profile time replayed in {p['wall-duration']:g} s "
+        f"({p['speedup']:g}x; time scale {r.get('time_scale'):g}), rate scale "
+        f"{p['rate-scale']:g} (RATE_SCALE {r.get('rate_scale'):g})",
         f"- outlet: dual-write {' + '.join(r.get('destinations') or [])} (first = primary), "
         f"maximum-batch-size {r.get('outlet_batch_size')}, maximum-wait-time "
         f"{r.get('outlet_wait_time')}, direct connections (no Toxiproxy)",

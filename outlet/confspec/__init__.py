@@ -28,9 +28,16 @@ rules across fields.
 
 Values are checked by *kinds*: :class:`Str`, :class:`Int`, :class:`Number`,
 :class:`Bool`, :class:`Duration`, :class:`Size`, :class:`SecretStr`, :class:`StrList`,
-:class:`HostPort`, :class:`File`, :class:`Nested`. A custom kind subclasses :class:`Kind`
-and raises :class:`Invalid` with the problem; :meth:`Where.sibling` reads another field of
-the same mapping (parsed on demand), :meth:`Where.report` records a problem and goes on.
+:class:`HostPort`, :class:`File`, :class:`ListOf`, :class:`AnyMapping`, :class:`Nested`.
+Each takes ``problem="... {got}"`` to word its error differently. A custom kind subclasses
+:class:`Kind` and raises :class:`Invalid` with the problem; :meth:`Where.sibling` reads
+another field of the same mapping (parsed on demand), :meth:`Where.report` records a
+problem and goes on. :func:`parse_mapping` checks a mapping against ``{key: Key}`` when the
+keys depend on a value (the parameters of an action).
+
+Also here: the one duration grammar (:func:`parse_duration`, :func:`format_duration`),
+sizes, YAML loading with duplicate keys as problems (:func:`load_yaml`) and ``${VAR}``
+expansion (:func:`expand_env`).
 """
 
 from __future__ import annotations
@@ -57,11 +64,13 @@ from outlet.confspec.core import (
 )
 from outlet.confspec.kinds import (
     REDACTED,
+    AnyMapping,
     Bool,
     Duration,
     File,
     HostPort,
     Int,
+    ListOf,
     Number,
     Secret,
     SecretStr,
@@ -75,6 +84,7 @@ from outlet.confspec.yamlio import expand_env, load_yaml
 
 __all__ = [
     "REDACTED",
+    "AnyMapping",
     "Bool",
     "Duration",
     "File",
@@ -84,6 +94,7 @@ __all__ = [
     "Key",
     "KeyDoc",
     "Kind",
+    "ListOf",
     "Nested",
     "Number",
     "Problems",

@@ -198,23 +198,29 @@ class Nested(Kind[Any]):
 
     def __init__(self, cls: type[Any], *, keys: Sequence[str] | None = None,
                  hints: Mapping[str, str] | None = None, must_have: Sequence[str] = (),
-                 inline: bool = False, type_doc: str | None = None) -> None:
+                 inline: bool = False, optional: bool = False,
+                 type_doc: str | None = None) -> None:
         super().__init__()
         self.cls = cls
         self.keys = tuple(keys) if keys is not None else None
         self.hints = dict(hints or {})
         self.must_have = tuple(must_have)
         self.inline = inline
+        self.optional = optional  # absent: the default (None) instead of the spec's defaults
         self.type_doc = type_doc or "mapping"
 
     def parse(self, raw: object, at: Where, default: Any) -> Any:
-        return _parse_section(self.cls, raw, at, default, self.keys, self.hints, self.must_have)
+        return _parse_section(self.cls, raw, at, None if self.optional else default, self.keys,
+                              self.hints, self.must_have)
 
     def missing(self, default: Any, at: Where) -> Any:
+        if self.optional:
+            return default
         return _parse_section(self.cls, None, at, default, self.keys, self.hints, self.must_have)
 
     def dump(self, value: Any) -> Any:
-        return dump(value, keys=self.keys)
+        return None if value is None else dump(value, keys=self.keys)
+
 
 
 def section(cls: type[Any], *, yaml: str | None = None, doc: str = "",

@@ -121,19 +121,22 @@ class Int(Kind[int]):
 
 
 class Number(Kind[float]):
-    """A YAML number (int or float) in ``[lo, hi]``, as a float."""
+    """A YAML number (int or float) in ``[lo, hi]`` (``above``: strictly greater), as a float."""
 
     def __init__(self, lo: float | None = None, hi: float | None = None, *,
-                 problem: str | None = None) -> None:
+                 above: float | None = None, problem: str | None = None) -> None:
         super().__init__(problem=problem)
-        self.lo, self.hi = lo, hi
+        self.lo, self.hi, self.above = lo, hi, above
         bounds = [f">= {lo:g}"] if lo is not None else []
+        bounds += [f"> {above:g}"] if above is not None else []
         bounds += [f"<= {hi:g}"] if hi is not None else []
         self.type_doc = " ".join(["number", *bounds])
 
     def convert(self, raw: object) -> float:
         if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
             raise Invalid(f"must be a number, got {show(raw)}")
+        if self.above is not None and raw <= self.above:
+            raise Invalid(f"must be > {self.above:g}, got {show(raw)}")
         if self.lo is not None and raw < self.lo:
             raise Invalid(f"must be >= {self.lo:g}, got {show(raw)}")
         if self.hi is not None and raw > self.hi:
@@ -324,3 +327,42 @@ class StrList(Kind[tuple[str, ...]]):
 
     def dump(self, value: tuple[str, ...]) -> list[str]:
         return list(value)
+
+
+class ListOf(Kind[tuple[Any, ...]]):
+    """A list whose items are checked by ``item`` at their own path (``timeline[2]``); bad
+    items are reported and left out."""
+
+    def __init__(self, item: Kind[Any], *, type_doc: str = "list") -> None:
+        super().__init__()
+        self.item = item
+        self.type_doc = type_doc
+
+    def parse(self, raw: object, at: Where, default: tuple[Any, ...]) -> tuple[Any, ...]:
+        if not isinstance(raw, list):
+            raise Invalid(f"must be a list, got {show(raw)}")
+        out: list[Any] = []
+        for i, value in enumerate(raw):
+            where = at.child(i)
+            if value is None:
+                where.report("must not be empty")
+                continue
+            try:
+                out.append(self.item.parse(value, where, None))
+            except Invalid as e:
+                where.report(str(e))
+        return tuple(out)
+
+    def dump(self, value: tuple[Any, ...]) -> list[Any]:
+        return [self.item.dump(v) for v in value]
+
+
+class AnyMapping(Kind[dict[str, Any]]):
+    """A mapping taken as it is (checked by whoever uses it)."""
+
+    type_doc = "mapping"
+
+    def convert(self, raw: object) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise Invalid(f"must be a mapping, got {show(raw)}")
+        return dict(raw)
