@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,28 +35,47 @@ def test_time_scale_means_the_same_in_both_harnesses() -> None:
     assert profile.scaled(4).peak_rate == profile.peak_rate  # rates are kept
 
 
+def main_of(tool: str) -> Callable[[list[str]], int]:
+    if tool == "chaos":
+        from chaos.cli import main
+    else:
+        from loadtest.cli import main
+    return main
+
+
+def call(*argv: str) -> int:
+    """The command in-process (the console scripts call these same functions)."""
+    try:
+        return main_of(argv[0])(list(argv[1:]))
+    except SystemExit as e:  # argparse: --help, usage errors
+        return int(e.code or 0)
+
+
 @pytest.mark.parametrize("argv", [("chaos", "run"), ("loadtest", "run"),
                                   ("loadtest", "capacity")])
-def test_help_names_defaults_and_reports(argv: tuple[str, ...]) -> None:
-    out = run(*argv, "--help")
-    assert out.returncode == 0, out.stderr
-    text = " ".join(out.stdout.split())
+def test_help_names_defaults_and_reports(argv: tuple[str, ...],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert call(*argv, "--help") == 0
+    text = " ".join(capsys.readouterr().out.split())
     assert "--time-scale F" in text and "(default: 1)" in text
     assert "(default: .stack)" in text and "--json" in text and "--yes" in text
     assert "Report: " in text and "reports/" in text and "Exit status:" in text
 
 
-def test_loadtest_has_the_commands() -> None:
-    out = run("loadtest", "--help")
+def test_loadtest_has_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert call("loadtest", "--help") == 0
+    out = capsys.readouterr().out
     for command in ("run", "capacity", "bench", "demo"):
-        assert f"\n    {command} " in out.stdout, out.stdout
-    assert "(default: 2000000)" in " ".join(run("loadtest", "bench", "--help").stdout.split())
+        assert f"\n    {command} " in out, out
+    assert call("loadtest", "bench", "--help") == 0
+    assert "(default: 2000000)" in " ".join(capsys.readouterr().out.split())
 
 
 def test_json_verdict_is_alone_on_stdout() -> None:
+    """Through the console script: progress (and subprocesses) go to stderr."""
     out = run("chaos", "run", "azure-partition", "outlet-crash", "--validate", "--json")
     assert out.returncode == 0, out.stderr
-    verdict = json.loads(out.stdout)  # nothing else on stdout: progress went to stderr
+    verdict = json.loads(out.stdout)
     assert verdict["harness"] == "chaos run" and verdict["passed"] is True
     assert [r["name"] for r in verdict["runs"]] == ["azure-partition", "outlet-crash"]
     assert "azure-partition: ok" in out.stderr
@@ -64,24 +84,27 @@ def test_json_verdict_is_alone_on_stdout() -> None:
 def test_invalid_input_exits_2_with_a_json_verdict(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("load: {rate: 1000}\nexpect: {}\n")
-    out = run("chaos", "run", str(bad), "--json")
-    assert out.returncode == 2
-    verdict = json.loads(out.stdout)
+    verdict_file = tmp_path / "v.json"
+    assert call("chaos", "run", str(bad), "--json", str(verdict_file)) == 2
+    verdict = json.loads(verdict_file.read_text())
     assert verdict["passed"] is False and "load.duration: is required" in verdict["error"]
-    out = run("loadtest", "run", "nope", "--json", str(tmp_path / "v.json"))
-    assert out.returncode == 2 and out.stdout == ""
-    assert "no profile 'nope'" in json.loads((tmp_path / "v.json").read_text())["error"]
+    assert call("loadtest", "run", "nope", "--json", str(verdict_file)) == 2
+    assert "no profile 'nope'" in json.loads(verdict_file.read_text())["error"]
 
 
 @pytest.mark.parametrize("argv", [("chaos", "run", "azure-partition", "--time-scale", "80"),
                                   ("loadtest", "run", "steady", "--time-scale", "100"),
                                   ("loadtest", "capacity", "--time-scale", "30")])
-def test_a_run_past_an_hour_needs_yes(tmp_path: Path, argv: tuple[str, ...]) -> None:
+def test_a_run_past_an_hour_needs_yes(tmp_path: Path, argv: tuple[str, ...],
+                                      capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # not a terminal: no question asked
     stack_dir = tmp_path / "no-stack"
-    out = run(*argv, "--stack-dir", str(stack_dir), "--json")
-    assert out.returncode == 2
-    assert "more than an hour" in out.stderr and "--yes" in out.stderr
-    assert json.loads(out.stdout)["error"].startswith("refused")
+    verdict_file = tmp_path / "v.json"
+    assert call(*argv, "--stack-dir", str(stack_dir), "--json", str(verdict_file)) == 2
+    err = capsys.readouterr().err
+    assert "more than an hour" in err and "--yes" in err
+    assert json.loads(verdict_file.read_text())["error"].startswith("refused")
     assert not stack_dir.exists(), "refused before starting anything"
 
 
