@@ -189,11 +189,7 @@ def _run(args: argparse.Namespace, verdict: clikit.Verdict) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    with clikit.verdict_output(args.json) as verdicts:
-        verdict = clikit.Verdict("chaos run")
-        verdicts.append(verdict)
-        verdict.exit_code = _run(args, verdict)
-    return verdict.exit_code
+    return clikit.run_with_verdict("chaos run", args, _run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,6 @@ import argparse
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import yaml
 
 from flowgen.generator import FlowGenerator, GeneratorConfig
 from flowgen.producer import produce
+from loadtest import harness as h
 from teststack import clikit, verify
 from teststack.clikit import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, RunVerdict, Verdict
 from teststack.kafka import create_topic, delete_topic
@@ -119,13 +119,9 @@ def configure(ap: argparse.ArgumentParser) -> None:
                     help="outlet: one destination; dualwrite: single and dual alternated")
     ap.add_argument("--flows", type=int, default=2_000_000,
                     help="backlog size in flows (default: 2000000)")
-    ap.add_argument("--batch-size", type=int, default=50_000,
-                    help="outlet clickhouse.maximum-batch-size (default: 50000)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="dualwrite: alternate single/dual N times (default: 1; make uses 2)")
-    ap.add_argument("--compression", default="none", choices=["none", "lz4"],
-                    help="clickhouse.compression of the outlet (lz4: compressed once, sent to "
-                         "every destination; default: none)")
+    h.add_outlet_options(ap, wait_time=False, partitions=False)
     ap.add_argument("--stack-dir", default=clikit.STACK_DIR, metavar="DIR",
                     help="reuse a healthy stack there or start one, stopped afterwards "
                          f"(default: {clikit.STACK_DIR})")
@@ -185,34 +181,26 @@ def _drains(ep: Endpoints, topic: str, args: argparse.Namespace) -> dict[str, An
     return summary
 
 
+def _run(args: argparse.Namespace, verdict: Verdict) -> int:
+    t0 = time.monotonic()
+    try:
+        summary = _bench(args)
+    except HarnessError as e:
+        verdict.error = str(e)
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except RuntimeError as e:  # a drain did not store every flow
+        verdict.runs.append(RunVerdict(f"bench-{args.mode}", False, error=str(e)))
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    verdict.runs.append(RunVerdict(f"bench-{args.mode}", True,
+                                   wall_s=round(time.monotonic() - t0, 1), details=summary))
+    return EXIT_PASSED
+
+
 def command(args: argparse.Namespace) -> int:
-    with clikit.verdict_output(args.json) as verdicts:
-        verdict = Verdict(f"loadtest bench {args.mode}")
-        verdicts.append(verdict)
-        t0 = time.monotonic()
-        try:
-            summary = _bench(args)
-        except HarnessError as e:
-            verdict.error = str(e)
-            verdict.exit_code = EXIT_USAGE
-        except RuntimeError as e:  # a drain did not store every flow
-            verdict.runs.append(RunVerdict(f"bench-{args.mode}", False, error=str(e)))
-            verdict.exit_code = EXIT_FAILED
-        else:
-            verdict.runs.append(RunVerdict(f"bench-{args.mode}", True,
-                                           wall_s=round(time.monotonic() - t0, 1),
-                                           details=summary))
-            verdict.exit_code = EXIT_PASSED
-        if verdict.error or not verdict.passed:
-            print(f"error: {verdict.error or verdict.runs[-1].error}", file=sys.stderr)
-    return verdict.exit_code
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="loadtest bench")
-    configure(ap)
-    return command(ap.parse_args(argv))
+    return clikit.run_with_verdict(f"loadtest bench {args.mode}", args, _run)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(clikit.module_main("loadtest bench", configure, command))

@@ -672,12 +672,7 @@ def configure(ap: argparse.ArgumentParser) -> None:
                     help="parts to run, comma-separated (default: %(default)s)")
     clikit.add_common(ap, time_scale="every phase's duration (steps, scale-out, overhead at "
                                      "load)")
-    ap.add_argument("--batch-size", type=int, default=50_000,
-                    help="outlet clickhouse.maximum-batch-size (default: 50000)")
-    ap.add_argument("--wait-time", default="1s",
-                    help="outlet clickhouse.maximum-wait-time (default: 1s)")
-    ap.add_argument("--partitions", type=int, default=4,
-                    help="partitions of each topic (default: 4)")
+    h.add_outlet_options(ap, partitions=4)
     ap.add_argument("--scaleout-rate", type=float, default=30_000,
                     help="flows/s offered during scale-out (default: 30000)")
     ap.add_argument("--scaleout-seconds", type=float, default=30,
@@ -692,8 +687,6 @@ def configure(ap: argparse.ArgumentParser) -> None:
                     help="single/dual rounds, medians reported (default: 2)")
     ap.add_argument("--datacenter-rate", type=float, default=DATACENTER_RATE,
                     help="flows/s of the datacenter to size (default: 300000)")
-    ap.add_argument("--compression", default="none", choices=["none", "lz4"],
-                    help="the outlet's clickhouse.compression (default: none)")
     ap.add_argument("--report-dir", default=str(REPORT_DIR), metavar="DIR",
                     help="where the report goes (default: reports/capacity)")
     ap.epilog = ("Report: DIR/report.md (and report.json, steps-*.png, scaleout.png). Exit "
@@ -799,18 +792,8 @@ def _run(args: argparse.Namespace, verdict: Verdict) -> int:
 
 
 def command(args: argparse.Namespace) -> int:
-    with clikit.verdict_output(args.json) as verdicts:
-        verdict = Verdict("loadtest capacity")
-        verdicts.append(verdict)
-        verdict.exit_code = _run(args, verdict)
-    return verdict.exit_code
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="loadtest capacity")
-    configure(ap)
-    return command(ap.parse_args(argv))
+    return clikit.run_with_verdict("loadtest capacity", args, _run)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(clikit.module_main("loadtest capacity", configure, command))

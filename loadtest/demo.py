@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -53,12 +52,6 @@ def configure(ap: argparse.ArgumentParser) -> None:
                          f"(default: {clikit.STACK_DIR})")
     ap.add_argument("--workdir", default=str(WORKDIR), metavar="DIR",
                     help="outlet config, state and log (default: reports/demo)")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="loadtest demo")
-    configure(ap)
-    return command(ap.parse_args(argv))
 
 
 def command(args: argparse.Namespace) -> int:
@@ -153,4 +146,4 @@ def report(ep: Endpoints, outlet: OutletProcess, total: int, elapsed: float) -> 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(clikit.module_main("loadtest demo", configure, command))

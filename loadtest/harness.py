@@ -10,6 +10,7 @@ does each outlet.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -45,6 +46,24 @@ BOX_NOTE = ("Measured on a 2-core machine where the Locust producer, the outlet,
 
 # clickhouse.compression for every outlet the harness starts (`--compression` of the CLIs).
 OUTLET_COMPRESSION = "none"
+
+
+def add_outlet_options(ap: argparse.ArgumentParser, *, wait_time: bool = True,
+                       partitions: int | bool | None = None) -> None:
+    """The outlet settings every load command takes (``partitions``: the default of
+    ``--partitions``, None = the stack's; False: no such option)."""
+    ap.add_argument("--batch-size", type=int, default=50_000,
+                    help="outlet clickhouse.maximum-batch-size (default: 50000)")
+    if wait_time:
+        ap.add_argument("--wait-time", default="1s",
+                        help="outlet clickhouse.maximum-wait-time (default: 1s)")
+    if partitions is not False:
+        shown = "the stack's, 4" if partitions is None else partitions
+        ap.add_argument("--partitions", type=int, default=partitions,
+                        help=f"partitions of each topic (default: {shown})")
+    ap.add_argument("--compression", default="none", choices=["none", "lz4"],
+                    help="outlet clickhouse.compression: lz4 compresses each batch once for "
+                         "every destination (default: none)")
 
 
 def make_outlet(ep: Endpoints, workdir: Path, *, name: str, destinations: Sequence[str],

@@ -200,12 +200,7 @@ def configure(ap: argparse.ArgumentParser) -> None:
                     help="multiply every rate by F (default: 1)")
     ap.add_argument("--reports-dir", default=str(REPORTS_DIR), metavar="DIR",
                     help="the report goes to DIR/PROFILE/ (default: reports/load)")
-    ap.add_argument("--batch-size", type=int, default=50_000,
-                    help="outlet clickhouse.maximum-batch-size (default: 50000)")
-    ap.add_argument("--wait-time", default="1s",
-                    help="outlet clickhouse.maximum-wait-time (default: 1s)")
-    ap.add_argument("--partitions", type=int, default=None,
-                    help="partitions of the run's topic (default: the stack's, 4)")
+    h.add_outlet_options(ap)
     ap.add_argument("--producer-batch", type=int, default=1000,
                     help="flows per produced batch, one Locust request (default: 1000)")
     ap.epilog = ("Report: DIR/PROFILE/report.md (and report.json, throughput.png, lag.png, "
@@ -243,6 +238,7 @@ def _run(args: argparse.Namespace, verdict: Verdict) -> int:
                                    f"{profile.name} at time scale {args.time_scale:g}", args.yes):
         verdict.error = "refused: the run would last more than an hour (--yes)"
         return EXIT_USAGE
+    h.OUTLET_COMPRESSION = args.compression
     report_dir = Path(args.reports_dir) / profile.name
     t0 = time.monotonic()
     try:
@@ -265,18 +261,8 @@ def _run(args: argparse.Namespace, verdict: Verdict) -> int:
 
 
 def command(args: argparse.Namespace) -> int:
-    with clikit.verdict_output(args.json) as verdicts:
-        verdict = Verdict("loadtest run")
-        verdicts.append(verdict)
-        verdict.exit_code = _run(args, verdict)
-    return verdict.exit_code
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="loadtest run")
-    configure(ap)
-    return command(ap.parse_args(argv))
+    return clikit.run_with_verdict("loadtest run", args, _run)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(clikit.module_main("loadtest run", configure, command))

@@ -20,7 +20,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -155,3 +155,23 @@ def verdict_output(target: str | None) -> Iterator[list[Verdict]]:
 def failures_of(checks: Sequence[Any]) -> list[Failure]:
     """Failed checks (objects with name/expected/observed/passed) as verdict failures."""
     return [Failure(c.name, c.expected, c.observed) for c in checks if not c.passed]
+
+
+def run_with_verdict(harness: str, args: argparse.Namespace,
+                     body: Callable[[argparse.Namespace, Verdict], int]) -> int:
+    """``body(args, verdict)`` fills the verdict and returns the exit status; the verdict is
+    written as JSON when ``--json`` asked for it (even after a usage error)."""
+    with verdict_output(args.json) as verdicts:
+        verdict = Verdict(harness)
+        verdicts.append(verdict)
+        verdict.exit_code = body(args, verdict)
+    return verdict.exit_code
+
+
+def module_main(prog: str, configure: Callable[[argparse.ArgumentParser], None],
+                command: Callable[[argparse.Namespace], int],
+                argv: Sequence[str] | None = None) -> int:
+    """``python -m loadtest.run ...``: the same command as ``loadtest run ...``."""
+    parser = argparse.ArgumentParser(prog=prog)
+    configure(parser)
+    return command(parser.parse_args(argv))
