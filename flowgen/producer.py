@@ -61,6 +61,15 @@ class ProduceStats:
     enqueued_until: float = 0.0  # time.monotonic() when the last record was handed over
     errors: list[str] = field(default_factory=list)  # the first few delivery errors
 
+    def on_delivery(self, err: KafkaError | None, _msg: Message | None = None) -> None:
+        """librdkafka's delivery callback: count the outcome, keep the first errors."""
+        if err is None:
+            self.delivered += 1
+            return
+        self.failed += 1
+        if len(self.errors) < 10:
+            self.errors.append(str(err))
+
     @property
     def records_per_s(self) -> float:
         return self.records / self.seconds if self.seconds > 0 else 0.0
@@ -151,12 +160,7 @@ def produce(
     if parts is not None and not parts:
         raise ValueError("partitions must not be empty")
 
-    def on_delivery(err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            stats.failed += 1
-            if len(stats.errors) < 10:
-                stats.errors.append(str(err))
-
+    on_delivery = stats.on_delivery
     if isinstance(bootstrap, Producer):
         producer = bootstrap
         per_record: dict[str, Any] = {"on_delivery": on_delivery}

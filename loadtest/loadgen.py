@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flowgen.generator import FlowGenerator, GeneratorConfig, Totals
+from flowgen.producer import ProduceStats
 from flowgen.producer import encode_chunk_for as encode_chunk_for  # re-exported for Locust
 from loadtest.profile import DEFAULT_FLOWS_PER_USER, DEFAULT_MAX_USERS, Profile, load_profile
 
@@ -158,20 +159,11 @@ class FlowSource:
 
 
 @dataclass
-class DeliveryStats:
-    enqueued: int = 0
-    delivered: int = 0
-    failed: int = 0
-    batches: int = 0
-    errors: list[str] = field(default_factory=list)
+class DeliveryStats(ProduceStats):
+    """What the Locust users enqueued, and what librdkafka says it delivered."""
 
-    def on_delivery(self, err: Any, _msg: Any) -> None:
-        if err is None:
-            self.delivered += 1
-        else:
-            self.failed += 1
-            if len(self.errors) < 10:
-                self.errors.append(str(err))
+    enqueued: int = 0
+    batches: int = 0
 
 
 @dataclass

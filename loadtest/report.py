@@ -31,6 +31,20 @@ def _fmt(v: Any, unit: str = "") -> str:
     return f"{v}{unit}"
 
 
+def _finish(plt: Any, fig: Any, ax: Any, path: Path, ylabel: str, title: str,
+            legend: str) -> None:
+    """Labels, grid, legend, thousands as k; save and close."""
+    ax.set_xlabel("seconds")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend, fontsize=8)
+    ax.yaxis.set_major_formatter(lambda v, _p: f"{v / 1000:.0f}k")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_throughput(samples: Sequence[h.Sample], destinations: Sequence[str], path: Path,
                     target: Sequence[tuple[float, float]] = (), title: str = "",
                     shade: Sequence[tuple[float, float, str]] = ()) -> None:
@@ -48,15 +62,8 @@ def plot_throughput(samples: Sequence[h.Sample], destinations: Sequence[str], pa
     for a, b, label in shade:
         ax.axvspan(a, b, color="tab:red", alpha=0.08)
         ax.text(a, ax.get_ylim()[1] * 0.97, label, fontsize=7, va="top")
-    ax.set_xlabel("seconds")
-    ax.set_ylabel("flows/s (2 s window)")
-    ax.set_title(title or "offered vs stored flows/s")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.yaxis.set_major_formatter(lambda v, _p: f"{v / 1000:.0f}k")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _finish(plt, fig, ax, path, "flows/s (2 s window)", title or "offered vs stored flows/s",
+            "lower right")
 
 
 def plot_lag(samples: Sequence[h.Sample], destinations: Sequence[str], path: Path,
@@ -69,15 +76,7 @@ def plot_lag(samples: Sequence[h.Sample], destinations: Sequence[str], path: Pat
     for d in destinations:
         ax.plot(ts, [max(0.0, s.produced - s.stored(d)) for s in samples],
                 color=COLORS.get(d), lw=1, ls=":", label=f"backlog: produced - stored {d}")
-    ax.set_xlabel("seconds")
-    ax.set_ylabel("flows")
-    ax.set_title(title or "consumer lag")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
-    ax.yaxis.set_major_formatter(lambda v, _p: f"{v / 1000:.0f}k")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _finish(plt, fig, ax, path, "flows", title or "consumer lag", "upper left")
 
 
 def plot_latency(insert: dict[str, dict[str, Any]], path: Path) -> None:
