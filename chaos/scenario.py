@@ -41,20 +41,18 @@ from outlet.confspec import (
     SpecError,
     Str,
     Where,
-    format_duration,
     load_yaml,
     parse,
-    parse_duration,
     parse_mapping,
     section,
     setting,
     show,
 )
+from outlet.confspec import format_duration as format_duration  # the one grammar, re-exported
+from outlet.confspec import parse_duration as parse_duration
 from teststack.outlet_proc import destination_label
 from teststack.paths import PROJECT_ROOT
 from teststack.toxiproxy import STREAMS, TOXIC_ATTRIBUTES
-
-__all__ = ["format_duration", "parse_duration"]  # re-exported: the one duration grammar
 
 SCENARIOS_DIR = PROJECT_ROOT / "scenarios"
 

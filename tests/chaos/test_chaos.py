@@ -19,6 +19,7 @@ from chaos.scenario import (
     parse_scenario,
     planned_windows,
 )
+from outlet import metrics as names
 
 MINIMAL: dict[str, Any] = {
     "name": "t",
@@ -269,7 +270,7 @@ def test_scenario_end_to_end(stack: Any, tmp_path: Path, name: str, scale: float
     if name.startswith("azure"):
         # the partition really bit (azure's data itself is kept by the spool)
         assert any(
-            k.startswith("outlet_destination_insert_errors_total") and "azure" in k and v > 0
+            k.startswith(names.DESTINATION_INSERT_ERRORS_TOTAL) and "azure" in k and v > 0
             for k, v in data["metrics"].items()
         )
     assert yaml.safe_load((report / "outlet" / "outlet.yaml").read_text())["kafka"]["topic"] \
