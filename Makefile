@@ -69,7 +69,7 @@ bench-dualwrite: setup
 # The codec alone (in-process, no stack): clean and 1%-garbage batches, isolation bound.
 # `make bench-codec BENCH_ARGS="--baseline main"` runs main's codec alongside.
 bench-codec: setup
-	$(UV) run python -m loadtest.bench codec $(BENCH_ARGS)
+	$(UV) run loadtest bench codec $(BENCH_ARGS)
 
 lint: setup
 	$(UV) run ruff check . && $(UV) run mypy outlet orchestrator flowgen teststack chaos loadtest

@@ -115,8 +115,10 @@ DESCRIPTION = ("Backlog-drain benchmarks: a real outlet process drains a pre-pro
 
 def configure(ap: argparse.ArgumentParser) -> None:
     ap.description = DESCRIPTION
-    ap.add_argument("mode", choices=["outlet", "dualwrite"],
-                    help="outlet: one destination; dualwrite: single and dual alternated")
+    ap.add_argument("mode", choices=["outlet", "dualwrite", "codec"],
+                    help="outlet: one destination; dualwrite: single and dual alternated; "
+                         "codec: the codec alone, in-process (its options: 'loadtest bench "
+                         "codec --help', loadtest/bench_codec.py)")
     ap.add_argument("--flows", type=int, default=2_000_000,
                     help="backlog size in flows (default: 2000000)")
     ap.add_argument("--rounds", type=int, default=1,
@@ -203,4 +205,8 @@ def command(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["codec"]:
+        from loadtest import bench_codec
+
+        raise SystemExit(bench_codec.main(sys.argv[2:]))
     raise SystemExit(clikit.module_main("loadtest bench", configure, command))

@@ -1,5 +1,5 @@
 """The ``loadtest`` command: ``loadtest run PROFILE``, ``loadtest capacity``, ``loadtest bench
-outlet|dualwrite`` and ``loadtest demo`` (docs/loadtest.md). The ``make`` targets ``load``,
+outlet|dualwrite|codec`` and ``loadtest demo`` (docs/loadtest.md). The ``make`` targets ``load``,
 ``capacity``, ``bench-*`` and ``demo`` are thin wrappers around it.
 
 The options shared with ``chaos run`` mean the same everywhere (``teststack/clikit.py``):
@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
     "run": ("replay a load profile (reports/load/PROFILE/)", run.configure, run.command),
     "capacity": ("capacity steps, sizing, scale-out, dual-write overhead (reports/capacity/)",
                  capacity.configure, capacity.command),
-    "bench": ("backlog-drain benchmarks: outlet CPU per flow, dual/single ratios",
+    "bench": ("benchmarks: backlog drains (outlet, dualwrite); the codec alone (codec)",
               bench.configure, bench.command),
     "demo": ("the main job for a minute, then what was stored (make demo)",
              demo.configure, demo.command),
@@ -42,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["bench", "codec"]:  # in-process, no stack, its own options
+        from loadtest import bench_codec
+
+        return bench_codec.main(argv[2:])
+    args = build_parser().parse_args(argv)
     rc: int = args.func(args)
     return rc
 
