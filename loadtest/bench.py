@@ -124,12 +124,8 @@ def configure(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--rounds", type=int, default=1,
                     help="dualwrite: alternate single/dual N times (default: 1; make uses 2)")
     h.add_outlet_options(ap, wait_time=False, partitions=False)
-    ap.add_argument("--stack-dir", default=clikit.STACK_DIR, metavar="DIR",
-                    help="reuse a healthy stack there or start one, stopped afterwards "
-                         f"(default: {clikit.STACK_DIR})")
-    ap.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
-                    help="print the results as JSON on stdout (or write them to FILE); the "
-                         "progress then goes to stderr")
+    clikit.add_stack_dir(ap)
+    clikit.add_json(ap, "the results")
     ap.epilog = ("No report file: the numbers are printed (and in --json). Exit status: 0 "
                  "measured, 1 a drain did not store every flow, 2 bad usage or no stack.")
 

@@ -47,9 +47,7 @@ def configure(ap: argparse.ArgumentParser) -> None:
                     help="how long flows are produced (default: 60)")
     ap.add_argument("--rate", type=float, default=5_000,
                     help="flows/s offered (default: 5000)")
-    ap.add_argument("--stack-dir", default=clikit.STACK_DIR, metavar="DIR",
-                    help="reuse a healthy stack there or start one, stopped afterwards "
-                         f"(default: {clikit.STACK_DIR})")
+    clikit.add_stack_dir(ap)
     ap.add_argument("--workdir", default=str(WORKDIR), metavar="DIR",
                     help="outlet config, state and log (default: reports/demo)")
 

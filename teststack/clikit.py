@@ -46,14 +46,22 @@ def add_common(parser: argparse.ArgumentParser, *, time_scale: str | None = None
         parser.add_argument("--time-scale", type=positive_float, default=1.0, metavar="F",
                             help=f"multiply {time_scale} by F: 2 = twice as long, 0.5 = half "
                                  "(default: 1)")
+    add_stack_dir(parser)
+    add_json(parser)
+    parser.add_argument("--yes", action="store_true",
+                        help="start even if the run would last more than an hour")
+
+
+def add_stack_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stack-dir", default=STACK_DIR, metavar="DIR",
                         help="reuse a healthy stack there or start one, stopped afterwards "
                              f"(default: {STACK_DIR})")
+
+
+def add_json(parser: argparse.ArgumentParser, what: str = "the verdict") -> None:
     parser.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
-                        help="print the verdict as JSON on stdout (or write it to FILE); the "
+                        help=f"print {what} as JSON on stdout (or write it to FILE); the "
                              "progress then goes to stderr")
-    parser.add_argument("--yes", action="store_true",
-                        help="start even if the run would last more than an hour")
 
 
 def human_duration(seconds: float) -> str:
