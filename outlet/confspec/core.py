@@ -73,6 +73,8 @@ def join_path(path: str, key: object) -> str:
 
 
 def _join_dotted(path: str, dotted: str) -> str:
+    if not dotted:  # the mapping itself
+        return path
     for part in dotted.split("."):
         path = join_path(path, part)
     return path

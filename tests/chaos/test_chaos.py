@@ -142,6 +142,18 @@ def test_expectation_validation() -> None:
                for p in ps)
 
 
+def test_contradictions_and_null_defaults() -> None:
+    doc = json.loads(json.dumps(MINIMAL))
+    doc["expect"]["destinations"]["azure"] = {"no_loss": True, "min_loss": 3}
+    assert problems(doc) == ["expect.destinations.azure: no_loss contradicts rows: "
+                             "all_minus_reported_loss / min_loss"]
+    doc = json.loads(json.dumps(MINIMAL))
+    doc["load"]["rate"] = None  # null takes the default, as in the outlet's config
+    assert parse_scenario(doc).load.rate == 2000
+    doc["lod"] = {}
+    assert "lod: unknown key (did you mean 'load'?)" in problems(doc)
+
+
 def test_primary_never_loses() -> None:
     doc = json.loads(json.dumps(MINIMAL))
     doc["expect"] = {"destinations": {"local": {"rows": "all_minus_reported_loss"}}}
