@@ -201,7 +201,7 @@ def test_cut_after_server_stored_does_not_duplicate(outlet_run: RunFactory) -> N
     # (by our retry loop or the HTTP client's own): the tokens made the repeats no-ops.
     assert stored_during_cut > 10_000, "the toxic must let an insert reach the server"
     for name in ("primary", "azure"):
-        assert outlet.metric("outlet_destination_retries_total", destination=name) > 0, name
+        assert outlet.metric(names.DESTINATION_RETRIES_TOTAL, destination=name) > 0, name
     assert outlet.stop() == 0
 
 
