@@ -9,7 +9,7 @@ SETUP_INPUTS := pyproject.toml harness/pyproject.toml uv.lock ci/setup.sh ci/ins
 	ci/install-goflow2.sh ci/go-tools.sh ci/kafka/pom.xml
 
 .PHONY: setup up down status test test-all lint demo bench-outlet bench-dualwrite bench-codec chaos \
-	chaos-all
+	chaos-all load capacity bench-overhead-load
 
 # Idempotent; the stamp makes it instant when nothing changed. A missing venv or missing
 # tools invalidate the stamp.
@@ -40,23 +40,36 @@ test: setup
 test-all: setup
 	$(UV) run pytest $(PYTEST_ARGS)
 
+# Harness targets are thin wrappers around `chaos run` and `loadtest run|capacity|bench|demo`
+# (docs/chaos.md, docs/loadtest.md); their variables are named like the flags:
+#   TIME_SCALE=F  multiplies every duration of a run (0.1 = a ten times shorter smoke run,
+#                 4 = four times longer); rates are kept
+#   YES=1         start a run estimated to last more than an hour without asking
+#   JSON=FILE     also write the verdict as JSON to FILE (JSON=- prints it on stdout)
+TIME_SCALE ?= 1
+YES ?=
+JSON ?=
+JSON_FLAG = $(if $(JSON),--json $(JSON))
+HARNESS_FLAGS = --stack-dir $(STACK_DIR) --time-scale $(TIME_SCALE) $(if $(YES),--yes) $(JSON_FLAG)
+
 # The main job: stack up, schema, realistic flows for ~1 minute, dual-write, report, stack down.
 DEMO_ARGS ?=
 demo: setup
-	$(UV) run python -m loadtest.demo --stack-dir $(STACK_DIR) $(DEMO_ARGS)
+	$(UV) run loadtest demo --stack-dir $(STACK_DIR) $(DEMO_ARGS)
 
 # Benchmarks print numbers (they are not timed tests): backlog drain of 2M flows.
 BENCH_ARGS ?=
 bench-outlet: setup
-	$(UV) run python -m loadtest.bench outlet --stack-dir $(STACK_DIR) $(BENCH_ARGS)
+	$(UV) run loadtest bench outlet --stack-dir $(STACK_DIR) $(JSON_FLAG) $(BENCH_ARGS)
 
 bench-dualwrite: setup
-	$(UV) run python -m loadtest.bench dualwrite --rounds 2 --stack-dir $(STACK_DIR) $(BENCH_ARGS)
+	$(UV) run loadtest bench dualwrite --rounds 2 --stack-dir $(STACK_DIR) $(JSON_FLAG) \
+	    $(BENCH_ARGS)
 
 # The codec alone (in-process, no stack): clean and 1%-garbage batches, isolation bound.
 # `make bench-codec BENCH_ARGS="--baseline main"` runs main's codec alongside.
 bench-codec: setup
-	$(UV) run python -m loadtest.bench codec $(BENCH_ARGS)
+	$(UV) run loadtest bench codec $(BENCH_ARGS)
 
 lint: setup
 	$(UV) run ruff check . && $(UV) run mypy outlet orchestrator flowgen teststack chaos loadtest
@@ -64,41 +77,40 @@ lint: setup
 # Chaos harness (docs/chaos.md): `make chaos SCENARIO=azure-partition [TIME_SCALE=2]`,
 # `make chaos-all`. Reuses a healthy stack in $(STACK_DIR) or starts one (and stops it after).
 SCENARIO ?=
-TIME_SCALE ?= 1
 CHAOS_ARGS ?=
 
 chaos: setup
-	@if [ -z "$(SCENARIO)" ]; then echo "usage: make chaos SCENARIO=name (see scenarios/)"; \
-	    ls scenarios | sed 's/\.yaml$$//'; exit 2; fi
-	$(UV) run chaos run $(SCENARIO) --time-scale $(TIME_SCALE) --stack-dir $(STACK_DIR) $(CHAOS_ARGS)
+	@if [ -z "$(SCENARIO)" ]; then echo "usage: make chaos SCENARIO=name [TIME_SCALE=F]" \
+	    "(see scenarios/)"; ls scenarios | sed 's/\.yaml$$//'; exit 2; fi
+	$(UV) run chaos run $(SCENARIO) $(HARNESS_FLAGS) $(CHAOS_ARGS)
 
 chaos-all: setup
-	$(UV) run chaos run --all --time-scale $(TIME_SCALE) --stack-dir $(STACK_DIR) $(CHAOS_ARGS)
+	$(UV) run chaos run --all $(HARNESS_FLAGS) $(CHAOS_ARGS)
 
-# Load tests (docs/loadtest.md): `make load PROFILE=steady [SCALE=2] [RATE=0.5]` replays a
-# profile (loadtest/profiles/) with Locust against the stack, the outlet in dual-write;
-# `make capacity` steps the offered rate up, shows scale-out and the dual-write overhead;
-# `make bench-overhead-load` runs the overhead part alone. Reports in reports/load|capacity/.
+# Load tests (docs/loadtest.md): `make load PROFILE=steady [TIME_SCALE=0.5] [RATE_SCALE=0.5]`
+# replays a profile (loadtest/profiles/) with Locust against the stack, the outlet in
+# dual-write; `make capacity` steps the offered rate up, shows scale-out and the dual-write
+# overhead; `make bench-overhead-load` runs the overhead part alone. Reports in
+# reports/load/PROFILE/ and reports/capacity/.
 PROFILE ?=
-SCALE ?= 1
-RATE ?= 1
+RATE_SCALE ?= 1
 LOAD_ARGS ?=
 CAPACITY_ARGS ?=
 
-.PHONY: load capacity bench-overhead-load
-
 load: setup
-	@if [ -z "$(PROFILE)" ]; then echo "usage: make load PROFILE=name [SCALE=x] [RATE=y]"; \
-	    $(UV) run python -m loadtest.run --list; exit 2; fi
-	$(UV) run python -m loadtest.run $(PROFILE) --time-scale $(SCALE) --rate-scale $(RATE) \
-	    --stack-dir $(STACK_DIR) $(LOAD_ARGS)
+	@if [ -n "$(SCALE)$(RATE)" ]; then echo "make load: SCALE and RATE are now TIME_SCALE and" \
+	    "RATE_SCALE, named like the flags; TIME_SCALE multiplies durations (0.1 = ten times" \
+	    "shorter)" >&2; exit 2; fi
+	@if [ -z "$(PROFILE)" ]; then echo "usage: make load PROFILE=name [TIME_SCALE=F]" \
+	    "[RATE_SCALE=F]"; $(UV) run loadtest run --list; exit 2; fi
+	$(UV) run loadtest run $(PROFILE) --rate-scale $(RATE_SCALE) $(HARNESS_FLAGS) $(LOAD_ARGS)
 
 capacity: setup
-	$(UV) run python -m loadtest.capacity --stack-dir $(STACK_DIR) $(CAPACITY_ARGS)
+	$(UV) run loadtest capacity $(HARNESS_FLAGS) $(CAPACITY_ARGS)
 
 bench-overhead-load: setup
-	$(UV) run python -m loadtest.capacity --only overhead --stack-dir $(STACK_DIR) \
-	    --report-dir reports/capacity/overhead-only $(CAPACITY_ARGS)
+	$(UV) run loadtest capacity --only overhead --report-dir reports/capacity/overhead-only \
+	    $(HARNESS_FLAGS) $(CAPACITY_ARGS)
 
 # Regenerate outlet/pb/flow_pb2.py(i) from outlet/pb/flow.proto (grpcio-tools' protoc).
 .PHONY: proto

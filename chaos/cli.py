@@ -1,4 +1,8 @@
-"""`chaos` command line: `chaos stack up|down|status`."""
+"""`chaos` command line: `chaos stack up|down|status` and `chaos run SCENARIO...`.
+
+`chaos run` shares its vocabulary with `loadtest` (teststack/clikit.py): `--time-scale`
+multiplies durations, `--stack-dir`, `--json` for the verdict, `--yes` for runs past an hour.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from teststack import stack
+from teststack import clikit, stack
+from teststack.runs import HarnessError
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -84,12 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     st_sub = st.add_subparsers(dest="action", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--dir", default=".stack", help="stack directory (default .stack)")
+        p.add_argument("--dir", default=clikit.STACK_DIR,
+                       help=f"stack directory (default: {clikit.STACK_DIR})")
 
     up = st_sub.add_parser("up", help="start the stack (no-op when already healthy)")
     common(up)
-    up.add_argument("--partitions", type=int, default=4, help="flows topic partitions")
-    up.add_argument("--topic", default="flows", help="Kafka topic to create")
+    up.add_argument("--partitions", type=int, default=4,
+                    help="flows topic partitions (default: 4)")
+    up.add_argument("--topic", default="flows", help="Kafka topic to create (default: flows)")
     up.set_defaults(func=_cmd_up)
     down = st_sub.add_parser("down", help="stop every process of the stack")
     common(down)
@@ -102,59 +109,87 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+RUN_DESCRIPTION = ("Play fault scenarios (scenarios/*.yaml) against the native stack with a "
+                   "real outlet in dual-write, check the delivery invariants and write a "
+                   "report per scenario.")
+SETUP_S = 30.0  # per scenario: set-up, outlet start, drain and quiet wait (for the estimate)
+
+
 def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """`chaos run SCENARIO...`: the chaos harness (chaos/runner.py, docs/chaos.md)."""
-    run = sub.add_parser("run", help="run chaos scenarios and check their invariants")
+    from chaos.runner import REPORTS_DIR
+    from chaos.scenario import list_scenarios
+
+    run = sub.add_parser("run", help="run chaos scenarios and check their invariants",
+                         description=RUN_DESCRIPTION)
     run.add_argument("scenarios", nargs="*", metavar="SCENARIO",
-                     help="scenario names (scenarios/NAME.yaml) or paths")
+                     help="scenario names (scenarios/NAME.yaml: " + ", ".join(list_scenarios())
+                          + ") or paths")
     run.add_argument("--all", action="store_true", help="run every scenarios/*.yaml")
-    run.add_argument("--time-scale", type=float, default=1.0,
-                     help="multiply timeline times and durations (default 1)")
-    run.add_argument("--stack-dir", default=".stack", help="stack directory (default .stack)")
+    clikit.add_common(run, time_scale="every timeline time and duration (load, windows)")
     run.add_argument("--keep-stack", action="store_true",
                      help="leave a stack this command started running")
-    run.add_argument("--reports-dir", default=None, help="default reports/chaos")
+    run.add_argument("--reports-dir", default=str(REPORTS_DIR), metavar="DIR",
+                     help="reports go to DIR/SCENARIO/ (default: reports/chaos)")
     run.add_argument("--validate", action="store_true",
                      help="only validate the scenario files")
+    run.epilog = ("Report: DIR/SCENARIO/report.md (and report.json, timeline.png, outlet/ with "
+                  "the outlet's config, state and log). Exit status: 0 every invariant held, 1 "
+                  "an invariant failed or a run could not complete, 2 invalid scenario, "
+                  "refused long run or no stack.")
     run.set_defaults(func=_cmd_run)
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from chaos.runner import REPORTS_DIR, HarnessError, run_many
+def _run(args: argparse.Namespace, verdict: clikit.Verdict) -> int:
+    from chaos.runner import run_many
     from chaos.scenario import ScenarioError, list_scenarios, load_scenario
 
     names = list_scenarios() if args.all else list(args.scenarios)
     if not names:
+        verdict.error = "no scenario given"
         print(f"no scenario given (available: {', '.join(list_scenarios())})", file=sys.stderr)
-        return 2
-    if args.time_scale <= 0:
-        print("--time-scale must be > 0", file=sys.stderr)
-        return 2
+        return clikit.EXIT_USAGE
     scenarios = []
-    bad = False
+    problems = []
     for name in names:
         try:
             scenarios.append(load_scenario(name).scaled(args.time_scale))
         except ScenarioError as e:
             print(e, file=sys.stderr)
-            bad = True
-    if bad:
-        return 2
+            problems.append(str(e))
+    if problems:
+        verdict.error = "\n".join(problems)
+        return clikit.EXIT_USAGE
     if args.validate:
         for sc in scenarios:
             print(f"{sc.name}: ok ({len(sc.timeline)} timeline steps, load "
                   f"{sc.load.duration:g}s at {sc.load.rate:g} flows/s)")
-        return 0
+            verdict.runs.append(clikit.RunVerdict(sc.name, True, details={"validated": True}))
+        return clikit.EXIT_PASSED
+    estimate = sum(sc.end + SETUP_S for sc in scenarios)
+    if not clikit.confirm_long_run(estimate, f"chaos run of {len(scenarios)} scenario(s) at "
+                                   f"time scale {args.time_scale:g}", args.yes):
+        verdict.error = "refused: the run would last more than an hour (--yes)"
+        return clikit.EXIT_USAGE
     try:
-        results = run_many(scenarios, args.stack_dir, args.reports_dir or REPORTS_DIR,
+        results = run_many(scenarios, args.stack_dir, args.reports_dir,
                            keep_stack=args.keep_stack)
     except HarnessError as e:
+        verdict.error = str(e)
         print(f"chaos run: {e}", file=sys.stderr)
-        return 2
+        return clikit.EXIT_USAGE
+    for r in results:
+        verdict.runs.append(clikit.RunVerdict(
+            r.scenario, r.passed, str(r.report_dir / "report.md"), r.info.get("wall_s"),
+            clikit.failures_of(r.checks), r.error))
     failed = [r.scenario for r in results if not r.passed]
     print(f"{len(results) - len(failed)}/{len(results)} scenarios passed"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    return clikit.EXIT_FAILED if failed else clikit.EXIT_PASSED
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    return clikit.run_with_verdict("chaos run", args, _run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,8 @@ from typing import Any
 
 from chaos.results import RunResult, Sample, metric_value, reported_loss
 from chaos.scenario import Action, Scenario, format_duration, planned_windows
+from outlet import metrics as names
+from teststack.series import rate_series
 
 COLORS = {"local": "tab:blue", "azure": "tab:orange"}
 FAULT_COLORS = ["tab:red", "tab:purple", "tab:brown", "tab:olive", "tab:cyan", "tab:pink"]
@@ -42,17 +44,7 @@ def _rates(samples: list[Sample], dest: str, span: float = 3.0
            ) -> tuple[list[float], list[float]]:
     """Stored flows/s from the row counts, over a sliding ``span`` (batches arrive in
     steps; a 1 s derivative would be all spikes)."""
-    pts = [(s.t, s.rows[dest]) for s in samples if s.rows.get(dest) is not None]
-    ts, rs = [], []
-    j = 0
-    for i in range(1, len(pts)):
-        while pts[i][0] - pts[j][0] > span and j < i - 1:
-            j += 1
-        (t0, r0), (t1, r1) = pts[j], pts[i]
-        if t1 > t0:
-            ts.append((t0 + t1) / 2)
-            rs.append(max(0.0, (float(r1 or 0) - float(r0 or 0)) / (t1 - t0)))
-    return ts, rs
+    return rate_series([s.t for s in samples], [s.rows.get(dest) for s in samples], span)
 
 
 def plot_timeline(result: RunResult, sc: Scenario, path: Path) -> None:
@@ -166,7 +158,7 @@ def render_markdown(result: RunResult, sc: Scenario) -> str:
     for d, t in result.destinations.items():
         label = sc.metric_destination(d)
         lost = reported_loss(result.metrics, label)
-        written = metric_value(result.metrics, "outlet_destination_flows_written_total",
+        written = metric_value(result.metrics, names.DESTINATION_FLOWS_WRITTEN_TOTAL,
                                destination=label)
         lines.append(f"| {d} ({label}) | {t['rows']} | {t['distinct_flows']} | "
                      f"{t['duplicates']} | {t['missing']} | {lost:g} | {written:g} |")
@@ -189,18 +181,18 @@ def render_markdown(result: RunResult, sc: Scenario) -> str:
 
 
 KEY_METRICS = {
-    "outlet_destination_flows_written_total",
-    "outlet_destination_batches_written_total",
-    "outlet_destination_retries_exceeded_flows_total",
-    "outlet_destination_retries_exceeded_batches_total",
-    "outlet_destination_insert_errors_total",
-    "outlet_destination_retries_total",
-    "outlet_kafka_errors_total",
-    "outlet_decode_errors_total",
-    "outlet_flows_received_total",
-    "outlet_spool_appended_flows_total",
-    "outlet_spool_replayed_flows_total",
-    "outlet_spool_dropped_flows_total",
+    names.DESTINATION_FLOWS_WRITTEN_TOTAL,
+    names.DESTINATION_BATCHES_WRITTEN_TOTAL,
+    names.DESTINATION_RETRIES_EXCEEDED_FLOWS_TOTAL,
+    names.DESTINATION_RETRIES_EXCEEDED_BATCHES_TOTAL,
+    names.DESTINATION_INSERT_ERRORS_TOTAL,
+    names.DESTINATION_RETRIES_TOTAL,
+    names.KAFKA_ERRORS_TOTAL,
+    names.DECODE_ERRORS_TOTAL,
+    names.FLOWS_RECEIVED_TOTAL,
+    names.SPOOL_APPENDED_FLOWS_TOTAL,
+    names.SPOOL_REPLAYED_FLOWS_TOTAL,
+    names.SPOOL_DROPPED_FLOWS_TOTAL,
 }
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from chaos.scenario import MetricSelector
+from outlet import metrics as names
+from teststack import promtext
 
 
 def metric_value(metrics: dict[str, float], sel: MetricSelector | str,
@@ -17,17 +19,10 @@ def metric_value(metrics: dict[str, float], sel: MetricSelector | str,
     """Sum of samples of ``sel`` whose labels include the selector's (and ``labels``)."""
     if isinstance(sel, str):
         sel = MetricSelector(sel)
-    want = [f'{k}="{v}"' for k, v in (*sel.labels, *labels.items())]
-    total = 0.0
-    for key, value in metrics.items():
-        base, _, rest = key.partition("{")
-        if base == sel.name and all(w in rest for w in want):
-            total += value
-    return total
+    return promtext.metric_value(metrics, sel.name, **dict(sel.labels), **labels)
 
 
-LOSS_METRICS = ("outlet_destination_retries_exceeded_flows_total",
-                "outlet_spool_dropped_flows_total")
+LOSS_METRICS = (names.DESTINATION_RETRIES_EXCEEDED_FLOWS_TOTAL, names.SPOOL_DROPPED_FLOWS_TOTAL)
 """What a destination reports it lost: given up without a spool, or dropped by a full
 spool (absent metrics count 0, so this works with and without the spool of issue 5)."""
 

@@ -23,15 +23,12 @@ Toxiproxy, so the faults cannot distort the verification.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import itertools
 import json
 import logging
 import threading
 import time
 import traceback
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,50 +49,23 @@ from chaos.scenario import (
     format_duration,
     merge_overrides,
 )
+from flowgen.producer import UniqueFlowsThread
+from outlet import metrics as names
 from teststack import stack as stk
-from teststack.outlet_proc import (
-    OutletProcess,
-    apply_schema,
-    create_topic,
-    free_port,
-    fresh_run,
-    outlet_config,
-)
-from teststack.stack import ClickHouseEndpoints, Endpoints
+from teststack.kafka import consumer_lag, create_topic, delete_topic
+from teststack.outlet_proc import OutletProcess, free_port, outlet_config
+from teststack.paths import REPORTS_DIR as _ALL_REPORTS
+from teststack.runs import HarnessError, fresh_run, prepare_tables, reuse_or_start
+from teststack.sampling import PeriodicSampler
+from teststack.series import window_rate
+from teststack.stack import Endpoints
+from teststack.verify import count_rows_or_none, run_summary
 
 log = logging.getLogger("chaos.runner")
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-REPORTS_DIR = PROJECT_ROOT / "reports" / "chaos"
+REPORTS_DIR = _ALL_REPORTS / "chaos"
 SAMPLE_INTERVAL = 1.0
 QUIET_SECONDS = 4.0
-
-
-class HarnessError(RuntimeError):
-    """The run could not be carried out (not an invariant violation)."""
-
-
-# ---------------------------------------------------------------------------------------
-# Small clients
-# ---------------------------------------------------------------------------------------
-
-
-def ch_query(ch: ClickHouseEndpoints, sql: str, timeout: float = 10.0) -> str:
-    """Run one query over the direct HTTP URL; returns the TSV body."""
-    auth = base64.b64encode(f"{ch.username}:{ch.password}".encode()).decode()
-    req = urllib.request.Request(
-        ch.url + "/", data=sql.encode(), method="POST",
-        headers={"Authorization": f"Basic {auth}"},
-    )
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return str(r.read().decode())
-
-
-def count_rows(ch: ClickHouseEndpoints) -> int | None:
-    try:
-        return int(ch_query(ch, "SELECT count() FROM flows.flows", timeout=5).strip())
-    except Exception:
-        return None
 
 
 class Outlet:
@@ -141,18 +111,7 @@ class Outlet:
         self.proc.start(wait_ready=True, timeout=60)
 
     def wait_ready(self, timeout: float = 60) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.proc.alive():
-                return False
-            try:
-                with urllib.request.urlopen(self.proc.http + "/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        return True
-            except Exception:
-                pass
-            time.sleep(0.2)
-        return False
+        return self.proc.wait_ready(timeout)
 
     def kill(self) -> None:
         self._retire()
@@ -171,92 +130,17 @@ class Outlet:
 # ---------------------------------------------------------------------------------------
 
 
-class LoadThread(threading.Thread):
-    """Produces unique flows 0..N-1 of ``run_id`` at a changeable rate until ``end``."""
+class LoadThread(UniqueFlowsThread):
+    """Produces unique flows 0..N-1 of ``run_id`` at a changeable rate until ``duration``."""
 
     def __init__(self, bootstrap: str, topic: str, rate: float, duration: float, run_id: int,
                  seed: int, flows_per_record: int) -> None:
-        super().__init__(name="chaos-load", daemon=True)
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.rate = rate
-        self.duration = duration
-        self.run_id = run_id
-        self.seed = seed
-        self.fpr = flows_per_record
-        self.produced = 0  # flows handed to librdkafka
-        self.failed = 0  # records whose delivery failed
-        self.errors: list[str] = []
-        self.bytes_sum = 0
-        self.t_start = 0.0
-        self.t_end = 0.0
-        self.stop_event = threading.Event()
-        self.exception: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self._run()
-        except BaseException as e:  # reported by the runner
-            self.exception = e
-            self.errors.append(f"{type(e).__name__}: {e}")
-
-    def _run(self) -> None:
-        from flowgen.generator import FlowGenerator, GeneratorConfig
-        from flowgen.producer import RateLimiter, make_producer
-
-        chunk = max(16, min(4096, int(max(self.rate, 160) / 10)))
-        gen = FlowGenerator(GeneratorConfig(
-            seed=self.seed, run_id=self.run_id, unique=True, flows_per_record=self.fpr,
-            encode_chunk=chunk, time_mode="now"))
-
-        def on_delivery(err: Any, msg: Any) -> None:
-            if err is not None:
-                self.failed += 1
-                if len(self.errors) < 5:
-                    self.errors.append(str(err))
-
         quiet = logging.getLogger("chaos.runner.producer")  # broker restarts: no stderr flood
         quiet.addHandler(logging.NullHandler())
         quiet.propagate = False
-        producer = make_producer(self.bootstrap, {"on_delivery": on_delivery,
-                                                  "delivery.report.only.error": True,
-                                                  "logger": quiet})
-        it = gen.records(1 << 31)
-        limiter: RateLimiter | None = None
-        limiter_rate = -1.0
-        self.t_start = time.monotonic()
-        end = self.t_start + self.duration
-        while not self.stop_event.is_set() and time.monotonic() < end:
-            rate = self.rate
-            if rate <= 0:
-                producer.poll(0.05)
-                limiter = None
-                continue
-            if limiter is None or rate != limiter_rate:
-                limiter, limiter_rate = RateLimiter(rate / self.fpr), rate
-            allowed = limiter.allowance()
-            if time.monotonic() >= end:
-                break
-            sent = 0
-            for rec in itertools.islice(it, allowed):
-                while True:
-                    try:
-                        producer.produce(self.topic, rec)
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
-                sent += 1
-            limiter.consumed(sent)
-            self.produced = gen.totals().flows
-            producer.poll(0)
-        self.t_end = time.monotonic()
-        remaining = producer.flush(120)
-        if remaining:
-            self.failed += remaining
-            self.errors.append(f"{remaining} records still queued after 120 s")
-        tot = gen.totals()
-        self.produced = tot.flows
-        self.bytes_sum = tot.bytes_sum
+        super().__init__(bootstrap, topic, run_id, rate=rate, duration=duration, seed=seed,
+                         flows_per_record=flows_per_record, config={"logger": quiet},
+                         name="chaos-load")
 
 
 # ---------------------------------------------------------------------------------------
@@ -264,18 +148,16 @@ class LoadThread(threading.Thread):
 # ---------------------------------------------------------------------------------------
 
 
-class Sampler(threading.Thread):
+class Sampler(PeriodicSampler[Sample]):
     def __init__(self, run: Run) -> None:
-        super().__init__(name="chaos-sampler", daemon=True)
+        super().__init__(SAMPLE_INTERVAL, name="chaos-sampler")
         self.run_ = run
-        self.samples: list[Sample] = []
-        self.stop_event = threading.Event()
 
     def sample(self) -> Sample:
         r = self.run_
         m = r.outlet.scrape()
         tot = r.outlet.totals() if m is not None else None
-        rows = {d: count_rows(r.ep.clickhouse[d]) for d in r.sc.outlet.destinations}
+        rows = {d: count_rows_or_none(r.ep.clickhouse[d]) for d in r.sc.outlet.destinations}
 
         def per_dest(name: str) -> dict[str, float | None]:
             return {d: (metric_value(tot, name, destination=r.sc.metric_destination(d))
@@ -284,25 +166,15 @@ class Sampler(threading.Thread):
         return Sample(
             t=round(time.monotonic() - r.t0, 3),
             produced=r.load.produced if r.load else 0,
-            rate=r.load.rate if r.load and r.load.is_alive() else 0.0,
+            rate=(r.load.rate or 0.0) if r.load and r.load.is_alive() else 0.0,
             rows=rows,
-            written=per_dest("outlet_destination_flows_written_total"),
-            lost=per_dest("outlet_destination_retries_exceeded_flows_total"),
-            lag=metric_value(m, "outlet_kafka_consumergroup_lag_messages") if m else None,
-            pending=metric_value(m, "outlet_commit_pending_flows") if m else None,
-            paused=metric_value(m, "outlet_kafka_paused") if m else None,
+            written=per_dest(names.DESTINATION_FLOWS_WRITTEN_TOTAL),
+            lost=per_dest(names.DESTINATION_RETRIES_EXCEEDED_FLOWS_TOTAL),
+            lag=metric_value(m, names.KAFKA_CONSUMERGROUP_LAG_MESSAGES) if m else None,
+            pending=metric_value(m, names.COMMIT_PENDING_FLOWS) if m else None,
+            paused=metric_value(m, names.KAFKA_PAUSED) if m else None,
             outlet_up=m is not None,
         )
-
-    def run(self) -> None:
-        nxt = time.monotonic()
-        while not self.stop_event.is_set():
-            try:
-                self.samples.append(self.sample())
-            except Exception as e:  # never let sampling kill the run
-                log.warning("sampling failed: %s", e)
-            nxt += SAMPLE_INTERVAL
-            self.stop_event.wait(max(0.0, nxt - time.monotonic()))
 
 
 # ---------------------------------------------------------------------------------------
@@ -397,41 +269,6 @@ class Run:
 
 
 
-def _delete_topic(ep: Endpoints, topic: str) -> None:
-    with contextlib.suppress(Exception):
-        admin = stk._admin(ep.kafka.bootstrap)
-        admin.delete_topics([topic], operation_timeout=10)[topic].result(timeout=15)
-
-
-def consumer_lag(ep: Endpoints, topic: str, group: str) -> int | None:
-    """High watermarks minus the group's committed offsets, summed (direct bootstrap)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    try:
-        c = Consumer({"bootstrap.servers": ep.kafka.bootstrap, "group.id": group,
-                      "enable.auto.commit": False, "socket.timeout.ms": 5000},
-                     logger=logging.getLogger("chaos.runner.librdkafka"))
-    except Exception:
-        return None
-    try:
-        md = c.list_topics(topic, timeout=5).topics.get(topic)
-        if md is None or md.error is not None:
-            return None
-        tps = [TopicPartition(topic, p) for p in md.partitions]
-        committed = {tp.partition: tp.offset for tp in c.committed(tps, timeout=5)}
-        lag = 0
-        for p in md.partitions:
-            _low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
-            off = committed.get(p, -1)
-            lag += high - (off if off >= 0 else 0)
-        return lag
-    except Exception:
-        return None
-    finally:
-        with contextlib.suppress(Exception):
-            c.close()
-
-
 def wait_quiet(run: Run, timeout: float, quiet: float = QUIET_SECONDS
                ) -> tuple[bool, float, str]:
     """Until every destination's count is stable for ``quiet`` s and the group has
@@ -441,13 +278,13 @@ def wait_quiet(run: Run, timeout: float, quiet: float = QUIET_SECONDS
     since = time.monotonic()
     state = ""
     while time.monotonic() - t0 < timeout:
-        rows = {d: count_rows(run.ep.clickhouse[d]) for d in run.sc.outlet.destinations}
+        rows = {d: count_rows_or_none(run.ep.clickhouse[d]) for d in run.sc.outlet.destinations}
         if rows != last or any(v is None for v in rows.values()):
             last, since = rows, time.monotonic()
         lag = consumer_lag(run.ep, run.topic, run.group)
         m = run.outlet.scrape() or {}
-        spooled = metric_value(m, "outlet_spool_batches") if run.sc.expect.wait_for_spool else 0
-        queued = metric_value(m, "outlet_destination_queued_batches")
+        spooled = metric_value(m, names.SPOOL_BATCHES) if run.sc.expect.wait_for_spool else 0
+        queued = metric_value(m, names.DESTINATION_QUEUED_BATCHES)
         state = (f"rows {rows}, committed lag {lag}, queued batches {queued:g}, "
                  f"spooled batches {spooled:g}")
         if (lag == 0 and spooled == 0 and queued == 0
@@ -457,57 +294,12 @@ def wait_quiet(run: Run, timeout: float, quiet: float = QUIET_SECONDS
     return False, time.monotonic() - t0, state
 
 
-def _interp(samples: list[Sample], value: Callable[[Sample], float | None], t: float
-            ) -> float | None:
-    """``value`` at time ``t``, linearly interpolated between samples."""
-    pts = [(s.t, v) for s in samples if (v := value(s)) is not None]
-    if not pts or t < pts[0][0] or t > pts[-1][0]:
-        return None
-    for (ta, ra), (tb, rb) in itertools.pairwise(pts):
-        if ta <= t <= tb:
-            return ra if tb == ta else ra + (rb - ra) * (t - ta) / (tb - ta)
-    return float(pts[-1][1])
-
-
-def _rate(samples: list[Sample], value: Callable[[Sample], float | None],
-          window: tuple[float, float]) -> float | None:
-    a, b = _interp(samples, value, window[0]), _interp(samples, value, window[1])
-    if a is None or b is None:
-        return None
-    return (b - a) / (window[1] - window[0])
-
-
 def throughput(samples: list[Sample], dest: str, window: tuple[float, float]
                ) -> tuple[float | None, float | None]:
     """(stored flows/s, offered flows/s) on ``dest`` during ``window``."""
-    def stored(s: Sample) -> float | None:
-        v = s.rows.get(dest)
-        return None if v is None else float(v)
-
-    return (_rate(samples, stored, window),
-            _rate(samples, lambda s: float(s.produced), window))
-
-
-def table_summary(ch: ClickHouseEndpoints, run_id: int, n: int) -> dict[str, Any]:
-    from flowgen.generator import (
-        flow_id_sql_expr,
-        flow_index_sql_expr,
-        unique_rows_sql_filter,
-    )
-
-    sql = (
-        f"SELECT count(), uniqExact({flow_id_sql_expr()}), "
-        f"countIf({flow_index_sql_expr()} >= {n}), sum(Bytes) "
-        f"FROM flows.flows WHERE {unique_rows_sql_filter(run_id)}"
-    )
-    fields = ch_query(ch, sql, timeout=60).strip().split("\t")
-    total = int(ch_query(ch, "SELECT count() FROM flows.flows", timeout=30).strip())
-    rows, distinct, out_of_range, bytes_sum = (int(x) for x in fields)
-    return {
-        "rows": rows, "distinct_flows": distinct, "duplicates": rows - distinct,
-        "unknown_flows": out_of_range, "bytes_sum": bytes_sum,
-        "foreign_rows": total - rows, "missing": n - (distinct - out_of_range),
-    }
+    ts = [s.t for s in samples]
+    return (window_rate(ts, [s.rows.get(dest) for s in samples], window),
+            window_rate(ts, [float(s.produced) for s in samples], window))
 
 
 def _passwords(cfg: dict[str, Any]) -> list[str]:
@@ -624,17 +416,6 @@ def check_invariants(run: Run, samples: list[Sample], n: int, bytes_sum: int,
     return checks
 
 
-def _stack(stack_dir: Path) -> tuple[Endpoints, bool]:
-    """Reuse a healthy stack or start one; returns (endpoints, started_here)."""
-    if stk.is_healthy(stack_dir):
-        return Endpoints.load(stack_dir), False
-    print(f"starting the stack in {stack_dir} ...", flush=True)
-    try:
-        return stk.start_stack(stack_dir), True
-    except stk.StackError as e:
-        raise HarnessError(f"stack start failed: {e}\n{e.log_tail(30)}") from None
-
-
 def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
                  reports_dir: str | Path = REPORTS_DIR, *,
                  progress: Callable[[str], None] = print) -> RunResult:
@@ -646,19 +427,7 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
     workdir, topic, group, run_id = names.workdir, names.topic, names.group, names.run_id
     tp = ep.toxiproxy.client()
     tp.reset()
-
-    # Schema on the direct URLs with the unmodified config: an outlet_overrides section
-    # that breaks a destination (wrong password) must not break the set-up.
-    schema_cfg = outlet_config(ep, state_path=str(workdir / "schema-state"), http_port=0,
-                               destinations=sc.outlet.destinations, proxied=False,
-                               topic=topic)
-    schema_path = workdir / "schema.yaml"
-    import yaml
-
-    schema_path.write_text(yaml.safe_dump(schema_cfg, sort_keys=False))
-    apply_schema(schema_path)
-    for d in sc.outlet.destinations:
-        ch_query(ep.clickhouse[d], "TRUNCATE TABLE IF EXISTS flows.flows")
+    prepare_tables(ep, workdir, sc.outlet.destinations, topic)
     create_topic(ep, topic)
 
     cfg = outlet_config(
@@ -699,11 +468,11 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
                  f"topic {topic}")
         run.play(sc.timeline)
         run.load.join()
-        if run.load.exception is not None:
-            raise HarnessError(f"load generator failed: {run.load.errors}")
-        if run.load.failed:
-            raise HarnessError(f"{run.load.failed} records not delivered to Kafka: "
-                               f"{run.load.errors[:3]}")
+        if run.load.stats.failed:
+            raise HarnessError(f"{run.load.stats.failed} records not delivered to Kafka: "
+                               f"{run.load.stats.errors[:3]}")
+        if run.load.error:
+            raise HarnessError(f"load generator failed: {run.load.error}")
         n, bytes_sum = run.load.produced, run.load.bytes_sum
         info["produced"] = n
         info["load_end_s"] = round(run.load.t_end - run.t0, 1)
@@ -723,23 +492,20 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
                             quiet))
         outlet.scrape()
         metrics = outlet.totals()
-        tables = {d: table_summary(ep.clickhouse[d], run_id, n)
-                  for d in sc.outlet.destinations}
+        tables = {d: run_summary(ep.clickhouse[d], run_id, n) for d in sc.outlet.destinations}
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
         log.debug("run failed", exc_info=True)
         info["traceback"] = traceback.format_exc()
     finally:
         if run.load is not None and run.load.is_alive():
-            run.load.stop_event.set()
+            run.load.stop()
             run.load.join(150)
-        sampler.stop_event.set()
-        if sampler.is_alive():
-            sampler.join(10)
+        sampler.stop()
         rc = outlet.stop() if outlet.proc.alive() else None
         with contextlib.suppress(Exception):
             tp.reset()
-        _delete_topic(ep, topic)
+        delete_topic(ep, topic)
     info["wall_s"] = round(time.monotonic() - t_wall, 1)
     samples = sampler.samples
     if not error:
@@ -775,7 +541,7 @@ def run_many(scenarios: list[Scenario], stack_dir: str | Path = ".stack",
              ) -> list[RunResult]:
     """Bring the stack up (or reuse it), run each scenario, print a verdict per run."""
     sdir = Path(stack_dir).resolve()
-    _ep, started = _stack(sdir)
+    _ep, started = reuse_or_start(sdir)
     results: list[RunResult] = []
     try:
         for sc in scenarios:
@@ -785,7 +551,7 @@ def run_many(scenarios: list[Scenario], stack_dir: str | Path = ".stack",
                 print("  stack unhealthy (a restart action may have failed): restarting it",
                       flush=True)
                 stk.stop_stack(sdir)
-                _stack(sdir)
+                reuse_or_start(sdir)
             res = run_scenario(sc, sdir, reports_dir)
             results.append(res)
             verdict = "PASS" if res.passed else "FAIL"

@@ -2,8 +2,10 @@
 
 A scenario describes the load, the outlet configuration, a timeline of faults and the
 invariants checked once the pipeline is quiet. The format is documented in
-``docs/chaos.md``; :func:`load_scenario` parses and validates a file and raises
-:class:`ScenarioError` listing every problem with its key path, e.g.
+``docs/chaos.md``; every key is declared once below with the config machinery of
+``outlet/confspec`` (the same kinds, duration grammar, unknown-key hints and ``key.path:
+problem`` errors as the outlet's config). :func:`load_scenario` parses and validates a
+file and raises :class:`ScenarioError` listing every problem with its key path, e.g.
 ``timeline[2].action: unknown action 'kil_outlet' (known: add_toxic, ...)``.
 
 Everything here is pure (no stack, no network): the runner (``chaos/runner.py``) plays
@@ -13,17 +15,45 @@ the validated :class:`Scenario`.
 from __future__ import annotations
 
 import copy
-import math
+import difflib
 import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from outlet.confspec import (
+    AnyMapping,
+    Bool,
+    Duration,
+    Int,
+    Invalid,
+    Key,
+    Kind,
+    ListOf,
+    Nested,
+    Number,
+    Problems,
+    Section,
+    SpecError,
+    Str,
+    Where,
+    load_yaml,
+    parse,
+    parse_mapping,
+    section,
+    setting,
+    show,
+)
+from outlet.confspec import format_duration as format_duration  # the one grammar, re-exported
+from outlet.confspec import parse_duration as parse_duration
+from teststack.outlet_proc import destination_label
+from teststack.paths import PROJECT_ROOT
+from teststack.toxiproxy import STREAMS, TOXIC_ATTRIBUTES
+
 SCENARIOS_DIR = PROJECT_ROOT / "scenarios"
 
 DESTINATIONS = ("local", "azure")
@@ -38,96 +68,106 @@ PROXIES = {
 }
 """Accepted proxy names -> Toxiproxy proxy name."""
 
-TOXIC_ATTRIBUTES: dict[str, dict[str, bool]] = {
-    # type -> {attribute: required}
-    "latency": {"latency": True, "jitter": False},
-    "bandwidth": {"rate": True},
-    "slow_close": {"delay": True},
-    "timeout": {"timeout": True},
-    "reset_peer": {"timeout": False},
-    "slicer": {"average_size": True, "size_variation": False, "delay": False},
-    "limit_data": {"bytes": True},
-}
-
-# action -> (required params, optional params)
-ACTIONS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
-    "add_toxic": (frozenset({"proxy", "type"}),
-                  frozenset({"attributes", "stream", "toxicity", "name", "for"})),
-    "remove_toxic": (frozenset({"proxy", "name"}), frozenset()),
-    "disable_proxy": (frozenset({"proxy"}), frozenset({"for"})),
-    "enable_proxy": (frozenset({"proxy"}), frozenset()),
-    "kill_outlet": (frozenset(), frozenset({"for"})),
-    "stop_outlet": (frozenset(), frozenset({"for"})),
-    "start_outlet": (frozenset(), frozenset()),
-    "restart_outlet": (frozenset(), frozenset({"graceful"})),
-    "restart_clickhouse": (frozenset({"target"}), frozenset()),
-    "restart_kafka": (frozenset(), frozenset()),
-    "set_rate": (frozenset({"rate"}), frozenset()),
-}
-COMMON_ACTION_KEYS = frozenset({"at", "action", "label", "repeat"})
-
 ROW_EXPECTATIONS = ("all", "all_minus_reported_loss")
-DEST_EXPECT_KEYS = frozenset(
-    {"rows", "no_duplicates", "no_loss", "loss_equals_metric", "loss_bounded_by_metric",
-     "min_loss"}
-)
 COMPARATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne,
     ">": operator.gt, "<": operator.lt,
 }
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _SELECTOR = re.compile(r"^\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\{([^}]*)\})?\s*$")
 _LABEL = re.compile(r'^\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"([^"]*)"\s*$')
 _ASSERTION = re.compile(r"^(.*?)\s*(>=|<=|==|!=|>|<)\s*(.+?)\s*$")
 
 
-class ScenarioError(ValueError):
+class ScenarioError(SpecError):
     """A scenario file is invalid; ``problems`` lists ``path: message`` strings."""
 
+    what = "scenario"
+
     def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"invalid scenario {source}:\n{lines}")
+        super().__init__(problems, source)
+        self.problems = self.errors
 
-
-def parse_duration(value: Any) -> float:
-    """``"10s"``, ``"500ms"``, ``"1m30s"``, ``"2h"`` or a number of seconds -> seconds.
-
-    Raises ValueError with a readable message on anything else (negative, empty, ``10x``).
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"bad duration {value!r}: expected e.g. 10s, 500ms, 1m30s")
-    if isinstance(value, int | float):
-        if value < 0 or math.isnan(value) or math.isinf(value):
-            raise ValueError(f"bad duration {value!r}: must be a finite number >= 0")
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError(f"bad duration {value!r}: expected e.g. 10s, 500ms, 1m30s")
-    text = value.strip().replace(" ", "")
-    pos, total = 0, 0.0
-    for m in _DURATION_PART.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if not text or pos != len(text):
-        raise ValueError(f"bad duration {value!r}: expected e.g. 10s, 500ms, 1m30s")
-    return total
-
-
-def format_duration(seconds: float) -> str:
-    if seconds >= 1 and abs(seconds - round(seconds)) < 1e-9:
-        return f"{round(seconds)}s"
-    if seconds < 1:
-        return f"{seconds * 1000:g}ms"
-    return f"{seconds:g}s"
+    def __str__(self) -> str:
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        return f"invalid scenario {self.source}:\n{lines}"
 
 
 # ---------------------------------------------------------------------------------------
-# Model
+# Kinds of the scenario format
+# ---------------------------------------------------------------------------------------
+
+_DURATION_WORDS = "expected e.g. 10s, 500ms, 1m30s"
+DURATION = Duration(problem="bad duration {got}: " + _DURATION_WORDS)
+POSITIVE = Duration(positive=True, problem="bad duration {got}: must be > 0, " + _DURATION_WORDS)
+BOOL = Bool(strings=False, problem="expected true or false, got {got}")
+
+
+def _one_of(choices: Mapping[str, Any] | tuple[str, ...], what: str) -> Str:
+    names = tuple(choices)
+    return Str(choices=names, problem=f"unknown {what} {{got}} (known: {', '.join(names)})")
+
+
+DESTINATION = _one_of(DESTINATIONS, "destination")
+PROXY = _one_of(PROXIES, "proxy")
+
+
+class _DurationText(Kind[str]):
+    """A duration kept as written (it goes into the generated outlet config)."""
+
+    type_doc = "duration"
+
+    def convert(self, raw: object) -> str:
+        DURATION.parse(raw, Where("", Problems()), 0.0)
+        return str(raw)
+
+
+class _Destinations(Kind[tuple[str, ...]]):
+    type_doc = "list of destinations"
+
+    def parse(self, raw: object, at: Where, default: tuple[str, ...]) -> tuple[str, ...]:
+        if not isinstance(raw, list) or not raw or len(set(map(str, raw))) != len(raw):
+            raise Invalid(f"expected a list of distinct destinations, got {show(raw)}")
+        out = []
+        for i, d in enumerate(raw):
+            try:
+                out.append(DESTINATION.parse(d, at.child(i), ""))
+            except Invalid as e:
+                at.child(i).report(str(e))
+        return tuple(out) if len(out) == len(raw) else default
+
+
+class _Window(Kind[tuple[float, float]]):
+    """``[start, end]``: two durations, end after start."""
+
+    type_doc = "[start, end]"
+
+    def parse(self, raw: object, at: Where, default: tuple[float, float]
+              ) -> tuple[float, float]:
+        if not isinstance(raw, list | tuple) or len(raw) != 2:
+            raise Invalid(f"expected [start, end], got {show(raw)}")
+        try:
+            a = DURATION.parse(raw[0], at.child(0), 0.0)
+            b = DURATION.parse(raw[1], at.child(1), 0.0)
+        except Invalid as e:
+            raise Invalid(str(e)) from None
+        if b <= a:
+            raise Invalid(f"window end must be after its start, got {show(raw)}")
+        return (a, b)
+
+
+class _Rows(Kind["str | int | None"]):
+    type_doc = "all, all_minus_reported_loss or a count"
+
+    def convert(self, raw: object) -> str | int:
+        if raw in ROW_EXPECTATIONS or (isinstance(raw, int) and not isinstance(raw, bool)
+                                       and raw >= 0):
+            return raw
+        raise Invalid(f"expected one of {', '.join(ROW_EXPECTATIONS)} or a count, got {show(raw)}")
+
+
+# ---------------------------------------------------------------------------------------
+# Model: every key of a scenario file
 # ---------------------------------------------------------------------------------------
 
 
@@ -191,38 +231,65 @@ class Action:
 
 @dataclass(frozen=True)
 class Load:
-    rate: float  # flows/s
-    duration: float  # seconds
-    flows_per_record: int = 1
-    seed: int = 1
+    __key_style__ = "snake"
+
+    rate: float = setting(2000.0, Number(lo=1), doc="flows/s")
+    duration: float = setting(1.0, POSITIVE, required=True, doc="how long the load runs")
+    flows_per_record: int = setting(1, Int(1))
+    seed: int = setting(1, Int(0), doc="the flow set is deterministic")
+
+    __inputs__: ClassVar[dict[str, Key]] = {"unique": Key(BOOL, True)}
+
+    @classmethod
+    def __check__(cls, s: Section) -> None:
+        if s.given("unique") and s.raw("unique") is not True:
+            s.report("unique", "must be true: every flow is unique so that losses and "
+                               "duplicates are detectable per flow")
 
 
 @dataclass(frozen=True)
 class OutletSettings:
-    destinations: tuple[str, ...] = ("local", "azure")
-    batch_size: int = 5000
-    wait_time: str = "500ms"
-    azure_max_retries: int = 3
+    __key_style__ = "snake"
+
+    destinations: tuple[str, ...] = setting(("local", "azure"), _Destinations(),
+                                            doc="the first one is the primary")
+    batch_size: int = setting(5000, Int(1))
+    wait_time: str = setting("500ms", _DurationText())
+    azure_max_retries: int = setting(3, Int(0),
+                                     doc="max-retries of the additional destinations")
 
 
 @dataclass(frozen=True)
 class DestinationExpectation:
-    destination: str
-    rows: str | int | None = None  # "all" | "all_minus_reported_loss" | exact int
-    no_duplicates: bool = False
-    no_loss: bool = False
-    loss_equals_metric: bool = False
-    loss_bounded_by_metric: bool = False
-    min_loss: int | None = None  # at least this many flows missing (fault really bit)
+    __key_style__ = "snake"
+
+    destination: str  # the mapping key
+    rows: str | int | None = setting(None, _Rows())  # "all" | "all_minus_reported_loss" | int
+    no_duplicates: bool = setting(False, BOOL)
+    no_loss: bool = setting(False, BOOL)
+    loss_equals_metric: bool = setting(False, BOOL)
+    loss_bounded_by_metric: bool = setting(False, BOOL)
+    min_loss: int | None = setting(None, Int(0))  # at least this many flows missing
+
+    @classmethod
+    def __check__(cls, s: Section) -> None:
+        if s["no_loss"] and (s["rows"] == "all_minus_reported_loss" or s["min_loss"]):
+            s.report("", "no_loss contradicts rows: all_minus_reported_loss / min_loss")
+
+
+_NO_BASELINE = (-1.0, -1.0)
 
 
 @dataclass(frozen=True)
 class ThroughputExpectation:
-    destination: str
-    window: tuple[float, float]
-    baseline: tuple[float, float]
-    min_percent: float
-    path: str
+    __key_style__ = "snake"
+
+    destination: str = setting("", DESTINATION, default_doc="the primary")
+    window: tuple[float, float] = setting((0.0, 0.0), _Window(), required=True)
+    baseline: tuple[float, float] = setting(
+        _NO_BASELINE, _Window(), default_doc="from 3 s (or half the first fault time) to it")
+    min_percent: float = setting(0.0, Number(lo=0, hi=1000), required=True)
+    path: str = ""
 
 
 @dataclass(frozen=True)
@@ -231,31 +298,331 @@ class LagExpectation:
     (flows produced and not yet stored on ``destination``) stays below ``max_seconds``
     of load."""
 
-    after: float
-    max_seconds: float
-    destination: str = "local"
+    __key_style__ = "snake"
+
+    after: float = setting(-1.0, DURATION, default_doc="the last timeline action")
+    max_seconds: float = setting(0.0, Number(lo=0), required=True)
+    destination: str = setting("", DESTINATION, default_doc="the primary")
+
+
+class _Assertion(Kind[MetricAssertion]):
+    """``LHS OP RHS``: each side a number or ``name{label="value"}`` (names checked against
+    the metrics the outlet exports)."""
+
+    type_doc = "assertion"
+
+    def parse(self, raw: object, at: Where, default: Any) -> MetricAssertion:
+        if not isinstance(raw, str):
+            raise Invalid(f"expected a string like 'name{{label=\"v\"}} > 0', got {show(raw)}")
+        m = _ASSERTION.match(raw)
+        if not m:
+            raise Invalid(f"cannot parse assertion {raw!r} (expected LHS OP RHS with OP one of "
+                          f"{', '.join(COMPARATORS)})")
+        return MetricAssertion(raw, _operand(m.group(1)), m.group(2), _operand(m.group(3)))
+
+
+def _operand(text: str) -> MetricSelector | float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    m = _SELECTOR.match(text)
+    if not m:
+        raise Invalid(f'cannot parse metric selector {text!r} (expected name{{label="value"}} '
+                      "or a number)")
+    labels: list[tuple[str, str]] = []
+    if m.group(3) and m.group(3).strip():
+        for part in m.group(3).split(","):
+            lm = _LABEL.match(part)
+            if not lm:
+                raise Invalid(f'bad label matcher {part.strip()!r} (expected key="value")')
+            labels.append((lm.group(1), lm.group(2)))
+    name = resolve_metric_name(m.group(1), _known_metrics())
+    if name is None:
+        raise Invalid(f"unknown metric {m.group(1)!r} (not exported by the outlet; see "
+                      "outlet/metrics.py)")
+    for k, v in labels:
+        if k == "destination" and v not in ("primary", *DESTINATIONS[1:]):
+            raise Invalid(f'unknown destination label {v!r} (the primary is "primary", '
+                          f'additional ones by name: {", ".join(DESTINATIONS[1:])})')
+    return MetricSelector(name, tuple(labels))
+
+
+class _DestinationExpectations(Kind[tuple[DestinationExpectation, ...]]):
+    type_doc = "mapping of destination -> expectations"
+
+    def parse(self, raw: object, at: Where, default: Any) -> tuple[DestinationExpectation, ...]:
+        if not isinstance(raw, dict):
+            raise Invalid(f"expected a mapping, got {type(raw).__name__}")
+        out = []
+        for name, spec in raw.items():
+            where = at.child(name)
+            try:
+                DESTINATION.parse(name, where, "")
+            except Invalid as e:
+                where.report(str(e))
+                continue
+            out.append(parse(DestinationExpectation, spec, at.problems, path=where.path,
+                             defaults=DestinationExpectation(str(name))))
+        return tuple(out)
 
 
 @dataclass(frozen=True)
 class Expectations:
-    destinations: tuple[DestinationExpectation, ...] = ()
-    throughput: tuple[ThroughputExpectation, ...] = ()
-    metrics: tuple[MetricAssertion, ...] = ()
-    lag: LagExpectation | None = None
-    clean_shutdown: bool = True
-    quiesce_timeout: float = 120.0
-    wait_for_spool: bool = True
+    __key_style__ = "snake"
+
+    destinations: tuple[DestinationExpectation, ...] = setting((), _DestinationExpectations())
+    throughput: tuple[ThroughputExpectation, ...] = setting(
+        (), ListOf(Nested(ThroughputExpectation)))
+    metrics: tuple[MetricAssertion, ...] = setting((), ListOf(_Assertion()))
+    lag: LagExpectation | None = setting(None, Nested(LagExpectation, optional=True))
+    clean_shutdown: bool = setting(True, BOOL, doc="the final SIGTERM must exit 0")
+    quiesce_timeout: float = setting(120.0, POSITIVE)
+    wait_for_spool: bool = setting(True, BOOL)
+
+
+# ---------------------------------------------------------------------------------------
+# The timeline: actions and their parameters
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Repeat:
+    __key_style__ = "snake"
+
+    count: int = setting(1, Int(1), required=True)
+    every: float = setting(1.0, POSITIVE, required=True)
+
+
+STREAM = Str(choices=STREAMS, problem="must be upstream or downstream, got {got}")
+TOXIC_TYPE = _one_of(TOXIC_ATTRIBUTES, "toxic type")
+_NAME = Str(nonempty=True, problem="expected a non-empty string, got {got}")
+
+COMMON_ACTION_KEYS: dict[str, Key] = {
+    "at": Key(DURATION, required=True, doc="seconds since the load started"),
+    "action": Key(Str()),
+    "label": Key(Str(problem="expected a string, got {got}"), doc="shown in the plot and report"),
+    "repeat": Key(Nested(Repeat), doc="repeat the step (and its undo)"),
+}
+
+
+def _params(action: str, required: Mapping[str, Kind[Any]],
+            optional: Mapping[str, Kind[Any]] | None = None) -> dict[str, Key]:
+    keys = {k: Key(kind, required=f"required by action {action}") for k, kind in required.items()}
+    return {**keys, **{k: Key(kind) for k, kind in (optional or {}).items()}}
+
+
+ACTIONS: dict[str, dict[str, Key]] = {
+    "add_toxic": _params("add_toxic", {"proxy": PROXY, "type": TOXIC_TYPE},
+                         {"attributes": AnyMapping(), "stream": STREAM,
+                          "toxicity": Number(lo=0, hi=1), "name": _NAME, "for": POSITIVE}),
+    "remove_toxic": _params("remove_toxic", {"proxy": PROXY, "name": _NAME}),
+    "disable_proxy": _params("disable_proxy", {"proxy": PROXY}, {"for": POSITIVE}),
+    "enable_proxy": _params("enable_proxy", {"proxy": PROXY}),
+    "kill_outlet": _params("kill_outlet", {}, {"for": POSITIVE}),
+    "stop_outlet": _params("stop_outlet", {}, {"for": POSITIVE}),
+    "start_outlet": _params("start_outlet", {}),
+    "restart_outlet": _params("restart_outlet", {}, {"graceful": BOOL}),
+    "restart_clickhouse": _params("restart_clickhouse",
+                                  {"target": _one_of(DESTINATIONS, "target")}),
+    "restart_kafka": _params("restart_kafka", {}),
+    "set_rate": _params("set_rate", {"rate": Number(lo=0)}),
+}
+"""action -> its parameters (besides ``COMMON_ACTION_KEYS``)."""
+
+
+def _toxic_attributes(ttype: str, raw: object, at: Where) -> None:
+    spec = {k: Key(Int(0), required=f"required by toxic {ttype}" if req else False)
+            for k, req in TOXIC_ATTRIBUTES[ttype].items()}
+    parse_mapping(spec, raw, at,
+                  unknown=lambda k, known: f"unknown attribute for {ttype} (known: "
+                                           f"{', '.join(known)})")
+
+
+def _unknown_action(name: object) -> str:
+    close = difflib.get_close_matches(str(name), list(ACTIONS), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown action {name!r} ({hint}known: {', '.join(sorted(ACTIONS))})"
+
+
+def _actions(raw: object, at: Where) -> list[Action]:
+    """One timeline item as its actions: repeats and the undo of ``for:`` expanded."""
+    if not isinstance(raw, dict):
+        at.report(f"expected a mapping with 'at' and 'action', got {raw!r}")
+        return []
+    name = raw.get("action")
+    if name is None:
+        at.child("action").report("missing")
+        return []
+    if not isinstance(name, str) or name not in ACTIONS:
+        at.child("action").report(_unknown_action(name))
+        return []
+    before = len(at.problems)
+    values = parse_mapping({**COMMON_ACTION_KEYS, **ACTIONS[name]}, raw, at)
+    params = {k: v for k, v in raw.items() if k not in COMMON_ACTION_KEYS}
+    if name == "add_toxic" and "type" in values:
+        _toxic_attributes(values["type"], raw.get("attributes"), at.child("attributes"))
+    hold: float | None = values.get("for")
+    params.pop("for", None)
+    repeat: Repeat | None = values.get("repeat")
+    if repeat is not None and hold is not None and hold >= repeat.every:
+        at.child("for").report(
+            f"must be shorter than repeat.every ({format_duration(repeat.every)})")
+    if len(at.problems) > before or "at" not in values:
+        return []
+    if name == "add_toxic" and "name" not in params:
+        params["name"] = f"{params['type']}_{params.get('stream', 'downstream')}"
+    label = values.get("label") or ""
+    base = Action(values["at"], name, params, label, at.path)
+    base = replace(base, label=label or base.describe())
+    count, every = (repeat.count, repeat.every) if repeat is not None else (1, 0.0)
+    out: list[Action] = []
+    for i in range(count):
+        sfx = f"#{i + 1}" if count > 1 else ""
+        start = base.at + i * every
+        out.append(replace(base, at=start, path=at.path + sfx))
+        if hold is not None:
+            out.append(_undo(base, start + hold, at.path + sfx + "+for"))
+    return out
+
+
+def _undo(a: Action, at: float, path: str) -> Action:
+    if a.action == "add_toxic":
+        return Action(at, "remove_toxic", {"proxy": a.params["proxy"],
+                                           "name": a.params["name"]}, a.label, path)
+    if a.action == "disable_proxy":
+        return Action(at, "enable_proxy", {"proxy": a.params["proxy"]}, a.label, path)
+    return Action(at, "start_outlet", {}, a.label, path)  # kill/stop_outlet
+
+
+def _check_timeline(actions: list[Action], problems: Problems) -> None:
+    """The outlet, proxies and toxics must be in a state each action can apply to."""
+    outlet_up = True
+    toxics: dict[tuple[str, str], str] = {}
+    for a in sorted(actions, key=lambda a: a.at):
+        if a.action in ("kill_outlet", "stop_outlet", "restart_outlet"):
+            if not outlet_up:
+                problems.add(a.path, f"{a.action} at {format_duration(a.at)}: the outlet is "
+                                     "not running then")
+            outlet_up = a.action == "restart_outlet"
+        elif a.action == "start_outlet":
+            if outlet_up:
+                problems.add(a.path, f"start_outlet at {format_duration(a.at)}: the outlet is "
+                                     "already running")
+            outlet_up = True
+        elif a.action == "add_toxic":
+            key = (a.proxy or "", str(a.params["name"]))
+            if key in toxics:
+                problems.add(a.path, f"toxic {key[1]!r} already present on {key[0]} "
+                                     f"(added by {toxics[key]})")
+            toxics[key] = a.path
+        elif a.action == "remove_toxic":
+            key = (a.proxy or "", str(a.params["name"]))
+            if toxics.pop(key, None) is None:
+                problems.add(a.path, f"remove_toxic: no toxic {key[1]!r} on {key[0]} at "
+                                     f"{format_duration(a.at)}")
+    if not outlet_up:
+        problems.add("timeline", "the outlet is stopped at the end of the timeline: add a "
+                                 "start_outlet step (or use 'for:')")
+
+
+class _Timeline(Kind[tuple[Action, ...]]):
+    type_doc = "list of actions"
+
+    def parse(self, raw: object, at: Where, default: Any) -> tuple[Action, ...]:
+        if not isinstance(raw, list):
+            raise Invalid("expected a list of actions")
+        actions = [a for i, item in enumerate(raw) for a in _actions(item, at.child(i))]
+        dests = at.sibling("outlet").destinations
+        for a in actions:
+            if a.proxy and a.proxy != "kafka" and a.proxy.removeprefix("clickhouse-") not in dests:
+                at.problems.add(a.path, f"proxy {a.proxy} is not in front of a destination of "
+                                        f"this run (outlet.destinations: {list(dests)})")
+            if a.action == "restart_clickhouse" and a.params.get("target") not in dests:
+                at.problems.add(a.path, f"target {a.params.get('target')!r} is not a "
+                                        "destination of this run")
+        _check_timeline(actions, at.problems)
+        return tuple(sorted(actions, key=lambda a: a.at))
+
+
+class _Expect(Kind[Expectations]):
+    """``expect``: checked against the run (its destinations, load and timeline); fills the
+    defaults that depend on them (the primary, the baseline before the first fault)."""
+
+    type_doc = "mapping"
+
+    def parse(self, raw: object, at: Where, default: Expectations) -> Expectations:
+        return self._in_context(parse(Expectations, raw, at.problems, path=at.path), at)
+
+    def missing(self, default: Expectations, at: Where) -> Expectations:
+        return self._in_context(parse(Expectations, None, at.problems, path=at.path), at)
+
+    def _in_context(self, exp: Expectations, at: Where) -> Expectations:
+        dests = at.sibling("outlet").destinations
+        load: Load = at.sibling("load")
+        actions: tuple[Action, ...] = at.sibling("timeline")
+        primary = dests[0]
+        kept: list[DestinationExpectation] = []
+        for e in exp.destinations:
+            where = at.child("destinations").child(e.destination)
+            if e.destination not in dests:
+                where.report(f"not a destination of this run (outlet.destinations: {list(dests)})")
+                continue
+            if e.destination == primary and (e.rows == "all_minus_reported_loss"
+                                             or e.loss_equals_metric):
+                where.report("the primary never gives up on a batch: expect rows: all")
+            kept.append(e)
+        first_fault = min((a.at for a in actions), default=load.duration)
+        throughput = []
+        for i, t in enumerate(exp.throughput):
+            where = at.child("throughput").child(i)
+            if t.baseline == _NO_BASELINE:
+                t = replace(t, baseline=(min(3.0, first_fault / 2), first_fault))
+            t = replace(t, destination=t.destination or primary, path=where.path)
+            if t.window[1] > load.duration:
+                where.child("window").report(
+                    f"ends after the load ({format_duration(load.duration)})")
+            if t.baseline[1] - t.baseline[0] < 2:
+                where.child("baseline").report("must span at least 2 s (first fault too early? "
+                                               "give an explicit baseline: [start, end])")
+            throughput.append(t)
+        lag = exp.lag
+        if lag is not None:
+            after = lag.after if lag.after >= 0 else max((a.at for a in actions), default=0.0)
+            if after >= load.duration:
+                at.child("lag").child("after").report(
+                    f"must be before the end of the load ({format_duration(load.duration)})")
+            lag = replace(lag, after=after, destination=lag.destination or primary)
+        if not kept and not throughput and not exp.metrics and lag is None:
+            at.report("no invariant to check: a scenario must expect something")
+        return replace(exp, destinations=tuple(kept), throughput=tuple(throughput), lag=lag)
+
+
+class _Text(Kind[str]):
+    type_doc = "text"
+
+    def convert(self, raw: object) -> str:
+        return str(raw).strip()
+
 
 
 @dataclass(frozen=True)
 class Scenario:
-    name: str
-    description: str
-    load: Load
-    outlet: OutletSettings
-    outlet_overrides: dict[str, Any]
-    timeline: tuple[Action, ...]
-    expect: Expectations
+    """A validated scenario (every key of the file is a field here, or of its sections)."""
+
+    __key_style__ = "snake"
+
+    name: str = setting("scenario", Str(pattern=r"[a-z0-9][a-z0-9_.-]*",
+                                        pattern_msg="expected a lowercase slug like "
+                                                    "azure-partition"),
+                        default_doc="the file name")
+    description: str = setting("", _Text(), doc="free text, copied into the report")
+    load: Load = section(Load)
+    outlet: OutletSettings = section(OutletSettings, doc="the generated outlet config")
+    outlet_overrides: dict[str, Any] = setting(
+        {}, AnyMapping(), doc="deep-merged into the outlet config")
+    timeline: tuple[Action, ...] = setting((), _Timeline())
+    expect: Expectations = setting(Expectations(), _Expect())
     source: str = ""
     time_scale: float = 1.0
 
@@ -267,7 +634,7 @@ class Scenario:
 
     def metric_destination(self, dest: str) -> str:
         """Label the outlet uses for a stack destination (the primary is ``primary``)."""
-        return "primary" if dest == self.outlet.destinations[0] else dest
+        return destination_label(dest, self.outlet.destinations)
 
     def scaled(self, factor: float) -> Scenario:
         """Timeline times and durations multiplied by ``factor`` (toxic attributes,
@@ -352,6 +719,15 @@ def known_metric_names() -> set[str] | None:
     return names
 
 
+_KNOWN: list[set[str] | None] = []
+
+
+def _known_metrics() -> set[str] | None:
+    if not _KNOWN:
+        _KNOWN.append(known_metric_names())
+    return _KNOWN[0]
+
+
 def resolve_metric_name(name: str, known: set[str] | None) -> str | None:
     """Exact name, or with the ``outlet_`` / ``outlet_destination_`` prefix."""
     candidates = [name, f"outlet_{name}", f"outlet_destination_{name}"]
@@ -363,474 +739,27 @@ def resolve_metric_name(name: str, known: set[str] | None) -> str | None:
     return None
 
 
-class _Parser:
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.problems: list[str] = []
-        self._known_metrics: set[str] | bool | None = False
-
-    def err(self, path: str, msg: str) -> None:
-        self.problems.append(f"{path}: {msg}" if path else msg)
-
-    # -- scalar helpers -------------------------------------------------------------------
-    def duration(self, value: Any, path: str, default: float | None = None) -> float | None:
-        if value is None:
-            if default is None:
-                self.err(path, "required duration is missing")
-            return default
-        try:
-            return parse_duration(value)
-        except ValueError as e:
-            self.err(path, str(e))
-            return default
-
-    def number(self, value: Any, path: str, *, minimum: float | None = None,
-               maximum: float | None = None, integer: bool = False) -> float | None:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.err(path, f"expected a number, got {value!r}")
-            return None
-        if integer and not float(value).is_integer():
-            self.err(path, f"expected an integer, got {value!r}")
-            return None
-        if minimum is not None and value < minimum:
-            self.err(path, f"must be >= {minimum:g}, got {value!r}")
-            return None
-        if maximum is not None and value > maximum:
-            self.err(path, f"must be <= {maximum:g}, got {value!r}")
-            return None
-        return float(value)
-
-    def mapping(self, value: Any, path: str) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.err(path, f"expected a mapping, got {type(value).__name__}")
-            return {}
-        return value
-
-    def unknown_keys(self, data: Mapping[str, Any], allowed: set[str] | frozenset[str],
-                     path: str) -> None:
-        for key in data:
-            if key not in allowed:
-                where = f"{path}.{key}" if path else str(key)
-                self.err(where, f"unknown key (allowed: {', '.join(sorted(allowed))})")
-
-    def destination(self, value: Any, path: str) -> str | None:
-        if value not in DESTINATIONS:
-            self.err(path, f"unknown destination {value!r} (known: {', '.join(DESTINATIONS)})")
-            return None
-        return str(value)
-
-    def window(self, value: Any, path: str) -> tuple[float, float] | None:
-        if not isinstance(value, list | tuple) or len(value) != 2:
-            self.err(path, f"expected [start, end], got {value!r}")
-            return None
-        a = self.duration(value[0], f"{path}[0]", -1.0)
-        b = self.duration(value[1], f"{path}[1]", -1.0)
-        if a is None or b is None or a < 0 or b < 0:
-            return None
-        if b <= a:
-            self.err(path, f"window end must be after its start, got {value!r}")
-            return None
-        return (a, b)
-
-    # -- metrics ------------------------------------------------------------------------
-    def metric_operand(self, text: str, path: str) -> MetricSelector | float | None:
-        try:
-            return float(text)
-        except ValueError:
-            pass
-        m = _SELECTOR.match(text)
-        if not m:
-            self.err(path, f"cannot parse metric selector {text!r} "
-                           '(expected name{label="value"} or a number)')
-            return None
-        labels: list[tuple[str, str]] = []
-        if m.group(3) and m.group(3).strip():
-            for part in m.group(3).split(","):
-                lm = _LABEL.match(part)
-                if not lm:
-                    self.err(path, f'bad label matcher {part.strip()!r} (expected key="value")')
-                    return None
-                labels.append((lm.group(1), lm.group(2)))
-        if self._known_metrics is False:
-            self._known_metrics = known_metric_names()
-        known = self._known_metrics if isinstance(self._known_metrics, set) else None
-        name = resolve_metric_name(m.group(1), known)
-        if name is None:
-            self.err(path, f"unknown metric {m.group(1)!r} (not exported by the outlet; "
-                           "see outlet/metrics.py)")
-            return None
-        for k, v in labels:
-            if k == "destination" and v not in ("primary", *DESTINATIONS[1:]):
-                self.err(path, f'unknown destination label {v!r} (the primary is "primary", '
-                               f'additional ones by name: {", ".join(DESTINATIONS[1:])})')
-                return None
-        return MetricSelector(name, tuple(labels))
-
-    def metric_assertion(self, value: Any, path: str) -> MetricAssertion | None:
-        if not isinstance(value, str):
-            self.err(path, f"expected a string like 'name{{label=\"v\"}} > 0', got {value!r}")
-            return None
-        m = _ASSERTION.match(value)
-        if not m:
-            self.err(path, f"cannot parse assertion {value!r} (expected LHS OP RHS with OP one "
-                           f"of {', '.join(COMPARATORS)})")
-            return None
-        lhs = self.metric_operand(m.group(1), path)
-        rhs = self.metric_operand(m.group(3), path)
-        if lhs is None or rhs is None:
-            return None
-        return MetricAssertion(value, lhs, m.group(2), rhs)
-
-    # -- actions --------------------------------------------------------------------------
-    def action(self, raw: Any, path: str) -> list[Action]:
-        if not isinstance(raw, dict):
-            self.err(path, f"expected a mapping with 'at' and 'action', got {raw!r}")
-            return []
-        name = raw.get("action")
-        if name is None:
-            self.err(f"{path}.action", "missing")
-            return []
-        if name not in ACTIONS:
-            self.err(f"{path}.action",
-                     f"unknown action {name!r} (known: {', '.join(sorted(ACTIONS))})")
-            return []
-        at = self.duration(raw.get("at"), f"{path}.at")
-        required, optional = ACTIONS[name]
-        params = {k: v for k, v in raw.items() if k not in COMMON_ACTION_KEYS}
-        before = len(self.problems)
-        for key in required - params.keys():
-            self.err(f"{path}.{key}", f"required by action {name}")
-        self.unknown_keys(params, required | optional, path)
-        ok = len(self.problems) == before
-        if "proxy" in params and params["proxy"] not in PROXIES:
-            self.err(f"{path}.proxy", f"unknown proxy {params['proxy']!r} "
-                                      f"(known: {', '.join(sorted(PROXIES))})")
-            ok = False
-        if name == "add_toxic":
-            ok &= self._toxic(params, path)
-        if (name == "restart_clickhouse" and "target" in params
-                and params["target"] not in DESTINATIONS):
-            self.err(f"{path}.target", f"unknown target {params['target']!r} "
-                                       f"(known: {', '.join(DESTINATIONS)})")
-            ok = False
-        if name == "set_rate" and "rate" in params:
-            ok &= self.number(params["rate"], f"{path}.rate", minimum=0) is not None
-        if name == "restart_outlet" and not isinstance(params.get("graceful", True), bool):
-            self.err(f"{path}.graceful", "expected true or false")
-            ok = False
-        hold = None
-        if "for" in params:
-            hold = self.duration(params.pop("for"), f"{path}.for")
-            if hold is not None and hold <= 0:
-                self.err(f"{path}.for", "must be > 0")
-                hold = None
-        label = raw.get("label")
-        if label is not None and not isinstance(label, str):
-            self.err(f"{path}.label", "expected a string")
-            label = None
-        repeat = self.mapping(raw.get("repeat"), f"{path}.repeat")
-        self.unknown_keys(repeat, {"count", "every"}, f"{path}.repeat")
-        count, every = 1, 0.0
-        if repeat:
-            c = self.number(repeat.get("count"), f"{path}.repeat.count", minimum=1,
-                            integer=True)
-            e = self.duration(repeat.get("every"), f"{path}.repeat.every")
-            if c is None or e is None:
-                ok = False
-            else:
-                count, every = int(c), e
-                if e <= 0:
-                    self.err(f"{path}.repeat.every", "must be > 0")
-                    ok = False
-                elif hold is not None and hold >= e:
-                    self.err(f"{path}.for",
-                             f"must be shorter than repeat.every ({repeat['every']})")
-                    ok = False
-        if not ok or at is None:
-            return []
-        if name == "add_toxic" and "name" not in params:
-            params["name"] = f"{params['type']}_{params.get('stream', 'downstream')}"
-        base = Action(at, name, params, label or "", path)
-        base = replace(base, label=label or base.describe())
-        out: list[Action] = []
-        for i in range(count):
-            sfx = f"#{i + 1}" if count > 1 else ""
-            start = at + i * every
-            out.append(replace(base, at=start, path=path + sfx))
-            if hold is not None:
-                out.append(self._undo(base, start + hold, path + sfx + "+for"))
-        return out
-
-    def _undo(self, a: Action, at: float, path: str) -> Action:
-        if a.action == "add_toxic":
-            return Action(at, "remove_toxic", {"proxy": a.params["proxy"],
-                                               "name": a.params["name"]}, a.label, path)
-        if a.action == "disable_proxy":
-            return Action(at, "enable_proxy", {"proxy": a.params["proxy"]}, a.label, path)
-        return Action(at, "start_outlet", {}, a.label, path)  # kill/stop_outlet
-
-    def _toxic(self, params: dict[str, Any], path: str) -> bool:
-        ok = True
-        ttype = params.get("type")
-        if ttype not in TOXIC_ATTRIBUTES:
-            self.err(f"{path}.type", f"unknown toxic type {ttype!r} "
-                                     f"(known: {', '.join(sorted(TOXIC_ATTRIBUTES))})")
-            return False
-        attrs = self.mapping(params.get("attributes"), f"{path}.attributes")
-        spec = TOXIC_ATTRIBUTES[ttype]
-        for key in attrs:
-            if key not in spec:
-                self.err(f"{path}.attributes.{key}",
-                         f"unknown attribute for {ttype} (known: {', '.join(spec)})")
-                ok = False
-            elif self.number(attrs[key], f"{path}.attributes.{key}", minimum=0,
-                             integer=True) is None:
-                ok = False
-        for key, required in spec.items():
-            if required and key not in attrs:
-                self.err(f"{path}.attributes.{key}", f"required by toxic {ttype}")
-                ok = False
-        stream = params.get("stream", "downstream")
-        if stream not in ("upstream", "downstream"):
-            self.err(f"{path}.stream", f"must be upstream or downstream, got {stream!r}")
-            ok = False
-        if "toxicity" in params and self.number(params["toxicity"], f"{path}.toxicity",
-                                                minimum=0, maximum=1) is None:
-            ok = False
-        if "name" in params and not (isinstance(params["name"], str) and params["name"]):
-            self.err(f"{path}.name", "expected a non-empty string")
-            ok = False
-        return ok
-
-    # -- timeline consistency -------------------------------------------------------------
-    def check_timeline(self, actions: list[Action], load_end: float) -> None:
-        outlet_up = True
-        proxies_down: set[str] = set()
-        toxics: dict[tuple[str, str], str] = {}
-        for a in sorted(actions, key=lambda a: a.at):
-            if a.action in ("kill_outlet", "stop_outlet", "restart_outlet"):
-                if not outlet_up:
-                    self.err(a.path, f"{a.action} at {format_duration(a.at)}: the outlet is "
-                                     "not running then")
-                outlet_up = a.action == "restart_outlet"
-            elif a.action == "start_outlet":
-                if outlet_up:
-                    self.err(a.path, f"start_outlet at {format_duration(a.at)}: the outlet is "
-                                     "already running")
-                outlet_up = True
-            elif a.action == "disable_proxy":
-                proxies_down.add(a.proxy or "")
-            elif a.action == "enable_proxy":
-                proxies_down.discard(a.proxy or "")
-            elif a.action == "add_toxic":
-                key = (a.proxy or "", str(a.params["name"]))
-                if key in toxics:
-                    self.err(a.path, f"toxic {key[1]!r} already present on {key[0]} "
-                                     f"(added by {toxics[key]})")
-                toxics[key] = a.path
-            elif a.action == "remove_toxic":
-                key = (a.proxy or "", str(a.params["name"]))
-                if toxics.pop(key, None) is None:
-                    self.err(a.path, f"remove_toxic: no toxic {key[1]!r} on {key[0]} at "
-                                     f"{format_duration(a.at)}")
-        if not outlet_up:
-            self.err("timeline", "the outlet is stopped at the end of the timeline: add a "
-                                 "start_outlet step (or use 'for:')")
-
-    # -- whole file -------------------------------------------------------------------------
-    def scenario(self, data: Any, default_name: str) -> Scenario | None:
-        if not isinstance(data, dict):
-            self.err("", f"expected a mapping at the top level, got {type(data).__name__}")
-            return None
-        self.unknown_keys(data, {"name", "description", "load", "outlet", "outlet_overrides",
-                                 "timeline", "expect"}, "")
-        name = data.get("name", default_name)
-        if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", name):
-            self.err("name", f"expected a lowercase slug like azure-partition, got {name!r}")
-            name = default_name
-        description = str(data.get("description", "")).strip()
-
-        raw_load = self.mapping(data.get("load"), "load")
-        self.unknown_keys(raw_load, {"rate", "duration", "flows_per_record", "seed", "unique"},
-                          "load")
-        rate = self.number(raw_load.get("rate", 2000), "load.rate", minimum=1)
-        duration = self.duration(raw_load.get("duration"), "load.duration")
-        fpr = self.number(raw_load.get("flows_per_record", 1), "load.flows_per_record",
-                          minimum=1, integer=True)
-        seed = self.number(raw_load.get("seed", 1), "load.seed", minimum=0, integer=True)
-        if raw_load.get("unique", True) is not True:
-            self.err("load.unique", "must be true: every flow is unique so that losses and "
-                                    "duplicates are detectable per flow")
-        if duration is not None and duration <= 0:
-            self.err("load.duration", "must be > 0")
-        load = Load(rate or 1.0, duration or 1.0, int(fpr or 1), int(seed or 0))
-
-        raw_outlet = self.mapping(data.get("outlet"), "outlet")
-        self.unknown_keys(raw_outlet, {"destinations", "batch_size", "wait_time",
-                                       "azure_max_retries"}, "outlet")
-        dests = raw_outlet.get("destinations", ["local", "azure"])
-        if (not isinstance(dests, list) or not dests
-                or len(set(dests)) != len(dests)):
-            self.err("outlet.destinations", f"expected a list of distinct destinations, "
-                                            f"got {dests!r}")
-            dests = ["local", "azure"]
-        for i, d in enumerate(dests):
-            self.destination(d, f"outlet.destinations[{i}]")
-        batch = self.number(raw_outlet.get("batch_size", 5000), "outlet.batch_size", minimum=1,
-                            integer=True)
-        wait = raw_outlet.get("wait_time", "500ms")
-        self.duration(wait, "outlet.wait_time")
-        retries = self.number(raw_outlet.get("azure_max_retries", 3), "outlet.azure_max_retries",
-                              minimum=0, integer=True)
-        outlet = OutletSettings(tuple(dests), int(batch or 5000), str(wait), int(retries or 0))
-
-        overrides = self.mapping(data.get("outlet_overrides"), "outlet_overrides")
-
-        raw_timeline = data.get("timeline") or []
-        actions: list[Action] = []
-        if not isinstance(raw_timeline, list):
-            self.err("timeline", "expected a list of actions")
-        else:
-            for i, raw in enumerate(raw_timeline):
-                actions.extend(self.action(raw, f"timeline[{i}]"))
-        for a in actions:
-            if a.proxy and a.proxy != "kafka":
-                d = a.proxy.removeprefix("clickhouse-")
-                if d not in dests:
-                    self.err(a.path, f"proxy {a.proxy} is not in front of a destination of "
-                                     f"this run (outlet.destinations: {dests})")
-            if a.action == "restart_clickhouse" and a.params.get("target") not in dests:
-                self.err(a.path, f"target {a.params.get('target')!r} is not a destination of "
-                                 "this run")
-        self.check_timeline(actions, load.duration)
-
-        expect = self.expectations(self.mapping(data.get("expect"), "expect"), tuple(dests),
-                                   actions, load)
-        if self.problems or expect is None:
-            return None
-        return Scenario(
-            name=name, description=description, load=load, outlet=outlet,
-            outlet_overrides=overrides, timeline=tuple(sorted(actions, key=lambda a: a.at)),
-            expect=expect, source=self.source,
-        )
-
-    def expectations(self, raw: dict[str, Any], dests: tuple[str, ...],
-                     actions: list[Action], load: Load) -> Expectations | None:
-        self.unknown_keys(raw, {"destinations", "throughput", "metrics", "lag", "clean_shutdown",
-                                "quiesce_timeout", "wait_for_spool"}, "expect")
-        dest_exp: list[DestinationExpectation] = []
-        for dname, spec in self.mapping(raw.get("destinations"), "expect.destinations").items():
-            p = f"expect.destinations.{dname}"
-            if self.destination(dname, p) is None:
-                continue
-            if dname not in dests:
-                self.err(p, f"not a destination of this run (outlet.destinations: {list(dests)})")
-                continue
-            spec = self.mapping(spec, p)
-            self.unknown_keys(spec, DEST_EXPECT_KEYS, p)
-            rows = spec.get("rows")
-            if rows is not None and rows not in ROW_EXPECTATIONS and not (
-                    isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0):
-                self.err(f"{p}.rows", f"expected one of {', '.join(ROW_EXPECTATIONS)} or a "
-                                      f"count, got {rows!r}")
-            flags = {}
-            for key in ("no_duplicates", "no_loss", "loss_equals_metric",
-                        "loss_bounded_by_metric"):
-                v = spec.get(key, False)
-                if not isinstance(v, bool):
-                    self.err(f"{p}.{key}", f"expected true or false, got {v!r}")
-                flags[key] = bool(v)
-            min_loss = spec.get("min_loss")
-            if min_loss is not None:
-                self.number(min_loss, f"{p}.min_loss", minimum=0, integer=True)
-            if dname == dests[0] and (rows == "all_minus_reported_loss"
-                                      or flags["loss_equals_metric"]):
-                self.err(p, "the primary never gives up on a batch: expect rows: all")
-            if flags["no_loss"] and (rows == "all_minus_reported_loss" or min_loss):
-                self.err(p, "no_loss contradicts rows: all_minus_reported_loss / min_loss")
-            dest_exp.append(DestinationExpectation(
-                dname, rows, flags["no_duplicates"], flags["no_loss"],
-                flags["loss_equals_metric"], flags["loss_bounded_by_metric"],
-                int(min_loss) if isinstance(min_loss, int) else None))
-
-        first_fault = min((a.at for a in actions), default=load.duration)
-        throughput: list[ThroughputExpectation] = []
-        raw_tp = raw.get("throughput") or []
-        if not isinstance(raw_tp, list):
-            self.err("expect.throughput", "expected a list")
-            raw_tp = []
-        for i, item in enumerate(raw_tp):
-            p = f"expect.throughput[{i}]"
-            item = self.mapping(item, p)
-            self.unknown_keys(item, {"destination", "window", "baseline", "min_percent"}, p)
-            d = self.destination(item.get("destination", dests[0]), f"{p}.destination")
-            win = self.window(item.get("window"), f"{p}.window")
-            base = (self.window(item["baseline"], f"{p}.baseline") if "baseline" in item
-                    else (min(3.0, first_fault / 2), first_fault))
-            pct = self.number(item.get("min_percent"), f"{p}.min_percent", minimum=0,
-                              maximum=1000)
-            if win and win[1] > load.duration:
-                self.err(f"{p}.window", f"ends after the load ({format_duration(load.duration)})")
-            if base and (base[1] - base[0]) < 2:
-                self.err(f"{p}.baseline", "must span at least 2 s (first fault too early? give "
-                                          "an explicit baseline: [start, end])")
-            if d and win and base and pct is not None:
-                throughput.append(ThroughputExpectation(d, win, base, pct, p))
-
-        metrics: list[MetricAssertion] = []
-        raw_m = raw.get("metrics") or []
-        if not isinstance(raw_m, list):
-            self.err("expect.metrics", "expected a list of assertions")
-            raw_m = []
-        for i, item in enumerate(raw_m):
-            ma = self.metric_assertion(item, f"expect.metrics[{i}]")
-            if ma:
-                metrics.append(ma)
-
-        lag = None
-        if raw.get("lag") is not None:
-            rl = self.mapping(raw["lag"], "expect.lag")
-            self.unknown_keys(rl, {"after", "max_seconds", "destination"}, "expect.lag")
-            last = max((a.at for a in actions), default=0.0)
-            after = self.duration(rl.get("after"), "expect.lag.after", last)
-            mx = self.number(rl.get("max_seconds"), "expect.lag.max_seconds", minimum=0)
-            d = self.destination(rl.get("destination", dests[0]), "expect.lag.destination")
-            if after is not None and after >= load.duration:
-                self.err("expect.lag.after", "must be before the end of the load "
-                                             f"({format_duration(load.duration)})")
-            if after is not None and mx is not None and d:
-                lag = LagExpectation(after, mx, d)
-        cs = raw.get("clean_shutdown", True)
-        if not isinstance(cs, bool):
-            self.err("expect.clean_shutdown", "expected true or false")
-        qt = self.duration(raw.get("quiesce_timeout"), "expect.quiesce_timeout", 120.0)
-        ws = raw.get("wait_for_spool", True)
-        if not isinstance(ws, bool):
-            self.err("expect.wait_for_spool", "expected true or false")
-        if not dest_exp and not throughput and not metrics and lag is None:
-            self.err("expect", "no invariant to check: a scenario must expect something")
-        return Expectations(tuple(dest_exp), tuple(throughput), tuple(metrics), lag, bool(cs),
-                            qt or 120.0, bool(ws))
-
-
 def parse_scenario(data: Any, source: str = "<string>", default_name: str = "scenario"
                    ) -> Scenario:
     """Validate an already-loaded YAML document."""
-    p = _Parser(source)
-    sc = p.scenario(data, default_name)
-    if sc is None:
-        raise ScenarioError(source, p.problems or ["invalid scenario"])
+    if not isinstance(data, dict):
+        raise ScenarioError(source, [f"expected a mapping at the top level, got "
+                                     f"{type(data).__name__}"])
+    problems = Problems()
+    sc = parse(Scenario, data, problems, defaults=Scenario(name=default_name, source=source))
+    if problems:
+        raise ScenarioError(source, problems.errors)
     return sc
 
 
 def parse_scenario_text(text: str, source: str = "<string>", default_name: str = "scenario"
                         ) -> Scenario:
     try:
-        data = yaml.safe_load(text)
+        data, duplicates = load_yaml(text)
     except yaml.YAMLError as e:
         raise ScenarioError(source, [f"YAML syntax error: {e}"]) from None
+    if duplicates:
+        raise ScenarioError(source, duplicates)
     return parse_scenario(data, source, default_name)
 
 

@@ -45,6 +45,8 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from outlet.config import BatchConfig
 from outlet.pb.flow_pb2 import FlowMessage
+from outlet.varint import decode_varint as decode_varint  # the one varint codec, re-exported
+from outlet.varint import encode_varint as encode_varint
 
 U64 = npt.NDArray[np.uint64]
 U8 = npt.NDArray[np.uint8]
@@ -417,37 +419,8 @@ def _u64(a: Any) -> U64:
 
 
 # --------------------------------------------------------------------------------------------
-# Varint and column-wise protobuf encoding
+# Column-wise protobuf encoding (scalar varints: outlet.varint)
 # --------------------------------------------------------------------------------------------
-
-def encode_varint(value: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative int."""
-    if value < 0:
-        raise ValueError("varint of a negative number")
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def decode_varint(data: bytes, pos: int = 0) -> tuple[int, int]:
-    """(value, next position); raises ValueError on a truncated or over-long varint."""
-    result = 0
-    shift = 0
-    while True:
-        if pos >= len(data):
-            raise ValueError("truncated varint")
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 64:
-            raise ValueError("varint longer than 10 bytes")
-
 
 I64 = npt.NDArray[np.int64]
 _Byte = U8 | int  # one byte column of a field: per-flow values, or a constant

@@ -11,6 +11,10 @@ where ``bytes_sum``/``packets_sum`` are the sums of the flows' Bytes/Packets fie
 
 The producer is idempotent (``enable.idempotence=true``, ``acks=all``): librdkafka's
 internal retries never duplicate a record.
+
+Every harness produces through this module: :func:`produce` (tests, benchmarks, demo),
+:class:`ProducerThread` (chaos load with a changeable rate, capacity phases) and, for
+Locust's gevent users that must never block, :func:`producer_config`.
 """
 
 from __future__ import annotations
@@ -18,15 +22,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import sys
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from flowgen.generator import FlowGenerator, GeneratorConfig
+from flowgen.generator import FlowGenerator, GeneratorConfig, generator_config
 
 DEFAULT_PRODUCER_CONFIG: dict[str, Any] = {
     "linger.ms": 5,
@@ -51,8 +57,18 @@ class ProduceStats:
     payload_bytes: int = 0
     delivered: int = 0
     failed: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # first record to the end of the final flush
+    enqueued_until: float = 0.0  # time.monotonic() when the last record was handed over
     errors: list[str] = field(default_factory=list)  # the first few delivery errors
+
+    def on_delivery(self, err: KafkaError | None, _msg: Message | None = None) -> None:
+        """librdkafka's delivery callback: count the outcome, keep the first errors."""
+        if err is None:
+            self.delivered += 1
+            return
+        self.failed += 1
+        if len(self.errors) < 10:
+            self.errors.append(str(err))
 
     @property
     def records_per_s(self) -> float:
@@ -88,32 +104,52 @@ class RateLimiter:
         self._done += n
 
 
+def encode_chunk_for(rate: float | None) -> int:
+    """Generator encode chunk for a paced producer: "now" timestamps are taken per chunk,
+    so a chunk holds at most ~50 ms of flows (4096 at full speed)."""
+    if not rate:
+        return 4096
+    return max(16, min(4096, math.ceil(rate / 20)))
+
+
+def producer_config(bootstrap: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """librdkafka settings of every harness producer (``extra`` wins)."""
+    return {"bootstrap.servers": bootstrap, **DEFAULT_PRODUCER_CONFIG, **(extra or {})}
+
+
 def make_producer(bootstrap: str, extra: dict[str, Any] | None = None) -> Producer:
-    conf = {"bootstrap.servers": bootstrap, **DEFAULT_PRODUCER_CONFIG, **(extra or {})}
-    return Producer(conf)
+    return Producer(producer_config(bootstrap, extra))
+
+
+Rate = float | None | Callable[[], float | None]
 
 
 def produce(
     bootstrap: str | Producer,
     topic: str,
     records_iter: Iterable[bytes],
-    rate: float | None = None,
+    rate: Rate = None,
     partitions: int | Sequence[int] | None = None,
     *,
     flows_per_record: int = 1,
     keyed: bool = False,
     config: dict[str, Any] | None = None,
     flush_timeout: float = 120.0,
+    until: Callable[[], bool] | None = None,
+    stats: ProduceStats | None = None,
 ) -> ProduceStats:
     """Send every record of ``records_iter`` to ``topic`` and wait for all deliveries.
 
     ``rate``: flows per second (records carry ``flows_per_record`` flows); None = as fast as
-    possible. ``partitions``: a count (round-robin over 0..n-1) or explicit partition ids;
-    None lets librdkafka's partitioner spread unkeyed records (sticky batches). With
-    ``keyed=True`` each record gets an 8-byte sequence key (ordering per key). Raises
+    possible; a callable is read before each slice, so the rate may change while producing
+    (0 pauses). ``until``: checked before each slice; True ends the production early (what
+    was sent is still flushed). ``partitions``: a count (round-robin over 0..n-1) or
+    explicit partition ids; None lets librdkafka's partitioner spread unkeyed records
+    (sticky batches). With ``keyed=True`` each record gets an 8-byte sequence key (ordering
+    per key). ``stats`` is filled as it goes (for a reader in another thread). Raises
     :class:`ProduceError` if any record was not delivered.
     """
-    stats = ProduceStats()
+    stats = ProduceStats() if stats is None else stats
     parts: list[int] | None
     if isinstance(partitions, int):
         parts = list(range(partitions))
@@ -124,12 +160,7 @@ def produce(
     if parts is not None and not parts:
         raise ValueError("partitions must not be empty")
 
-    def on_delivery(err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            stats.failed += 1
-            if len(stats.errors) < 10:
-                stats.errors.append(str(err))
-
+    on_delivery = stats.on_delivery
     if isinstance(bootstrap, Producer):
         producer = bootstrap
         per_record: dict[str, Any] = {"on_delivery": on_delivery}
@@ -141,14 +172,28 @@ def produce(
         per_record = {}
     send = producer.produce
     poll = producer.poll
-    limiter = RateLimiter(rate / flows_per_record) if rate else None
+    pace: Callable[[], float | None] = rate if callable(rate) else (lambda: rate)
+    limiter: RateLimiter | None = None
+    limiter_rate: float | None = None
     cycle = itertools.cycle(parts) if parts is not None else None
     it = iter(records_iter)
     t0 = time.monotonic()
     seq = 0
     done = False
     while not done:
+        if until is not None and until():
+            break
+        current = pace()
+        if current is not None and current <= 0:  # paused
+            poll(0.05)
+            limiter, limiter_rate = None, None
+            continue
+        if limiter is None or current != limiter_rate:
+            limiter = RateLimiter(current / flows_per_record) if current else None
+            limiter_rate = current
         allowed = limiter.allowance() if limiter else 10_000
+        if until is not None and until():
+            break
         sent = 0
         nbytes = 0
         for rec in itertools.islice(it, allowed):
@@ -171,6 +216,7 @@ def produce(
             limiter.consumed(sent)
         poll(0)
         done = sent < allowed
+    stats.enqueued_until = time.monotonic()
     remaining = producer.flush(flush_timeout)
     stats.seconds = time.monotonic() - t0
     if remaining:
@@ -181,6 +227,73 @@ def produce(
         raise ProduceError(
             f"{stats.failed} of {stats.records} records not delivered: {stats.errors[:3]}")
     return stats
+
+
+class ProducerThread(threading.Thread):
+    """:func:`produce` in the background: ``records`` at ``rate`` flows/s (None = as fast as
+    possible; assign :attr:`rate` to change it while running, 0 pauses), until the records
+    run out, ``duration`` seconds pass or :meth:`stop` is called. Afterwards ``stats``
+    holds the counts and ``error`` what went wrong ('' when every record was delivered)."""
+
+    def __init__(self, bootstrap: str, topic: str, records: Iterable[bytes],
+                 rate: float | None = None, *, duration: float | None = None,
+                 flows_per_record: int = 1, config: dict[str, Any] | None = None,
+                 name: str = "producer") -> None:
+        super().__init__(name=name, daemon=True)
+        self.bootstrap, self.topic, self.records = bootstrap, topic, records
+        self.rate = rate
+        self.duration = duration
+        self.flows_per_record = flows_per_record
+        self.config = config
+        self.stats = ProduceStats()
+        self.error = ""
+        self.t_start = 0.0  # time.monotonic() at the start
+        self.t_end = 0.0  # ... when the last record was handed over (before the flush)
+        self._halt = threading.Event()
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def run(self) -> None:
+        self.t_start = time.monotonic()
+        end = None if self.duration is None else self.t_start + self.duration
+
+        def until() -> bool:
+            return self._halt.is_set() or (end is not None and time.monotonic() >= end)
+
+        try:
+            produce(self.bootstrap, self.topic, self.records, lambda: self.rate,
+                    flows_per_record=self.flows_per_record, config=self.config, until=until,
+                    stats=self.stats)
+        except Exception as e:  # reported through .error
+            self.error = f"{type(e).__name__}: {e}"
+        self.t_end = self.stats.enqueued_until or time.monotonic()
+
+
+class UniqueFlowsThread(ProducerThread):
+    """A :class:`ProducerThread` of unique flows ``0..count-1`` of ``run_id`` ("now"
+    timestamps): every flow carries its id, so each loss and each duplicate is detectable.
+    ``produced`` and ``bytes_sum`` are readable while it runs."""
+
+    def __init__(self, bootstrap: str, topic: str, run_id: int, *, count: int = 1 << 31,
+                 rate: float | None = None, duration: float | None = None, seed: int = 1,
+                 flows_per_record: int = 1, generator: Mapping[str, Any] | None = None,
+                 config: dict[str, Any] | None = None, name: str = "producer") -> None:
+        self.gen = FlowGenerator(generator_config(
+            generator or {}, seed=seed, run_id=run_id, unique=True,
+            flows_per_record=flows_per_record, time_mode="now",
+            encode_chunk=encode_chunk_for(rate)))
+        super().__init__(bootstrap, topic, self.gen.records(count), rate, duration=duration,
+                         flows_per_record=flows_per_record, config=config, name=name)
+
+    @property
+    def produced(self) -> int:
+        """Flows handed to librdkafka so far."""
+        return self.gen.totals().flows
+
+    @property
+    def bytes_sum(self) -> int:
+        return self.gen.totals().bytes_sum
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -211,9 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="extra librdkafka producer setting")
     args = ap.parse_args(argv)
 
-    encode_chunk = 4096
-    if args.rate:  # "now" timestamps are taken per encoded chunk: keep chunks ~100 ms
-        encode_chunk = max(16, min(4096, int(args.rate / 10)))
+    encode_chunk = encode_chunk_for(args.rate)
     cfg = GeneratorConfig(
         seed=args.seed, run_id=args.run_id, unique=args.unique, exporters=args.exporters,
         interfaces_per_exporter=args.interfaces, ipv6_share=args.ipv6_share,

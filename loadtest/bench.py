@@ -1,5 +1,5 @@
-"""Backlog-drain benchmarks: `make bench-outlet` and `make bench-dualwrite`
-(`make bench-codec`, the codec alone in-process, is loadtest/bench_codec.py).
+"""Backlog-drain benchmarks: ``loadtest bench outlet|dualwrite`` (``make bench-outlet``,
+``make bench-dualwrite``).
 
 Both pre-produce one backlog of unique flows into a fresh topic, then let a real
 outlet process (a subprocess, through the Toxiproxy addresses like production) drain
@@ -13,27 +13,25 @@ run on the same machine so that machine noise largely cancels out.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import yaml
 
 from flowgen.generator import FlowGenerator, GeneratorConfig
 from flowgen.producer import produce
-from teststack import verify
-from teststack.outlet_proc import (
-    OutletProcess,
-    apply_schema,
-    create_topic,
-    free_port,
-    outlet_config,
-)
-from teststack.stack import Endpoints, is_healthy, start_stack, stop_stack
+from loadtest import harness as h
+from teststack import clikit, verify
+from teststack.clikit import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, RunVerdict, Verdict
+from teststack.kafka import create_topic, delete_topic
+from teststack.outlet_proc import OutletProcess, apply_schema, free_port, outlet_config
+from teststack.runs import HarnessError, stack_for_run
+from teststack.stack import Endpoints
 
 
 @dataclass
@@ -110,90 +108,101 @@ def drain(
     )
 
 
-def _stack(stack_dir: str) -> tuple[Endpoints, bool]:
-    if is_healthy(stack_dir):
-        return Endpoints.load(stack_dir), False
-    return start_stack(stack_dir), True
+DESCRIPTION = ("Backlog-drain benchmarks: a real outlet process drains a pre-produced backlog "
+               "of unique flows; prints flows/s and outlet CPU per flow (outlet), or the "
+               "dual/single ratios measured in one run (dualwrite).")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["codec"]:  # in-process, no stack: loadtest/bench_codec.py
-        from loadtest import bench_codec
+def configure(ap: argparse.ArgumentParser) -> None:
+    ap.description = DESCRIPTION
+    ap.add_argument("mode", choices=["outlet", "dualwrite", "codec"],
+                    help="outlet: one destination; dualwrite: single and dual alternated; "
+                         "codec: the codec alone, in-process (its options: 'loadtest bench "
+                         "codec --help', loadtest/bench_codec.py)")
+    ap.add_argument("--flows", type=int, default=2_000_000,
+                    help="backlog size in flows (default: 2000000)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="dualwrite: alternate single/dual N times (default: 1; make uses 2)")
+    h.add_outlet_options(ap, wait_time=False, partitions=False)
+    clikit.add_stack_dir(ap)
+    clikit.add_json(ap, "the results")
+    ap.epilog = ("No report file: the numbers are printed (and in --json). Exit status: 0 "
+                 "measured, 1 a drain did not store every flow, 2 bad usage or no stack.")
 
-        return bench_codec.main(argv[1:])
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("mode", choices=["outlet", "dualwrite", "codec"])
-    ap.add_argument("--flows", type=int, default=2_000_000)
-    ap.add_argument("--batch-size", type=int, default=50_000)
-    ap.add_argument("--stack-dir", default=".stack")
-    ap.add_argument(
-        "--rounds", type=int, default=1, help="dualwrite: alternate single/dual N times"
-    )
-    ap.add_argument("--json", help="also write the results here")
-    ap.add_argument(
-        "--compression",
-        default="none",
-        choices=["none", "lz4"],
-        help="clickhouse.compression of the outlet (lz4: compressed once, sent to every one)",
-    )
-    args = ap.parse_args(argv)
 
-    ep, started_stack = _stack(args.stack_dir)
-    try:
+def _bench(args: argparse.Namespace) -> dict[str, Any]:
+    with stack_for_run(args.stack_dir) as ep:
         topic = create_topic(ep, f"bench-{int(time.time())}")
-        gen = FlowGenerator(GeneratorConfig(seed=5, unique=True))
-        t0 = time.monotonic()
-        produce(ep.kafka.bootstrap, topic, gen.records(args.flows))
-        print(f"backlog: {args.flows:,} flows produced in {time.monotonic() - t0:.1f}s", flush=True)
-        workdir = Path(tempfile.mkdtemp(prefix="bench-"))
-        results: list[DrainResult] = []
-        plan: list[tuple[str, tuple[str, ...]]] = [("single", ("local",))]
-        if args.mode == "dualwrite":
-            plan = []
-            for i in range(args.rounds):
-                plan += [(f"single{i}", ("local",)), (f"dual{i}", ("local", "azure"))]
-        for label, dests in plan:
-            r = drain(
-                ep, topic, args.flows, dests, label, workdir, args.batch_size, args.compression
-            )
-            results.append(r)
-            print(
-                f"{label:>8}: {r.flows:,} flows in {r.seconds:.2f}s = "
-                f"{r.flows_per_s:,.0f} flows/s, "
-                f"outlet CPU {r.cpu_us_per_flow:.2f} us/flow, "
-                f"machine {r.machine_busy:.0%} busy ({psutil.cpu_count()} cores)",
-                flush=True,
-            )
-        summary: dict[str, object] = {"results": [asdict(r) for r in results]}
-        if args.mode == "dualwrite":
-            single = [r for r in results if r.destinations == ["local"]]
-            dual = [r for r in results if len(r.destinations) == 2]
-            s_rate = sum(r.flows_per_s for r in single) / len(single)
-            d_rate = sum(r.flows_per_s for r in dual) / len(dual)
-            s_cpu = sum(r.cpu_us_per_flow for r in single) / len(single)
-            d_cpu = sum(r.cpu_us_per_flow for r in dual) / len(dual)
-            summary.update(throughput_ratio=d_rate / s_rate, cpu_ratio=d_cpu / s_cpu)
-            print(
-                f"dual/single throughput: {d_rate / s_rate:.3f} (target >= 0.97); "
-                f"CPU per flow: {d_cpu / s_cpu:.3f} (dual {d_cpu:.2f} vs single {s_cpu:.2f} us)"
-            )
-            if min(r.machine_busy for r in results) > 0.8:
-                print(
-                    "note: the machine was saturated in both modes; the second ClickHouse "
-                    "server's ingest shares these cores, so the throughput ratio includes the "
-                    "cost of the extra server, not only the outlet's (see CPU per flow)"
-                )
-        else:
-            r = results[0]
-            print(f"target: <= 3 us outlet CPU per flow; measured {r.cpu_us_per_flow:.2f} us")
-        if args.json:
-            Path(args.json).write_text(json.dumps(summary, indent=2))
-    finally:
-        if started_stack:
-            stop_stack(args.stack_dir)
-    return 0
+        try:
+            return _drains(ep, topic, args)
+        finally:
+            delete_topic(ep, topic)
+
+
+def _drains(ep: Endpoints, topic: str, args: argparse.Namespace) -> dict[str, Any]:
+    gen = FlowGenerator(GeneratorConfig(seed=5, unique=True))
+    t0 = time.monotonic()
+    produce(ep.kafka.bootstrap, topic, gen.records(args.flows))
+    print(f"backlog: {args.flows:,} flows produced in {time.monotonic() - t0:.1f}s", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    results: list[DrainResult] = []
+    plan: list[tuple[str, tuple[str, ...]]] = [("single", ("local",))]
+    if args.mode == "dualwrite":
+        plan = []
+        for i in range(args.rounds):
+            plan += [(f"single{i}", ("local",)), (f"dual{i}", ("local", "azure"))]
+    for label, dests in plan:
+        r = drain(ep, topic, args.flows, dests, label, workdir, args.batch_size,
+                  args.compression)
+        results.append(r)
+        print(f"{label:>8}: {r.flows:,} flows in {r.seconds:.2f}s = {r.flows_per_s:,.0f} "
+              f"flows/s, outlet CPU {r.cpu_us_per_flow:.2f} us/flow, machine "
+              f"{r.machine_busy:.0%} busy ({psutil.cpu_count()} cores)", flush=True)
+    summary: dict[str, Any] = {"results": [asdict(r) for r in results]}
+    if args.mode == "dualwrite":
+        single = [r for r in results if r.destinations == ["local"]]
+        dual = [r for r in results if len(r.destinations) == 2]
+        s_rate = sum(r.flows_per_s for r in single) / len(single)
+        d_rate = sum(r.flows_per_s for r in dual) / len(dual)
+        s_cpu = sum(r.cpu_us_per_flow for r in single) / len(single)
+        d_cpu = sum(r.cpu_us_per_flow for r in dual) / len(dual)
+        summary.update(throughput_ratio=d_rate / s_rate, cpu_ratio=d_cpu / s_cpu)
+        print(f"dual/single throughput: {d_rate / s_rate:.3f} (target >= 0.97); CPU per flow: "
+              f"{d_cpu / s_cpu:.3f} (dual {d_cpu:.2f} vs single {s_cpu:.2f} us)")
+        if min(r.machine_busy for r in results) > 0.8:
+            print("note: the machine was saturated in both modes; the second ClickHouse "
+                  "server's ingest shares these cores, so the throughput ratio includes the "
+                  "cost of the extra server, not only the outlet's (see CPU per flow)")
+    else:
+        r = results[0]
+        print(f"target: <= 3 us outlet CPU per flow; measured {r.cpu_us_per_flow:.2f} us")
+    return summary
+
+
+def _run(args: argparse.Namespace, verdict: Verdict) -> int:
+    t0 = time.monotonic()
+    try:
+        summary = _bench(args)
+    except HarnessError as e:
+        verdict.error = str(e)
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except RuntimeError as e:  # a drain did not store every flow
+        verdict.runs.append(RunVerdict(f"bench-{args.mode}", False, error=str(e)))
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    verdict.runs.append(RunVerdict(f"bench-{args.mode}", True,
+                                   wall_s=round(time.monotonic() - t0, 1), details=summary))
+    return EXIT_PASSED
+
+
+def command(args: argparse.Namespace) -> int:
+    return clikit.run_with_verdict(f"loadtest bench {args.mode}", args, _run)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1:2] == ["codec"]:
+        from loadtest import bench_codec
+
+        raise SystemExit(bench_codec.main(sys.argv[2:]))
+    raise SystemExit(clikit.module_main("loadtest bench", configure, command))

@@ -1,4 +1,4 @@
-"""Codec benchmark (`make bench-codec`, `python -m loadtest.bench codec`): no stack needed.
+"""Codec benchmark (`make bench-codec`, `loadtest bench codec`): no stack needed.
 
 Encodes batches of realistic GoFlow2 records in-process and prints CPU per flow
 (``time.process_time``: every thread of the process, so chDB's too), min and median over

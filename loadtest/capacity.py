@@ -1,7 +1,8 @@
-"""``make capacity``: how many flows/s one outlet process sustains, how to size a datacenter,
-scale-out through the Kafka consumer group, and the dual-write overhead under load.
+"""``loadtest capacity`` (``make capacity``): how many flows/s one outlet process sustains,
+how to size a datacenter, scale-out through the Kafka consumer group, and the dual-write
+overhead under load.
 
-    python -m loadtest.capacity [--rates 25k,50k,...] [--step 20] [--only steps,scaleout,overhead]
+    loadtest capacity [--rates 25k,50k,...] [--step 20] [--only steps,scaleout,overhead]
 
 1. **Steps** (Locust, dual-write): offer a staircase of rates (``--step`` seconds each) to
    one outlet process. A step is *sustained* when the backlog (Kafka high watermarks minus
@@ -18,6 +19,10 @@ scale-out through the Kafka consumer group, and the dual-write overhead under lo
    the same offered load, then the same backlog drained at full speed by each: stored
    flows/s, outlet CPU per flow, end-to-end latency p50/p99, and the ratios.
 
+``--time-scale F`` multiplies every phase's duration (the steps, the scale-out load, the
+overhead phases at load); the saturated overhead comparison drains a backlog of
+``--overhead-drain`` flows, which takes what it takes.
+
 Writes ``reports/capacity/report.md``, ``report.json`` and plots.
 """
 
@@ -27,7 +32,6 @@ import argparse
 import math
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,15 +39,19 @@ from typing import Any
 
 import yaml
 
-from flowgen.generator import FlowGenerator, generator_config
-from flowgen.producer import ProduceStats, produce
+from flowgen.producer import UniqueFlowsThread
 from loadtest import harness as h
-from loadtest.loadgen import LoadSettings, encode_chunk_for
+from loadtest.loadgen import LoadSettings
 from loadtest.profile import parse_rate, step_profile
-from teststack.outlet_proc import create_topic
+from teststack import clikit
+from teststack.clikit import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, Failure, RunVerdict, Verdict
+from teststack.kafka import create_topic, delete_topic, group_assignment
+from teststack.paths import REPORTS_DIR
+from teststack.runs import HarnessError, prepare_tables, stack_for_run
+from teststack.series import rate_series
 from teststack.stack import Endpoints
 
-REPORT_DIR = Path("reports/capacity")
+REPORT_DIR = REPORTS_DIR / "capacity"
 DEFAULT_RATES = (25_000, 50_000, 75_000, 100_000, 125_000, 150_000, 200_000, 250_000, 300_000)
 DATACENTER_RATE = 300_000.0
 HEADROOM = 0.7  # size for 70% utilisation of the sustainable rate
@@ -64,29 +72,10 @@ def _slope(points: Sequence[tuple[float, float]]) -> float:
     return sum((p[0] - mt) * (p[1] - mv) for p in points) / den if den else 0.0
 
 
-class ProducerThread(threading.Thread):
-    """``flowgen.producer.produce`` of ``count`` unique flows at ``rate`` in a thread."""
-
-    def __init__(self, bootstrap: str, topic: str, count: int, rate: float | None,
-                 run_id: int) -> None:
-        super().__init__(name="producer", daemon=True)
-        cfg = generator_config({}, run_id=run_id, unique=True, time_mode="now",
-                               encode_chunk=encode_chunk_for(rate or 100_000))
-        self.gen = FlowGenerator(cfg)
-        self.args = (bootstrap, topic, count, rate)
-        self.stats: ProduceStats | None = None
-        self.error = ""
-        self.t_start = 0.0
-        self.t_end = 0.0
-
-    def run(self) -> None:
-        bootstrap, topic, count, rate = self.args
-        self.t_start = time.time()
-        try:
-            self.stats = produce(bootstrap, topic, self.gen.records(count), rate=rate)
-        except Exception as e:
-            self.error = f"{type(e).__name__}: {e}"
-        self.t_end = time.time()
+def _producer(ep: Endpoints, topic: str, count: int, rate: float | None, run_id: int
+              ) -> UniqueFlowsThread:
+    """``count`` unique flows of ``run_id`` at ``rate`` (None: as fast as possible)."""
+    return UniqueFlowsThread(ep.kafka.bootstrap, topic, run_id, count=count, rate=rate)
 
 
 def _new_run_id(used: set[int]) -> int:
@@ -108,7 +97,7 @@ def run_steps(ep: Endpoints, out: Path, rates: Sequence[float], step_s: float, *
     work = out / "steps"
     work.mkdir(parents=True, exist_ok=True)
     topic = f"capacity-steps-{time.strftime('%H%M%S')}"
-    h.prepare_tables(ep, work, dests, topic)
+    prepare_tables(ep, work, dests, topic)
     create_topic(ep, topic, partitions)
     prof = step_profile(rates, step_s)
     prof_path = work / "steps-profile.yaml"
@@ -138,7 +127,7 @@ def run_steps(ep: Endpoints, out: Path, rates: Sequence[float], step_s: float, *
         locust = h.start_locust(settings, work)
         while locust.started_at() is None:
             if locust.proc.poll() is not None:
-                raise h.HarnessError(f"Locust exited early; see {work / 'locust.log'}")
+                raise HarnessError(f"Locust exited early; see {work / 'locust.log'}")
             time.sleep(0.1)
         t_load0 = sampler.at_wall(locust.started_at() or 0.0)
         for i, rate in enumerate(rates):
@@ -158,7 +147,7 @@ def run_steps(ep: Endpoints, out: Path, rates: Sequence[float], step_s: float, *
         summary = locust.summary()
         t_load1 = sampler.at_wall(summary.ended_at)
         if not summary.ok:
-            raise h.HarnessError(f"producer: {summary.failed} failed, {summary.undelivered} "
+            raise HarnessError(f"producer: {summary.failed} failed, {summary.undelivered} "
                                  "undelivered")
         print(f"  load stopped (locust exit {rc}): {summary.flows:,} flows; draining ...",
               flush=True)
@@ -166,7 +155,7 @@ def run_steps(ep: Endpoints, out: Path, rates: Sequence[float], step_s: float, *
         time.sleep(1)
         drain = _drain_rate(sampler.samples, t_load1, summary.flows, dests[0])
         if not ok:
-            raise h.HarnessError("not every flow stored within the timeout")
+            raise HarnessError("not every flow stored within the timeout")
         checks = h.verify(ep, dests, run_id, summary.flows, summary.bytes_sum)
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
@@ -175,7 +164,7 @@ def run_steps(ep: Endpoints, out: Path, rates: Sequence[float], step_s: float, *
             sampler.stop()
         if outlet.alive():
             outlet.stop()
-        h.delete_topic(ep, topic)
+        delete_topic(ep, topic)
     samples = sampler.samples if sampler is not None else []
     sustained = [s for s in steps if s["verdict"] == "sustained"]
     best = max(sustained, key=lambda s: s["stored"]) if sustained else None
@@ -252,20 +241,6 @@ def _drain_rate(samples: Sequence[h.Sample], t_end: float, produced: int, dest: 
 # 2. Scale-out
 # --------------------------------------------------------------------------------------------
 
-def group_assignment(ep: Endpoints, group: str) -> list[list[int]]:
-    """Partitions of each member of the consumer group, from the broker (sorted)."""
-    from teststack import stack as stk
-
-    try:
-        admin = stk._admin(ep.kafka.bootstrap)
-        desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
-    except Exception:
-        return []
-    members = [sorted(tp.partition for tp in m.assignment.topic_partitions)
-               for m in desc.members if m.assignment is not None]
-    return sorted(members)
-
-
 def run_scaleout(ep: Endpoints, out: Path, rate: float, seconds: float, *, batch_size: int,
                  wait_time: str, partitions: int, run_ids: set[int]) -> dict[str, Any]:
     dests = BOTH
@@ -273,7 +248,7 @@ def run_scaleout(ep: Endpoints, out: Path, rate: float, seconds: float, *, batch
     work.mkdir(parents=True, exist_ok=True)
     topic = f"capacity-scaleout-{time.strftime('%H%M%S')}"
     group = f"outlet-{topic}"
-    h.prepare_tables(ep, work, dests, topic)
+    prepare_tables(ep, work, dests, topic)
     create_topic(ep, topic, partitions)
     run_id = _new_run_id(run_ids)
     count = int(rate * seconds)
@@ -301,7 +276,7 @@ def run_scaleout(ep: Endpoints, out: Path, rate: float, seconds: float, *, batch
             if len(group_assignment(ep, group)) == 2:
                 break
             time.sleep(0.5)
-        prod = ProducerThread(ep.kafka.bootstrap, topic, count, rate, run_id)
+        prod = _producer(ep, topic, count, rate, run_id)
         prod.start()
         t_prod0 = time.monotonic() - sampler.t0
         events.append((t_prod0, "load starts"))
@@ -331,8 +306,8 @@ def run_scaleout(ep: Endpoints, out: Path, rate: float, seconds: float, *, batch
         print(f"  rebalance: members' partitions {info['assignment_after']} after "
               f"{info['rebalance_s']} s", flush=True)
         prod.join()
-        if prod.error or prod.stats is None:
-            raise h.HarnessError(f"producer failed: {prod.error}")
+        if prod.error:
+            raise HarnessError(f"producer failed: {prod.error}")
         tot = prod.gen.totals()
         info["produced"] = tot.flows
         # The stopped outlet's last inserts (during its SIGTERM drain) happen after its last
@@ -357,7 +332,7 @@ def run_scaleout(ep: Endpoints, out: Path, rate: float, seconds: float, *, batch
         for o in outlets.values():
             if o.alive():
                 o.stop()
-        h.delete_topic(ep, topic)
+        delete_topic(ep, topic)
     samples = sampler.samples if sampler is not None else []
     if samples:
         _plot_scaleout(samples, events, out / "scaleout.png")
@@ -375,12 +350,12 @@ def _plot_scaleout(samples: Sequence[h.Sample], events: Sequence[tuple[float, st
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, 4))
     ts = [s.t for s in samples]
-    t, r = h.rate_series(ts, [float(s.produced) for s in samples])
+    t, r = rate_series(ts, [float(s.produced) for s in samples])
     ax.plot(t, r, color="black", lw=1.2, label="offered (Kafka)")
     for name, color in (("outlet-a", "tab:blue"), ("outlet-b", "tab:green")):
         vals = [s.outlets[name].stored.get("local", 0.0) if name in s.outlets else 0.0
                 for s in samples]
-        t, r = h.rate_series(ts, vals, span=3.0)
+        t, r = rate_series(ts, vals, span=3.0)
         ax.plot(t, r, color=color, lw=1.3, label=f"stored by {name} (local)")
     for te, label in events:
         ax.axvline(te, color="tab:red", ls=":", lw=1)
@@ -409,7 +384,7 @@ def _phase(ep: Endpoints, work: Path, mode: str, *, rate: float | None, count: i
     topic = f"capacity-{tag}-{time.strftime('%H%M%S')}"
     pdir = work / tag
     pdir.mkdir(parents=True, exist_ok=True)
-    h.prepare_tables(ep, pdir, BOTH, topic)
+    prepare_tables(ep, pdir, BOTH, topic)
     create_topic(ep, topic, partitions)
     run_id = _new_run_id(run_ids)
     outlet = h.make_outlet(ep, pdir, name="outlet", destinations=dests, topic=topic,
@@ -418,10 +393,10 @@ def _phase(ep: Endpoints, work: Path, mode: str, *, rate: float | None, count: i
     sampler: h.Sampler | None = None
     try:
         if rate is None:
-            prod = ProducerThread(ep.kafka.bootstrap, topic, count, None, run_id)
-            prod.run()
+            prod = _producer(ep, topic, count, None, run_id)
+            prod.run()  # in this thread: the backlog first
             if prod.error:
-                raise h.HarnessError(prod.error)
+                raise HarnessError(prod.error)
             outlet.start()
             sampler = h.Sampler(ep, topic, {"outlet": outlet}, dests, interval=0.25)
             sampler.base = 0  # the backlog counts as produced at t=0
@@ -432,15 +407,15 @@ def _phase(ep: Endpoints, work: Path, mode: str, *, rate: float | None, count: i
             sampler = h.Sampler(ep, topic, {"outlet": outlet}, dests, interval=0.25)
             sampler.start()
             time.sleep(1.0)
-            prod = ProducerThread(ep.kafka.bootstrap, topic, count, rate, run_id)
+            prod = _producer(ep, topic, count, rate, run_id)
             t0 = time.monotonic() - sampler.t0
             prod.start()
             prod.join()
             if prod.error:
-                raise h.HarnessError(prod.error)
+                raise HarnessError(prod.error)
         tot = prod.gen.totals()
         if not h.wait_stored(sampler, dests, tot.flows, 180, progress=False):
-            raise h.HarnessError(f"{tag}: not every flow stored within 180 s")
+            raise HarnessError(f"{tag}: not every flow stored within 180 s")
         time.sleep(0.6)
         sampler.stop()
         smp = sampler.samples
@@ -474,7 +449,7 @@ def _phase(ep: Endpoints, work: Path, mode: str, *, rate: float | None, count: i
             sampler.stop()
         if outlet.alive():
             outlet.stop()
-        h.delete_topic(ep, topic)
+        delete_topic(ep, topic)
     return res
 
 
@@ -681,53 +656,105 @@ def _yn(v: bool | None) -> str:
     return "n/a" if v is None else ("met" if v else "NOT met")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m loadtest.capacity",
-                                 description=__doc__.split("\n")[0] if __doc__ else None)
+DESCRIPTION = ("How many flows/s one outlet process sustains (offered rate stepped up), how "
+               "to size a datacenter, scale-out with two processes in one consumer group, and "
+               "the dual-write overhead at a fixed load.")
+PARTS = ("steps", "scaleout", "overhead")
+
+
+def configure(ap: argparse.ArgumentParser) -> None:
+    ap.description = DESCRIPTION
     ap.add_argument("--rates", default=",".join(f"{r // 1000}k" for r in DEFAULT_RATES),
-                    help="offered flows/s per step, comma-separated (default %(default)s)")
-    ap.add_argument("--step", type=float, default=20.0, help="seconds per step")
-    ap.add_argument("--only", default="steps,scaleout,overhead",
-                    help="parts to run: steps, scaleout, overhead")
-    ap.add_argument("--batch-size", type=int, default=50_000, help="outlet maximum-batch-size")
-    ap.add_argument("--wait-time", default="1s", help="outlet maximum-wait-time")
-    ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--scaleout-rate", type=float, default=30_000)
-    ap.add_argument("--scaleout-seconds", type=float, default=30)
-    ap.add_argument("--overhead-rate", type=float, default=40_000)
-    ap.add_argument("--overhead-seconds", type=float, default=20)
+                    help="offered flows/s per step, comma-separated (default: %(default)s)")
+    ap.add_argument("--step", type=clikit.positive_float, default=20.0, metavar="SECONDS",
+                    help="seconds per step (default: 20)")
+    ap.add_argument("--only", default=",".join(PARTS),
+                    help="parts to run, comma-separated (default: %(default)s)")
+    clikit.add_common(ap, time_scale="every phase's duration (steps, scale-out, overhead at "
+                                     "load)")
+    h.add_outlet_options(ap, partitions=4)
+    ap.add_argument("--scaleout-rate", type=float, default=30_000,
+                    help="flows/s offered during scale-out (default: 30000)")
+    ap.add_argument("--scaleout-seconds", type=float, default=30,
+                    help="length of the scale-out load (default: 30)")
+    ap.add_argument("--overhead-rate", type=float, default=40_000,
+                    help="flows/s offered in the overhead phases at load (default: 40000)")
+    ap.add_argument("--overhead-seconds", type=float, default=20,
+                    help="length of each overhead phase at load (default: 20)")
     ap.add_argument("--overhead-drain", type=int, default=1_000_000,
-                    help="backlog (flows) for the saturated comparison")
-    ap.add_argument("--overhead-rounds", type=int, default=2)
-    ap.add_argument("--datacenter-rate", type=float, default=DATACENTER_RATE)
-    ap.add_argument("--stack-dir", default=".stack")
-    ap.add_argument("--compression", default="none", choices=["none", "lz4"],
-                    help="the outlet's clickhouse.compression")
-    ap.add_argument("--report-dir", default=str(REPORT_DIR))
-    args = ap.parse_args(argv)
+                    help="backlog (flows) for the saturated comparison (default: 1000000)")
+    ap.add_argument("--overhead-rounds", type=int, default=2,
+                    help="single/dual rounds, medians reported (default: 2)")
+    ap.add_argument("--datacenter-rate", type=float, default=DATACENTER_RATE,
+                    help="flows/s of the datacenter to size (default: 300000)")
+    ap.add_argument("--report-dir", default=str(REPORT_DIR), metavar="DIR",
+                    help="where the report goes (default: reports/capacity)")
+    ap.epilog = ("Report: DIR/report.md (and report.json, steps-*.png, scaleout.png). Exit "
+                 "status: 0 done and scale-out lost and duplicated nothing, 1 not, 2 bad usage, "
+                 "refused long run or no stack.")
+
+
+def estimate_seconds(args: argparse.Namespace, parts: set[str], steps: int) -> float:
+    """A rough wall-clock length of the run (for the long-run confirmation)."""
+    total = 60.0
+    if "steps" in parts:
+        total += steps * args.step * args.time_scale + 60
+    if "scaleout" in parts:
+        total += args.scaleout_seconds * args.time_scale + 60
+    if "overhead" in parts:
+        total += args.overhead_rounds * 2 * (args.overhead_seconds * args.time_scale + 40)
+    return total
+
+
+def _verdict(report: dict[str, Any], out: Path) -> RunVerdict:
+    failures = [Failure(f"scale-out: {c['destination']}: rows == distinct == produced",
+                        f"{c['expected_rows']} rows", f"{c['rows']} rows, {c['distinct']} "
+                        f"distinct") for c in (report.get("scaleout") or {}).get("checks", [])
+                if not c["ok"]]
+    so = report.get("scaleout")
+    if so is not None and not so["ok"] and not failures:
+        failures.append(Failure("scale-out", "graceful stop, rebalance, nothing lost",
+                                so.get("error") or f"exit {so.get('outlet_b_exit')}, "
+                                f"rebalance {so.get('rebalance_s')} s"))
+    ok = not report.get("error") and not failures
+    return RunVerdict("capacity", ok, str(out / "report.md"), failures=failures,
+                      error=str(report.get("error", "")),
+                      details={"sizing": report.get("sizing"),
+                               "overhead": (report.get("overhead") or {}).get("summary")})
+
+
+def _run(args: argparse.Namespace, verdict: Verdict) -> int:
     h.OUTLET_COMPRESSION = args.compression
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
-    unknown = parts - {"steps", "scaleout", "overhead"}
+    unknown = parts - set(PARTS)
     if unknown:
-        print(f"error: unknown parts {sorted(unknown)}", file=sys.stderr)
-        return 2
+        verdict.error = f"unknown parts {sorted(unknown)}"
+        print(f"error: {verdict.error} (known: {', '.join(PARTS)})", file=sys.stderr)
+        return EXIT_USAGE
     try:
         rates = [parse_rate(r) for r in args.rates.split(",") if r.strip()]
     except ValueError as e:
-        print(f"error: --rates: {e}", file=sys.stderr)
-        return 2
+        verdict.error = f"--rates: {e}"
+        print(f"error: {verdict.error}", file=sys.stderr)
+        return EXIT_USAGE
+    if not clikit.confirm_long_run(estimate_seconds(args, parts, len(rates)),
+                                   "loadtest capacity", args.yes):
+        verdict.error = "refused: the run would last more than an hour (--yes)"
+        return EXIT_USAGE
+    ts = args.time_scale
     out = Path(args.report_dir)
     out.mkdir(parents=True, exist_ok=True)
     run_ids: set[int] = set()
     report: dict[str, Any] = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                               "batch_size": args.batch_size, "wait_time": args.wait_time,
-                              "partitions": args.partitions, "box": h.BOX_NOTE}
+                              "partitions": args.partitions, "time_scale": ts,
+                              "box": h.BOX_NOTE}
     common: dict[str, Any] = {"batch_size": args.batch_size, "wait_time": args.wait_time,
                               "partitions": args.partitions, "run_ids": run_ids}
     try:
-        with h.stack(args.stack_dir) as ep:
+        with stack_for_run(args.stack_dir) as ep:
             if "steps" in parts:
-                st = run_steps(ep, out, rates, args.step, **common)
+                st = run_steps(ep, out, rates, args.step * ts, **common)
                 report["steps"] = st
                 per_proc, per_core, basis = (st.get("sustained_flows_per_s"),
                                              st.get("sustained_flows_per_core"),
@@ -744,24 +771,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                 h.write_json(out / "report.json", report)
             if "scaleout" in parts:
                 report["scaleout"] = run_scaleout(ep, out, args.scaleout_rate,
-                                                  args.scaleout_seconds, **common)
+                                                  args.scaleout_seconds * ts, **common)
                 h.write_json(out / "report.json", report)
             if "overhead" in parts:
                 report["overhead"] = run_overhead(
-                    ep, out, args.overhead_rate, args.overhead_seconds, args.overhead_drain,
-                    rounds=args.overhead_rounds, **common)
-    except h.HarnessError as e:
+                    ep, out, args.overhead_rate, args.overhead_seconds * ts,
+                    args.overhead_drain, rounds=args.overhead_rounds, **common)
+    except HarnessError as e:  # the parts report their own failures: the stack failed
         print(f"error: {e}", file=sys.stderr)
-        report["error"] = str(e)
+        report["error"] = verdict.error = str(e)
     h.write_json(out / "report.json", report)
     (out / "report.md").write_text(markdown(report))
-    print(f"\nreport: {out / 'report.md'}\n")
     print(markdown(report))
-    ok = not report.get("error")
-    if "scaleout" in report:
-        ok = ok and bool(report["scaleout"]["ok"])
-    return 0 if ok else 1
+    print(f"\nreport: {out / 'report.md'}")
+    if verdict.error:
+        return EXIT_USAGE
+    run = _verdict(report, out)
+    verdict.runs.append(run)
+    return EXIT_PASSED if run.passed else EXIT_FAILED
+
+
+def command(args: argparse.Namespace) -> int:
+    return clikit.run_with_verdict("loadtest capacity", args, _run)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(clikit.module_main("loadtest capacity", configure, command))

@@ -1,4 +1,4 @@
-"""`make demo`: the whole pipeline for about a minute, then what it stored.
+"""``loadtest demo`` (``make demo``): the whole pipeline for about a minute, then what it stored.
 
 Starts the native stack (or reuses a healthy one), applies the schema, runs the
 outlet in dual-write (local primary + azure, through Toxiproxy), feeds it realistic
@@ -10,51 +10,52 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from pathlib import Path
 
 import yaml
 
 from flowgen.generator import FlowGenerator, GeneratorConfig
-from flowgen.producer import produce
-from teststack import verify
-from teststack.outlet_proc import (
-    OutletProcess,
-    apply_schema,
-    create_topic,
-    free_port,
-    outlet_config,
-)
-from teststack.stack import Endpoints, is_healthy, start_stack, stop_stack
+from flowgen.producer import ProducerThread
+from outlet import metrics as names
+from teststack import clikit, verify
+from teststack.kafka import create_topic
+from teststack.outlet_proc import OutletProcess, apply_schema, free_port, outlet_config
+from teststack.paths import REPORTS_DIR
+from teststack.runs import reuse_or_start
+from teststack.stack import Endpoints, stop_stack
 
 KEY_METRICS: tuple[tuple[str, dict[str, str]], ...] = (
-    ("outlet_kafka_received_messages_total", {}),
-    ("outlet_flows_received_total", {}),
-    ("outlet_decode_errors_total", {}),
-    ("outlet_batches_sealed_total", {}),
-    ("outlet_destination_flows_written_total", {"destination": "primary"}),
-    ("outlet_destination_flows_written_total", {"destination": "azure"}),
-    ("outlet_destination_insert_errors_total", {}),
-    ("outlet_destination_retries_exceeded_flows_total", {}),
-    ("outlet_kafka_consumergroup_lag_messages", {}),
+    (names.KAFKA_RECEIVED_MESSAGES_TOTAL, {}),
+    (names.FLOWS_RECEIVED_TOTAL, {}),
+    (names.DECODE_ERRORS_TOTAL, {}),
+    (names.BATCHES_SEALED_TOTAL, {}),
+    (names.DESTINATION_FLOWS_WRITTEN_TOTAL, {"destination": "primary"}),
+    (names.DESTINATION_FLOWS_WRITTEN_TOTAL, {"destination": "azure"}),
+    (names.DESTINATION_INSERT_ERRORS_TOTAL, {}),
+    (names.DESTINATION_RETRIES_EXCEEDED_FLOWS_TOTAL, {}),
+    (names.KAFKA_CONSUMERGROUP_LAG_MESSAGES, {}),
 )
+WORKDIR = REPORTS_DIR / "demo"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--seconds", type=float, default=60)
-    ap.add_argument("--rate", type=float, default=5_000, help="flows/s offered")
-    ap.add_argument("--stack-dir", default=".stack")
-    ap.add_argument("--workdir", default="reports/demo")
-    args = ap.parse_args(argv)
+def configure(ap: argparse.ArgumentParser) -> None:
+    ap.description = ("The main job for about a minute: stack, schema, the outlet in dual-write "
+                      "(local + azure, through Toxiproxy) on realistic flows, then what it "
+                      "stored, a sample of enriched rows and key metrics.")
+    ap.add_argument("--seconds", type=float, default=60,
+                    help="how long flows are produced (default: 60)")
+    ap.add_argument("--rate", type=float, default=5_000,
+                    help="flows/s offered (default: 5000)")
+    clikit.add_stack_dir(ap)
+    ap.add_argument("--workdir", default=str(WORKDIR), metavar="DIR",
+                    help="outlet config, state and log (default: reports/demo)")
 
-    reused = is_healthy(args.stack_dir)
-    print(
-        "== stack:",
-        "reusing the running one" if reused else "starting (Kafka, Toxiproxy, 2 ClickHouse)",
-    )
-    ep = Endpoints.load(args.stack_dir) if reused else start_stack(args.stack_dir)
+
+def command(args: argparse.Namespace) -> int:
+    ep, started_stack = reuse_or_start(args.stack_dir)  # prints when it starts one
+    print("== stack:", "started (Kafka, Toxiproxy, 2 ClickHouse)" if started_stack
+          else "reusing the running one")
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     outlet: OutletProcess | None = None
@@ -85,11 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         outlet.start()
         print(f"== outlet running (log {outlet.log_path}, metrics {outlet.http}/metrics)")
         total = int(args.rate * args.seconds)
-        producer = threading.Thread(
-            target=produce,
-            args=(ep.kafka.bootstrap, topic, gen.records(total), args.rate),
-            daemon=True,
-        )
+        producer = ProducerThread(ep.kafka.bootstrap, topic, gen.records(total), args.rate)
         started = time.monotonic()
         producer.start()
         print(f"== producing {total:,} flows at {args.rate:,.0f} flows/s for {args.seconds:.0f}s")
@@ -98,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             local = verify.count_rows(ep.clickhouse["local"])
             azure = verify.count_rows(ep.clickhouse["azure"])
             print(f"   t={time.monotonic() - started:5.1f}s  local {local:>9,}  azure {azure:>9,}")
+        if producer.error:
+            print(f"== producer failed: {producer.error}", file=sys.stderr)
+            return 1
         verify.wait_rows(ep.clickhouse["local"], total, 60)
         verify.wait_rows(ep.clickhouse["azure"], total, 60)
         elapsed = time.monotonic() - started
@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         if outlet is not None:
             code = outlet.stop()
             print(f"== outlet stopped (exit {code})")
-        if not reused:
-            stop_stack(args.stack_dir)
+        if started_stack:
+            stop_stack(Path(args.stack_dir).resolve())
             print("== stack stopped")
 
 
@@ -144,4 +144,4 @@ def report(ep: Endpoints, outlet: OutletProcess, total: int, elapsed: float) -> 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(clikit.module_main("loadtest demo", configure, command))

@@ -1,6 +1,7 @@
-"""Shared machinery of ``make load`` and ``make capacity``: the stack, a fresh topic, outlet
-subprocesses, a Locust subprocess, a 2 Hz sampler of the outlet's metrics and of Kafka, and
-the arithmetic on the samples (rates, histogram percentiles, end-to-end latency).
+"""Shared machinery of ``loadtest run`` and ``loadtest capacity``: outlet subprocesses, a
+Locust subprocess, a 2 Hz sampler of the outlet's metrics and of Kafka, and the arithmetic
+on the samples (histogram percentiles, end-to-end latency). The stack, topics, tables,
+rates and metric parsing are the teststack's (shared with the chaos harness).
 
 This module never imports Locust (Locust monkey-patches the process with gevent): Locust
 runs as its own process (``python -m locust -f loadtest/locustfile.py --headless ...``), as
@@ -9,91 +10,60 @@ does each outlet.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
-import logging
 import math
 import os
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
-import yaml
 
 from flowgen.generator import unique_rows_sql_filter
 from loadtest.loadgen import LoadSettings, RunSummary
-from teststack import stack as stk
-from teststack.outlet_proc import OutletProcess, apply_schema, free_port, outlet_config
+from outlet import metrics as names
+from teststack import promtext
+from teststack.kafka import Watermarks
+from teststack.outlet_proc import OutletProcess, destination_label, free_port, outlet_config
+from teststack.paths import PROJECT_ROOT
+from teststack.runs import HarnessError
+from teststack.sampling import PeriodicSampler
 from teststack.stack import Endpoints
-from teststack.verify import TableStats, reset_table, table_stats
+from teststack.verify import TableStats, table_stats
 
-log = logging.getLogger("loadtest.harness")
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-DEST_LABEL = {"local": "primary"}  # the outlet labels its first destination "primary"
 BOX_NOTE = ("Measured on a 2-core machine where the Locust producer, the outlet, the Kafka "
             "broker and both ClickHouse servers (chDB) share the same two cores: absolute "
             "numbers are far below what a dedicated outlet host reaches; ratios and the method "
             "carry over.")
 
 
-class HarnessError(RuntimeError):
-    pass
-
-
-def dest_label(dest: str, destinations: Sequence[str]) -> str:
-    """The outlet's ``destination`` label: ``primary`` for the first one, else its name."""
-    return "primary" if dest == destinations[0] else dest
-
-
-# --------------------------------------------------------------------------------------------
-# Stack, topic, schema
-# --------------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def stack(stack_dir: str | Path) -> Iterator[Endpoints]:
-    """Reuse a healthy stack in ``stack_dir`` or start one there (stopped at exit)."""
-    sdir = Path(stack_dir)
-    if stk.is_healthy(sdir):
-        yield Endpoints.load(sdir)
-        return
-    print(f"starting the stack in {sdir} ...", flush=True)
-    try:
-        ep = stk.start_stack(sdir)
-    except stk.StackError as e:
-        raise HarnessError(f"stack start failed: {e}\n{e.log_tail(30)}") from None
-    try:
-        yield ep
-    finally:
-        stk.stop_stack(sdir)
-
-
-
-def delete_topic(ep: Endpoints, topic: str) -> None:
-    with contextlib.suppress(Exception):
-        admin = stk._admin(ep.kafka.bootstrap)
-        admin.delete_topics([topic], operation_timeout=10)[topic].result(timeout=15)
-
-
-def prepare_tables(ep: Endpoints, workdir: Path, destinations: Sequence[str], topic: str) -> None:
-    """``outlet schema apply`` on the direct URLs, then empty the flows tables."""
-    cfg = outlet_config(ep, state_path=str(workdir / "schema-state"), http_port=0,
-                        destinations=destinations, proxied=False, topic=topic)
-    path = workdir / "schema.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    apply_schema(path)
-    for d in destinations:
-        reset_table(ep.clickhouse[d])
-
-
 # clickhouse.compression for every outlet the harness starts (`--compression` of the CLIs).
 OUTLET_COMPRESSION = "none"
+
+
+def add_outlet_options(ap: argparse.ArgumentParser, *, wait_time: bool = True,
+                       partitions: int | bool | None = None) -> None:
+    """The outlet settings every load command takes (``partitions``: the default of
+    ``--partitions``, None = the stack's; False: no such option)."""
+    ap.add_argument("--batch-size", type=int, default=50_000,
+                    help="outlet clickhouse.maximum-batch-size (default: 50000)")
+    if wait_time:
+        ap.add_argument("--wait-time", default="1s",
+                        help="outlet clickhouse.maximum-wait-time (default: 1s)")
+    if partitions is not False:
+        shown = "the stack's, 4" if partitions is None else partitions
+        ap.add_argument("--partitions", type=int, default=partitions,
+                        help=f"partitions of each topic (default: {shown})")
+    ap.add_argument("--compression", default="none", choices=["none", "lz4"],
+                    help="outlet clickhouse.compression: lz4 compresses each batch once for "
+                         "every destination (default: none)")
 
 
 def make_outlet(ep: Endpoints, workdir: Path, *, name: str, destinations: Sequence[str],
@@ -110,44 +80,10 @@ def make_outlet(ep: Endpoints, workdir: Path, *, name: str, destinations: Sequen
 
 
 # --------------------------------------------------------------------------------------------
-# Kafka watermarks
-# --------------------------------------------------------------------------------------------
-
-class Watermarks:
-    """Sum of the topic's high watermarks (= records produced) through one consumer."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        from confluent_kafka import Consumer, TopicPartition
-
-        self._tp = TopicPartition
-        self.topic = topic
-        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"wm-{topic}",
-                           "enable.auto.commit": False, "socket.timeout.ms": 5000},
-                          logger=logging.getLogger("loadtest.librdkafka"))
-        md = self.c.list_topics(topic, timeout=10).topics[topic]
-        self.partitions = sorted(md.partitions)
-
-    def per_partition(self) -> dict[int, int]:
-        out = {}
-        for p in self.partitions:
-            _low, high = self.c.get_watermark_offsets(self._tp(self.topic, p), timeout=5,
-                                                      cached=False)
-            out[p] = int(high)
-        return out
-
-    def total(self) -> int:
-        return sum(self.per_partition().values())
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.c.close()
-
-
-# --------------------------------------------------------------------------------------------
 # Sampling
 # --------------------------------------------------------------------------------------------
 
-HIST = "outlet_destination_insert_duration_seconds"
+HIST = names.DESTINATION_INSERT_DURATION_SECONDS
 
 
 @dataclass
@@ -195,60 +131,31 @@ def scrape_outlet(o: OutletProcess, destinations: Sequence[str], cpu_base: float
         with contextlib.suppress(psutil.Error):
             ct = psutil.Process(o.proc.pid).cpu_times()
             cpu = ct.user + ct.system
-    labels = {dest_label(d, destinations): d for d in destinations}
-    stored: dict[str, float] = {}
-    hist: dict[str, dict[float, float]] = {d: {} for d in destinations}
-    hsum: dict[str, float] = {}
-    lag = 0.0
-    received = 0.0
-    for key, value in metrics.items():
-        base, _, rest = key.partition("{")
-        if base == "outlet_destination_flows_written_total":
-            lab = _label(rest, "destination")
-            if lab in labels:
-                stored[labels[lab]] = value
-        elif base == "outlet_kafka_consumergroup_lag_messages":
-            lag += value
-        elif base == "outlet_flows_received_total":
-            received = value
-        elif base == HIST + "_bucket":
-            lab = _label(rest, "destination")
-            le = _label(rest, "le")
-            if lab in labels and le:
-                hist[labels[lab]][math.inf if le == "+Inf" else float(le)] = value
-        elif base == HIST + "_sum":
-            lab = _label(rest, "destination")
-            if lab in labels:
-                hsum[labels[lab]] = value
+    labels = {d: destination_label(d, destinations) for d in destinations}
+    written = promtext.by_label(metrics, names.DESTINATION_FLOWS_WRITTEN_TOTAL, "destination")
+    hist_sum = promtext.by_label(metrics, HIST + "_sum", "destination")
+    stored = {d: written[lab] for d, lab in labels.items() if lab in written}
+    hist = {d: promtext.histogram_buckets(metrics, HIST, destination=lab)
+            for d, lab in labels.items()}
+    hsum = {d: hist_sum[lab] for d, lab in labels.items() if lab in hist_sum}
+    lag = promtext.metric_value(metrics, names.KAFKA_CONSUMERGROUP_LAG_MESSAGES)
+    received = promtext.metric_value(metrics, names.FLOWS_RECEIVED_TOTAL)
     return OutletSample(stored, received, lag, cpu, alive, hist, hsum)
 
 
-def _label(rest: str, name: str) -> str:
-    key = f'{name}="'
-    i = rest.find(key)
-    if i < 0:
-        return ""
-    j = rest.find('"', i + len(key))
-    return rest[i + len(key):j]
-
-
-class Sampler(threading.Thread):
+class Sampler(PeriodicSampler[Sample]):
     """Scrapes every outlet and the Kafka watermarks every ``interval`` seconds."""
 
     def __init__(self, ep: Endpoints, topic: str, outlets: dict[str, OutletProcess],
                  destinations: Sequence[str], interval: float = 0.5) -> None:
-        super().__init__(name="sampler", daemon=True)
+        super().__init__(interval, name="sampler")
         self.outlets = outlets
         self.destinations = list(destinations)
-        self.interval = interval
         self.wm = Watermarks(ep.kafka.bootstrap, topic)
         self.base = self.wm.total()
-        self.samples: list[Sample] = []
-        self.stop_event = threading.Event()
         self.t0 = time.monotonic()
         self.t0_wall = time.time()
         self._cpu: dict[str, float] = {}
-        self.lock = threading.Lock()
 
     def sample(self) -> Sample:
         produced = self.wm.total() - self.base
@@ -262,33 +169,15 @@ class Sampler(threading.Thread):
                     s = OutletSample(prev.stored, prev.received, 0.0, prev.cpu, False,
                                      prev.hist, prev.hist_sum)
             outs[name] = s
-        smp = Sample(time.monotonic() - self.t0, produced, outs)
-        with self.lock:
-            self.samples.append(smp)
-        return smp
+        return Sample(time.monotonic() - self.t0, produced, outs)
 
-    def run(self) -> None:
-        nxt = time.monotonic()
-        while not self.stop_event.is_set():
-            try:
-                self.sample()
-            except Exception:  # a scrape failing must not end sampling
-                log.debug("sample failed", exc_info=True)
-            nxt += self.interval
-            self.stop_event.wait(max(0.0, nxt - time.monotonic()))
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.join(10)
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
         self.wm.close()
 
     def at_wall(self, unix_time: float) -> float:
         """Sampler time of a wall-clock (``time.time()``) instant."""
         return unix_time - self.t0_wall
-
-    def last(self) -> Sample | None:
-        with self.lock:
-            return self.samples[-1] if self.samples else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -440,22 +329,6 @@ def verify(ep: Endpoints, destinations: Sequence[str], run_id: int, expected_row
 # Arithmetic on samples
 # --------------------------------------------------------------------------------------------
 
-def rate_series(ts: Sequence[float], values: Sequence[float], span: float = 2.0
-                ) -> tuple[list[float], list[float]]:
-    """Per-second rate of a cumulative series over a sliding ``span`` (batches arrive in
-    steps: a 0.5 s derivative would be all spikes)."""
-    out_t: list[float] = []
-    out_r: list[float] = []
-    j = 0
-    for i in range(1, len(ts)):
-        while ts[i] - ts[j] > span and j < i - 1:
-            j += 1
-        if ts[i] > ts[j]:
-            out_t.append((ts[i] + ts[j]) / 2)
-            out_r.append(max(0.0, (values[i] - values[j]) / (ts[i] - ts[j])))
-    return out_t, out_r
-
-
 def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
     """Prometheus-style quantile from cumulative buckets {le: count} (linear within the
     bucket; None without observations; the highest finite bound if it falls in +Inf)."""
@@ -474,11 +347,6 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
             return prev_le + (le - prev_le) * (rank - prev_c) / (c - prev_c)
         prev_le, prev_c = le, c
     return prev_le
-
-
-def hist_delta(a: dict[float, float] | None, b: dict[float, float]) -> dict[float, float]:
-    a = a or {}
-    return {le: c - a.get(le, 0.0) for le, c in b.items()}
 
 
 def latency_percentiles(buckets: dict[float, float], hist_sum: float | None = None
@@ -536,23 +404,6 @@ def end_to_end_latency(ts: Sequence[float], produced: Sequence[float], stored: S
         return round(lat[min(len(lat) - 1, int(q * len(lat)))], 2)
 
     return {"p50": pct(0.5), "p99": pct(0.99), "max": round(lat[-1], 2)}
-
-
-@dataclass
-class Phase:
-    """A time window of a run, for averages (stored flows/s, CPU)."""
-
-    name: str
-    t0: float
-    t1: float
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def window(samples: Sequence[Sample], t0: float, t1: float) -> tuple[Sample, Sample] | None:
-    inside = [s for s in samples if t0 <= s.t <= t1]
-    if len(inside) < 2:
-        return None
-    return inside[0], inside[-1]
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -9,7 +9,6 @@ no locks: they are only touched between gevent switch points.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections import deque
@@ -19,12 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from flowgen.generator import FlowGenerator, GeneratorConfig, Totals
+from flowgen.producer import ProduceStats
+from flowgen.producer import encode_chunk_for as encode_chunk_for  # re-exported for Locust
 from loadtest.profile import DEFAULT_FLOWS_PER_USER, DEFAULT_MAX_USERS, Profile, load_profile
 
 ENV_PREFIX = "LOADTEST_"
+
+
 @dataclass(frozen=True)
 class LoadSettings:
-    """What one Locust process produces, from ``LOADTEST_*`` environment variables."""
+    """What one Locust process produces, from ``LOADTEST_*`` environment variables.
+
+    ``time_scale`` multiplies the replay's duration (2 = twice as long), ``rate_scale`` every
+    rate, as ``--time-scale`` / ``--rate-scale`` of ``loadtest run``."""
 
     bootstrap: str
     topic: str = "flows"
@@ -153,20 +159,11 @@ class FlowSource:
 
 
 @dataclass
-class DeliveryStats:
-    enqueued: int = 0
-    delivered: int = 0
-    failed: int = 0
-    batches: int = 0
-    errors: list[str] = field(default_factory=list)
+class DeliveryStats(ProduceStats):
+    """What the Locust users enqueued, and what librdkafka says it delivered."""
 
-    def on_delivery(self, err: Any, _msg: Any) -> None:
-        if err is None:
-            self.delivered += 1
-        else:
-            self.failed += 1
-            if len(self.errors) < 10:
-                self.errors.append(str(err))
+    enqueued: int = 0
+    batches: int = 0
 
 
 @dataclass
@@ -205,8 +202,3 @@ class RunSummary:
     @property
     def ok(self) -> bool:
         return self.failed == 0 and self.undelivered == 0 and self.pending == 0
-
-
-def encode_chunk_for(rate: float) -> int:
-    """Generator encode chunk: "now" timestamps are taken per chunk, keep chunks <= ~50 ms."""
-    return max(256, min(4096, math.ceil(max(rate, 1.0) / 20)))

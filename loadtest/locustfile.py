@@ -3,7 +3,8 @@
     LOADTEST_BOOTSTRAP=127.0.0.1:9092 LOADTEST_PROFILE=steady \\
         locust -f loadtest/locustfile.py --headless --csv out/locust --html out/locust.html
 
-``make load`` (``python -m loadtest.run``) does this for you, with the outlet and the report.
+``loadtest run PROFILE`` (``make load PROFILE=...``) does this for you, with the outlet and the
+report.
 
 * :class:`KafkaFlowUser` is a plain Locust ``User`` holding a confluent-kafka ``Producer``.
   Each task iteration takes up to ``LOADTEST_BATCH`` flows from the shared pacing bucket,
@@ -33,7 +34,7 @@ from locust import LoadTestShape, User, events, task
 from locust.env import Environment
 
 from flowgen.generator import generator_config
-from flowgen.producer import DEFAULT_PRODUCER_CONFIG
+from flowgen.producer import make_producer
 from loadtest.loadgen import (
     DeliveryStats,
     FlowSource,
@@ -61,10 +62,8 @@ FINAL_FLUSH_S = 60.0
 
 
 def _new_producer() -> Producer:
-    conf: dict[str, Any] = {"bootstrap.servers": SETTINGS.bootstrap, **DEFAULT_PRODUCER_CONFIG,
-                            "on_delivery": STATS.on_delivery, "linger.ms": 10,
-                            **SETTINGS.producer_config}
-    p = Producer(conf)
+    p = make_producer(SETTINGS.bootstrap, {"on_delivery": STATS.on_delivery, "linger.ms": 10,
+                                           **SETTINGS.producer_config})
     PRODUCERS.append(p)
     return p
 
@@ -135,7 +134,8 @@ class KafkaFlowUser(User):
 
 
 class ProfileShape(LoadTestShape):
-    """Replays ``LOADTEST_PROFILE`` (scaled by ``LOADTEST_TIME_SCALE``/``RATE_SCALE``)."""
+    """Replays ``LOADTEST_PROFILE`` (``LOADTEST_TIME_SCALE`` multiplies its duration,
+    ``LOADTEST_RATE_SCALE`` its rates)."""
 
     def tick(self) -> tuple[int, float] | None:
         PACER.start()

@@ -5,9 +5,9 @@ A profile is a YAML file in ``loadtest/profiles/``::
     name: diurnal                    # optional (default: the file name)
     description: one day of traffic  # optional
     interpolation: linear            # step (hold each point's rate) | linear (default: step)
-    time-scale: 1440                 # profile seconds per wall-clock second (24 h -> 60 s)
-    rate-scale: 1.0                  # multiplier applied to every rate (default 1)
     duration: 24h                    # profile time; default: the last point's time
+    replay-duration: 60s             # wall-clock length of the replay (default: duration)
+    rate-scale: 1.0                  # multiplier applied to every rate (default 1)
     generator:                       # optional GeneratorConfig overrides (see generator.py)
       exporters: 16
       ipv6-share: 0.3
@@ -15,13 +15,19 @@ A profile is a YAML file in ``loadtest/profiles/``::
       - [0s, 20k]                    # time: 90s, 1m30s, 1h, or HH:MM[:SS]; rate: 20000, 20k, 1.5M
       - {at: "06:00", rate: 60k}
 
+Every key is declared once below with the config machinery of ``outlet/confspec`` (the
+same kinds, duration grammar, unknown-key hints and ``key.path: problem`` errors as the
+outlet's config and the chaos scenarios).
+
 ``rate_at(t)`` is the profile's rate at profile time ``t``: with ``step`` each point's rate
 holds until the next point; with ``linear`` the rate moves linearly between points. After
 the last point the last rate holds until ``duration``. The first point must be at 0.
 
-The wall-clock run lasts ``duration / time_scale``; :class:`Schedule` maps wall-clock run
-time to the offered rate and the number of Locust users, without importing Locust (the unit
-tests import it; importing Locust monkey-patches the process with gevent).
+The replay lasts ``replay-duration x time_scale`` wall-clock seconds: ``--time-scale`` /
+``TIME_SCALE`` multiplies durations, as everywhere in the harnesses (2 = twice as long,
+0.1 = a ten-times-shorter smoke run). :class:`Schedule` maps wall-clock run time to the
+offered rate and the number of Locust users, without importing Locust (the unit tests
+import it; importing Locust monkey-patches the process with gevent).
 """
 
 from __future__ import annotations
@@ -29,32 +35,47 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
 from flowgen.generator import generator_config
-from outlet.config import parse_duration
+from outlet.confspec import (
+    Invalid,
+    Kind,
+    Number,
+    Problems,
+    Section,
+    SpecError,
+    Str,
+    Where,
+    load_yaml,
+    parse,
+    parse_duration,
+    setting,
+    show,
+)
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 
 Interpolation = Literal["step", "linear"]
-_KEYS = ("name", "description", "interpolation", "time-scale", "rate-scale", "duration",
-         "generator", "points")
 _CLOCK = re.compile(r"^(\d{1,3}):([0-5]\d)(?::([0-5]\d(?:\.\d+)?))?$")
 _RATE = re.compile(r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([kKmM]?)$")
 
 
-class ProfileError(ValueError):
+class ProfileError(SpecError):
     """A profile file is invalid; ``errors`` lists every problem with its location."""
 
+    what = "profile"
+
     def __init__(self, errors: Sequence[str], source: str = "") -> None:
-        self.errors = list(errors)
-        self.source = source
-        where = f"{source}: " if source else ""
-        super().__init__(where + "; ".join(self.errors))
+        super().__init__(errors, source)
+
+    def __str__(self) -> str:
+        where = f"{self.source}: " if self.source else ""
+        return where + "; ".join(self.errors)
 
 
 def parse_time(v: object) -> float:
@@ -84,25 +105,115 @@ def parse_rate(v: object) -> float:
     return rate
 
 
+class _Time(Kind[float]):
+    """Profile time: a duration or ``HH:MM[:SS]``."""
+
+    type_doc = "time (90s, 1m30s, 2h, HH:MM[:SS])"
+
+    def __init__(self, *, positive: bool = False) -> None:
+        super().__init__()
+        self.positive = positive
+
+    def convert(self, raw: object) -> float:
+        try:
+            t = parse_time(raw)
+        except ValueError as e:
+            raise Invalid(f"{show(raw)} is invalid ({e})") from None
+        if self.positive and t <= 0:
+            raise Invalid(f"must be > 0, got {show(raw)}")
+        return t
+
+
+class _Points(Kind[tuple[tuple[float, float], ...]]):
+    type_doc = "list of [time, flows/s]"
+
+    def parse(self, raw: object, at: Where, default: Any) -> tuple[tuple[float, float], ...]:
+        if not isinstance(raw, list) or not raw:
+            raise Invalid("a non-empty list of [time, flows/s] pairs is needed")
+        points: list[tuple[float, float]] = []
+        for i, pt in enumerate(raw):
+            where = at.child(i)
+            if isinstance(pt, dict) and set(pt) <= {"at", "rate"} and len(pt) == 2:
+                t_raw, r_raw = pt["at"], pt["rate"]
+            elif isinstance(pt, list | tuple) and len(pt) == 2:
+                t_raw, r_raw = pt
+            else:
+                where.report(f"expected [time, flows/s] or {{at: time, rate: flows/s}}, "
+                             f"got {pt!r}")
+                continue
+            try:
+                t = parse_time(t_raw)
+            except ValueError as e:
+                where.report(f"time {t_raw!r} is invalid ({e})")
+                continue
+            try:
+                r = parse_rate(r_raw)
+            except ValueError as e:
+                where.report(f"rate {r_raw!r} is invalid ({e})")
+                continue
+            points.append((t, r))
+        return tuple(points)
+
+
+class _Generator(Kind[dict[str, Any]]):
+    type_doc = "mapping"
+
+    def convert(self, raw: object) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise Invalid("must be a mapping")
+        try:
+            generator_config(raw)
+        except (TypeError, ValueError) as e:
+            raise Invalid(str(e)) from None
+        return dict(raw)
+
+
+class _Text(Kind[str]):
+    type_doc = "text"
+
+    def convert(self, raw: object) -> str:
+        return str(raw)
+
+
 @dataclass(frozen=True)
 class Profile:
     """A validated load profile (times in profile seconds, rates in flows/s)."""
 
-    name: str
-    points: tuple[tuple[float, float], ...]
-    interpolation: Interpolation = "step"
-    time_scale: float = 1.0
-    rate_scale: float = 1.0
-    duration: float = 0.0  # profile seconds; 0 -> last point's time
-    description: str = ""
-    generator: Mapping[str, Any] = field(default_factory=dict)
+    name: str = setting("profile", Str(nonempty=True), default_doc="the file name")
+    description: str = setting("", _Text())
+    interpolation: Interpolation = setting(
+        "step", Str(choices=("step", "linear"), problem="must be 'step' or 'linear', not {got}"),
+        doc="step: hold each point's rate until the next; linear: move linearly between them")
+    duration: float = setting(0.0, _Time(), default_doc="the last point's time",
+                              doc="profile time")
+    replay_duration: float = setting(
+        0.0, _Time(positive=True), default_doc="`duration`",
+        doc="wall-clock length of the replay (at time scale 1): profile time is compressed "
+            "or stretched to fit")
+    rate_scale: float = setting(1.0, Number(above=0), doc="multiplier on every rate")
+    generator: Mapping[str, Any] = setting({}, _Generator(),
+                                           doc="generator overrides (kebab- or snake-case)")
+    points: tuple[tuple[float, float], ...] = setting(
+        (), _Points(), required="a non-empty list of [time, flows/s] pairs is needed")
+    time_scale: float = 1.0  # --time-scale: multiplies the replay's wall-clock duration
     source: str = ""
 
+    __hints__: ClassVar[dict[str, str]] = {
+        "time-scale": "a profile says how long its replay lasts: replay-duration (e.g. 60s); "
+                      "the time scale is a command-line setting (--time-scale, TIME_SCALE) "
+                      "that multiplies it",
+    }
+
+    @classmethod
+    def __check__(cls, s: Section) -> None:
+        raw_points = s.raw("points")
+        if isinstance(raw_points, list) and len(s["points"]) < len(raw_points):
+            return  # bad points already reported: their order and duration mean nothing yet
+        for key, problem in _problems(s["points"], s["duration"]):
+            s.report(key, problem)
+
     def __post_init__(self) -> None:
-        errors = _validate(self)
-        if errors:
-            raise ProfileError(errors, self.source)
-        if self.duration == 0:
+        if self.duration == 0 and self.points:
             object.__setattr__(self, "duration", self.points[-1][0])
 
     # -- profile time --------------------------------------------------------------------
@@ -139,19 +250,24 @@ class Profile:
     # -- wall-clock time -----------------------------------------------------------------
     @property
     def wall_duration(self) -> float:
-        """Seconds the replay lasts."""
-        return self.duration / self.time_scale
+        """Seconds the replay lasts: ``replay-duration`` (default ``duration``) x time scale."""
+        return (self.replay_duration or self.duration) * self.time_scale
+
+    @property
+    def speedup(self) -> float:
+        """Profile seconds per wall-clock second."""
+        return self.duration / self.wall_duration
 
     def rate_at_wall(self, run_time: float) -> float:
-        return self.rate_at(run_time * self.time_scale)
+        return self.rate_at(run_time * self.speedup)
 
     def total_flows(self) -> float:
         """Flows the whole replay offers (wall-clock integral of the rate)."""
-        step = max(self.duration / 200_000, 0.001 * self.time_scale)
-        return self.flows_between(0.0, self.duration, step) / self.time_scale
+        step = max(self.duration / 200_000, 0.001 * self.speedup)
+        return self.flows_between(0.0, self.duration, step) / self.speedup
 
     def scaled(self, time_scale: float = 1.0, rate_scale: float = 1.0) -> Profile:
-        """A copy whose replay runs ``time_scale`` times faster and offers ``rate_scale``
+        """A copy whose replay lasts ``time_scale`` times longer and offers ``rate_scale``
         times the flows/s."""
         if not (time_scale > 0 and math.isfinite(time_scale)):
             raise ProfileError(["time scale must be > 0"], self.source)
@@ -163,108 +279,47 @@ class Profile:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "description": self.description,
-            "interpolation": self.interpolation, "time-scale": self.time_scale,
-            "rate-scale": self.rate_scale, "duration": self.duration,
+            "interpolation": self.interpolation, "duration": self.duration,
+            "replay-duration": self.replay_duration or self.duration,
+            "time-scale": self.time_scale, "wall-duration": self.wall_duration,
+            "speedup": self.speedup, "rate-scale": self.rate_scale,
             "generator": dict(self.generator),
             "points": [[t, r] for t, r in self.points],
         }
 
 
-def _validate(p: Profile) -> list[str]:
-    errors: list[str] = []
-    if p.interpolation not in ("step", "linear"):
-        errors.append(f"interpolation: must be 'step' or 'linear', not {p.interpolation!r}")
-    if not (p.time_scale > 0 and math.isfinite(p.time_scale)):
-        errors.append("time-scale: must be > 0")
-    if not (p.rate_scale > 0 and math.isfinite(p.rate_scale)):
-        errors.append("rate-scale: must be > 0")
-    if not p.points:
-        errors.append("points: at least one point is needed")
-        return errors
-    if p.points[0][0] != 0:
-        errors.append(f"points[0]: the first point must be at time 0, not {p.points[0][0]:g}s")
-    for i in range(1, len(p.points)):
-        if p.points[i][0] <= p.points[i - 1][0]:
-            errors.append(f"points[{i}]: time {p.points[i][0]:g}s is not after the previous "
-                          f"point ({p.points[i - 1][0]:g}s)")
-    last = p.points[-1][0]
-    if p.duration < 0 or not math.isfinite(p.duration):
-        errors.append("duration: must be >= 0")
-    elif p.duration and p.duration < last:
-        errors.append(f"duration: {p.duration:g}s ends before the last point ({last:g}s)")
-    elif p.duration == 0 and last == 0:
-        errors.append("duration: needed when the profile has a single point")
-    if all(r == 0 for _, r in p.points):
-        errors.append("points: every rate is 0")
-    return errors
+def _problems(points: Sequence[tuple[float, float]], duration: float
+              ) -> list[tuple[str, str]]:
+    """(key, problem) of a profile whose points and duration are each valid."""
+    if not points:
+        return [("points", "at least one point is needed")]
+    out: list[tuple[str, str]] = []
+    if points[0][0] != 0:
+        out.append(("points[0]", f"the first point must be at time 0, not {points[0][0]:g}s"))
+    for i in range(1, len(points)):
+        if points[i][0] <= points[i - 1][0]:
+            out.append((f"points[{i}]", f"time {points[i][0]:g}s is not after the previous "
+                                        f"point ({points[i - 1][0]:g}s)"))
+    last = points[-1][0]
+    if duration and duration < last:
+        out.append(("duration", f"{duration:g}s ends before the last point ({last:g}s)"))
+    elif duration == 0 and last == 0:
+        out.append(("duration", "needed when the profile has a single point"))
+    if all(r == 0 for _, r in points):
+        out.append(("points", "every rate is 0"))
+    return out
 
 
 def parse_profile(data: object, name: str = "", source: str = "") -> Profile:
     """A profile from its YAML mapping; raises :class:`ProfileError` listing every problem."""
-    errors: list[str] = []
     if not isinstance(data, dict):
         raise ProfileError(["the profile must be a mapping"], source)
-    for key in data:
-        if key not in _KEYS:
-            errors.append(f"{key}: unknown key (known: {', '.join(_KEYS)})")
-
-    def num(key: str, default: float, parser: Any = float) -> float:
-        if key not in data:
-            return default
-        try:
-            v = parser(data[key])
-            if isinstance(data[key], bool):
-                raise ValueError
-            return float(v)
-        except (TypeError, ValueError) as e:
-            errors.append(f"{key}: {data[key]!r} is invalid" + (f" ({e})" if str(e) else ""))
-            return default
-
-    time_scale = num("time-scale", 1.0)
-    rate_scale = num("rate-scale", 1.0)
-    duration = num("duration", 0.0, parse_time)
-    interpolation = data.get("interpolation", "step")
-    generator = data.get("generator") or {}
-    if not isinstance(generator, dict):
-        errors.append("generator: must be a mapping")
-        generator = {}
-    else:
-        try:
-            generator_config(generator)
-        except (TypeError, ValueError) as e:
-            errors.append(f"generator: {e}")
-    points: list[tuple[float, float]] = []
-    raw = data.get("points")
-    if not isinstance(raw, list) or not raw:
-        errors.append("points: a non-empty list of [time, flows/s] pairs is needed")
-        raw = []
-    for i, pt in enumerate(raw):
-        if isinstance(pt, dict) and set(pt) <= {"at", "rate"} and len(pt) == 2:
-            at, rate = pt["at"], pt["rate"]
-        elif isinstance(pt, list | tuple) and len(pt) == 2:
-            at, rate = pt
-        else:
-            errors.append(f"points[{i}]: expected [time, flows/s] or {{at: time, rate: "
-                          f"flows/s}}, got {pt!r}")
-            continue
-        try:
-            t = parse_time(at)
-        except ValueError as e:
-            errors.append(f"points[{i}]: time {at!r} is invalid ({e})")
-            continue
-        try:
-            r = parse_rate(rate)
-        except ValueError as e:
-            errors.append(f"points[{i}]: rate {rate!r} is invalid ({e})")
-            continue
-        points.append((t, r))
-    if errors:
-        raise ProfileError(errors, source)
-    return Profile(
-        name=str(data.get("name") or name or "profile"),
-        description=str(data.get("description") or ""),
-        interpolation=interpolation, time_scale=time_scale, rate_scale=rate_scale,
-        duration=duration, generator=dict(generator), points=tuple(points), source=source)
+    problems = Problems()
+    profile = parse(Profile, data, problems, defaults=Profile(name=name or "profile",
+                                                               source=source))
+    if problems:
+        raise ProfileError(problems.errors, source)
+    return profile
 
 
 def load_profile(name_or_path: str | Path) -> Profile:
@@ -276,9 +331,11 @@ def load_profile(name_or_path: str | Path) -> Profile:
         known = ", ".join(available_profiles()) or "none"
         raise ProfileError([f"no profile {name_or_path!r} (known: {known})"])
     try:
-        data = yaml.safe_load(path.read_text())
+        data, duplicates = load_yaml(path.read_text())
     except yaml.YAMLError as e:
         raise ProfileError([f"invalid YAML: {e}"], str(path)) from None
+    if duplicates:
+        raise ProfileError(duplicates, str(path))
     return parse_profile(data, name=path.stem, source=str(path))
 
 
@@ -288,10 +345,13 @@ def available_profiles() -> list[str]:
 
 def step_profile(rates: Sequence[float], step_seconds: float, name: str = "capacity-steps"
                  ) -> Profile:
-    """A staircase: each rate held for ``step_seconds`` (used by ``make capacity``)."""
-    return Profile(name=name, interpolation="step",
-                   points=tuple((i * step_seconds, float(r)) for i, r in enumerate(rates)),
-                   duration=len(rates) * step_seconds,
+    """A staircase: each rate held for ``step_seconds`` (used by ``loadtest capacity``)."""
+    points = tuple((i * step_seconds, float(r)) for i, r in enumerate(rates))
+    duration = len(rates) * step_seconds
+    problems = _problems(points, duration)
+    if problems:
+        raise ProfileError([f"{k}: {p}" for k, p in problems])
+    return Profile(name=name, interpolation="step", points=points, duration=duration,
                    description=f"{len(rates)} steps of {step_seconds:g} s")
 
 

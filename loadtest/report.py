@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest import harness as h
+from teststack.series import rate_series
 
 COLORS = {"local": "tab:blue", "azure": "tab:orange"}
 
@@ -30,6 +31,20 @@ def _fmt(v: Any, unit: str = "") -> str:
     return f"{v}{unit}"
 
 
+def _finish(plt: Any, fig: Any, ax: Any, path: Path, ylabel: str, title: str,
+            legend: str) -> None:
+    """Labels, grid, legend, thousands as k; save and close."""
+    ax.set_xlabel("seconds")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend, fontsize=8)
+    ax.yaxis.set_major_formatter(lambda v, _p: f"{v / 1000:.0f}k")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_throughput(samples: Sequence[h.Sample], destinations: Sequence[str], path: Path,
                     target: Sequence[tuple[float, float]] = (), title: str = "",
                     shade: Sequence[tuple[float, float, str]] = ()) -> None:
@@ -39,23 +54,16 @@ def plot_throughput(samples: Sequence[h.Sample], destinations: Sequence[str], pa
     if target:
         ax.plot([p[0] for p in target], [p[1] for p in target], color="grey", ls="--",
                 lw=1.2, label="target (profile)", drawstyle="steps-post")
-    t, r = h.rate_series(ts, [float(s.produced) for s in samples])
+    t, r = rate_series(ts, [float(s.produced) for s in samples])
     ax.plot(t, r, color="black", lw=1.2, label="offered (Kafka)")
     for d in destinations:
-        t, r = h.rate_series(ts, [s.stored(d) for s in samples], span=3.0)
+        t, r = rate_series(ts, [s.stored(d) for s in samples], span=3.0)
         ax.plot(t, r, color=COLORS.get(d), lw=1.4, label=f"stored: {d}")
     for a, b, label in shade:
         ax.axvspan(a, b, color="tab:red", alpha=0.08)
         ax.text(a, ax.get_ylim()[1] * 0.97, label, fontsize=7, va="top")
-    ax.set_xlabel("seconds")
-    ax.set_ylabel("flows/s (2 s window)")
-    ax.set_title(title or "offered vs stored flows/s")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.yaxis.set_major_formatter(lambda v, _p: f"{v / 1000:.0f}k")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _finish(plt, fig, ax, path, "flows/s (2 s window)", title or "offered vs stored flows/s",
+            "lower right")
 
 
 def plot_lag(samples: Sequence[h.Sample], destinations: Sequence[str], path: Path,
@@ -68,15 +76,7 @@ def plot_lag(samples: Sequence[h.Sample], destinations: Sequence[str], path: Pat
     for d in destinations:
         ax.plot(ts, [max(0.0, s.produced - s.stored(d)) for s in samples],
                 color=COLORS.get(d), lw=1, ls=":", label=f"backlog: produced - stored {d}")
-    ax.set_xlabel("seconds")
-    ax.set_ylabel("flows")
-    ax.set_title(title or "consumer lag")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
-    ax.yaxis.set_major_formatter(lambda v, _p: f"{v / 1000:.0f}k")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _finish(plt, fig, ax, path, "flows", title or "consumer lag", "upper left")
 
 
 def plot_latency(insert: dict[str, dict[str, Any]], path: Path) -> None:
@@ -125,9 +125,10 @@ def load_markdown(r: dict[str, Any]) -> str:
         "",
         f"- started {r.get('started_at')}, topic `{r.get('topic')}` "
         f"({r.get('partitions')} partitions), run id {r.get('run_id')}",
-        f"- profile: {p['interpolation']} interpolation, time-scale {p['time-scale']:g}, "
-        f"rate-scale {p['rate-scale']:g} (SCALE {r.get('time_scale'):g}, RATE "
-        f"{r.get('rate_scale'):g}); {len(p['points'])} points",
+        f"- profile: {p['interpolation']} interpolation, {len(p['points'])} points, "
+        f"{p['duration']:g} s of profile time replayed in {p['wall-duration']:g} s "
+        f"({p['speedup']:g}x; time scale {r.get('time_scale'):g}), rate scale "
+        f"{p['rate-scale']:g} (RATE_SCALE {r.get('rate_scale'):g})",
         f"- outlet: dual-write {' + '.join(r.get('destinations') or [])} (first = primary), "
         f"maximum-batch-size {r.get('outlet_batch_size')}, maximum-wait-time "
         f"{r.get('outlet_wait_time')}, direct connections (no Toxiproxy)",

@@ -1,7 +1,7 @@
-"""``make load PROFILE=name [SCALE=x] [RATE=y]``: replay a load profile with Locust against
-the stack, the outlet in dual-write (local primary + azure), and write a report.
+"""``loadtest run PROFILE`` (``make load PROFILE=name``): replay a load profile with Locust
+against the stack, the outlet in dual-write (local primary + azure), and write a report.
 
-    python -m loadtest.run steady --time-scale 2 --rate-scale 0.5
+    loadtest run steady --time-scale 0.5 --rate-scale 0.5
 
 Steps: reuse a healthy stack in ``.stack`` (or start one and stop it afterwards); apply the
 schema and empty both flows tables; create a fresh topic; start the outlet; run headless
@@ -25,11 +25,17 @@ from typing import Any
 from loadtest import harness as h
 from loadtest.loadgen import LoadSettings
 from loadtest.profile import Profile, ProfileError, available_profiles, load_profile
-from teststack.outlet_proc import create_topic, fresh_run
+from teststack import clikit
+from teststack.clikit import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, Failure, RunVerdict, Verdict
+from teststack.kafka import create_topic, delete_topic
+from teststack.paths import REPORTS_DIR as _ALL_REPORTS
+from teststack.runs import HarnessError, fresh_run, prepare_tables, stack_for_run
+from teststack.series import rate_series
 from teststack.stack import Endpoints
 
-REPORTS_DIR = Path("reports/load")
+REPORTS_DIR = _ALL_REPORTS / "load"
 DESTINATIONS = ("local", "azure")
+SETUP_S = 60.0  # stack reuse, schema, outlet start and drain: for the run-length estimate
 
 
 def run_load(profile: Profile, ep: Endpoints, report_dir: Path, *,
@@ -42,7 +48,7 @@ def run_load(profile: Profile, ep: Endpoints, report_dir: Path, *,
     names = fresh_run(report_dir, "load", profile.name)
     workdir, topic, group, run_id = names.workdir, names.topic, names.group, names.run_id
     nparts = partitions or ep.kafka.partitions
-    h.prepare_tables(ep, workdir, destinations, topic)
+    prepare_tables(ep, workdir, destinations, topic)
     create_topic(ep, topic, nparts)
     outlet = h.make_outlet(ep, workdir, name="outlet", destinations=destinations, topic=topic,
                            group=group, batch_size=batch_size, wait_time=wait_time)
@@ -57,7 +63,8 @@ def run_load(profile: Profile, ep: Endpoints, report_dir: Path, *,
         "outlet_wait_time": wait_time, "producer_batch": producer_batch,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "box": h.BOX_NOTE,
     }
-    print(f"load {profile.name}: {scaled.wall_duration:.0f} s, peak {scaled.peak_rate:,.0f} "
+    print(f"load {profile.name}: {scaled.wall_duration:.0f} s (time scale {time_scale:g}), peak "
+          f"{scaled.peak_rate:,.0f} "
           f"flows/s, ~{scaled.total_flows():,.0f} flows; topic {topic} ({nparts} partitions), "
           f"outlet dual-write {'+'.join(destinations)}", flush=True)
     sampler: h.Sampler | None = None
@@ -79,13 +86,13 @@ def run_load(profile: Profile, ep: Endpoints, report_dir: Path, *,
         t_load1 = sampler.at_wall(summary.ended_at)
         info.update(locust_exit=rc, load_start_s=round(t_load0, 2), load_end_s=round(t_load1, 2))
         if not summary.ok:
-            raise h.HarnessError(f"producer: {summary.failed} failed, {summary.undelivered} "
+            raise HarnessError(f"producer: {summary.failed} failed, {summary.undelivered} "
                                  f"undelivered, {summary.pending} pending: {summary.errors[:3]}")
         timeout = drain_timeout or 120 + summary.flows / 20_000
         print(f"  load done: {summary.flows:,} flows produced in {t_load1 - t_load0:.1f} s; "
               "waiting for both destinations ...", flush=True)
         if not h.wait_stored(sampler, destinations, summary.flows, timeout):
-            raise h.HarnessError(f"not every flow stored within {timeout:.0f} s")
+            raise HarnessError(f"not every flow stored within {timeout:.0f} s")
         time.sleep(1.0)  # one more sample after the last insert
         checks = h.verify(ep, destinations, run_id, summary.flows, summary.bytes_sum)
     except Exception as e:  # reported, not raised: the report says what happened
@@ -97,7 +104,7 @@ def run_load(profile: Profile, ep: Endpoints, report_dir: Path, *,
             sampler.stop()
         rc_outlet = outlet.stop() if outlet.alive() else None
         info["outlet_exit"] = rc_outlet
-        h.delete_topic(ep, topic)
+        delete_topic(ep, topic)
     samples = sampler.samples if sampler is not None else []
     report = build_report(info, scaled, samples, summary, checks, destinations, report_dir,
                           error)
@@ -146,13 +153,13 @@ def build_report(info: dict[str, Any], profile: Profile, samples: Sequence[h.Sam
         last = samples[-1]
         dur = max(t_load1 - t_load0, 1e-9)
         in_load = [s for s in samples if t_load0 <= s.t <= t_load1]
-        _, off_r = h.rate_series(ts, [float(s.produced) for s in samples])
+        _, off_r = rate_series(ts, [float(s.produced) for s in samples])
         rates["offered_mean"] = round(produced / dur, 1)
         rates["offered_peak"] = round(max(off_r, default=0.0), 1)
         rates["target_mean"] = round(profile.total_flows() / profile.wall_duration, 1)
         rates["target_peak"] = profile.peak_rate
         for d in destinations:
-            _, st_r = h.rate_series(ts, [s.stored(d) for s in samples])
+            _, st_r = rate_series(ts, [s.stored(d) for s in samples])
             rates[f"stored_peak_{d}"] = round(max(st_r, default=0.0), 1)
             e2e[d] = h.end_to_end_latency(ts, [float(s.produced) for s in samples],
                                           [s.stored(d) for s in samples])
@@ -177,47 +184,85 @@ def build_report(info: dict[str, Any], profile: Profile, samples: Sequence[h.Sam
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m loadtest.run", description=__doc__.split("\n")[0])
-    ap.add_argument("profile", nargs="?", help="profile name (loadtest/profiles) or YAML path")
-    ap.add_argument("--time-scale", type=float, default=1.0,
-                    help="replay this many times faster (multiplies the profile's time-scale)")
-    ap.add_argument("--rate-scale", type=float, default=1.0, help="multiply every rate")
-    ap.add_argument("--stack-dir", default=".stack")
-    ap.add_argument("--reports-dir", default=str(REPORTS_DIR))
-    ap.add_argument("--batch-size", type=int, default=50_000, help="outlet maximum-batch-size")
-    ap.add_argument("--wait-time", default="1s", help="outlet maximum-wait-time")
-    ap.add_argument("--partitions", type=int, default=None)
+DESCRIPTION = ("Replay a load profile with Locust against the stack, the outlet in dual-write "
+               "(local primary + azure), and check that every flow is stored exactly once on "
+               "both destinations.")
+
+
+def configure(ap: argparse.ArgumentParser) -> None:
+    ap.description = DESCRIPTION
+    ap.add_argument("profile", nargs="?", metavar="PROFILE",
+                    help="a profile of loadtest/profiles (" + ", ".join(available_profiles())
+                         + ") or the path of a YAML profile")
+    ap.add_argument("--list", action="store_true", help="list the profiles and exit")
+    clikit.add_common(ap, time_scale="the replay's duration")
+    ap.add_argument("--rate-scale", type=clikit.positive_float, default=1.0, metavar="F",
+                    help="multiply every rate by F (default: 1)")
+    ap.add_argument("--reports-dir", default=str(REPORTS_DIR), metavar="DIR",
+                    help="the report goes to DIR/PROFILE/ (default: reports/load)")
+    h.add_outlet_options(ap)
     ap.add_argument("--producer-batch", type=int, default=1000,
-                    help="flows per produced batch (one Locust request)")
-    ap.add_argument("--list", action="store_true", help="list the profiles")
-    args = ap.parse_args(argv)
+                    help="flows per produced batch, one Locust request (default: 1000)")
+    ap.epilog = ("Report: DIR/PROFILE/report.md (and report.json, throughput.png, lag.png, "
+                 "latency.png, Locust's locust.html and CSVs). Exit status: 0 every flow stored "
+                 "once on both destinations, 1 not, or the run failed, 2 bad usage, invalid "
+                 "profile, refused long run or no stack.")
+
+
+def _list() -> None:
+    for name in available_profiles():
+        p = load_profile(name)
+        print(f"{name:<12} {p.wall_duration:6.0f} s  peak {p.peak_rate:>9,.0f} flows/s  "
+              f"{p.description}")
+
+
+def _failures(report: dict[str, Any]) -> list[Failure]:
+    return [Failure(f"{c['destination']}: rows == distinct ids == produced, Bytes sum",
+                    f"{c['expected_rows']} rows, Bytes {c['expected_bytes']}",
+                    f"{c['rows']} rows, {c['distinct']} distinct, Bytes {c['bytes_sum']}")
+            for c in report.get("destinations_check", []) if not c["ok"]]
+
+
+def _run(args: argparse.Namespace, verdict: Verdict) -> int:
     if args.list or not args.profile:
-        for name in available_profiles():
-            p = load_profile(name)
-            print(f"{name:<12} {p.wall_duration:6.0f} s  peak {p.peak_rate:>9,.0f} flows/s  "
-                  f"{p.description}")
-        return 0 if args.list else 2
+        _list()
+        return EXIT_PASSED if args.list else EXIT_USAGE
     try:
         profile = load_profile(args.profile)
-        profile.scaled(args.time_scale, args.rate_scale)
+        scaled = profile.scaled(args.time_scale, args.rate_scale)
     except ProfileError as e:
+        verdict.error = str(e)
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    if not clikit.confirm_long_run(scaled.wall_duration + SETUP_S, f"loadtest run "
+                                   f"{profile.name} at time scale {args.time_scale:g}", args.yes):
+        verdict.error = "refused: the run would last more than an hour (--yes)"
+        return EXIT_USAGE
+    h.OUTLET_COMPRESSION = args.compression
     report_dir = Path(args.reports_dir) / profile.name
+    t0 = time.monotonic()
     try:
-        with h.stack(args.stack_dir) as ep:
+        with stack_for_run(args.stack_dir) as ep:
             report = run_load(profile, ep, report_dir, time_scale=args.time_scale,
                               rate_scale=args.rate_scale, profile_ref=args.profile,
                               batch_size=args.batch_size, wait_time=args.wait_time,
                               partitions=args.partitions, producer_batch=args.producer_batch)
-    except h.HarnessError as e:
+    except HarnessError as e:
+        verdict.error = str(e)
         print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"report: {report_dir / 'report.md'}")
-    print((report_dir / "report.md").read_text().split("## Samples")[0])
-    return 0 if report["ok"] else 1
+        return EXIT_USAGE
+    md = report_dir / "report.md"
+    verdict.runs.append(RunVerdict(profile.name, bool(report["ok"]), str(md),
+                                   round(time.monotonic() - t0, 1), _failures(report),
+                                   report["error"]))
+    print(md.read_text().split("## Samples")[0])
+    print(f"report: {md}")
+    return EXIT_PASSED if report["ok"] else EXIT_FAILED
+
+
+def command(args: argparse.Namespace) -> int:
+    return clikit.run_with_verdict("loadtest run", args, _run)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(clikit.module_main("loadtest run", configure, command))

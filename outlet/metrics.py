@@ -13,6 +13,56 @@ PREFIX = "outlet"
 INSERT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (10, 100, 1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000)
 
+# Every exported name, as a constant (dashboards, alert rules and the harnesses use them:
+# never rename). Counters are named with their `_total` sample (prometheus_client strips
+# it from the family name); a histogram name is the base of its `_bucket`, `_sum`,
+# `_count` samples.
+
+# kafka input
+KAFKA_RECEIVED_MESSAGES_TOTAL = "outlet_kafka_received_messages_total"
+KAFKA_RECEIVED_BYTES_TOTAL = "outlet_kafka_received_bytes_total"
+KAFKA_ERRORS_TOTAL = "outlet_kafka_errors_total"
+KAFKA_PAUSED = "outlet_kafka_paused"
+KAFKA_COMMITTED_OFFSET = "outlet_kafka_committed_offset"
+KAFKA_CONSUMERGROUP_LAG_MESSAGES = "outlet_kafka_consumergroup_lag_messages"
+KAFKA_COMMITS_TOTAL = "outlet_kafka_commits_total"
+# decoding
+FLOWS_RECEIVED_TOTAL = "outlet_flows_received_total"
+DECODE_ERRORS_TOTAL = "outlet_decode_errors_total"
+# batching
+BATCH_SIZE_FLOWS = "outlet_batch_size_flows"
+BATCHES_SEALED_TOTAL = "outlet_batches_sealed_total"
+ENCODE_SECONDS = "outlet_encode_seconds"
+# destinations
+DESTINATION_FLOWS_WRITTEN_TOTAL = "outlet_destination_flows_written_total"
+DESTINATION_BATCHES_WRITTEN_TOTAL = "outlet_destination_batches_written_total"
+DESTINATION_INSERT_DURATION_SECONDS = "outlet_destination_insert_duration_seconds"
+DESTINATION_INSERT_ERRORS_TOTAL = "outlet_destination_insert_errors_total"
+DESTINATION_RETRIES_TOTAL = "outlet_destination_retries_total"
+DESTINATION_RETRIES_EXCEEDED_BATCHES_TOTAL = "outlet_destination_retries_exceeded_batches_total"
+DESTINATION_RETRIES_EXCEEDED_FLOWS_TOTAL = "outlet_destination_retries_exceeded_flows_total"
+DESTINATION_QUEUED_BATCHES = "outlet_destination_queued_batches"
+DESTINATION_LAST_SUCCESS_TIMESTAMP_SECONDS = "outlet_destination_last_success_timestamp_seconds"
+DESTINATION_UP = "outlet_destination_up"
+# spool and circuit breaker (additional destinations)
+SPOOL_BYTES = "outlet_spool_bytes"
+SPOOL_BATCHES = "outlet_spool_batches"
+SPOOL_OLDEST_AGE_SECONDS = "outlet_spool_oldest_age_seconds"
+SPOOL_APPENDED_FLOWS_TOTAL = "outlet_spool_appended_flows_total"
+SPOOL_APPENDED_BATCHES_TOTAL = "outlet_spool_appended_batches_total"
+SPOOL_REPLAYED_FLOWS_TOTAL = "outlet_spool_replayed_flows_total"
+SPOOL_REPLAYED_BATCHES_TOTAL = "outlet_spool_replayed_batches_total"
+SPOOL_DROPPED_FLOWS_TOTAL = "outlet_spool_dropped_flows_total"
+SPOOL_DROPPED_BATCHES_TOTAL = "outlet_spool_dropped_batches_total"
+SPOOL_CORRUPT_RECORDS_TOTAL = "outlet_spool_corrupt_records_total"
+DESTINATION_CIRCUIT_STATE = "outlet_destination_circuit_state"
+# configuration from an orchestrator (only after Metrics.enable_config_refresh)
+CONFIG_LAST_REFRESH_TIMESTAMP_SECONDS = "outlet_config_last_refresh_timestamp_seconds"
+CONFIG_REFRESH_ERRORS_TOTAL = "outlet_config_refresh_errors_total"
+# commit
+COMMIT_PENDING_BATCHES = "outlet_commit_pending_batches"
+COMMIT_PENDING_FLOWS = "outlet_commit_pending_flows"
+
 
 class Metrics:
     """The outlet's metrics, grouped by component as in Akvorado."""
@@ -20,59 +70,58 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        p = PREFIX
         # configuration from an orchestrator: see enable_config_refresh
         self.config_last_refresh: Gauge | None = None
         self.config_refresh_errors: Counter | None = None
         # kafka input
         self.kafka_messages = Counter(
-            f"{p}_kafka_received_messages", "Kafka records received.", registry=r
+            KAFKA_RECEIVED_MESSAGES_TOTAL, "Kafka records received.", registry=r
         )
         self.kafka_bytes = Counter(
-            f"{p}_kafka_received_bytes", "Kafka record payload bytes received.", registry=r
+            KAFKA_RECEIVED_BYTES_TOTAL, "Kafka record payload bytes received.", registry=r
         )
         self.kafka_errors = Counter(
-            f"{p}_kafka_errors", "Kafka consumer errors by kind.", ["error"], registry=r
+            KAFKA_ERRORS_TOTAL, "Kafka consumer errors by kind.", ["error"], registry=r
         )
         self.kafka_paused = Gauge(
-            f"{p}_kafka_paused",
+            KAFKA_PAUSED,
             "1 while consumption is paused because the pipeline is full (backpressure).",
             registry=r,
         )
         self.kafka_committed_offset = Gauge(
-            f"{p}_kafka_committed_offset",
+            KAFKA_COMMITTED_OFFSET,
             "Last offset committed to Kafka (next offset to read) per partition.",
             ["partition"],
             registry=r,
         )
         self.kafka_lag = Gauge(
-            f"{p}_kafka_consumergroup_lag_messages",
+            KAFKA_CONSUMERGROUP_LAG_MESSAGES,
             "High watermark minus committed offset per partition.",
             ["partition"],
             registry=r,
         )
         self.kafka_commits = Counter(
-            f"{p}_kafka_commits", "Successful offset commits.", registry=r
+            KAFKA_COMMITS_TOTAL, "Successful offset commits.", registry=r
         )
         # decoding
         self.flows_received = Counter(
-            f"{p}_flows_received", "Flows decoded from Kafka records.", registry=r
+            FLOWS_RECEIVED_TOTAL, "Flows decoded from Kafka records.", registry=r
         )
         self.decode_errors = Counter(
-            f"{p}_decode_errors",
+            DECODE_ERRORS_TOTAL,
             "Kafka records skipped because they could not be decoded.",
             ["reason"],
             registry=r,
         )
         # batching
         self.batch_size = Histogram(
-            f"{p}_batch_size_flows", "Flows per sealed batch.", buckets=BATCH_BUCKETS, registry=r
+            BATCH_SIZE_FLOWS, "Flows per sealed batch.", buckets=BATCH_BUCKETS, registry=r
         )
         self.batches_sealed = Counter(
-            f"{p}_batches_sealed", "Sealed batches by trigger.", ["reason"], registry=r
+            BATCHES_SEALED_TOTAL, "Sealed batches by trigger.", ["reason"], registry=r
         )
         self.encode_seconds = Histogram(
-            f"{p}_encode_seconds",
+            ENCODE_SECONDS,
             "Time to decode, enrich and encode one batch.",
             buckets=INSERT_BUCKETS,
             registry=r,
@@ -80,120 +129,120 @@ class Metrics:
         # destinations
         d = ["destination"]
         self.dest_flows = Counter(
-            f"{p}_destination_flows_written", "Flows stored per destination.", d, registry=r
+            DESTINATION_FLOWS_WRITTEN_TOTAL, "Flows stored per destination.", d, registry=r
         )
         self.dest_batches = Counter(
-            f"{p}_destination_batches_written", "Batches stored per destination.", d, registry=r
+            DESTINATION_BATCHES_WRITTEN_TOTAL, "Batches stored per destination.", d, registry=r
         )
         self.dest_insert_seconds = Histogram(
-            f"{p}_destination_insert_duration_seconds",
+            DESTINATION_INSERT_DURATION_SECONDS,
             "Duration of successful inserts per destination.",
             d,
             buckets=INSERT_BUCKETS,
             registry=r,
         )
         self.dest_errors = Counter(
-            f"{p}_destination_insert_errors",
+            DESTINATION_INSERT_ERRORS_TOTAL,
             "Failed insert attempts per destination and kind.",
             ["destination", "error"],
             registry=r,
         )
         self.dest_retries = Counter(
-            f"{p}_destination_retries", "Insert attempts that were retries.", d, registry=r
+            DESTINATION_RETRIES_TOTAL, "Insert attempts that were retries.", d, registry=r
         )
         self.dest_retries_exceeded_batches = Counter(
-            f"{p}_destination_retries_exceeded_batches",
+            DESTINATION_RETRIES_EXCEEDED_BATCHES_TOTAL,
             "Batches an additional destination gave up on (not stored there).",
             ["destination", "reason"],
             registry=r,
         )
         self.dest_retries_exceeded_flows = Counter(
-            f"{p}_destination_retries_exceeded_flows",
+            DESTINATION_RETRIES_EXCEEDED_FLOWS_TOTAL,
             "Flows in batches an additional destination gave up on (not stored there).",
             ["destination", "reason"],
             registry=r,
         )
         self.dest_queued = Gauge(
-            f"{p}_destination_queued_batches",
+            DESTINATION_QUEUED_BATCHES,
             "Encoded batches waiting for this destination.",
             d,
             registry=r,
         )
         self.dest_last_success = Gauge(
-            f"{p}_destination_last_success_timestamp_seconds",
+            DESTINATION_LAST_SUCCESS_TIMESTAMP_SECONDS,
             "Unix time of the last successful insert.",
             d,
             registry=r,
         )
         self.dest_up = Gauge(
-            f"{p}_destination_up",
+            DESTINATION_UP,
             "1 when the last insert attempt succeeded, 0 when it failed.",
             d,
             registry=r,
         )
         # spool and circuit breaker (additional destinations)
         self.spool_bytes = Gauge(
-            f"{p}_spool_bytes", "Bytes of batches waiting in the on-disk spool.", d, registry=r
+            SPOOL_BYTES, "Bytes of batches waiting in the on-disk spool.", d, registry=r
         )
         self.spool_batches = Gauge(
-            f"{p}_spool_batches", "Batches waiting in the on-disk spool.", d, registry=r
+            SPOOL_BATCHES, "Batches waiting in the on-disk spool.", d, registry=r
         )
         self.spool_oldest_age = Gauge(
-            f"{p}_spool_oldest_age_seconds",
+            SPOOL_OLDEST_AGE_SECONDS,
             "Age of the oldest spooled batch (0 when the spool is empty).",
             d,
             registry=r,
         )
         self.spool_appended_flows = Counter(
-            f"{p}_spool_appended_flows",
+            SPOOL_APPENDED_FLOWS_TOTAL,
             "Flows written to the spool, by why they could not be inserted live.",
             ["destination", "reason"],
             registry=r,
         )
         self.spool_appended_batches = Counter(
-            f"{p}_spool_appended_batches",
+            SPOOL_APPENDED_BATCHES_TOTAL,
             "Batches written to the spool, by why they could not be inserted live.",
             ["destination", "reason"],
             registry=r,
         )
         self.spool_replayed_flows = Counter(
-            f"{p}_spool_replayed_flows", "Spooled flows replayed and stored.", d, registry=r
+            SPOOL_REPLAYED_FLOWS_TOTAL, "Spooled flows replayed and stored.", d, registry=r
         )
         self.spool_replayed_batches = Counter(
-            f"{p}_spool_replayed_batches", "Spooled batches replayed and stored.", d, registry=r
+            SPOOL_REPLAYED_BATCHES_TOTAL, "Spooled batches replayed and stored.", d, registry=r
         )
         self.spool_dropped_flows = Counter(
-            f"{p}_spool_dropped_flows",
+            SPOOL_DROPPED_FLOWS_TOTAL,
             "Flows dropped from a full spool (drop-oldest): lost for this destination.",
             d,
             registry=r,
         )
         self.spool_dropped_batches = Counter(
-            f"{p}_spool_dropped_batches",
+            SPOOL_DROPPED_BATCHES_TOTAL,
             "Batches dropped from a full spool (drop-oldest): lost for this destination.",
             d,
             registry=r,
         )
         self.spool_corrupt_records = Counter(
-            f"{p}_spool_corrupt_records",
+            SPOOL_CORRUPT_RECORDS_TOTAL,
             "Spool records that failed their checksum and were skipped (never sent).",
             d,
             registry=r,
         )
         self.circuit_state = Gauge(
-            f"{p}_destination_circuit_state",
+            DESTINATION_CIRCUIT_STATE,
             "Circuit breaker state: 0 closed, 1 open (no attempts), 2 half-open (probing).",
             d,
             registry=r,
         )
         # commit
         self.commit_pending_batches = Gauge(
-            f"{p}_commit_pending_batches",
+            COMMIT_PENDING_BATCHES,
             "Sealed batches not yet committed to Kafka (commit lag, in batches).",
             registry=r,
         )
         self.commit_pending_flows = Gauge(
-            f"{p}_commit_pending_flows",
+            COMMIT_PENDING_FLOWS,
             "Flows in sealed batches not yet committed to Kafka.",
             registry=r,
         )
@@ -202,13 +251,13 @@ class Metrics:
         """The metrics of a configuration fetched from an orchestrator; a local file has
         none (an alert on them must not fire for outlets that use no orchestrator)."""
         self.config_last_refresh = Gauge(
-            f"{PREFIX}_config_last_refresh_timestamp_seconds",
+            CONFIG_LAST_REFRESH_TIMESTAMP_SECONDS,
             "Unix time of the last successful configuration fetch from the orchestrator"
             " (when started from the cache: the time that cached configuration was fetched).",
             registry=self.registry,
         )
         self.config_refresh_errors = Counter(
-            f"{PREFIX}_config_refresh_errors",
+            CONFIG_REFRESH_ERRORS_TOTAL,
             "Failed configuration fetches from the orchestrator.",
             registry=self.registry,
         )

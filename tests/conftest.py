@@ -62,10 +62,10 @@ import yaml  # noqa: E402
 from flowgen.generator import FlowGenerator, GeneratorConfig  # noqa: E402
 from flowgen.producer import produce  # noqa: E402
 from teststack import verify  # noqa: E402
+from teststack.kafka import create_topic  # noqa: E402
 from teststack.outlet_proc import (  # noqa: E402
     OutletProcess,
     apply_schema,
-    create_topic,
     free_port,
     outlet_config,
 )

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from teststack.paths import PROJECT_ROOT
+
 EXIT_DATA_DIR_IN_USE = 3
 
 
@@ -161,7 +163,7 @@ def start_chserver(
     cmd += extra_args or []
     proc_env = dict(os.environ if env is None else env)
     # Make `-m teststack.chserver` importable wherever the caller runs from.
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(PROJECT_ROOT)
     proc_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, proc_env.get("PYTHONPATH", "")) if p)
     with open(err_path, "ab") as err:
         proc = subprocess.Popen(

@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-from teststack.outlet_proc import OutletProcess, parse_metrics
+from teststack.outlet_proc import OutletProcess
+from teststack.promtext import parse_metrics
 from teststack.stack import ClickHouseEndpoints
 
 _LISTENING = re.compile(r"api: listening on (https?://\S+?)[, ]")

@@ -8,7 +8,6 @@ each ClickHouse or Kafka).
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -21,8 +20,16 @@ from typing import Any
 
 import yaml
 
+from outlet.config import PRIMARY_NAME
 from teststack.chserver_proc import free_port as free_port  # re-exported for the harnesses
-from teststack.stack import Endpoints, ensure_topic
+from teststack.promtext import Scrape, metric_value, parse_metrics
+from teststack.stack import Endpoints
+
+
+def destination_label(dest: str, destinations: Sequence[str]) -> str:
+    """The outlet's ``destination`` metric label of a stack server in a config made by
+    :func:`outlet_config`: ``primary`` for the first one, its name for the others."""
+    return PRIMARY_NAME if dest == destinations[0] else dest
 
 
 def outlet_config(
@@ -98,21 +105,6 @@ def outlet_config(
     return cfg
 
 
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text -> {'name{labels}': value} (labels kept verbatim)."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        if m:
-            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
-    return out
-
-
 @dataclass
 class OutletProcess:
     """One outlet subprocess with its config file, state dir and log."""
@@ -169,20 +161,29 @@ class OutletProcess:
             time.sleep(0.2)
         raise TimeoutError(f"outlet did not serve /healthz in {timeout}s:\n{self.log_tail()}")
 
-    def metrics(self) -> dict[str, float]:
+    def wait_ready(self, timeout: float = 60) -> bool:
+        """Until ``/readyz`` answers 200 (False: the process died or time ran out)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                return False
+            try:
+                with urllib.request.urlopen(self.http + "/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.2)
+        return False
+
+    def metrics(self) -> Scrape:
+        """One scrape of ``/metrics``: ``{'name{labels}': value}``."""
         with urllib.request.urlopen(self.http + "/metrics", timeout=5) as r:
             return parse_metrics(r.read().decode())
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a metric's samples whose labels include `labels`."""
-        total = 0.0
-        for key, value in self.metrics().items():
-            base, _, rest = key.partition("{")
-            if base != name:
-                continue
-            if all(f'{k}="{v}"' in rest for k, v in labels.items()):
-                total += value
-        return total
+        return metric_value(self.metrics(), name, **labels)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -219,35 +220,6 @@ class OutletProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
-
-
-def create_topic(ep: Endpoints, name: str, partitions: int | None = None) -> str:
-    """A fresh topic, so a run never sees another run's records."""
-    ensure_topic(ep.kafka.bootstrap, name, partitions or ep.kafka.partitions)
-    return name
-
-
-@dataclass(frozen=True)
-class RunNames:
-    """Names that keep one harness run apart from every other (topic, group, flow ids)."""
-
-    workdir: Path
-    topic: str
-    group: str
-    run_id: int
-
-
-def fresh_run(report_dir: Path, kind: str, name: str) -> RunNames:
-    """Empty `report_dir`, make its outlet workdir and name a fresh topic and group."""
-    import shutil
-
-    if report_dir.exists():
-        shutil.rmtree(report_dir)
-    workdir = report_dir / "outlet"
-    workdir.mkdir(parents=True)
-    topic = f"{kind}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return RunNames(workdir, topic, f"outlet-{topic}", int(time.time()) % 255 + 1)
-
 
 
 def apply_schema(config_path: Path) -> None:

@@ -43,9 +43,9 @@ from typing import Any
 
 import psutil
 
+from teststack.paths import PROJECT_ROOT
 from teststack.toxiproxy import Toxiproxy, ToxiproxyError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CLICKHOUSE_NAMES = ("local", "azure")
 CLICKHOUSE_USER = "outlet"
 KAFKA_PROXY = "kafka"

@@ -26,9 +26,21 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Stream = Literal["upstream", "downstream"]
+STREAMS: tuple[Stream, ...] = ("upstream", "downstream")
 ToxicType = Literal[
     "latency", "bandwidth", "slow_close", "timeout", "reset_peer", "slicer", "limit_data"
 ]
+TOXIC_ATTRIBUTES: dict[str, dict[str, bool]] = {
+    # type -> {attribute (an integer): required}
+    "latency": {"latency": True, "jitter": False},
+    "bandwidth": {"rate": True},
+    "slow_close": {"delay": True},
+    "timeout": {"timeout": True},
+    "reset_peer": {"timeout": False},
+    "slicer": {"average_size": True, "size_variation": False, "delay": False},
+    "limit_data": {"bytes": True},
+}
+"""The toxics the server knows and their attributes (what the chaos scenarios may use)."""
 
 
 class ToxiproxyError(RuntimeError):

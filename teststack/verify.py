@@ -6,13 +6,15 @@ faults a test injects cannot distort the verification.
 
 from __future__ import annotations
 
+import base64
 import time
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
 import clickhouse_connect
 
-from flowgen.generator import flow_id_sql_expr
+from flowgen.generator import flow_id_sql_expr, flow_index_sql_expr, unique_rows_sql_filter
 from teststack.stack import ClickHouseEndpoints
 
 
@@ -37,6 +39,16 @@ def client(ch: ClickHouseEndpoints, database: str = "default") -> Any:
     )
 
 
+def query(ch: ClickHouseEndpoints, sql: str, timeout: float = 10.0) -> str:
+    """One statement over the direct HTTP URL, the TabSeparated body back: one request,
+    cheap enough to sample row counts every second."""
+    auth = base64.b64encode(f"{ch.username}:{ch.password}".encode()).decode()
+    req = urllib.request.Request(ch.url + "/", data=sql.encode(), method="POST",
+                                 headers={"Authorization": f"Basic {auth}"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return str(r.read().decode())
+
+
 def table_stats(ch: ClickHouseEndpoints, database: str = "flows", where: str = "1") -> TableStats:
     """Rows, sum of Bytes and distinct flow ids (generator's unique mode)."""
     c = client(ch)
@@ -50,12 +62,33 @@ def table_stats(ch: ClickHouseEndpoints, database: str = "flows", where: str = "
     return TableStats(int(row[0]), int(row[1] or 0), int(row[2]))
 
 
-def count_rows(ch: ClickHouseEndpoints, database: str = "flows") -> int:
-    c = client(ch)
+def count_rows(ch: ClickHouseEndpoints, database: str = "flows", timeout: float = 10.0) -> int:
+    return int(query(ch, f"SELECT count() FROM {database}.flows", timeout).strip())
+
+
+def count_rows_or_none(ch: ClickHouseEndpoints, database: str = "flows") -> int | None:
+    """The row count, or None while the server cannot answer (restarting, for instance)."""
     try:
-        return int(c.command(f"SELECT count() FROM {database}.flows"))
-    finally:
-        c.close()
+        return count_rows(ch, database, timeout=5)
+    except Exception:
+        return None
+
+
+def run_summary(ch: ClickHouseEndpoints, run_id: int, produced: int, database: str = "flows"
+                ) -> dict[str, int]:
+    """What one unique-flow run (``run_id``, flows ``0..produced-1``) left in the table: rows,
+    distinct flow ids, duplicates, ids never produced, Bytes sum, other runs' rows, missing."""
+    sql = (f"SELECT count(), uniqExact({flow_id_sql_expr()}), "
+           f"countIf({flow_index_sql_expr()} >= {produced}), sum(Bytes) "
+           f"FROM {database}.flows WHERE {unique_rows_sql_filter(run_id)}")
+    rows, distinct, out_of_range, bytes_sum = (
+        int(x) for x in query(ch, sql, timeout=60).strip().split("\t"))
+    total = count_rows(ch, database, timeout=30)
+    return {
+        "rows": rows, "distinct_flows": distinct, "duplicates": rows - distinct,
+        "unknown_flows": out_of_range, "bytes_sum": bytes_sum,
+        "foreign_rows": total - rows, "missing": produced - (distinct - out_of_range),
+    }
 
 
 def wait_rows(
@@ -91,8 +124,4 @@ def wait_stable(
 
 def reset_table(ch: ClickHouseEndpoints, database: str = "flows") -> None:
     """Empty the flows table between tests (keeps the schema)."""
-    c = client(ch)
-    try:
-        c.command(f"TRUNCATE TABLE IF EXISTS {database}.flows")
-    finally:
-        c.close()
+    query(ch, f"TRUNCATE TABLE IF EXISTS {database}.flows", timeout=30)

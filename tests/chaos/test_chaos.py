@@ -19,6 +19,7 @@ from chaos.scenario import (
     parse_scenario,
     planned_windows,
 )
+from outlet import metrics as names
 
 MINIMAL: dict[str, Any] = {
     "name": "t",
@@ -139,6 +140,18 @@ def test_expectation_validation() -> None:
     assert any(p.startswith("expect.metrics[2]:") for p in ps)
     assert any(p.startswith("expect.throughput[0].window: window end must be after")
                for p in ps)
+
+
+def test_contradictions_and_null_defaults() -> None:
+    doc = json.loads(json.dumps(MINIMAL))
+    doc["expect"]["destinations"]["azure"] = {"no_loss": True, "min_loss": 3}
+    assert problems(doc) == ["expect.destinations.azure: no_loss contradicts rows: "
+                             "all_minus_reported_loss / min_loss"]
+    doc = json.loads(json.dumps(MINIMAL))
+    doc["load"]["rate"] = None  # null takes the default, as in the outlet's config
+    assert parse_scenario(doc).load.rate == 2000
+    doc["lod"] = {}
+    assert "lod: unknown key (did you mean 'load'?)" in problems(doc)
 
 
 def test_primary_never_loses() -> None:
@@ -269,7 +282,7 @@ def test_scenario_end_to_end(stack: Any, tmp_path: Path, name: str, scale: float
     if name.startswith("azure"):
         # the partition really bit (azure's data itself is kept by the spool)
         assert any(
-            k.startswith("outlet_destination_insert_errors_total") and "azure" in k and v > 0
+            k.startswith(names.DESTINATION_INSERT_ERRORS_TOTAL) and "azure" in k and v > 0
             for k, v in data["metrics"].items()
         )
     assert yaml.safe_load((report / "outlet" / "outlet.yaml").read_text())["kafka"]["topic"] \

@@ -22,6 +22,7 @@ from loadtest.profile import (
     parse_time,
     step_profile,
 )
+from teststack.series import rate_series
 
 
 def test_parse_time_and_rate() -> None:
@@ -56,10 +57,10 @@ def test_step_and_linear_interpolation() -> None:
 
 def test_time_and_rate_scale() -> None:
     p = parse_profile({"points": [{"at": "00:00", "rate": "10k"}, {"at": "12:00", "rate": "30k"}],
-                       "duration": "24h", "time-scale": 1440, "interpolation": "linear"})
+                       "duration": "24h", "replay-duration": "60s", "interpolation": "linear"})
     assert p.wall_duration == pytest.approx(60)
     assert p.rate_at_wall(15) == pytest.approx(20_000)  # 15 s wall = 06:00
-    q = p.scaled(time_scale=2, rate_scale=0.5)
+    q = p.scaled(time_scale=0.5, rate_scale=0.5)  # the time scale multiplies durations
     assert q.wall_duration == pytest.approx(30)
     assert q.rate_at_wall(7.5) == pytest.approx(10_000)
     assert q.peak_rate == 15_000
@@ -77,7 +78,8 @@ def test_time_and_rate_scale() -> None:
     ({"points": [[0, 100], [20, 5]], "duration": "10s"}, "ends before the last point"),
     ({"points": [[0, 0], [5, 0]]}, "every rate is 0"),
     ({"points": [[0, 100], [5, 1]], "interpolation": "cubic"}, "interpolation"),
-    ({"points": [[0, 100], [5, 1]], "time-scale": 0}, "time-scale: must be > 0"),
+    ({"points": [[0, 100], [5, 1]], "replay-duration": 0}, "replay-duration: must be > 0"),
+    ({"points": [[0, 100], [5, 1]], "time-scale": 2}, "time-scale: unknown key (a profile says"),
     ({"points": [[0, 100], [5, 1]], "speed": 2}, "speed: unknown key"),
     ({"points": [[0, 100], [5, 1]], "generator": {"colour": 1}}, "unknown generator setting"),
     ({"points": [[0, 100], [5, 1]], "generator": {"ipv6-share": 2}}, "ipv6_share"),
@@ -114,7 +116,7 @@ def test_bundled_profiles() -> None:
 def test_own_profile_file(tmp_path: Path) -> None:
     f = tmp_path / "prod.yaml"
     f.write_text("points:\n  - ['00:00', 120k]\n  - ['12:00', 300k]\n"
-                 "interpolation: linear\nduration: 24h\ntime-scale: 2880\n")
+                 "interpolation: linear\nduration: 24h\nreplay-duration: 30s\n")
     p = load_profile(f)
     assert p.name == "prod" and p.wall_duration == pytest.approx(30)
 
@@ -185,7 +187,7 @@ def test_end_to_end_latency_fifo() -> None:
     stored = [0.0, 0.0] + [1000.0 * (i - 2) for i in range(2, 11)]  # 2 s behind
     lat = h.end_to_end_latency(ts, produced, stored, hi=8000)
     assert lat["p50"] == pytest.approx(2.0) and lat["p99"] == pytest.approx(2.0)
-    t, r = h.rate_series(ts, produced, span=2.0)
+    t, r = rate_series(ts, produced, span=2.0)
     assert all(v == pytest.approx(1000) for v in r) and len(t) == 10
 
 
@@ -197,7 +199,7 @@ def test_short_steady_run(stack: Any, tmp_path: Path) -> None:
     from loadtest.run import run_load
 
     out = tmp_path / "steady"
-    report = run_load(load_profile("steady"), stack, out, time_scale=2.5, rate_scale=0.5,
+    report = run_load(load_profile("steady"), stack, out, time_scale=0.4, rate_scale=0.5,
                       profile_ref="steady")
     assert report["error"] == "", report["error"]
     for name in ("report.md", "report.json", "throughput.png", "lag.png", "latency.png",

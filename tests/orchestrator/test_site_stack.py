@@ -17,16 +17,18 @@ from typing import Any
 import pytest
 import yaml
 
+from outlet import metrics as names
 from tests.conftest import OutletRun
 from teststack import stack as stk
 from teststack import verify
+from teststack.kafka import create_topic
 from teststack.orchestrator_proc import (
     OrchestratorProcess,
     RemoteOutletProcess,
     resolution_mismatches,
     site_config,
 )
-from teststack.outlet_proc import OutletProcess, create_topic, free_port, outlet_config
+from teststack.outlet_proc import OutletProcess, free_port, outlet_config
 from teststack.toxiproxy import Toxiproxy
 
 pytestmark = pytest.mark.stack
@@ -244,9 +246,9 @@ def test_outlet_configured_by_the_orchestrator_end_to_end(site: Site) -> None:
     run.produce(20_000)
     assert run.wait_rows("local", 20_000) == 20_000
     metrics = outlet.metrics()
-    fetched_at = metrics["outlet_config_last_refresh_timestamp_seconds"]
+    fetched_at = metrics[names.CONFIG_LAST_REFRESH_TIMESTAMP_SECONDS]
     assert time.time() - 120 < fetched_at <= time.time()
-    assert metrics["outlet_config_refresh_errors_total"] >= 1
+    assert metrics[names.CONFIG_REFRESH_ERRORS_TOTAL] >= 1
     served = [o.get(f"{CONFIG}/{i}").body for i in (0, 1)] + [o.get("/metrics").body]
     assert outlet.stop() == 0
     assert o.stop() == 0
@@ -261,10 +263,10 @@ def test_outlet_configured_by_the_orchestrator_end_to_end(site: Site) -> None:
     # The raw part commits a moment before the views' parts of the same INSERT: compare
     # once the outlet saw its inserts return.
     deadline = time.monotonic() + 30
-    while outlet.metric("outlet_destination_flows_written_total") < 20_000:
+    while outlet.metric(names.DESTINATION_FLOWS_WRITTEN_TOTAL) < 20_000:
         assert time.monotonic() < deadline, outlet.log_tail()
         time.sleep(0.2)
-    assert outlet.metrics()["outlet_config_last_refresh_timestamp_seconds"] == fetched_at
+    assert outlet.metrics()[names.CONFIG_LAST_REFRESH_TIMESTAMP_SECONDS] == fetched_at
     stats = run.stats("local")
     assert (stats.rows, stats.duplicates, stats.bytes_sum) == (40_000, 0, run.bytes_sum)
     assert resolution_mismatches(site.ch, site.database) == {
@@ -322,7 +324,7 @@ def test_aggregates_equal_raw_sums_after_cut_responses(site: Site) -> None:
     # Inserts reached the server while every response was cut, and were sent again: the
     # raw table and every view dropped the repeats.
     assert stored_during_cut > 10_000, "inserts reached the server while responses were cut"
-    assert outlet.metric("outlet_destination_retries_total", destination="primary") > 0
+    assert outlet.metric(names.DESTINATION_RETRIES_TOTAL, destination="primary") > 0
     _no_mismatch(site)
     assert outlet.stop() == 0
 
@@ -350,7 +352,7 @@ def test_aggregates_equal_raw_sums_after_sigkill_rebuild(site: Site) -> None:
     run.wait_stable("local")
     stats = run.stats("local")
     assert (stats.distinct_flows, stats.duplicates, stats.bytes_sum) == (total, 0, run.bytes_sum)
-    rewritten = outlet.metric("outlet_destination_flows_written_total", destination="primary")
+    rewritten = outlet.metric(names.DESTINATION_FLOWS_WRITTEN_TOTAL, destination="primary")
     assert before_restart + rewritten > total, "some rebuilt batches were stored before the kill"
     _no_mismatch(site)
     assert outlet.stop() == 0

@@ -661,3 +661,10 @@ def test_maximum_flows_per_record() -> None:
             env={},
         )
     assert "maximum-flows-per-record is global" in str(e.value)
+def test_docs_key_tables_are_generated_from_the_schema() -> None:
+    """Each key is declared once, in outlet/config.py; the docs' tables are derived from it
+    (`uv run python -m outlet.config --docs` regenerates them)."""
+    from outlet.config import DOCS, render_docs
+
+    text = DOCS.read_text()
+    assert render_docs(text) == text, "run: uv run python -m outlet.config --docs"

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from loadtest.harness import Watermarks
+from outlet import metrics as names
 from tests.conftest import OutletRun
+from teststack.kafka import Watermarks
 from teststack.toxiproxy import Toxiproxy
 
 pytestmark = pytest.mark.stack
@@ -31,7 +32,7 @@ def background(target: Callable[[], None]) -> threading.Thread:
 
 def lost(outlet: Any, destination: str) -> float:
     return float(
-        outlet.metric("outlet_destination_retries_exceeded_flows_total", destination=destination)
+        outlet.metric(names.DESTINATION_RETRIES_EXCEEDED_FLOWS_TOTAL, destination=destination)
     )
 
 
@@ -52,7 +53,7 @@ def test_normal_operation_both_hold_exactly_n(outlet_run: RunFactory) -> None:
         assert run.wait_rows(name, 200_000) == 200_000
         stats = run.stats(name)
         assert (stats.rows, stats.duplicates, stats.bytes_sum) == (200_000, 0, run.bytes_sum)
-    assert outlet.metric("outlet_destination_flows_written_total", destination="azure") == 200_000
+    assert outlet.metric(names.DESTINATION_FLOWS_WRITTEN_TOTAL, destination="azure") == 200_000
     assert lost(outlet, "azure") == 0
     assert outlet.stop() == 0
 
@@ -117,7 +118,7 @@ def test_azure_latency_does_not_slow_primary(outlet_run: RunFactory) -> None:
     azure = run.stats("azure")
     assert azure.duplicates == 0
     assert azure.rows == 200_000 - lost(outlet, "azure")
-    assert outlet.metric("outlet_destination_insert_errors_total", destination="primary") == 0
+    assert outlet.metric(names.DESTINATION_INSERT_ERRORS_TOTAL, destination="primary") == 0
     print(f"primary drained 200k flows in {local_seconds:.1f}s with azure at 500 ms latency")
     assert outlet.stop() == 0
 
@@ -131,11 +132,11 @@ def test_wrong_azure_password_no_retry_storm(outlet_run: RunFactory) -> None:
     assert run.wait_rows("local", 100_000, timeout=60) == 100_000
     assert wait_lost(outlet, "azure", 100_000, timeout=20) == 100_000
     auth_errors = outlet.metric(
-        "outlet_destination_insert_errors_total", destination="azure", error="auth"
+        names.DESTINATION_INSERT_ERRORS_TOTAL, destination="azure", error="auth"
     )
-    batches = outlet.metric("outlet_batches_sealed_total")
+    batches = outlet.metric(names.BATCHES_SEALED_TOTAL)
     assert 0 < auth_errors <= batches, "a permanent error is not retried (one attempt per batch)"
-    assert outlet.metric("outlet_destination_retries_total", destination="azure") == 0
+    assert outlet.metric(names.DESTINATION_RETRIES_TOTAL, destination="azure") == 0
     assert run.rows("azure") == 0
     assert "wrong-password" not in outlet.log_tail(500)
     assert outlet.stop() == 0
@@ -200,7 +201,7 @@ def test_cut_after_server_stored_does_not_duplicate(outlet_run: RunFactory) -> N
     # (by our retry loop or the HTTP client's own): the tokens made the repeats no-ops.
     assert stored_during_cut > 10_000, "the toxic must let an insert reach the server"
     for name in ("primary", "azure"):
-        assert outlet.metric("outlet_destination_retries_total", destination=name) > 0, name
+        assert outlet.metric(names.DESTINATION_RETRIES_TOTAL, destination=name) > 0, name
     assert outlet.stop() == 0
 
 
@@ -278,7 +279,7 @@ def test_azure_https_unknown_ca_fails_without_hurting_primary(outlet_run: RunFac
     assert run.wait_rows("local", 30_000, timeout=60) == 30_000
     assert wait_lost(outlet, "azure", 30_000, timeout=30) == 30_000
     assert run.rows("azure") == 0
-    assert outlet.metric("outlet_destination_insert_errors_total", destination="azure") > 0
+    assert outlet.metric(names.DESTINATION_INSERT_ERRORS_TOTAL, destination="azure") > 0
     assert outlet.stop() == 0
 
 
@@ -298,5 +299,5 @@ def test_two_outlets_rebalance_without_loss_or_duplicates(outlet_run: RunFactory
         run.wait_stable(name)
         stats = run.stats(name)
         assert (stats.rows, stats.duplicates, stats.bytes_sum) == (300_000, 0, run.bytes_sum), name
-    assert first.metric("outlet_batches_sealed_total", reason="rebalance") >= 1
+    assert first.metric(names.BATCHES_SEALED_TOTAL, reason="rebalance") >= 1
     assert first.stop() == 0

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from flowgen.netflow import FlowFields, ipfix_packet, netflow_v5_packets, send_udp
+from outlet import metrics as names
 from tests.conftest import OutletRun
 from teststack import verify
 from teststack.outlet_proc import free_port
@@ -230,8 +231,8 @@ def check_run(
     # TimeReceived is GoFlow2's receive time (second resolution).
     assert started - 2 <= oldest.timestamp() <= newest.timestamp() <= time.time() + 2
 
-    assert outlet.metric("outlet_flows_received_total") == len(flows)
-    assert outlet.metric("outlet_decode_errors_total") == 0
+    assert outlet.metric(names.FLOWS_RECEIVED_TOTAL) == len(flows)
+    assert outlet.metric(names.DECODE_ERRORS_TOTAL) == 0
     assert outlet.stop() == 0, outlet.log_tail()
 
 

@@ -11,6 +11,7 @@ import pytest
 from confluent_kafka import Producer
 
 from flowgen.generator import garbage_records
+from outlet import metrics as names
 from tests.conftest import OutletRun
 
 pytestmark = pytest.mark.stack
@@ -34,8 +35,8 @@ def test_200k_flows_stored_exactly(outlet_run: RunFactory) -> None:
     assert stats.rows == 200_000
     assert stats.bytes_sum == run.bytes_sum
     assert stats.duplicates == 0
-    assert outlet.metric("outlet_flows_received_total") == 200_000
-    assert outlet.metric("outlet_destination_flows_written_total", destination="primary") == 200_000
+    assert outlet.metric(names.FLOWS_RECEIVED_TOTAL) == 200_000
+    assert outlet.metric(names.DESTINATION_FLOWS_WRITTEN_TOTAL, destination="primary") == 200_000
     assert outlet.stop() == 0, outlet.log_tail()
 
 
@@ -72,8 +73,8 @@ def test_clickhouse_outage_pauses_and_resumes(outlet_run: RunFactory) -> None:
     errors_seen = 0.0
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        paused_seen |= outlet.metric("outlet_kafka_paused") == 1
-        errors_seen = outlet.metric("outlet_destination_insert_errors_total", destination="primary")
+        paused_seen |= outlet.metric(names.KAFKA_PAUSED) == 1
+        errors_seen = outlet.metric(names.DESTINATION_INSERT_ERRORS_TOTAL, destination="primary")
         time.sleep(0.5)
     rows_during = run.rows("local")
     toxi.enable(run.ch("local").proxy)
@@ -84,7 +85,7 @@ def test_clickhouse_outage_pauses_and_resumes(outlet_run: RunFactory) -> None:
     assert run.wait_rows("local", 300_000, timeout=120) == 300_000
     stats = run.stats("local")
     assert (stats.rows, stats.duplicates, stats.bytes_sum) == (300_000, 0, run.bytes_sum)
-    assert outlet.metric("outlet_kafka_paused") == 0
+    assert outlet.metric(names.KAFKA_PAUSED) == 0
     assert outlet.stop() == 0
 
 
@@ -115,7 +116,7 @@ def test_garbage_records_are_counted_and_skipped(outlet_run: RunFactory) -> None
     deadline = time.monotonic() + 10
     counted = 0.0
     while time.monotonic() < deadline:
-        counted = outlet.metric("outlet_decode_errors_total")
+        counted = outlet.metric(names.DECODE_ERRORS_TOTAL)
         if counted >= bad_count:
             break
         time.sleep(0.3)
@@ -131,8 +132,8 @@ def _wait_lag_zero(outlet: Any, timeout: float = 20) -> float:
     deadline = time.monotonic() + timeout
     lag = -1.0
     while time.monotonic() < deadline:
-        lag = outlet.metric("outlet_kafka_consumergroup_lag_messages")
-        if lag == 0 and outlet.metric("outlet_commit_pending_batches") == 0:
+        lag = outlet.metric(names.KAFKA_CONSUMERGROUP_LAG_MESSAGES)
+        if lag == 0 and outlet.metric(names.COMMIT_PENDING_BATCHES) == 0:
             return lag
         time.sleep(0.5)
     return lag

@@ -18,6 +18,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from flowgen.generator import FlowGenerator, GeneratorConfig
 from flowgen.producer import produce
+from outlet import metrics as names
 from teststack.outlet_proc import OutletProcess, apply_schema, free_port, outlet_config
 from teststack.stack import Endpoints
 from teststack.toxiproxy import Toxiproxy
@@ -109,7 +110,7 @@ def spool_metric(o: OutletProcess, name: str) -> float:
 
 
 def lost_flows(o: OutletProcess) -> float:
-    return o.metric("outlet_destination_retries_exceeded_flows_total", destination="azure")
+    return o.metric(names.DESTINATION_RETRIES_EXCEEDED_FLOWS_TOTAL, destination="azure")
 
 
 def converge(ep: Endpoints, o: OutletProcess, n: int, timeout: float = 60) -> None:
@@ -137,7 +138,7 @@ def test_azure_outage_spooled_then_replayed(
         time.sleep(5)
         toxi.disable(stack.clickhouse["azure"].proxy)
         t_out = time.monotonic()
-        assert wait_for(lambda: o.metric("outlet_destination_circuit_state",
+        assert wait_for(lambda: o.metric(names.DESTINATION_CIRCUIT_STATE,
                                          destination="azure") == 1, 15)
         time.sleep(25 - (time.monotonic() - t_out))
         spooled_b, spooled_bytes = spool_metric(o, "batches"), spool_metric(o, "bytes")
@@ -149,7 +150,7 @@ def test_azure_outage_spooled_then_replayed(
         print(f"spooled at heal: {spooled_b:.0f} batches, {spooled_bytes / 1e6:.1f} MB, oldest "
               f"{age:.1f} s; drained {time.monotonic() - t_heal:.1f} s after heal")
         replayed = spool_metric(o, "replayed_flows_total")
-        appended = o.metric("outlet_spool_appended_flows_total", destination="azure")
+        appended = o.metric(names.SPOOL_APPENDED_FLOWS_TOTAL, destination="azure")
         print(f"appended {appended:.0f} flows, replayed {replayed:.0f}; "
               f"native bytes/flow ~{spooled_bytes / max(1.0, appended):.0f} (rough)")
         assert spooled_b > 0 and age > 10
@@ -157,7 +158,7 @@ def test_azure_outage_spooled_then_replayed(
         assert spool_metric(o, "dropped_flows_total") == 0
         assert lost_flows(o) == 0
         assert spool_metric(o, "corrupt_records_total") == 0
-        assert o.metric("outlet_destination_circuit_state", destination="azure") == 0
+        assert o.metric(names.DESTINATION_CIRCUIT_STATE, destination="azure") == 0
         assert_same(stack, load)
     finally:
         o.stop()
