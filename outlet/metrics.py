@@ -120,6 +120,13 @@ class Metrics:
         self.batches_sealed = Counter(
             BATCHES_SEALED_TOTAL, "Sealed batches by trigger.", ["reason"], registry=r
         )
+        self.codec_errors = Counter(
+            f"{p}_codec_errors",
+            "Codec (engine) failures on a batch, by outcome: retried, or quarantined "
+            "(the batch's records skipped, counted in decode_errors{reason=quarantined}).",
+            ["outcome"],
+            registry=r,
+        )
         self.encode_seconds = Histogram(
             ENCODE_SECONDS,
             "Time to decode, enrich and encode one batch.",

@@ -123,7 +123,10 @@ class FakeConsumer:
 
     # -- the librdkafka surface ------------------------------------------------------
     def subscribe(
-        self, topics: list[str], on_assign: Callback | None = None, on_revoke: Callback | None = None
+        self,
+        topics: list[str],
+        on_assign: Callback | None = None,
+        on_revoke: Callback | None = None,
     ) -> None:
         with self._call("subscribe"):
             self._on_assign, self._on_revoke = on_assign, on_revoke

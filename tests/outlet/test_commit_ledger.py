@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+import outlet.ledger
 from outlet.batch import BatchBuilder, make_token
 from outlet.commit import CommitTracker
 from outlet.ledger import Ledger
@@ -64,3 +70,39 @@ def test_ledger_survives_restart_and_torn_line(tmp_path: Path) -> None:
     assert again.pending({0: 20, 1: 5}) == []
     assert again.pending({0: 10, 1: 5}, partitions={1}) == []
     again.close()
+
+
+def test_ledger_record_racing_compact_loses_no_seal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sealer records and the committer compacts from two worker threads. Without a
+    lock, a seal appended while compaction rewrites the file went to the replaced file
+    and out of memory (or failed with "write to closed file"): other boundaries after a
+    crash, hence duplicates."""
+    monkeypatch.setattr(outlet.ledger, "COMPACT_AFTER_LINES", 2)
+    led = Ledger(tmp_path, "flows", "g")
+    led.record({0: (0, 9)})
+    led.record({0: (10, 19)})
+    in_compact, release = threading.Event(), threading.Event()
+    real_replace = os.replace
+
+    def slow_replace(src: Any, dst: Any) -> None:
+        in_compact.set()
+        release.wait(5)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", slow_replace)
+    compact = threading.Thread(target=led.compact, args=({0: 10},))
+    compact.start()
+    assert in_compact.wait(5)
+    record = threading.Thread(target=led.record, args=({0: (20, 29)},))
+    record.start()
+    record.join(0.3)  # an unsynchronised record would finish inside the compaction here
+    release.set()
+    compact.join(5)
+    record.join(5)
+    monkeypatch.setattr(os, "replace", real_replace)
+    expected = [({0: (10, 19)}, {0: (10, 19)}), ({0: (20, 29)}, {0: (20, 29)})]
+    assert led.pending({0: 10}) == expected, "the seal recorded during compaction is lost"
+    led.close()
+    assert Ledger(tmp_path, "flows", "g").pending({0: 10}) == expected
