@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 PAUSE_AFTER = 0.5  # seconds blocked on a full pipeline before pausing fetches
 POLL_WHILE_PAUSED = 0.5  # seconds between polls while paused (rebalances, commits)
+COMMIT_ANSWER_TIMEOUT = 30.0  # seconds to wait for the broker's answer to a commit
 
 
 @dataclass
@@ -196,7 +197,8 @@ class KafkaInput:
     async def commit(self, offsets: Mapping[int, int]) -> None:
         """Commit next-offsets of owned partitions (skipping unchanged ones).
 
-        Runs in the poll task's next poll; raises KafkaCommitError if the broker refused.
+        Issued by the poll task's next poll; raises KafkaCommitError if the broker
+        refused it or did not answer within COMMIT_ANSWER_TIMEOUT (the caller retries).
         """
         todo = {
             p: off
@@ -208,7 +210,10 @@ class KafkaInput:
         request = CommitRequest(todo)
         self._commits.append(request)
         self._wake.notify()
-        await request.done.wait()
+        with trio.move_on_after(COMMIT_ANSWER_TIMEOUT):
+            await request.done.wait()
+        if not request.done.is_set():
+            raise KafkaCommitError(f"no answer within {COMMIT_ANSWER_TIMEOUT:g} s")
         if request.error is not None:
             raise KafkaCommitError(request.error)
 

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 
 import outlet.ledger
 from outlet.batch import BatchBuilder, make_token
@@ -53,6 +55,34 @@ def test_pending_in_and_revoked_partitions() -> None:
     t.settle(1, "primary")
     t.settle(1, "azure")  # must not fail although partition 2 was forgotten
     assert t.committable() == {0: 10}
+
+
+async def test_waits_are_driven_by_settlement(autojump_clock: trio.testing.MockClock) -> None:
+    t = CommitTracker()
+    t.register(1, {0: (0, 9)}, 10, DESTS)
+    t.register(2, {1: (0, 9)}, 0, DESTS, sealed=False)  # a rebuild not sealed yet
+    done: list[str] = []
+
+    async def wait(name: str, partitions: set[int] | None) -> None:
+        await t.wait_settled(partitions)
+        done.append(name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait, "all sealed", None)
+        nursery.start_soon(wait, "partition 1", {1})
+        await trio.sleep(1)
+        assert done == []
+        t.settle(1, "primary")
+        t.settle(1, "azure")
+        await trio.testing.wait_all_tasks_blocked()
+        assert done == ["all sealed"], "shutdown does not wait for an unsealed rebuild"
+        assert await t.wait_moved(0) == 1
+        t.register(2, {1: (0, 9)}, 10, DESTS)  # sealed now
+        assert t.in_flight()
+        t.settle(2, "primary")
+        t.settle(2, "azure")
+    assert done == ["all sealed", "partition 1"]
+    assert t.committable() == {0: 10, 1: 10}
 
 
 def test_ledger_survives_restart_and_torn_line(tmp_path: Path) -> None:
