@@ -24,6 +24,7 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 from prometheus_client import CollectorRegistry
@@ -43,10 +44,12 @@ from outlet.sealer import BatchEncoder, Encoder, Sealer
 from outlet.spool import Spool
 from outlet.writer import ClickHouseWriter, Writer
 
+if TYPE_CHECKING:
+    from outlet.httpapi import ReadyCheck
+
 log = logging.getLogger(__name__)
 
-ReadyCheck = Callable[[], tuple[bool, str]]
-HttpServer = Callable[[str, CollectorRegistry, ReadyCheck], Awaitable[None]]
+HttpServer = Callable[[str, CollectorRegistry, "ReadyCheck"], Awaitable[None]]
 
 
 async def _serve_http(listen: str, registry: CollectorRegistry, ready: ReadyCheck) -> None:
