@@ -195,7 +195,7 @@ class Destination:
                 self.metrics.dest_retries.labels(self.name).inc()
             started = time.perf_counter()
             try:
-                await self.writer.insert(job)
+                await self.writer.write(job)
             except Exception as exc:
                 failure = classify(exc)
                 self.outcomes.failed(failure, attempt)

@@ -212,7 +212,7 @@ class SpoolLane:
         job = EncodedJob(seq=-1, token=batch.token, native=batch.native, rows=batch.rows, ranges={})
         started = time.perf_counter()
         try:
-            await self._writer.insert(job)
+            await self._writer.write(job)
         except Exception as exc:
             failure = classify(exc)
             self._replay_failures += 1

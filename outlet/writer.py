@@ -31,7 +31,7 @@ class Writer(Protocol):
         """The server the next insert goes to (for logs)."""
         ...
 
-    async def insert(self, job: EncodedJob) -> int:
+    async def write(self, job: EncodedJob) -> int:
         """Insert the batch under its deduplication token; rows written, as reported.
 
         Raises on failure; outlet/retry.py classifies the exception.
@@ -102,11 +102,11 @@ class ClickHouseWriter:
             self._clients[url] = client
         return client
 
-    async def insert(self, job: EncodedJob) -> int:
-        return await trio.to_thread.run_sync(self.insert_blocking, job, abandon_on_cancel=True)
+    async def write(self, job: EncodedJob) -> int:
+        return await trio.to_thread.run_sync(self.insert, job, abandon_on_cancel=True)
 
-    def insert_blocking(self, job: EncodedJob) -> int:
-        """Insert one encoded batch; returns rows written as reported by the server."""
+    def insert(self, job: EncodedJob) -> int:
+        """Insert one encoded batch (blocking); rows written as reported by the server."""
         try:
             client = self.client()
             summary = client.raw_insert(

@@ -286,7 +286,7 @@ class FakeWriter:
         self.timeout = conn.insert_timeout
         self.closed = False
 
-    async def insert(self, job: EncodedJob) -> int:
+    async def write(self, job: EncodedJob) -> int:
         with trio.fail_after(self.timeout):
             return await self._server.insert(job)
 

@@ -50,7 +50,7 @@ from outlet.config import (
     NetworkInfo,
     Secret,
 )
-from outlet.destination import ClickHouseWriter
+from outlet.writer import ClickHouseWriter
 from outlet.pb.flow_pb2 import FlowMessage
 from teststack.chserver_proc import start_chserver
 
