@@ -148,8 +148,10 @@ class Outbox:
             while True:
                 while not self._items:
                     await self._added.wait()
-                await send.send(self._items[0])
-                self._items.popleft()
+                item = self._items[0]  # stays counted as held until the channel took it
+                await send.send(item)
+                if self._items and self._items[0] is item:  # (not dropped meanwhile)
+                    self._items.popleft()
                 if not self._items:
                     self._emptied.notify()
 

@@ -71,3 +71,23 @@ def test_dropping_the_outbox_releases_barriers() -> None:
     box.put(barrier)
     box.drop()
     assert len(box) == 0 and barrier.sealed.is_set()
+
+
+async def test_dropping_while_the_head_is_being_taken(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """stop() can run between the channel taking the head and the forwarder resuming."""
+    box = Outbox(Notifier())
+    send, recv = trio.open_memory_channel[Chunk](0)
+    a = Chunk([0], [1], [b"a"])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(box.forward, send)
+        box.put(a)
+        box.put(Chunk([0], [2], [b"b"]))
+        async with recv:
+            await trio.testing.wait_all_tasks_blocked()  # the forwarder waits in send()
+            assert recv.receive_nowait() is a  # it is rescheduled, has not run yet
+            box.drop()
+            await trio.sleep(1)  # it resumes: nothing to pop, nothing more to send
+            assert len(box) == 0
+        nursery.cancel_scope.cancel()
