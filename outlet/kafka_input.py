@@ -143,17 +143,16 @@ class Outbox:
         self._added.notify()
 
     async def forward(self, send: trio.MemorySendChannel[Chunk]) -> None:
-        """Hand every item over, in order, until cancelled (then the channel closes)."""
-        async with send:
-            while True:
-                while not self._items:
-                    await self._added.wait()
-                item = self._items[0]  # stays counted as held until the channel took it
-                await send.send(item)
-                if self._items and self._items[0] is item:  # (not dropped meanwhile)
-                    self._items.popleft()
-                if not self._items:
-                    self._emptied.notify()
+        """Hand every item over, in order, until cancelled."""
+        while True:
+            while not self._items:
+                await self._added.wait()
+            item = self._items[0]  # stays counted as held until the channel took it
+            await send.send(item)
+            if self._items and self._items[0] is item:  # (not dropped meanwhile)
+                self._items.popleft()
+            if not self._items:
+                self._emptied.notify()
 
     def drop(self) -> None:
         """Forget what was not handed over (stopping); barriers are released."""
@@ -240,9 +239,10 @@ class KafkaInput:
             await self._poll_loop()
 
     async def _forward(self, send: trio.MemorySendChannel[Chunk]) -> None:
-        with self._forward_scope:
-            await self._outbox.forward(send)
-        send.close()  # also when stopped before the forwarder started
+        """Until stop(); then the channel closes: the batcher flushes and returns."""
+        async with send:
+            with self._forward_scope:
+                await self._outbox.forward(send)
 
     async def _poll_loop(self) -> None:
         limit = self.cfg.max_poll_records
