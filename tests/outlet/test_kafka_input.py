@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from outlet import metrics as names
 from outlet.kafka_client import KafkaClient
 from outlet.metrics import Metrics
 from outlet.pipeline import Outlet
@@ -69,7 +70,7 @@ async def test_revoke_under_backpressure_commits_after_the_held_chunks(tmp_path:
     w.primary.stop()
     o = outlet_over(broker, w, tmp_path)
     async with running(o):
-        await until(lambda: o.metrics.kafka_paused._value.get() == 1)
+        await until(lambda: o.metrics.registry.get_sample_value(names.KAFKA_PAUSED) == 1)
         broker.revoke({1})
         consumer = broker.consumers[0]
         await until(consumer.revoke_started.is_set)

@@ -16,6 +16,7 @@ import pytest
 import trio
 import trio.testing
 
+from outlet import metrics as names
 from outlet.codec import CodecError
 from outlet.fallback import GIVE_UP_REASONS, SPOOL_REASONS
 from outlet.kafka_input import PAUSE_AFTER
@@ -62,8 +63,8 @@ async def test_seal_by_size_then_by_time(
     first, second, last = (i.at - t0 for i in w.primary.inserts)
     assert first < 0.1 and second < 0.1, "full batches are cut at once"
     assert 5 <= last < 5.2, "the last records wait maximum-wait-time"
-    assert metric(o, "outlet_batches_sealed_total", reason="size") == 2
-    assert metric(o, "outlet_batches_sealed_total", reason="time") == 1
+    assert metric(o, names.BATCHES_SEALED_TOTAL, reason="size") == 2
+    assert metric(o, names.BATCHES_SEALED_TOTAL, reason="time") == 1
     assert sorted(w.primary.rows) == sorted(w.topic.all_records())
 
 
@@ -77,7 +78,7 @@ async def test_primary_backpressure_pauses_input_then_resumes(
     o = Outlet(config(tmp_path), backends=w.backends())
     async with running(o):
         await trio.sleep(30)
-        assert metric(o, "outlet_kafka_paused") == 1
+        assert metric(o, names.KAFKA_PAUSED) == 1
         read = w.source.read
         # In flight while the primary is down: one batch in its insert, 4 queued, one in
         # the fan-out, one chunk in the channel, the outbox (a chunk or two).
@@ -87,7 +88,7 @@ async def test_primary_backpressure_pauses_input_then_resumes(
         assert w.primary.rows == [] and w.primary.attempts > 1  # retried, in vain
         w.primary.start()
         await until(lambda: w.topic.committed == {0: 300, 1: 300})
-        assert metric(o, "outlet_kafka_paused") == 0
+        assert metric(o, names.KAFKA_PAUSED) == 0
     paused_at, resumed_at = (t for t, _ in w.source.pause_changes[:2])
     assert [p for _, p in w.source.pause_changes[:3]] == [True, False, True]  # True: stop
     assert paused_at < PAUSE_AFTER + 0.2
@@ -117,10 +118,10 @@ async def test_additional_destination_giving_up_does_not_slow_primary(
     w, o, broken = await _primary_timeline(tmp_path / "b", azure, break_azure=True)
     t0, t1 = healthy[0][0], broken[0][0]
     assert [(t - t0, tok) for t, tok in healthy] == [(t - t1, tok) for t, tok in broken]
-    assert metric(o, "outlet_kafka_paused") == 0
+    assert metric(o, names.KAFKA_PAUSED) == 0
     assert w.azure.rows == []
     lost = sum(
-        metric(o, "outlet_destination_retries_exceeded_flows_total", destination="azure",
+        metric(o, names.DESTINATION_RETRIES_EXCEEDED_FLOWS_TOTAL, destination="azure",
                reason=reason)
         for reason in GIVE_UP_REASONS
     )
@@ -144,15 +145,15 @@ async def test_additional_destination_spooling_does_not_slow_primary(
             (i.at - t1, i.token) for i in w.primary.inserts
         ]
         spooled = sum(
-            metric(o, "outlet_spool_appended_flows_total", destination="azure", reason=reason)
+            metric(o, names.SPOOL_APPENDED_FLOWS_TOTAL, destination="azure", reason=reason)
             for reason in SPOOL_REASONS
         )
         assert spooled == 400
         w.azure.start()
         await until(lambda: len(w.azure.rows) == 400)
-        await until(lambda: metric(o, "outlet_spool_batches", destination="azure") == 0)
+        await until(lambda: metric(o, names.SPOOL_BATCHES, destination="azure") == 0)
     assert sorted(w.azure.rows) == sorted(w.topic.all_records()), "exactly once on azure"
-    assert metric(o, "outlet_spool_replayed_flows_total", destination="azure") == spooled
+    assert metric(o, names.SPOOL_REPLAYED_FLOWS_TOTAL, destination="azure") == spooled
 
 
 async def test_shutdown_flushes_the_open_batch_and_commits(
@@ -166,7 +167,7 @@ async def test_shutdown_flushes_the_open_batch_and_commits(
         stopped_at = trio.current_time()
     assert trio.current_time() - stopped_at < 1
     assert sizes(w.primary.inserts) == [7]
-    assert metric(o, "outlet_batches_sealed_total", reason="shutdown") == 1
+    assert metric(o, names.BATCHES_SEALED_TOTAL, reason="shutdown") == 1
     assert w.topic.committed == {0: 7}
     assert w.source.closed and w.encoder.closed and all(wr.closed for wr in w.writers)
 
@@ -198,7 +199,7 @@ async def test_rebalance_barrier_does_not_overtake_held_chunks(
     w.primary.stop()
     o = Outlet(config(tmp_path), backends=w.backends())
     async with running(o):
-        await until(lambda: metric(o, "outlet_kafka_paused") == 1)
+        await until(lambda: metric(o, names.KAFKA_PAUSED) == 1)
         w.source.revoke({1})
         await trio.sleep(2)  # the revoke is waiting for its barrier and batches
         w.primary.start()
@@ -226,8 +227,8 @@ async def test_codec_error_is_retried_with_backoff(
     async with running(o):
         await until(lambda: w.topic.committed.get(0) == 30)
     assert sorted(w.primary.rows) == sorted(w.topic.all_records())
-    assert metric(o, "outlet_codec_errors_total", outcome="retried") == 2
-    assert metric(o, "outlet_codec_errors_total", outcome="quarantined") == 0
+    assert metric(o, names.CODEC_ERRORS_TOTAL, outcome="retried") == 2
+    assert metric(o, names.CODEC_ERRORS_TOTAL, outcome="quarantined") == 0
 
 
 async def test_codec_error_that_persists_quarantines_the_batch_only(
@@ -242,9 +243,9 @@ async def test_codec_error_that_persists_quarantines_the_batch_only(
         assert o.parts is not None and o.parts.committer.tracker.pending_batches == 0
     assert sorted(w.primary.rows) == sorted(f"0:{i}" for i in [*range(10), *range(20, 30)])
     attempts = CODEC_RETRY.max_attempts
-    assert metric(o, "outlet_codec_errors_total", outcome="retried") == attempts - 1
-    assert metric(o, "outlet_codec_errors_total", outcome="quarantined") == 1
-    assert metric(o, "outlet_decode_errors_total", reason="quarantined") == 10
+    assert metric(o, names.CODEC_ERRORS_TOTAL, outcome="retried") == attempts - 1
+    assert metric(o, names.CODEC_ERRORS_TOTAL, outcome="quarantined") == 1
+    assert metric(o, names.DECODE_ERRORS_TOTAL, reason="quarantined") == 10
 
 
 async def test_restart_rebuilds_uncommitted_batches_with_their_tokens(
@@ -267,4 +268,4 @@ async def test_restart_rebuilds_uncommitted_batches_with_their_tokens(
     tokens = [i.token for i in w.primary.inserts]
     assert first <= set(tokens) and len(tokens) == len(first) * 2 + 1
     assert sorted(w.primary.rows) == sorted(w.topic.all_records()), "no duplicate, no loss"
-    assert metric(o, "outlet_batches_sealed_total", reason="rebuild") == len(first)
+    assert metric(o, names.BATCHES_SEALED_TOTAL, reason="rebuild") == len(first)
