@@ -260,6 +260,9 @@ async def test_restart_rebuilds_uncommitted_batches_with_their_tokens(
         await nursery.start(o.run)
         await until(lambda: len(w.primary.rows) == 20)
         nursery.cancel_scope.cancel()  # a crash: nothing flushed, nothing committed
+    assert w.source.closed and w.encoder.closed and all(wr.closed for wr in w.writers), (
+        "resources close on cancellation too"
+    )
     first = {i.token for i in w.primary.inserts}
     w.topic.committed.clear()
     o = Outlet(config(tmp_path), backends=w.backends())
