@@ -7,6 +7,7 @@ same offsets always give the same token, across retries and across restarts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 Ranges = dict[int, tuple[int, int]]  # partition -> (first offset, last offset), inclusive
@@ -53,6 +54,17 @@ class BatchBuilder:
 
     def __len__(self) -> int:
         return len(self.records)
+
+
+@dataclass(frozen=True)
+class Cut:
+    """What the batcher hands to the sealer: records and where they came from."""
+
+    seq: int
+    records: Sequence[bytes]
+    ranges: Ranges
+    reason: str  # size | time | rebalance | shutdown | rebuild
+    plan: RebuildPlan | None = None  # a rebuild: the original token, no new ledger entry
 
 
 @dataclass(frozen=True)

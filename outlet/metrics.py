@@ -33,6 +33,7 @@ DECODE_ERRORS_TOTAL = "outlet_decode_errors_total"
 BATCH_SIZE_FLOWS = "outlet_batch_size_flows"
 BATCHES_SEALED_TOTAL = "outlet_batches_sealed_total"
 ENCODE_SECONDS = "outlet_encode_seconds"
+CODEC_ERRORS_TOTAL = "outlet_codec_errors_total"
 # destinations
 DESTINATION_FLOWS_WRITTEN_TOTAL = "outlet_destination_flows_written_total"
 DESTINATION_BATCHES_WRITTEN_TOTAL = "outlet_destination_batches_written_total"
@@ -119,6 +120,13 @@ class Metrics:
         )
         self.batches_sealed = Counter(
             BATCHES_SEALED_TOTAL, "Sealed batches by trigger.", ["reason"], registry=r
+        )
+        self.codec_errors = Counter(
+            CODEC_ERRORS_TOTAL,
+            "Codec (engine) failures on a batch, by outcome: retried, or quarantined "
+            "(the batch's records skipped, counted in decode_errors{reason=quarantined}).",
+            ["outcome"],
+            registry=r,
         )
         self.encode_seconds = Histogram(
             ENCODE_SECONDS,

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
+from typing import Any
 
+import pytest
+import trio
+import trio.testing
+
+import outlet.ledger
 from outlet.batch import BatchBuilder, make_token
 from outlet.commit import CommitTracker
 from outlet.ledger import Ledger
@@ -49,6 +57,34 @@ def test_pending_in_and_revoked_partitions() -> None:
     assert t.committable() == {0: 10}
 
 
+async def test_waits_are_driven_by_settlement(autojump_clock: trio.testing.MockClock) -> None:
+    t = CommitTracker()
+    t.register(1, {0: (0, 9)}, 10, DESTS)
+    t.register(2, {1: (0, 9)}, 0, DESTS, sealed=False)  # a rebuild not sealed yet
+    done: list[str] = []
+
+    async def wait(name: str, partitions: set[int] | None) -> None:
+        await t.wait_settled(partitions)
+        done.append(name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait, "all sealed", None)
+        nursery.start_soon(wait, "partition 1", {1})
+        await trio.sleep(1)
+        assert done == []
+        t.settle(1, "primary")
+        t.settle(1, "azure")
+        await trio.testing.wait_all_tasks_blocked()
+        assert done == ["all sealed"], "shutdown does not wait for an unsealed rebuild"
+        assert await t.wait_moved(0) == 1
+        t.register(2, {1: (0, 9)}, 10, DESTS)  # sealed now
+        assert t.in_flight()
+        t.settle(2, "primary")
+        t.settle(2, "azure")
+    assert done == ["all sealed", "partition 1"]
+    assert t.committable() == {0: 10, 1: 10}
+
+
 def test_ledger_survives_restart_and_torn_line(tmp_path: Path) -> None:
     led = Ledger(tmp_path, "flows", "g")
     led.record({0: (0, 9), 1: (0, 4)})
@@ -64,3 +100,39 @@ def test_ledger_survives_restart_and_torn_line(tmp_path: Path) -> None:
     assert again.pending({0: 20, 1: 5}) == []
     assert again.pending({0: 10, 1: 5}, partitions={1}) == []
     again.close()
+
+
+def test_ledger_record_racing_compact_loses_no_seal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sealer records and the committer compacts from two worker threads. Without a
+    lock, a seal appended while compaction rewrites the file went to the replaced file
+    and out of memory (or failed with "write to closed file"): other boundaries after a
+    crash, hence duplicates."""
+    monkeypatch.setattr(outlet.ledger, "COMPACT_AFTER_LINES", 2)
+    led = Ledger(tmp_path, "flows", "g")
+    led.record({0: (0, 9)})
+    led.record({0: (10, 19)})
+    in_compact, release = threading.Event(), threading.Event()
+    real_replace = os.replace
+
+    def slow_replace(src: Any, dst: Any) -> None:
+        in_compact.set()
+        release.wait(5)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", slow_replace)
+    compact = threading.Thread(target=led.compact, args=({0: 10},))
+    compact.start()
+    assert in_compact.wait(5)
+    record = threading.Thread(target=led.record, args=({0: (20, 29)},))
+    record.start()
+    record.join(0.3)  # an unsynchronised record would finish inside the compaction here
+    release.set()
+    compact.join(5)
+    record.join(5)
+    monkeypatch.setattr(os, "replace", real_replace)
+    expected = [({0: (10, 19)}, {0: (10, 19)}), ({0: (20, 29)}, {0: (20, 29)})]
+    assert led.pending({0: 10}) == expected, "the seal recorded during compaction is lost"
+    led.close()
+    assert Ledger(tmp_path, "flows", "g").pending({0: 10}) == expected
