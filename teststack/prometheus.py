@@ -32,8 +32,8 @@ from typing import Any
 
 import yaml
 
+from teststack.paths import PROJECT_ROOT
 from teststack.stack import (
-    PROJECT_ROOT,
     StackError,
     _save_pid,
     _spawn,

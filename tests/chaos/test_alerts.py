@@ -38,11 +38,11 @@ def test_alerts_section_is_validated() -> None:
     assert any(p.startswith("alerts.fire[0].alert: unknown alert 'OutletAzureDown' (known: "
                             "OutletDown, ") for p in ps)
     assert any(p.startswith("alerts.others: expected forbid or allow") for p in ps)
-    assert any(p.startswith("alerts.allowed: expected a list of alert names") for p in ps)
+    assert any(p.startswith("alerts.allowed[0]: unknown alert 'Nope'") for p in ps)
     assert any(p.startswith("alerts.extra: unknown key") for p in ps)
     ps = problems({"fire": [{"alert": "OutletDown", "within": "soon", "resolves": "yes"}]})
     assert any(p.startswith("alerts.fire[0].within: bad duration 'soon'") for p in ps)
-    assert "alerts.fire[0].resolves: expected true or false" in ps
+    assert "alerts.fire[0].resolves: expected true or false, got 'yes'" in ps
     assert any("the timeline is empty" in p for p in problems(
         {"fire": [{"alert": "OutletDown"}]}, timeline=False))
 
