@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import clickhouse_connect
 import pytest
 
-from outlet.destination import classify
 from outlet.logs import drop_transport_duplicates, librdkafka_logger
 from outlet.outage import OutageLog, short_cause
+from outlet.retry import classify
 
 
 def _insert_error(port: int, timeout: float = 10) -> str:
