@@ -32,6 +32,7 @@ from outlet.batch import EncodedJob
 from outlet.breaker import CircuitBreaker, State
 from outlet.config import DestinationConfig
 from outlet.metrics import Metrics
+from outlet.outage import OutageLog, short_cause
 from outlet.retry import ERROR_KINDS, InsertFailure, RetryPolicy, classify
 from outlet.writer import Writer
 
@@ -50,24 +51,22 @@ class Outcomes:
         self.healthy = True
         self.last_error = ""
         self._unclassified: set[int] = set()
+        self._outage = OutageLog(name)
+        self.state: Callable[[], str] = str  # what the destination does while it is down
         for kind in ERROR_KINDS:
             metrics.dest_errors.labels(name, kind)
         metrics.dest_flows.labels(name)
         metrics.dest_up.labels(name).set(1)
 
-    def failed(self, failure: InsertFailure, attempt: int) -> None:
+    def failed(self, failure: InsertFailure, attempt: int, what: str = "insert") -> None:
         self.metrics.dest_errors.labels(self.name, failure.kind).inc()
         self.metrics.dest_up.labels(self.name).set(0)
         self.healthy = False
-        message = (self._writer.redact(failure.message).splitlines() or [""])[0][:300]
-        self.last_error = message
+        message = self._writer.redact(failure.message)
+        self.last_error = (message.splitlines() or [""])[0][:300]
         level = logging.ERROR if not failure.retriable else logging.WARNING
-        if attempt == 1 or attempt % 10 == 0:
-            log.log(
-                level,
-                "destination %s: insert failed (%s, attempt %d, server %s): %s",
-                self.name, failure.kind, attempt, self._writer.server, message,
-            )
+        self._outage.failed(what, failure.kind, attempt, self._writer.server,
+                            short_cause(message), level, self.state)
         if not failure.classified and failure.code not in self._unclassified:
             self._unclassified.add(failure.code or 0)
             log.error(
@@ -82,10 +81,7 @@ class Outcomes:
         m.dest_insert_seconds.labels(self.name).observe(seconds)
         m.dest_last_success.labels(self.name).set(time.time())
         m.dest_up.labels(self.name).set(1)
-        if not self.healthy:
-            log.info(
-                "destination %s: inserts succeed again (after %d attempts)", self.name, attempt
-            )
+        self._outage.recovered()
         self.healthy = True
 
 
@@ -143,6 +139,17 @@ class Destination:
             on_change=self._circuit_changed,
         )
         metrics.circuit_state.labels(self.name).set(0)
+        self.outcomes.state = self._outage_state
+
+    def _outage_state(self) -> str:
+        """What the destination does while down, for the periodic summary."""
+        if not self._gated:
+            return "retrying forever (consumption pauses when the queue is full)"
+        state = f"circuit {self.breaker.state.name.lower().replace('_', '-')}"
+        spool = getattr(self.fallback, "spool", None)
+        if spool is not None:
+            state += f", spool {spool.batches} batches ({spool.bytes:,} bytes)"
+        return state
 
     @property
     def healthy(self) -> bool:
@@ -218,9 +225,11 @@ class Destination:
 
     def _circuit_changed(self, old: State, new: State) -> None:
         self.metrics.circuit_state.labels(self.name).set(int(new))
-        level = logging.WARNING if new is State.OPEN else logging.INFO
+        # Probes (open <-> half-open) are attempts, logged as such: only the edges here.
+        level = (logging.WARNING if old is State.CLOSED else
+                 logging.INFO if new is State.CLOSED else logging.DEBUG)
         log.log(
-            level, "destination %s: circuit %s -> %s", self.name, old.name.lower(),
-            new.name.lower().replace("_", "-"),
+            level, "destination %s: circuit %s -> %s", self.name,
+            old.name.lower().replace("_", "-"), new.name.lower().replace("_", "-"),
         )
         self.fallback.live_changed()

@@ -101,6 +101,7 @@ class SpoolLane:
         _init_give_up_metrics(metrics, self.name)
         m, name = metrics, self.name
         m.spool_bytes.labels(name).set_function(lambda: spool.bytes)
+        m.spool_max_bytes.labels(name).set(spool.cfg.max_bytes)
         m.spool_batches.labels(name).set_function(lambda: spool.batches)
         m.spool_oldest_age.labels(name).set_function(lambda: spool.oldest_age_seconds)
         for reason in SPOOL_REASONS:
@@ -216,7 +217,7 @@ class SpoolLane:
         except Exception as exc:
             failure = classify(exc)
             self._replay_failures += 1
-            live.outcomes.failed(failure, self._replay_failures)
+            live.outcomes.failed(failure, self._replay_failures, "replay")
             if failure.retriable:
                 live.breaker.record_failure()
             else:

@@ -32,6 +32,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 
 from outlet.config import KafkaConfig
 from outlet.kafka_input import Chunk, CommitRequest, Polled, PollRequest, SourceHooks
+from outlet.logs import librdkafka_logger
 from outlet.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class KafkaClient:
 
     def _subscribe(self) -> None:
         settings = {**consumer_settings(self.cfg), "on_commit": self._on_commit}
-        self._consumer = self._factory(settings, logger=logging.getLogger("librdkafka"))
+        self._consumer = self._factory(settings, logger=librdkafka_logger())
         self._consumer.subscribe(
             [self.cfg.topic], on_assign=self._assign_cb, on_revoke=self._revoke_cb
         )

@@ -1,12 +1,14 @@
 """Every metric the outlet exports, in one place (names are part of our interface).
 
 Each outlet instance owns a registry so that tests can run several outlets in one
-process without their counters bleeding into each other.
+process without their counters bleeding into each other. The registry also carries the
+standard ``process_*`` metrics (CPU, memory): CPU per flow is the outlet's capacity signal
+(docs/operations.md).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 PREFIX = "outlet"
 
@@ -48,6 +50,7 @@ DESTINATION_UP = "outlet_destination_up"
 # spool and circuit breaker (additional destinations)
 SPOOL_BYTES = "outlet_spool_bytes"
 SPOOL_BATCHES = "outlet_spool_batches"
+SPOOL_MAX_BYTES = "outlet_spool_max_bytes"
 SPOOL_OLDEST_AGE_SECONDS = "outlet_spool_oldest_age_seconds"
 SPOOL_APPENDED_FLOWS_TOTAL = "outlet_spool_appended_flows_total"
 SPOOL_APPENDED_BATCHES_TOTAL = "outlet_spool_appended_batches_total"
@@ -71,6 +74,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
         # configuration from an orchestrator: see enable_config_refresh
         self.config_last_refresh: Gauge | None = None
         self.config_refresh_errors: Counter | None = None
@@ -191,6 +195,9 @@ class Metrics:
         # spool and circuit breaker (additional destinations)
         self.spool_bytes = Gauge(
             SPOOL_BYTES, "Bytes of batches waiting in the on-disk spool.", d, registry=r
+        )
+        self.spool_max_bytes = Gauge(
+            SPOOL_MAX_BYTES, "Configured spool capacity (spool.max-bytes).", d, registry=r
         )
         self.spool_batches = Gauge(
             SPOOL_BATCHES, "Batches waiting in the on-disk spool.", d, registry=r

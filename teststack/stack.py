@@ -964,6 +964,8 @@ def stack_status(stack_dir: str | os.PathLike[str] = ".stack") -> list[Component
                 ch = state.get("clickhouse", {}).get(name.removeprefix("clickhouse-"), {})
                 if ch.get("proxied_port"):
                     rec.ports["proxied"] = ch["proxied_port"]
+            else:  # optional components (teststack/prometheus.py): their ports answer
+                healthy = bool(rec.ports) and all(port_open(p) for p in rec.ports.values())
         result.append(ComponentStatus(name, rec.pid, alive, rec.ports, healthy, detail))
     return result
 
