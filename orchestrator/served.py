@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from outlet.config import ConfigError, Secret, parse_config
+from outlet.confspec import HIDDEN_SHOWN
 
 #: Sections of the orchestrator's config that outlet entries inherit.
 SHARED_SECTIONS = ("kafka", "clickhousedb")
@@ -165,7 +166,8 @@ def validate(document: Mapping[str, Any], prefix: str) -> list[str]:
     try:
         parse_config(dict(document), env=_StandInEnv())
     except ConfigError as e:
-        return [f"{prefix}{err}" for err in e.errors if _STAND_IN_PREFIX not in err]
+        return [f"{prefix}{err}" for err in e.errors
+                if _STAND_IN_PREFIX not in err and not HIDDEN_SHOWN.search(err)]
     return []
 
 

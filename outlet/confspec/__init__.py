@@ -43,6 +43,8 @@ expansion (:func:`expand_env`).
 from __future__ import annotations
 
 from outlet.confspec.core import (
+    HIDDEN_SHOWN,
+    REDACTED,
     Invalid,
     Key,
     KeyDoc,
@@ -50,20 +52,23 @@ from outlet.confspec.core import (
     Nested,
     Problems,
     Section,
+    SecretPath,
     SpecError,
     Where,
     describe,
     dump,
+    hiding,
     join_path,
     parse,
     parse_mapping,
+    secret_named,
+    secret_paths,
     section,
     setting,
     show,
     unknown_key_message,
 )
 from outlet.confspec.kinds import (
-    REDACTED,
     AnyMapping,
     Bool,
     Duration,
@@ -80,9 +85,12 @@ from outlet.confspec.kinds import (
     host_port_problem,
 )
 from outlet.confspec.units import format_duration, format_size, parse_duration, parse_size
-from outlet.confspec.yamlio import expand_env, load_yaml
+from outlet.confspec.yamlio import MAX_DEPTH, MAX_VALUES, YAMLSyntaxError, expand_env, load_yaml
 
 __all__ = [
+    "HIDDEN_SHOWN",
+    "MAX_DEPTH",
+    "MAX_VALUES",
     "REDACTED",
     "AnyMapping",
     "Bool",
@@ -99,6 +107,7 @@ __all__ = [
     "Number",
     "Problems",
     "Secret",
+    "SecretPath",
     "SecretStr",
     "Section",
     "Size",
@@ -106,11 +115,13 @@ __all__ = [
     "Str",
     "StrList",
     "Where",
+    "YAMLSyntaxError",
     "describe",
     "dump",
     "expand_env",
     "format_duration",
     "format_size",
+    "hiding",
     "host_port_problem",
     "join_path",
     "load_yaml",
@@ -118,6 +129,8 @@ __all__ = [
     "parse_duration",
     "parse_mapping",
     "parse_size",
+    "secret_named",
+    "secret_paths",
     "section",
     "setting",
     "show",
