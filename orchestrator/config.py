@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import served
-from outlet.confspec import Problems, expand_env, hiding, show
 from orchestrator.ddl import Resolution
 from outlet.config import (
     ConfigError,
@@ -33,6 +32,7 @@ from outlet.config import (
     parse_duration,
     read_yaml,
 )
+from outlet.confspec import Problems, expand_env, hiding, show
 
 TOP_KEYS = (
     "http",

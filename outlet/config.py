@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import ssl
 import re
+import ssl
 import sys
 import types
 from collections.abc import Iterator, Mapping, Sequence
@@ -88,7 +88,6 @@ __all__ = [
     "SpoolConfig",
     "TLSConfig",
     "dump_redacted",
-    "expand_env",
     "format_duration",
     "format_size",
     "load_config",
@@ -601,8 +600,8 @@ class CircuitBreakerConfig:
     failure_threshold: int = setting(
         5, Int(1), doc="Consecutive failures that open the breaker.")
     cool_down: float = setting(
-        30.0, Duration(positive=True, at_most=HOUR), doc="Time before a probe is allowed through an open "
-                                           "breaker.")
+        30.0, Duration(positive=True, at_most=HOUR),
+        doc="Time before a probe is allowed through an open breaker.")
 
 
 @dataclass(frozen=True)
@@ -756,9 +755,9 @@ def parse_config(data: object, env: Mapping[str, str] | None = None) -> OutletCo
 
 def too_big(size: int | None) -> str:
     """The problem of a configuration of ``size`` bytes (None: more than the cap)."""
-    what = f"{size:,} bytes" if size is not None else "larger than that"
-    return (f"the configuration is {what}: at most {format_size(MAX_CONFIG_BYTES)} "
-            f"({MAX_CONFIG_BYTES:,} bytes) is read")
+    what = f"{size:,} bytes, more than" if size is not None else "larger than"
+    return (f"the configuration is {what} the {format_size(MAX_CONFIG_BYTES)} "
+            f"({MAX_CONFIG_BYTES:,} bytes) a configuration may be")
 
 
 def read_capped(path: str | Path) -> bytes:
@@ -806,18 +805,6 @@ def read_yaml(path: str | Path) -> object:
     if duplicates:
         raise ConfigError(duplicates, str(path))
     return data
-
-
-def expand_env(data: object, env: Mapping[str, str] | None = None) -> object:
-    """``${VAR}`` expansion of every string value (the rules of :func:`parse_config`).
-
-    Raises ConfigError naming each key whose variable is missing.
-    """
-    problems = Problems()
-    expanded = _expand_env(data, os.environ if env is None else env, problems)
-    if problems:
-        raise ConfigError(problems.errors)
-    return expanded
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> OutletConfig:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -100,7 +101,8 @@ SECRET_KEY = re.compile(
     r"|api-?key|private)(?:$|[-_. ])", re.IGNORECASE)
 _USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?)[^/\s]*@")
 _SHORT_HIDDEN = 4  # hidden values shorter than this are replaced only when they are the value
-_hidden: ContextVar[Mapping[str, str]] = ContextVar("confspec_hidden", default={})
+_NOTHING_HIDDEN: Mapping[str, str] = types.MappingProxyType({})
+_hidden: ContextVar[Mapping[str, str]] = ContextVar("confspec_hidden", default=_NOTHING_HIDDEN)
 
 
 def secret_named(key: object) -> bool:
@@ -779,3 +781,29 @@ def secret_paths(cls: type[Any]) -> list[SecretPath]:
             out.append(SecretPath(path.lstrip("."), kind.secret))
         todo += [(path + suffix, child) for suffix, child in kind.children()]
     return out
+
+
+_PATH_PART = re.compile(r"\[[^\]]*\]|[^.\[]+")
+
+
+def locate(document: object, path: str) -> Iterator[tuple[str, Any, Any]]:
+    """Each place of a parsed YAML document that a :class:`SecretPath` path names, as
+    (concrete path, container, key): ``[*]`` is any list item, ``[<name>]`` any mapping key."""
+    places: list[tuple[str, Any]] = [("", document)]
+    parts = _PATH_PART.findall(path)
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        found: list[tuple[str, Any]] = []
+        for where, node in places:
+            if part == "[*]":
+                keys: list[Any] = list(range(len(node))) if isinstance(node, list) else []
+            elif part.startswith("[<"):
+                keys = list(node) if isinstance(node, dict) else []
+            else:
+                keys = [part] if isinstance(node, dict) and part in node else []
+            for key in keys:
+                if last:
+                    yield join_path(where, key), node, key
+                else:
+                    found.append((join_path(where, key), node[key]))
+        places = found

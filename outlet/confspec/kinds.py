@@ -13,7 +13,6 @@ from outlet.confspec.core import REDACTED, Invalid, Kind, Where, show
 from outlet.confspec.units import format_duration, format_size, parse_duration, parse_size
 
 
-
 class Str(Kind[str]):
     def __init__(self, *, nonempty: bool = False, choices: Sequence[str] | None = None,
                  normalize: Callable[[str], str] | None = None,

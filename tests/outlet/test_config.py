@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 import yaml
 
-from teststack.stack import generate_tls
 from outlet.config import (
     BatchConfig,
     ConfigError,
@@ -25,6 +24,7 @@ from outlet.config import (
     parse_size,
     redacted_dict,
 )
+from teststack.stack import generate_tls
 
 # The seed-style example of the dual-write issue (issue 4), verbatim.
 SEED_EXAMPLE = """
@@ -119,7 +119,7 @@ def test_seed_example_native_port_is_refused_with_the_fix(tmp_path: Path) -> Non
 )
 def test_native_and_other_protocol_ports_are_refused(server: str, tls: bool, port: int) -> None:
     (error,) = errors_of({"clickhousedb": {"servers": [server], "tls": {"enable": tls}}})
-    assert error.startswith(f"clickhousedb.servers[0]: is ClickHouse's ")
+    assert error.startswith("clickhousedb.servers[0]: is ClickHouse's ")
     assert f"port ({port}): this outlet speaks the ClickHouse HTTP interface: use port 8123 " \
            "(or 8443 with TLS)" in error
     # An explicit URL says the server speaks HTTP there: taken as written.
