@@ -449,7 +449,8 @@ class SASLConfig:
     def __check__(cls, s: Section) -> None:
         if s["mechanism"] and not s["username"]:
             s.report("username", f"is required when mechanism is {s['mechanism']}")
-        if s["mechanism"] and not s["password"]:  # librdkafka refuses to start without
+        invalid = s.given("password") and not isinstance(s.raw("password"), str)  # reported
+        if s["mechanism"] and not s["password"] and not invalid:  # librdkafka needs one
             s.report("password", f"is required when mechanism is {s['mechanism']}")
 
 

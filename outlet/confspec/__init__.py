@@ -86,12 +86,20 @@ from outlet.confspec.kinds import (
     host_port_problem,
 )
 from outlet.confspec.units import format_duration, format_size, parse_duration, parse_size
-from outlet.confspec.yamlio import MAX_DEPTH, MAX_VALUES, YAMLSyntaxError, expand_env, load_yaml
+from outlet.confspec.yamlio import (
+    MAX_DEPTH,
+    MAX_VALUES,
+    PARSERS,
+    YAMLSyntaxError,
+    expand_env,
+    load_yaml,
+)
 
 __all__ = [
     "HIDDEN_SHOWN",
     "MAX_DEPTH",
     "MAX_VALUES",
+    "PARSERS",
     "REDACTED",
     "AnyMapping",
     "Bool",

@@ -707,6 +707,7 @@ class KeyDoc:
     default: str
     doc: str
     nested: type[Any] | None = None  # for a section documented on its own
+    kind: Kind[Any] | None = None  # how the value is checked (tests read its bounds)
 
 
 def _default_text(kind: Kind[Any], default: Any) -> str:
@@ -756,7 +757,7 @@ def describe(cls: type[Any], *, defaults: Any = None, keys: Sequence[str] | None
             shown = f.key.default_doc
         else:
             shown = "required" if f.key.required else _default_text(kind, default)
-        rows.append(KeyDoc(path, f.key.type_text, shown, f.key.doc, nested))
+        rows.append(KeyDoc(path, f.key.type_text, shown, f.key.doc, nested, kind))
     return rows
 
 
@@ -787,8 +788,9 @@ _PATH_PART = re.compile(r"\[[^\]]*\]|[^.\[]+")
 
 
 def locate(document: object, path: str) -> Iterator[tuple[str, Any, Any]]:
-    """Each place of a parsed YAML document that a :class:`SecretPath` path names, as
-    (concrete path, container, key): ``[*]`` is any list item, ``[<name>]`` any mapping key."""
+    """Each place of a parsed YAML document that a key path names, as (concrete path,
+    container, key): ``[*]`` is any list item, ``[<name>]`` any mapping key (the forms of
+    :class:`SecretPath`), ``[2]`` one item, ``["k.y"]`` one key (those of problems)."""
     places: list[tuple[str, Any]] = [("", document)]
     parts = _PATH_PART.findall(path)
     for i, part in enumerate(parts):
@@ -799,6 +801,12 @@ def locate(document: object, path: str) -> Iterator[tuple[str, Any, Any]]:
                 keys: list[Any] = list(range(len(node))) if isinstance(node, list) else []
             elif part.startswith("[<"):
                 keys = list(node) if isinstance(node, dict) else []
+            elif part.startswith("[") and part[1:-1].isdigit():
+                index = int(part[1:-1])
+                keys = [index] if isinstance(node, list) and index < len(node) else []
+            elif part.startswith('["'):
+                name = part[2:-2].replace('\\"', '"').replace("\\\\", "\\")
+                keys = [name] if isinstance(node, dict) and name in node else []
             else:
                 keys = [part] if isinstance(node, dict) and part in node else []
             for key in keys:

@@ -10,7 +10,8 @@ nesting deeper than :data:`MAX_DEPTH` levels, more than :data:`MAX_VALUES` value
 aliases are expanded (an "alias bomb"), an alias inside its own anchor, values YAML cannot
 convert (``2001-02-30``, ``!!int x``), ``!!binary`` values and control characters.
 
-libyaml (PyYAML's C parser) is used when PyYAML has it: 3-4x faster on large files.
+libyaml (PyYAML's C parser) is used when PyYAML has it: 3-4x faster on large files; the
+errors are the same with PyYAML's own parser.
 """
 
 from __future__ import annotations
@@ -26,10 +27,6 @@ from outlet.confspec.core import Problems, Where, join_path, show
 
 MAX_DEPTH = 64  # nesting levels of a document (the outlet's config needs 7)
 MAX_VALUES = 4_000_000  # values once aliases are expanded (an 8 MiB file holds ~1.5M)
-
-_BaseLoader: Any = yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else (
-    yaml.SafeLoader)
-
 
 class YAMLSyntaxError(yaml.YAMLError):
     """A document that cannot be read: where (1-based line and column, 0 when unknown) and
@@ -158,13 +155,12 @@ _UNCONVERTIBLE = (f"a value YAML cannot convert (a date that does not exist, or 
                   f"does not fit the value): {_QUOTE_IT}")
 
 
-class _Loader(_BaseLoader):  # type: ignore[misc]
-    """Records duplicate mapping keys instead of silently keeping the last; refuses
-    ``!!binary`` and values YAML cannot convert, at their position."""
+class _Checks(yaml.constructor.SafeConstructor):
+    """What our loaders add to PyYAML's safe loader: duplicate mapping keys recorded instead
+    of silently keeping the last; ``!!binary`` and values YAML cannot convert refused, at
+    their position."""
 
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.duplicate_errors: list[str] = []
+    duplicate_errors: list[str]  # set by load_yaml
 
     def construct_object(self, node: Node, deep: bool = False) -> Any:
         try:
@@ -192,22 +188,38 @@ class _Loader(_BaseLoader):  # type: ignore[misc]
                 seen.add(key)
             except TypeError:  # unhashable key; the base class reports it
                 pass
-        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+        return super().construct_mapping(node, deep=deep)
 
 
-_Loader.add_constructor("tag:yaml.org,2002:binary", _Loader.construct_binary)
+class _PythonLoader(_Checks, yaml.SafeLoader):
+    pass
 
 
-def load_yaml(text: str) -> tuple[Any, list[str]]:
+#: The parsers load_yaml can use: libyaml (PyYAML's C parser, 3-4x faster) when PyYAML has
+#: it, else PyYAML's own.
+PARSERS: dict[str, Any] = {"python": _PythonLoader}
+if getattr(yaml, "__with_libyaml__", False):
+    class _LibyamlLoader(_Checks, yaml.CSafeLoader):
+        pass
+
+    PARSERS["libyaml"] = _LibyamlLoader
+DEFAULT_PARSER = "libyaml" if "libyaml" in PARSERS else "python"
+for _loader in PARSERS.values():
+    _loader.add_constructor("tag:yaml.org,2002:binary", _loader.construct_binary)
+
+
+def load_yaml(text: str, parser: str = DEFAULT_PARSER) -> tuple[Any, list[str]]:
     """(document, duplicate-key problems). Raises :class:`YAMLSyntaxError` (a
-    ``yaml.YAMLError``) when the text is not a document we can read."""
+    ``yaml.YAMLError``) when the text is not a document we can read. ``parser``: a key of
+    :data:`PARSERS` (tests read with both)."""
     nul = text.find("\0")
     if nul >= 0:
         raise YAMLSyntaxError("the file holds a NUL character (is it a binary file?)",
                               *_line_column(text, nul))
     loader: Any = None
     try:
-        loader = _Loader(text)
+        loader = PARSERS[parser](text)
+        loader.duplicate_errors = []
         node = loader.get_single_node()
         if node is None:
             return None, []
