@@ -521,7 +521,10 @@ class ConnectionConfig:
             "URLs: `host:port` becomes `http://host:port`, or `https://host:port` when "
             "`tls.enable` is true; a URL without a port gets 8123 (http) or 8443 (https). An "
             "`http://` URL with `tls.enable: true` is an error; credentials in URLs are "
-            "refused. Required (no default) in `additional-clickhouses`.")
+            "refused. A `host:port` on another ClickHouse protocol's default port is refused "
+            "with the fix: 9000 and 9440 (native protocol, as in Akvorado's examples), 9004, "
+            "9005, 9009, 9100; an explicit `http(s)://` URL is taken as written. Required (no "
+            "default) in `additional-clickhouses`.")
     database: str = setting(
         "flows", Str(pattern=r"[A-Za-z_][A-Za-z0-9_]*",
                      pattern_msg="must be an identifier ([A-Za-z_][A-Za-z0-9_]*)"),
