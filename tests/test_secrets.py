@@ -27,7 +27,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -47,7 +46,7 @@ from outlet.config import OutletConfig
 from outlet.confspec import Secret, locate, secret_paths
 from teststack.kafka import create_topic
 from teststack.orchestrator_proc import OrchestratorProcess, run_orchestrator_cli, site_config
-from teststack.outlet_proc import free_port
+from teststack.outlet_proc import free_port, stop_process
 from teststack.promtext import metric_value, parse_metrics
 from teststack.stack import Endpoints, generate_tls
 
@@ -81,6 +80,10 @@ class Planted:
     def assert_absent(self, channel: str, text: str) -> None:
         leaked = [where for where, s in self.secrets.items() if s in text]
         assert not leaked, f"{channel} shows the secret of {leaked}:\n{_around(text, leaked, self)}"
+
+    def assert_absent_in_run(self, channel: str, res: subprocess.CompletedProcess[str]) -> None:
+        self.assert_absent(f"{channel} stdout", res.stdout)
+        self.assert_absent(f"{channel} stderr", res.stderr)
 
     def assert_absent_in_tree(self, channel: str, root: Path) -> int:
         """Every file under ``root`` (reports); returns how many were searched."""
@@ -215,8 +218,7 @@ def test_check_config_of_a_valid_configuration_shows_no_secret(tmp_path: Path) -
     path.write_text(yaml.safe_dump(cfg))
     res = outlet_cli("check-config", str(path), env=planted.env)
     assert res.returncode == 0, res.stderr
-    planted.assert_absent("check-config stdout", res.stdout)
-    planted.assert_absent("check-config stderr", res.stderr)
+    planted.assert_absent_in_run("check-config", res)
     dumped = yaml.safe_load(res.stdout)
     for p in VALUE_PATHS:
         assert all(node[key] == "******" for _, node, key in locate(dumped, p)), p
@@ -264,8 +266,9 @@ def _invalid_variants(cfg: dict[str, Any], planted: Planted) -> Iterator[tuple[s
                 n[k] = Path(node[key]).read_text()  # the content pasted instead of the path
             yield f"{concrete}: content pasted", yaml.safe_dump(doc)
     for var in planted.env:  # a ${VAR} secret at a wrong place (where it is invalid)
-        for wrong in ("clickhousedb.tls", "kafka.brokers", "kafka.topic", "http.listen", "state", "additional-clickhouses", "log.level",
-                      "clickhousedb.servers", "clickhouse.maximum-batch-size"):
+        for wrong in ("clickhousedb.tls", "kafka.brokers", "kafka.topic", "http.listen",
+                      "state", "additional-clickhouses", "log.level", "clickhousedb.servers",
+                      "clickhouse.maximum-batch-size"):
             doc = copy.deepcopy(cfg)
             suffix = {"kafka.topic": "!", "clickhousedb.servers": ":0"}.get(wrong, "")
             _set(doc, wrong, f"${{{var}}}{suffix}")
@@ -320,8 +323,7 @@ def test_orchestrator_check_config_shows_no_secret(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg))
     res = run_orchestrator_cli("check-config", str(path), env=planted.env)
     assert res.returncode == 0, res.stderr
-    planted.assert_absent("orchestrator check-config stdout", res.stdout)
-    planted.assert_absent("orchestrator check-config stderr", res.stderr)
+    planted.assert_absent_in_run("orchestrator check-config", res)
     literal = copy.deepcopy(cfg)
     literal["http"]["bearer-token"] = token
     literal["clickhousedb"]["tls"] = "${ORCH_TOKEN}"  # a secret at a wrong place
@@ -365,15 +367,8 @@ class _Proc:
                                          env={**os.environ, **env}, cwd=ROOT,
                                          start_new_session=True)
 
-    def stop(self, timeout: float = 30) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        return self.proc.returncode
+    def stop(self, timeout: float = 30) -> int:
+        return stop_process(self.proc, timeout)
 
     def output(self) -> tuple[str, str]:
         return self.stdout_path.read_text(errors="replace"), self.stderr_path.read_text(
@@ -587,8 +582,7 @@ def test_orchestrator_and_remote_config_show_no_secret(stack: Endpoints,
     planted.assert_absent("orchestrator /metrics", metrics)
     planted.assert_absent("served configuration", served.body)
     for name, res in (("right token", good), ("wrong token", bad), ("token from env", by_env)):
-        planted.assert_absent(f"outlet check-config URL ({name}) stdout", res.stdout)
-        planted.assert_absent(f"outlet check-config URL ({name}) stderr", res.stderr)
+        planted.assert_absent_in_run(f"outlet check-config URL ({name})", res)
 
 
 def _wait_orch_failing(orch: OrchestratorProcess, timeout: float = 60) -> None:

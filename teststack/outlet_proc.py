@@ -110,6 +110,19 @@ def outlet_config(
     return cfg
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM a process started in its own session, wait ``timeout``, then SIGKILL its
+    group; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    return int(proc.returncode)
+
+
 @dataclass
 class OutletProcess:
     """One outlet subprocess with its config file, state dir and log."""
@@ -208,16 +221,7 @@ class OutletProcess:
         """SIGTERM and wait: the graceful case. Returns the exit code."""
         if self.scrape_targets is not None:
             self.scrape_targets.remove(self.name)
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        return int(self.proc.returncode)
+        return 0 if self.proc is None else stop_process(self.proc, timeout)
 
     def restart(self, graceful: bool = True) -> None:
         if graceful:

@@ -36,8 +36,15 @@ problem and goes on. :func:`parse_mapping` checks a mapping against ``{key: Key}
 keys depend on a value (the parameters of an action).
 
 Also here: the one duration grammar (:func:`parse_duration`, :func:`format_duration`),
-sizes, YAML loading with duplicate keys as problems (:func:`load_yaml`) and ``${VAR}``
-expansion (:func:`expand_env`).
+sizes, YAML loading (:func:`load_yaml`: duplicate keys as problems; syntax errors as a line,
+a column and a problem, never the text) and ``${VAR}`` expansion (:func:`expand_env`).
+
+Secrets: a kind marks what it holds (``secret = "value"``: :class:`SecretStr`;
+``"file"``: ``File(secret=True)``, the file's content), :func:`secret_paths` lists every
+place a spec holds one and :func:`locate` finds them in a document. Every value a problem
+shows goes through :func:`show`, which never prints what a ``${VAR}`` gave (the
+placeholder instead), the value of a key named like a secret, PEM data or the
+``user:password@`` of an address.
 """
 
 from __future__ import annotations

@@ -131,7 +131,8 @@ def _show_str(s: str) -> str:
     for value, placeholder in _hidden.get().items():
         if s == value:
             return f"<{placeholder}, not shown>"
-        if len(value) >= _SHORT_HIDDEN and (value in s or s in value):
+        if len(value) >= _SHORT_HIDDEN and (value in s or (len(s) >= _SHORT_HIDDEN
+                                                          and s in value)):
             return f"<a value from {placeholder}, not shown>"
     if "@" in s:
         s = _USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", s)

@@ -86,7 +86,7 @@ def test_just_past_the_bounds_librdkafka_refuses_or_warns() -> None:
     base = consumer_settings(KafkaConfig())
     assert _build({**base, "fetch.wait.max.ms": ms}) == []
     assert any("fetch.wait.max.ms" in w for w in _build({**base, "fetch.wait.max.ms": ms + 1}))
-    with pytest.raises(KafkaException, match="outside allowed range 0..300000"):
+    with pytest.raises(KafkaException, match=re.escape("outside allowed range 0..300000")):
         _build({**base, "fetch.wait.max.ms": 300_001})
     with pytest.raises(ValueError, match="num_messages must be between 0 and 1000000"):
         _build(base, poll=MAX_POLL_RECORDS_MAX + 1)
@@ -105,10 +105,11 @@ def test_our_bounds_sit_inside_librdkafkas_ranges() -> None:
 
 def test_sasl_without_password_is_refused_by_both() -> None:
     """What check-config now refuses (kafka.sasl.password required) librdkafka refuses too."""
-    with pytest.raises(KafkaException, match="sasl.username and sasl.password must be set"):
+    refused = re.escape("sasl.username and sasl.password must be set")
+    with pytest.raises(KafkaException, match=refused):
         _build({**consumer_settings(KafkaConfig()), "security.protocol": "SASL_PLAINTEXT",
                 "sasl.mechanism": "PLAIN", "sasl.username": "u", "sasl.password": ""})
-    with pytest.raises(Exception, match="kafka.sasl.password: is required"):
+    with pytest.raises(Exception, match=re.escape("kafka.sasl.password: is required")):
         parse_config({"kafka": {"sasl": {"mechanism": "PLAIN", "username": "u"}}}, {})
 
 
