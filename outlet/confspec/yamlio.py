@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import yaml
-from yaml.nodes import MappingNode, Node, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from outlet.confspec.core import Problems, Where, join_path, show
 
@@ -122,33 +122,44 @@ def _children(node: Node) -> list[Node]:
 
 def check_shape(root: Node) -> None:
     """Refuse nesting deeper than MAX_DEPTH, more than MAX_VALUES values once aliases are
-    expanded, and an alias inside its own anchor (iterative: no recursion limit)."""
-    height: dict[int, int] = {}
-    weight: dict[int, int] = {}
+    expanded, and an alias inside its own anchor (iterative: no recursion limit; each node
+    is visited once, however many aliases repeat it)."""
+    height: dict[int, int] = {}  # levels below and including a collection node
+    weight: dict[int, int] = {}  # values in it, aliases expanded
     on_path = {id(root)}
     stack: list[tuple[Node, int, Iterator[Node]]] = [(root, 1, iter(_children(root)))]
     while stack:
         node, depth, pending = stack[-1]
-        child = next(pending, None)
-        if child is None:
+        for child in pending:
+            if isinstance(child, ScalarNode):
+                if depth + 1 > MAX_DEPTH:
+                    raise YAMLSyntaxError.at(_TOO_DEEP, child.start_mark)
+                continue
+            if id(child) in on_path:
+                raise YAMLSyntaxError.at("an alias (*name) inside the value it names",
+                                         node.start_mark)
+            if depth + height.get(id(child), 1) > MAX_DEPTH:
+                raise YAMLSyntaxError.at(_TOO_DEEP, child.start_mark)
+            if id(child) not in height:
+                on_path.add(id(child))
+                stack.append((child, depth + 1, iter(_children(child))))
+                break
+        else:
             stack.pop()
             on_path.discard(id(node))
-            kids = _children(node)
-            height[id(node)] = 1 + max((height[id(c)] for c in kids), default=0)
-            weight[id(node)] = 1 + sum(weight[id(c)] for c in kids)
-            if weight[id(node)] > MAX_VALUES:
+            levels, values = 1, 1
+            for c in _children(node):
+                if isinstance(c, ScalarNode):
+                    levels, values = max(levels, 2), values + 1
+                else:
+                    levels, values = max(levels, 1 + height[id(c)]), values + weight[id(c)]
+            height[id(node)], weight[id(node)] = levels, values
+            if values > MAX_VALUES:
                 raise YAMLSyntaxError.at(f"more than {MAX_VALUES:,} values once the aliases "
                                          "(*name) in it are expanded", node.start_mark)
-            continue
-        if id(child) in on_path:
-            raise YAMLSyntaxError.at("an alias (*name) inside the value it names",
-                                     node.start_mark)
-        if depth + height.get(id(child), 1) > MAX_DEPTH:
-            raise YAMLSyntaxError.at(f"nesting deeper than {MAX_DEPTH} levels",
-                                     child.start_mark)
-        if id(child) not in height:
-            on_path.add(id(child))
-            stack.append((child, depth + 1, iter(_children(child))))
+
+
+_TOO_DEEP = f"nesting deeper than {MAX_DEPTH} levels"
 
 
 _UNCONVERTIBLE = (f"a value YAML cannot convert (a date that does not exist, or a !!tag that "
