@@ -458,7 +458,7 @@ class SASLConfig:
 _TLS_TYPE = "[TLS](#tls)"
 
 
-# Bounds of the keys handed to librdkafka (outlet/kafka_input.py), so that check-config
+# Bounds of the keys handed to librdkafka (outlet/kafka_client.py), so that check-config
 # refuses what the consumer would refuse (tests/outlet/test_librdkafka_bounds.py builds a
 # real consumer at each bound and reads librdkafka's own ranges):
 # - fetch.wait.max.ms is 0..300000 ms for librdkafka, but above socket.timeout.ms (60 s,

@@ -20,7 +20,7 @@ from outlet.config import (
     parse_config,
 )
 from outlet.confspec import Duration, Int, describe
-from outlet.kafka_input import consumer_settings
+from outlet.kafka_client import consumer_settings
 
 CLOSED = "127.0.0.1:1"
 
