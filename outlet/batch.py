@@ -1,8 +1,12 @@
 """Batches, their Kafka offset ranges and deduplication tokens.
 
 A batch is identified by the Kafka offsets it covers, never by a counter: the
-deduplication token sent with every insert is derived from those ranges, so the
-same offsets always give the same token, across retries and across restarts.
+deduplication token sent with every insert is derived from those ranges and the Kafka
+cluster (outlet/tokens.py), fixed when the batch is sealed and kept in the ledger, so the
+same batch always carries the same token, across retries, restarts, rebuilds and
+processes. Every batch covers one partition's contiguous offset range (older outlets
+sealed batches over several partitions: those are only ever rebuilt, see
+outlet/ledger.py).
 """
 
 from __future__ import annotations
@@ -10,13 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-Ranges = dict[int, tuple[int, int]]  # partition -> (first offset, last offset), inclusive
-
-
-def make_token(topic: str, ranges: Ranges) -> str:
-    """The `insert_deduplication_token` for a batch: topic, then partition:first-last."""
-    parts = [f"{p}:{first}-{last}" for p, (first, last) in sorted(ranges.items())]
-    return f"{topic}/" + ",".join(parts)
+from outlet.tokens import Ranges as Ranges  # re-exported: the type of offset ranges
 
 
 @dataclass
@@ -58,29 +56,15 @@ class BatchBuilder:
 
 @dataclass(frozen=True)
 class Cut:
-    """What the batcher hands to the sealer: records and where they came from."""
+    """What the batcher hands to the sealer: one partition's records (a rebuild of a
+    batch sealed by an older outlet may span several) and where they came from."""
 
     seq: int
     records: Sequence[bytes]
     ranges: Ranges
-    reason: str  # size | time | rebalance | shutdown | rebuild
+    reason: str  # size | time | shutdown | rebuild
+    epoch: int  # the assignment of its partitions the records were read in
     plan: RebuildPlan | None = None  # a rebuild: the original token, no new ledger entry
-
-
-@dataclass(frozen=True)
-class SealedBatch:
-    """A batch whose offset ranges are fixed and recorded in the ledger."""
-
-    seq: int
-    topic: str
-    ranges: Ranges  # the records this batch holds
-    records: tuple[bytes, ...]
-    reason: str
-    token_ranges: Ranges | None = None  # a rebuilt batch keeps its original token
-
-    @property
-    def token(self) -> str:
-        return make_token(self.topic, self.token_ranges or self.ranges)
 
 
 @dataclass(frozen=True)
@@ -92,6 +76,9 @@ class EncodedJob:
     native: bytes  # a Native block, or an LZ4 frame of one (see `compression`)
     rows: int
     ranges: Ranges
+    epoch: int = 0  # assignment it was sealed in (0: not tracked, e.g. a spool replay)
+    sealed_at: float = 0.0  # Unix time of the batch's first seal (kept across rebuilds)
+    repeat: bool = False  # sent before, maybe by another process (a rebuild, a replay)
 
     @property
     def compression(self) -> str | None:
@@ -105,11 +92,14 @@ LZ4_FRAME_MAGIC = b"\x04\x22\x4d\x18"
 
 @dataclass
 class RebuildPlan:
-    """A batch recorded in the ledger before a crash, to be rebuilt exactly."""
+    """A batch sealed before (by any process) and not committed, to be rebuilt exactly."""
 
     ranges: Ranges  # what to collect again (the uncommitted part)
-    token_ranges: Ranges  # the batch as originally sealed: its token
+    token: str  # the token it was sealed with
+    sealed_at: float = 0.0  # Unix time of its first seal
+    legacy: bool = False  # sealed by an older outlet over several partitions (its file ledger)
     seq: int = 0
+    epoch: int = 0
     builder: BatchBuilder = field(default_factory=BatchBuilder)
     reached: set[int] = field(default_factory=set)
 

@@ -1,40 +1,58 @@
-"""The batcher: cuts the stream of record chunks into batches.
+"""The batcher: cuts each partition's stream of records into batches.
 
 ``Batcher(max_size, max_wait, seal, max_flows_per_record)`` receives chunks (and
-rebalance barriers) from the Kafka input's bounded channel and cuts a batch when it holds
-``max_size`` flows (counted per record by the compiled framing scan, outlet/protoscan.py;
-a record alone larger than a batch goes alone), when its first record is ``max_wait``
-old, at a barrier and at shutdown. Each cut goes to
-``seal`` (the sealer), awaited: while the sealer is busy (ledger, encoding, a full primary
-queue) the channel fills and the input pauses. Records covered by a rebuild plan
-(outlet/rebuild.py) go to that plan instead, and the plan is cut when complete.
+rebalance markers) from the Kafka input's bounded channel. Every batch holds records of
+one partition only, a contiguous range of its offsets, so that whoever owns the
+partition next can rebuild it whole (outlet/rebuild.py, docs/dual-write.md: why).
 
-Per-record Python work is kept out of the usual path: a chunk is weighed in one compiled
-pass and added with slices (BatchBuilder.extend); only while a rebuild is open is each
-record looked at.
+- A partition's batch is cut when it holds ``max_size`` flows (counted per record by the
+  compiled framing scan, outlet/protoscan.py; a record alone larger than a batch goes
+  alone).
+- One timer serves all partitions: when the oldest open batch is ``max_wait`` old, every
+  open batch is cut (``time``), so at low traffic a process makes one round of inserts
+  per ``max_wait`` (as many inserts as partitions with records) instead of inserts
+  spread over the interval, and their seals share one Kafka commit.
+- At a ``Barrier`` (partitions revoked or lost) the open batches and rebuild plans of
+  those partitions are dropped, not sealed: their records were never sealed, so their
+  next owner reads them again from the committed offset. An ``Assigned`` marker opens
+  the rebuild plans of the new assignment and its ``epoch``; each cut carries the epoch
+  its records were read in.
+- At shutdown every open batch is cut (``shutdown``).
+
+Cuts go to ``seal`` (the sealer), several at once when they come together, awaited: while
+the sealer is busy (ledger, encoding, a full primary queue) the channel fills and the
+input pauses. Records covered by a rebuild plan go to that plan instead, and the plan is
+cut when complete.
+
+Per-record Python work is kept out of the usual path: a chunk is split into runs of one
+partition and weighed in compiled passes, and added with slices (BatchBuilder.extend);
+only records of a partition with an open rebuild are looked at one by one.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
 import trio
 
 from outlet import protoscan
-from outlet.batch import BatchBuilder, Cut, Ranges, RebuildPlan
-from outlet.kafka_input import Barrier, Chunk
+from outlet.batch import BatchBuilder, Cut, RebuildPlan
+from outlet.kafka_input import Assigned, Barrier, Chunk
 from outlet.rebuild import Rebuilds
 
-Seal = Callable[[Cut], Awaitable[None]]
+log = logging.getLogger(__name__)
+
+Seal = Callable[[Sequence[Cut]], Awaitable[None]]
 
 
 class Batcher:
-    """Cuts chunks into batches by size, by wait time, at rebalances and at shutdown."""
+    """Per-partition batches, cut by size, by one shared wait timer and at shutdown."""
 
     def __init__(
         self, max_size: int, max_wait: float, seal: Seal, max_flows_per_record: int = 1000
@@ -43,44 +61,63 @@ class Batcher:
         self.max_wait = max_wait
         self.max_flows_per_record = max_flows_per_record
         self._seal = seal
-        self.current = BatchBuilder()
+        self.open: dict[int, BatchBuilder] = {}  # partition -> its open batch
+        self.epochs: dict[int, int] = {}  # partition -> assignment it is read in
         self.rebuilds = Rebuilds()
+        self.dropped_records = 0  # records of revoked partitions never sealed (re-read)
         self._ids = itertools.count(1)
 
-    def plan_rebuilds(
-        self, partitions: set[int], pending: list[tuple[Ranges, Ranges]]
-    ) -> list[RebuildPlan]:
-        """Partitions assigned: the ledger's uncommitted batches to rebuild (new plans)."""
-        return self.rebuilds.assign(partitions, pending, self._ids)
+    def ids(self) -> itertools.count[int]:
+        """The batch sequence numbers (rebuild plans take theirs at assignment)."""
+        return self._ids
 
     async def run(self, recv: trio.MemoryReceiveChannel[Chunk]) -> None:
-        """Until the channel closes; then the open batch is cut ("shutdown")."""
+        """Until the channel closes; then the open batches are cut ("shutdown")."""
         async with recv:
             while True:
-                deadline = self.current.started_at + self.max_wait if self.current else math.inf
                 chunk: Chunk | None = None
-                with trio.move_on_at(deadline):
+                with trio.move_on_at(self._deadline()):
                     try:
                         chunk = await recv.receive()
                     except trio.EndOfChannel:
                         break
                 if chunk is None:
-                    await self._cut_current("time")
+                    await self._cut_all("time")
                 elif isinstance(chunk, Barrier):
                     await self._barrier(chunk)
+                elif isinstance(chunk, Assigned):
+                    self._assigned(chunk)
                 elif self.rebuilds:
                     await self._add_with_rebuilds(chunk)
                 else:
                     await self._add(chunk)
-        await self._cut_current("shutdown")
+        await self._cut_all("shutdown")
+
+    def _deadline(self) -> float:
+        if not self.open:
+            return math.inf
+        return min(b.started_at for b in self.open.values()) + self.max_wait
+
+    # -- rebalances --------------------------------------------------------------------------
+    def _assigned(self, marker: Assigned) -> None:
+        for p in marker.assigned:
+            self.epochs[p] = marker.epoch
+        plans = [p for p in marker.plans if isinstance(p, RebuildPlan)]
+        self.rebuilds.assign(set(marker.assigned), plans)
 
     async def _barrier(self, barrier: Barrier) -> None:
-        """Everything read before the barrier is cut now: its partitions are moving."""
-        await self._cut_current("rebalance")
-        for plan in self.rebuilds.revoke(set(barrier.revoked)):
-            await self._cut_plan(plan)
+        """The partitions are not ours any more: drop what we hold of them."""
+        for p in barrier.revoked:
+            builder = self.open.pop(p, None)
+            if builder is not None:
+                self.dropped_records += len(builder)
+            self.epochs.pop(p, None)
+        complete = self.rebuilds.revoke(set(barrier.revoked))
         barrier.sealed.set()
+        if complete:  # legacy rebuilds whose other partitions were all read
+            await self._seal([self._plan_cut(plan) for plan in complete])
 
+    # -- adding records ----------------------------------------------------------------------
     def _weights(self, values: list[bytes]) -> npt.NDArray[np.int64]:
         """Flows each record adds to a batch (framing only; a bad record weighs 1), so
         that ``maximum-batch-size`` bounds the flows of a batch, not its records."""
@@ -90,11 +127,31 @@ class Batcher:
     async def _add(self, chunk: Chunk) -> None:
         parts, offs, vals = chunk.partitions, chunk.offsets, chunk.values
         cum: list[int] = np.concatenate(([0], np.cumsum(self._weights(vals)))).tolist()
-        start, end = 0, len(vals)
+        for start, end in _runs(parts):
+            cuts = self._add_run(parts[start], parts, offs, vals, cum, start, end)
+            if cuts:
+                await self._seal(cuts)
+
+    def _add_run(
+        self,
+        p: int,
+        parts: list[int],
+        offs: list[int],
+        vals: list[bytes],
+        cum: list[int],
+        start: int,
+        end: int,
+    ) -> list[Cut]:
+        """Add records [start, end) of partition `p`; returns the batches they filled."""
+        epoch = self.epochs.get(p)
+        if epoch is None:  # read before a revoke we already handled: never ours to seal
+            self.dropped_records += end - start
+            return []
+        cuts: list[Cut] = []
         while start < end:
-            cur = self.current
-            if not cur.records:
-                cur.started_at = trio.current_time()
+            cur = self.open.get(p)
+            if cur is None:
+                cur = self.open[p] = BatchBuilder(started_at=trio.current_time())
             # the most records that fit; a record alone larger than a batch goes alone
             room = self.max_size - cur.flows
             stop = bisect.bisect_right(cum, cum[start] + room, start, end + 1) - 1
@@ -104,36 +161,73 @@ class Batcher:
             cur.flows += cum[stop] - cum[start]
             start = stop
             if cur.flows >= self.max_size or start < end:
-                await self._cut_current("size")
+                cuts.append(self._cut(p, "size"))
+        return cuts
 
     async def _add_with_rebuilds(self, chunk: Chunk) -> None:
-        """Slow path, only while rebuilding batches sealed before."""
+        """Partitions with an open rebuild take the slow path, record by record."""
         parts, offs, vals = chunk.partitions, chunk.offsets, chunk.values
-        weights: list[int] = self._weights(vals).tolist()
-        for i in range(len(vals)):
-            p, off = parts[i], offs[i]
-            routed = self.rebuilds.route(p, off, vals[i])
-            for plan in self.rebuilds.take_complete():
-                await self._cut_plan(plan)
+        slow = self.rebuilds.partitions()
+        cum: list[int] | None = None
+        for start, end in _runs(parts):
+            p = parts[start]
+            if p in slow and p in self.epochs:
+                await self._route_run(p, parts, offs, vals, start, end)
+                continue
+            if cum is None:
+                cum = np.concatenate(([0], np.cumsum(self._weights(vals)))).tolist()
+            cuts = self._add_run(p, parts, offs, vals, cum, start, end)
+            if cuts:
+                await self._seal(cuts)
+
+    async def _route_run(
+        self, p: int, parts: list[int], offs: list[int], vals: list[bytes], start: int, end: int
+    ) -> None:
+        weights: list[int] = self._weights(vals[start:end]).tolist()
+        for i in range(start, end):
+            routed = self.rebuilds.route(p, offs[i], vals[i])
+            done = self.rebuilds.take_complete()
+            if done:
+                await self._seal([self._plan_cut(plan) for plan in done])
             if routed:
                 continue
-            cur = self.current
-            if cur.records and cur.flows + weights[i] > self.max_size:
-                await self._cut_current("size")
-                cur = self.current
-            if not cur.records:
-                cur.started_at = trio.current_time()
-            cur.add(p, off, vals[i])
-            cur.flows += weights[i]
+            w = weights[i - start]
+            cur = self.open.get(p)
+            if cur is not None and cur.records and cur.flows + w > self.max_size:
+                await self._seal([self._cut(p, "size")])
+                cur = None
+            if cur is None:
+                cur = self.open[p] = BatchBuilder(started_at=trio.current_time())
+            cur.add(p, offs[i], vals[i])
+            cur.flows += w
             if cur.flows >= self.max_size:
-                await self._cut_current("size")
+                await self._seal([self._cut(p, "size")])
 
-    async def _cut_current(self, reason: str) -> None:
-        """Cut the open batch (if it holds anything) and start a new one."""
-        builder, self.current = self.current, BatchBuilder()
-        if builder.records:
-            await self._seal(Cut(next(self._ids), builder.records, builder.ranges, reason))
+    # -- cutting -----------------------------------------------------------------------------
+    def _cut(self, p: int, reason: str) -> Cut:
+        builder = self.open.pop(p)
+        return Cut(next(self._ids), builder.records, builder.ranges, reason, self.epochs[p])
 
-    async def _cut_plan(self, plan: RebuildPlan) -> None:
+    async def _cut_all(self, reason: str) -> None:
+        """Cut every open batch (one round of seals)."""
+        cuts = [self._cut(p, reason) for p in sorted(self.open) if self.open[p].records]
+        self.open.clear()
+        if cuts:
+            await self._seal(cuts)
+
+    def _plan_cut(self, plan: RebuildPlan) -> Cut:
         """A complete rebuild (possibly empty: then it only settles)."""
-        await self._seal(Cut(plan.seq, plan.builder.records, plan.ranges, "rebuild", plan))
+        return Cut(plan.seq, plan.builder.records, plan.ranges, "rebuild", plan.epoch, plan)
+
+
+def _runs(parts: list[int]) -> list[tuple[int, int]]:
+    """[start, end) of each run of one partition in a chunk (librdkafka returns each
+    fetched partition's records together, so runs are long)."""
+    n = len(parts)
+    if n == 0:
+        return []
+    if parts[0] == parts[-1] and parts.count(parts[0]) == n:
+        return [(0, n)]
+    arr = np.asarray(parts)
+    bounds = [0, *(np.flatnonzero(arr[1:] != arr[:-1]) + 1).tolist(), n]
+    return list(itertools.pairwise(bounds))

@@ -98,20 +98,35 @@ class CommitTracker:
             if seq not in still_queued and seq not in heads:
                 del self._batches[seq]
 
+    def batches(self) -> list[_Pending]:
+        return list(self._batches.values())
+
     def committable(self) -> dict[int, int]:
         """Next offset to read, per partition, that is safe to commit."""
         return dict(self._committable)
 
     def pending_in(self, partitions: set[int]) -> bool:
-        """Whether any unsettled batch holds records of these partitions."""
-        return any(b.waiting and partitions & b.ranges.keys() for b in self._batches.values())
+        """Whether any unsettled sealed batch holds records of these partitions (a rebuild
+        reserved but not sealed yet is not being inserted: nothing to wait for)."""
+        return any(
+            b.waiting and b.sealed and partitions & b.ranges.keys()
+            for b in self._batches.values()
+        )
 
     def forget_partitions(self, partitions: set[int]) -> None:
-        """Drop state of revoked partitions (their new owner re-reads from the commit)."""
+        """Drop state of revoked partitions (their new owner re-reads from the commit):
+        their batches are not waited for any more (a batch that also holds records of a
+        partition still ours, only ever a rebuild of an older outlet's, stays)."""
         for p in partitions:
             self._order.pop(p, None)
             self._committable.pop(p, None)
+        for seq in [s for s, b in self._batches.items() if b.ranges.keys() <= partitions]:
+            del self._batches[seq]
         self._changed.notify()
+
+    def tracks(self, seq: int) -> bool:
+        """Whether the batch is still waited for (False once its partitions went)."""
+        return seq in self._batches
 
     def in_flight(self, partitions: set[int] | None = None) -> bool:
         """Whether a batch is still unsettled: any batch holding records of `partitions`,

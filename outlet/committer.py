@@ -2,21 +2,27 @@
 
 Destinations report settlement through ``Committer.settled`` (their ``on_settled``); the
 fan-out registers each batch before queuing it. ``run(offsets)`` commits as soon as the
-settled watermark moves (outlet/commit.py computes it), then compacts the ledger; a failed
-commit is retried every ``COMMIT_RETRY`` seconds until one succeeds.
+settled watermark moves (outlet/commit.py computes it) through the offset store (the
+Kafka ledger: each commit carries the batches still pending past it), then lets the
+older outlets' file ledger forget what is committed; a failed commit is retried every
+``COMMIT_RETRY`` seconds until one succeeds.
+
+A batch is wanted while the assignment it was read in lasts (``wanted``): once its
+partition was revoked or lost, its next owner rebuilds it from the commit metadata, so
+destinations drop it instead of inserting it (``outlet_batches_handed_over_total``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 import trio
 
 from outlet.batch import EncodedJob, Ranges
 from outlet.commit import CommitTracker
-from outlet.ledger import BatchLedger
+from outlet.kafka_input import KafkaCommitError
 from outlet.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -25,26 +31,61 @@ COMMIT_RETRY = 1.0  # seconds between attempts after a failed commit
 
 
 class OffsetStore(Protocol):
-    """Where committed offsets go (the Kafka input)."""
+    """Where committed offsets go (the Kafka ledger, outlet/offset_ledger.py)."""
 
     @property
     def committed(self) -> Mapping[int, int]:
         """Next offsets committed, per partition."""
         ...
 
-    async def commit(self, offsets: dict[int, int]) -> None:
-        """Commit next-offsets of partitions we own; raises when the commit failed."""
+    async def commit(self, offsets: Mapping[int, int]) -> None:
+        """Commit next-offsets of partitions we own; raises KafkaCommitError."""
         ...
+
+
+class Compactable(Protocol):
+    """The older outlets' file ledger (outlet/ledger.py): forgets what Kafka committed."""
+
+    async def compact(self, committed: Mapping[int, int]) -> None: ...
+
+
+EpochOf = Callable[[int], "int | None"]  # partition -> the assignment it is ours in
 
 
 class Committer:
     """Settlement book (a CommitTracker), commit loop and ledger compaction."""
 
-    def __init__(self, destinations: Iterable[str], ledger: BatchLedger, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        destinations: Iterable[str],
+        legacy: Compactable | None,
+        metrics: Metrics,
+        epoch_of: EpochOf = lambda p: 0,
+    ) -> None:
         self.names = frozenset(destinations)
-        self.ledger = ledger
+        self.legacy = legacy
         self.metrics = metrics
         self.tracker = CommitTracker()
+        self._epoch_of = epoch_of
+
+    def wanted(self, job: EncodedJob) -> bool:
+        """Whether the assignment the batch was read in still lasts (a spool replay, epoch
+        0, always is: it is this process's alone)."""
+        if job.epoch == 0:
+            return True
+        return all(self._epoch_of(p) == job.epoch for p in job.ranges)
+
+    def forget(self, partitions: set[int]) -> None:
+        """The partitions went: their unsettled batches are handed over to the next owner."""
+        handed = sum(
+            1 for b in self.tracker.batches() if b.waiting and b.ranges.keys() <= partitions
+        )
+        if handed:
+            self.metrics.batches_handed_over.inc(handed)
+            log.info("%d unsettled batch(es) of partitions %s handed over to their next owner",
+                     handed, sorted(partitions))
+        self.tracker.forget_partitions(partitions)
+        self._update_gauges()
 
     # -- settlement ---------------------------------------------------------------------
     def reserve(self, seq: int, ranges: Ranges) -> None:
@@ -83,9 +124,12 @@ class Committer:
             return True
         try:
             await offsets.commit(todo)
-        except Exception as exc:
+        except KafkaCommitError as exc:
+            if exc.revoked:  # the partitions went meanwhile: nothing to commit
+                return True
             self.metrics.kafka_errors.labels("commit").inc()
             log.warning("kafka commit failed (will retry): %s", exc)
             return False
-        await self.ledger.compact(offsets.committed)
+        if self.legacy is not None:
+            await self.legacy.compact(offsets.committed)
         return True

@@ -509,6 +509,14 @@ class KafkaConfig:
         8, Int(1, QUEUE_SIZE_MAX),
         doc="Chunks of polled records (up to `max-poll-records` each) in flight between the "
             "consumer and the batcher.")
+    offset_metadata_max_bytes: int = setting(
+        4096, Int(512, 1 << 20),
+        doc="Most bytes of offset-commit metadata per partition, where the batch ledger "
+            "lives (the sealed, uncommitted batches: about 10 bytes each, so hundreds fit). "
+            "Must not exceed the brokers' `offset.metadata.max.bytes` (4096 by default): "
+            "checked at start-up when the brokers let us read it. When a partition's pending "
+            "batches fill it, sealing waits for settlements (backpressure). See "
+            "[dual-write.md](dual-write.md#the-batch-ledger-in-kafka).")
     tls: TLSConfig = section(TLSConfig, doc="TLS to the brokers.", type_doc=_TLS_TYPE,
                              default_doc="disabled")
     sasl: SASLConfig = section(SASLConfig)
@@ -566,6 +574,13 @@ class BatchConfig:
         60.0, Duration(at_most=HOUR),
         doc="On SIGTERM/SIGINT, time allowed to flush and commit before exiting. Global "
             "(applies to every destination).")
+    rebalance_grace_period: float = setting(
+        5.0, Duration(at_most=HOUR),
+        doc="At a consumer-group rebalance, time allowed for the batches of the partitions "
+            "being revoked to settle before they are handed over (the whole group pauses "
+            "meanwhile). What is not settled by then is listed in the commit metadata and "
+            "rebuilt by the partitions' next owner under the same tokens: no loss, no "
+            "duplicate, only work done twice. Global.")
     compression: str = setting(
         "lz4", Str(choices=COMPRESSIONS),
         doc="Compress each encoded batch once (LZ4 frame) and send the same compressed bytes "
@@ -628,6 +643,8 @@ class DestinationConfig:
         BatchConfig, yaml="clickhouse", keys=("maximum-batch-size", "maximum-wait-time"),
         hints={"grace-period": "grace-period is global: set it in the top-level clickhouse "
                                "section",
+               "rebalance-grace-period": "rebalance-grace-period is global: set it in the "
+                                         "top-level clickhouse section",
                "compression": "compression is global (batches are compressed once for every "
                               "destination): set it in the top-level clickhouse section",
                "maximum-flows-per-record": "maximum-flows-per-record is global (records are "
@@ -712,8 +729,9 @@ class OutletConfig:
         "human", Str(choices=LOG_FORMATS, normalize=str.lower), yaml="log.format", doc="")
     state_path: str = setting(
         "./outlet-state", Str(nonempty=True), yaml="state.path", type_doc="path",
-        doc="Local state: the batch ledger used to rebuild identical batches after a crash "
-            "(exactly-once inserts), and the default parent of spool directories.")
+        doc="Local state: the spools (the default parent of spool directories) and the "
+            "codec's work files. The batch ledger is in Kafka (offset-commit metadata); a "
+            "ledger file left by an older outlet is read once after the upgrade.")
 
     __hints__: ClassVar[dict[str, str]] = {
         "exporters": "exporters go under metadata",

@@ -12,10 +12,18 @@ resume, watermarks, commits) or inside the rebalance callbacks librdkafka runs f
 and ``aclose()`` closes after the poll task ended. Why: a librdkafka call can block behind
 a rebalance callback, and our callbacks wait for the Trio thread (to settle revoked
 partitions), so a call from the Trio thread deadlocks and a call from a second thread
-races the callback's state. Commits are therefore asynchronous requests issued at the
-start of a poll (``on_commit`` answers them in a later one); a sync commit would also hold
-up the consumer during a Kafka outage. State of this class is touched only from that
-thread; the Trio side learns results from what ``poll()`` returns.
+races the callback's state. Commits are therefore requests that a poll issues before it
+consumes, **synchronously and in the order they were made**: the offset-commit metadata
+is the batch ledger (outlet/offset_ledger.py), so an older commit must never land after
+a newer one, and librdkafka retries an asynchronous commit on its own (the retry could
+overtake a later commit). A synchronous commit holds the poll thread for one round trip
+(and, while no coordinator is known, up to the session timeout: Kafka is down then and
+there is nothing to consume). State of this class is touched only from that thread; the
+Trio side learns results from what ``poll()`` returns.
+
+``describe_cluster(cfg)`` (at start-up, before the consumer exists, with an admin client
+of its own) reads the cluster id, which scopes every deduplication token, and the
+brokers' ``offset.metadata.max.bytes``, which bounds the ledger.
 """
 
 from __future__ import annotations
@@ -23,10 +31,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import confluent_kafka.admin as kafka_admin
 import trio
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -38,25 +47,13 @@ from outlet.metrics import Metrics
 log = logging.getLogger(__name__)
 
 LAG_EVERY = 1.0  # seconds between consumer-lag gauge refreshes
+CLUSTER_TIMEOUT = 30.0  # seconds for the brokers to describe the cluster at start-up
+METADATA_CAP = "offset.metadata.max.bytes"
 
 
-def consumer_settings(cfg: KafkaConfig) -> dict[str, Any]:
-    """librdkafka settings derived from our config section."""
-    settings: dict[str, Any] = {
-        "bootstrap.servers": ",".join(cfg.brokers),
-        "group.id": cfg.consumer_group,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "fetch.queue.backoff.ms": 10,
-        "fetch.wait.max.ms": max(1, int(cfg.fetch_max_wait * 1000)),
-        "queued.max.messages.kbytes": 65536,
-        "session.timeout.ms": 10000,
-        "heartbeat.interval.ms": 1000,
-        "max.poll.interval.ms": 300000,
-        "socket.keepalive.enable": True,
-        "reconnect.backoff.max.ms": 2000,
-    }
+def connection_settings(cfg: KafkaConfig) -> dict[str, Any]:
+    """How to reach the brokers (any librdkafka client): servers, TLS, SASL."""
+    settings: dict[str, Any] = {"bootstrap.servers": ",".join(cfg.brokers)}
     if cfg.tls.enable:
         settings["security.protocol"] = "SSL"
         settings["enable.ssl.certificate.verification"] = cfg.tls.verify
@@ -72,6 +69,86 @@ def consumer_settings(cfg: KafkaConfig) -> dict[str, Any]:
         settings["sasl.username"] = cfg.sasl.username
         settings["sasl.password"] = cfg.sasl.password.reveal()
     return settings
+
+
+def consumer_settings(cfg: KafkaConfig) -> dict[str, Any]:
+    """librdkafka settings derived from our config section."""
+    settings: dict[str, Any] = {
+        **connection_settings(cfg),
+        "group.id": cfg.consumer_group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "fetch.queue.backoff.ms": 10,
+        "fetch.wait.max.ms": max(1, int(cfg.fetch_max_wait * 1000)),
+        "queued.max.messages.kbytes": 65536,
+        "session.timeout.ms": 10000,
+        "heartbeat.interval.ms": 1000,
+        "max.poll.interval.ms": 300000,
+        "socket.keepalive.enable": True,
+        "reconnect.backoff.max.ms": 2000,
+    }
+    return settings
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """What the brokers say about the cluster, read once at start-up."""
+
+    cluster_id: str
+    metadata_max_bytes: int | None  # offset.metadata.max.bytes (None: not readable)
+
+
+class ClusterError(RuntimeError):
+    """The brokers cannot tell what the outlet needs to start (named in the message)."""
+
+
+AdminFactory = Callable[[dict[str, Any]], Any]
+
+
+def describe_cluster(
+    cfg: KafkaConfig, admin_factory: AdminFactory = kafka_admin.AdminClient
+) -> ClusterFacts:
+    """The cluster id and the brokers' metadata cap (blocking; before consuming).
+
+    Raises ClusterError naming the brokers when none answers within CLUSTER_TIMEOUT or
+    they report no cluster id (Kafka before 0.10.1). The cap is read with DescribeConfigs
+    (the smallest over the brokers); without that permission it is None and the outlet
+    relies on ``kafka.offset-metadata-max-bytes`` (an over-large value is then reported
+    by the first commit: OFFSET_METADATA_TOO_LARGE).
+    """
+    brokers = ",".join(cfg.brokers)
+    admin = admin_factory({**connection_settings(cfg), "logger": librdkafka_logger()})
+    try:
+        metadata = admin.list_topics(timeout=CLUSTER_TIMEOUT)
+    except KafkaException as exc:
+        raise ClusterError(
+            f"cannot read the Kafka cluster id from kafka.brokers {brokers} within "
+            f"{CLUSTER_TIMEOUT:g} s ({exc.args[0] if exc.args else exc})"
+        ) from None
+    cluster_id = metadata.cluster_id
+    if not cluster_id:
+        raise ClusterError(
+            f"the Kafka brokers {brokers} report no cluster id (Kafka older than 0.10.1, or a "
+            "Kafka-compatible service without one); the outlet scopes its deduplication "
+            "tokens with it and does not start without it"
+        )
+    return ClusterFacts(str(cluster_id), _metadata_cap(admin, list(metadata.brokers)))
+
+
+def _metadata_cap(admin: Any, broker_ids: list[int]) -> int | None:
+    resource = kafka_admin.ConfigResource  # type: ignore[attr-defined]  # not in the stubs' exports
+    resources = [resource(resource.Type.BROKER, str(b)) for b in broker_ids]
+    caps: list[int] = []
+    try:
+        for future in admin.describe_configs(resources).values():
+            entry = future.result(timeout=CLUSTER_TIMEOUT).get(METADATA_CAP)
+            if entry is not None and entry.value is not None:
+                caps.append(int(entry.value))
+    except Exception as exc:  # no DescribeConfigs permission, old broker
+        log.info("kafka: cannot read %s from the brokers (%s)", METADATA_CAP, exc)
+        return None
+    return min(caps) if caps else None
 
 
 ConsumerFactory = Callable[..., Any]  # confluent_kafka.Consumer or a fake of it
@@ -90,7 +167,6 @@ class KafkaClient:
         self._hooks: SourceHooks | None = None
         self._assigned: set[int] = set()
         self._paused = False
-        self._in_flight: deque[CommitRequest] = deque()
         self._answered: list[CommitRequest] = []
         self._lag_base: dict[int, int] = {}  # committed offset per partition
         self._last_lag = 0.0
@@ -101,10 +177,13 @@ class KafkaClient:
         await trio.to_thread.run_sync(self._subscribe)
 
     def _subscribe(self) -> None:
-        settings = {**consumer_settings(self.cfg), "on_commit": self._on_commit}
+        settings = consumer_settings(self.cfg)
         self._consumer = self._factory(settings, logger=librdkafka_logger())
         self._consumer.subscribe(
-            [self.cfg.topic], on_assign=self._assign_cb, on_revoke=self._revoke_cb
+            [self.cfg.topic],
+            on_assign=self._assign_cb,
+            on_revoke=self._revoke_cb,
+            on_lost=self._lost_cb,
         )
 
     async def aclose(self) -> None:
@@ -119,8 +198,8 @@ class KafkaClient:
 
     def _poll(self, request: PollRequest) -> Polled:
         self._apply_pause(request.paused)
-        for commit in request.commits:
-            self._commit(commit)
+        if request.commits:
+            self._commit(request.commits)
         now = time.monotonic()
         if now - self._last_lag >= LAG_EVERY:
             self._last_lag = now
@@ -157,39 +236,37 @@ class KafkaClient:
                 self._consumer.resume(tps)
         self._paused = paused
 
-    def _commit(self, request: CommitRequest) -> None:
-        """Issue an asynchronous commit; `_on_commit` answers it during a later poll."""
-        tps = [
-            TopicPartition(self.cfg.topic, p, off)
-            for p, off in request.offsets.items()
-            if p in self._assigned
-        ]
-        request.offsets = {tp.partition: tp.offset for tp in tps}
-        if not tps:
-            self._answered.append(request)
-            return
-        try:
-            self._consumer.commit(offsets=tps, asynchronous=True)
-        except KafkaException as exc:
-            request.error = str(exc)
-            self._answered.append(request)
-            return
-        self._in_flight.append(request)
-
-    def _on_commit(self, err: Any, partitions: list[TopicPartition]) -> None:
-        """librdkafka's answer to one asynchronous commit (served inside consume())."""
-        key = {(tp.partition, tp.offset) for tp in partitions}
-        request = next((r for r in self._in_flight if set(r.offsets.items()) == key), None)
-        if request is None:
-            log.debug("kafka: answer to a commit we did not make: %s", sorted(key))
-            return
-        self._in_flight.remove(request)
-        failed = [tp for tp in partitions if tp.error is not None]
-        if err is not None or failed:
-            request.error = str(err if err is not None else failed[0].error)
-        else:
-            self._lag_base.update(request.offsets)
-        self._answered.append(request)
+    def _commit(self, requests: list[CommitRequest]) -> None:
+        """Issue commits synchronously (see the thread rule): one call for them all, each
+        partition with the state of the last request that names it (the requests are in
+        the order they were made, each carrying its partitions' whole state)."""
+        latest: dict[int, TopicPartition] = {}
+        for r in requests:
+            r.offsets = {p: o for p, o in r.offsets.items() if p in self._assigned}
+            r.metadata = {p: m for p, m in r.metadata.items() if p in r.offsets}
+            if not r.offsets:
+                r.error, r.revoked = "partition not assigned any more", True
+            for p, off in r.offsets.items():
+                latest[p] = TopicPartition(self.cfg.topic, p, off, metadata=r.metadata.get(p, ""))
+        errors: dict[int, tuple[str, int | None]] = {}
+        if latest:
+            try:
+                results = self._consumer.commit(offsets=list(latest.values()), asynchronous=False)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                code = err.code() if isinstance(err, KafkaError) else None
+                errors = {p: (str(exc), code) for p in latest}
+            else:
+                for tp in results or []:
+                    if tp.error is not None:
+                        errors[tp.partition] = (str(tp.error), tp.error.code())
+        for r in requests:
+            failed = [errors[p] for p in r.offsets if p in errors]
+            if failed and r.error is None:
+                r.error, r.code = failed[0]
+            elif r.error is None:
+                self._lag_base.update(r.offsets)
+            self._answered.append(r)
 
     def _update_lag(self) -> None:
         """Refresh the consumer-lag gauge from cached high watermarks."""
@@ -207,14 +284,16 @@ class KafkaClient:
 
     # -- rebalance callbacks (inside consume(), same thread) --------------------------------
     def _assign_cb(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        """The committed offsets and their metadata (the ledger) are read before anything
+        is consumed: without them the sealed batches could not be rebuilt, so a failure
+        to read them is retried (the rebalance waits, nothing is consumed meanwhile)."""
         parts = {tp.partition for tp in partitions}
         committed: dict[int, int] = {}
-        try:
-            for tp in consumer.committed(partitions, timeout=10):
-                if tp.offset != OFFSET_INVALID and tp.offset >= 0:
-                    committed[tp.partition] = tp.offset
-        except KafkaException as exc:
-            log.warning("could not read committed offsets on assignment: %s", exc)
+        metadata: dict[int, str] = {}
+        for tp in self._read_committed(consumer, partitions):
+            if tp.offset != OFFSET_INVALID and tp.offset >= 0:
+                committed[tp.partition] = tp.offset
+                metadata[tp.partition] = tp.metadata or ""
         for p in parts:
             self._lag_base.pop(p, None)
         self._lag_base.update(committed)
@@ -224,15 +303,26 @@ class KafkaClient:
         log.info("kafka: assigned partitions %s", sorted(parts))
         assert self._hooks is not None
         with contextlib.suppress(trio.RunFinishedError):
-            trio.from_thread.run_sync(self._hooks.assigned, parts, committed)
+            trio.from_thread.run_sync(self._hooks.assigned, parts, committed, metadata)
+
+    def _read_committed(self, consumer: Any, partitions: list[TopicPartition]) -> list[Any]:
+        delay = 0.5
+        while True:
+            try:
+                return list(consumer.committed(partitions, timeout=10))
+            except KafkaException as exc:
+                self.metrics.kafka_errors.labels("committed").inc()
+                log.warning("kafka: cannot read committed offsets on assignment (retrying): %s",
+                            exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     def _revoke_cb(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         """Blocks the rebalance until the pipeline settled the revoked partitions' batches
-        (within the grace period), then commits them, so the next owner starts right after
-        what we stored. Asynchronously: the request is queued on the coordinator connection
-        ahead of the JoinGroup that follows, and a lost assignment (session timeout,
-        coordinator gone) cannot block the callback; its commit then fails harmlessly and
-        the ledger rebuilds the re-read batches under their original tokens."""
+        (within the rebalance grace period), then commits them with the batches still
+        pending, so the next owner starts right after what we stored and rebuilds the
+        rest. A failed commit here is harmless: the last one Kafka accepted lists every
+        batch that may have been inserted."""
         parts = {tp.partition for tp in partitions}
         log.info("kafka: revoking partitions %s", sorted(parts))
         assert self._hooks is not None
@@ -241,7 +331,16 @@ class KafkaClient:
         except (trio.RunFinishedError, trio.Cancelled):
             request = None
         if request is not None:
-            self._commit(request)
+            self._commit([request])
         self._assigned -= parts
         with contextlib.suppress(trio.RunFinishedError):
             trio.from_thread.run_sync(self._hooks.revoked, parts)
+
+    def _lost_cb(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        """The assignment was lost (session timeout): nothing can be committed any more."""
+        parts = {tp.partition for tp in partitions}
+        log.warning("kafka: partitions %s lost", sorted(parts))
+        self._assigned -= parts
+        assert self._hooks is not None
+        with contextlib.suppress(trio.RunFinishedError):
+            trio.from_thread.run_sync(self._hooks.lost, parts)

@@ -1,6 +1,6 @@
 """Kafka input: a consumer-group member that hands chunks of records to the batcher.
 
-``KafkaInput(cfg, metrics, source, hooks)`` runs two tasks:
+``KafkaInput(cfg, metrics, source)``, once ``open(hooks)`` joined the group, runs two tasks:
 
 - the **poll task** owns the consumer (a ``RecordSource``: librdkafka in
   outlet/kafka_client.py, a fake in tests). Each poll carries what the Trio side wants
@@ -12,12 +12,19 @@
 - the **forward task** hands the outbox to the batcher's bounded channel, in the order
   the records were read.
 
-A rebalance barrier (partitions being revoked) is put in the same outbox, behind every
-chunk read before it, so the batcher cuts those chunks into batches that are settled and
-committed before the partitions go: a barrier can never overtake a chunk held back by
-backpressure (whose records would otherwise be batched after their partition's commit,
-and read again by the next owner). ``stop()`` ends the hand-over (the batcher flushes);
-the poll task keeps serving commits, paused, until the pipeline cancels it.
+Rebalances go through the same outbox, in the order they happened: a ``Barrier``
+(partitions revoked or lost) behind every chunk read before it, then an ``Assigned``
+marker (partitions given to us, with the batches to rebuild) ahead of every chunk read
+after it. So a barrier can never overtake a chunk held back by backpressure, and the
+batcher drops what it holds of a partition exactly where its ownership ended: records of
+one assignment are never batched with those of the next (each assignment of a partition
+has its own ``epoch``). ``stop()`` ends the hand-over (the batcher flushes); the poll task
+keeps serving commits, paused, until the pipeline cancels it.
+
+Commits carry offset-commit metadata (the batch ledger, outlet/offset_ledger.py) and
+are issued in the order they were made, one poll at a time; the commits still queued for
+partitions being revoked or lost fail at once (``KafkaCommitError.revoked``): what they
+would have sealed must never be inserted.
 
 Offsets are never auto-committed: the pipeline commits explicitly once a batch is settled
 on every destination (see outlet/committer.py).
@@ -40,6 +47,7 @@ from outlet.notify import Notifier
 log = logging.getLogger(__name__)
 
 PAUSE_AFTER = 0.5  # seconds blocked on a full pipeline before pausing fetches
+OFFSET_METADATA_TOO_LARGE = 12  # Kafka's error code for metadata over offset.metadata.max.bytes
 POLL_WHILE_PAUSED = 0.5  # seconds between polls while paused (rebalances, commits)
 COMMIT_ANSWER_TIMEOUT = 30.0  # seconds to wait for the broker's answer to a commit
 
@@ -58,20 +66,45 @@ class Chunk:
 
 @dataclass
 class Barrier(Chunk):
-    """No records: the batcher cuts its open batch now (these partitions are moving)."""
+    """No records: these partitions are no longer ours (revoked, or ``lost``); the batcher
+    drops what it holds of them (their next owner re-reads it from the commit)."""
 
     revoked: frozenset[int] = frozenset()
+    lost: bool = False
     sealed: trio.Event = field(default_factory=trio.Event)
 
 
 @dataclass
+class Assigned(Chunk):
+    """No records: these partitions are ours from here on, in assignment ``epoch``;
+    ``plans`` are the batches to rebuild (whatever the pipeline's hook returned)."""
+
+    epoch: int = 0
+    assigned: frozenset[int] = frozenset()
+    plans: tuple[object, ...] = ()
+
+
+@dataclass
 class CommitRequest:
-    """Offsets to commit from the consumer's thread; ``done`` once the broker answered."""
+    """Offsets (with metadata) to commit from the consumer's thread; ``done`` once the
+    broker answered (``error``, and Kafka's ``code`` when it did not accept them)."""
 
     offsets: dict[int, int]
+    metadata: dict[int, str] = field(default_factory=dict)
     on_revoke: bool = False  # made by the revoke callback: nobody waits for the answer
     done: trio.Event = field(default_factory=trio.Event)
     error: str | None = None
+    code: int | None = None
+    revoked: bool = False  # failed without being issued: its partitions are not ours
+
+    def abort(self, partitions: set[int]) -> None:
+        """Forget these partitions (revoked before the request was issued)."""
+        for p in partitions:
+            self.offsets.pop(p, None)
+            self.metadata.pop(p, None)
+        if not self.offsets:
+            self.error, self.revoked = "partition revoked before the commit was made", True
+            self.done.set()
 
 
 @dataclass
@@ -91,13 +124,21 @@ class Polled:
 class SourceHooks(Protocol):
     """What a source calls (in the Trio thread) while a poll runs: rebalance callbacks."""
 
-    def assigned(self, partitions: set[int], committed: dict[int, int]) -> None: ...
+    def assigned(
+        self, partitions: set[int], committed: dict[int, int], metadata: dict[int, str]
+    ) -> None:
+        """`committed`: next offsets (absent: never committed); `metadata`: theirs."""
+        ...
 
     async def revoking(self, partitions: set[int]) -> CommitRequest | None:
         """Returns the commit to make before the partitions go (None: nothing)."""
         ...
 
     def revoked(self, partitions: set[int]) -> None: ...
+
+    def lost(self, partitions: set[int]) -> None:
+        """Taken away without a revoke (session timeout): nothing can be committed."""
+        ...
 
 
 class RecordSource(Protocol):
@@ -115,16 +156,23 @@ class RecordSource(Protocol):
 class RebalanceHooks(Protocol):
     """The pipeline's side of a rebalance (outlet/pipeline.py)."""
 
-    def assigned(self, partitions: set[int], committed: dict[int, int]) -> None:
-        """Partitions assigned; `committed` = their committed offsets (next to read)."""
+    def assigned(
+        self,
+        partitions: set[int],
+        committed: dict[int, int],
+        metadata: dict[int, str],
+        epoch: int,
+    ) -> tuple[object, ...]:
+        """Partitions assigned in `epoch`, with their committed offsets (next to read) and
+        commit metadata; returns the rebuild plans the batcher gets with the assignment."""
         ...
 
-    async def revoking(self, partitions: set[int], barrier: Barrier) -> dict[int, int]:
-        """Partitions about to go: wait (bounded) for the barrier and their batches;
-        returns the offsets to commit before they go."""
+    async def revoking(self, partitions: set[int]) -> tuple[dict[int, int], dict[int, str]]:
+        """Partitions about to go: wait (bounded) for their batches to settle; returns
+        the offsets, with metadata, to commit before they go."""
         ...
 
-    def revoked(self, partitions: set[int]) -> None: ...
+    def revoked(self, partitions: set[int], lost: bool) -> None: ...
 
 
 class Outbox:
@@ -166,17 +214,12 @@ class Outbox:
 class KafkaInput:
     """Consumes the flows topic and hands chunks to a bounded channel, in order."""
 
-    def __init__(
-        self,
-        cfg: KafkaConfig,
-        metrics: Metrics,
-        source: RecordSource,
-        hooks: RebalanceHooks,
-    ) -> None:
+    def __init__(self, cfg: KafkaConfig, metrics: Metrics, source: RecordSource) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self._source = source
-        self._hooks = hooks
+        self._hooks: RebalanceHooks | None = None
+        self._epochs = 0  # assignments so far
         self.owned: set[int] = set()  # partitions assigned to us
         self.ever_assigned = False
         self.committed: dict[int, int] = {}  # next offsets we committed, per partition
@@ -188,27 +231,33 @@ class KafkaInput:
         self._stopping = False
         self._forward_scope = trio.CancelScope()
 
-    async def open(self) -> None:
+    async def open(self, hooks: RebalanceHooks) -> None:
+        """Join the group; from now on rebalances call `hooks` (inside polls)."""
+        self._hooks = hooks
         await self._source.open(self)
+
+    def owns(self, partition: int) -> bool:
+        return partition in self.owned
 
     async def aclose(self) -> None:
         await self._source.aclose()
 
     # -- the pipeline's calls -------------------------------------------------------------
-    async def commit(self, offsets: Mapping[int, int]) -> None:
-        """Commit next-offsets of owned partitions (skipping unchanged ones).
+    async def commit(
+        self, offsets: Mapping[int, int], metadata: Mapping[int, str] | None = None
+    ) -> None:
+        """Commit next-offsets of owned partitions, with their metadata (default "").
 
-        Issued by the poll task's next poll; raises KafkaCommitError if the broker
-        refused it or did not answer within COMMIT_ANSWER_TIMEOUT (the caller retries).
+        Issued by the poll task's next poll, after every commit requested before; raises
+        KafkaCommitError if the broker refused it (``code``), if its partitions went
+        before it was issued (``revoked``), or if no answer came within
+        COMMIT_ANSWER_TIMEOUT (the caller decides whether to retry).
         """
-        todo = {
-            p: off
-            for p, off in offsets.items()
-            if p in self.owned and self.committed.get(p) != off
-        }
+        todo = {p: off for p, off in offsets.items() if p in self.owned}
         if not todo:
-            return
-        request = CommitRequest(todo)
+            raise KafkaCommitError("partitions not assigned to this member", revoked=True)
+        meta = {p: (metadata or {}).get(p, "") for p in todo}
+        request = CommitRequest(todo, meta)
         self._commits.append(request)
         self._wake.notify()
         with trio.move_on_after(COMMIT_ANSWER_TIMEOUT):
@@ -216,7 +265,7 @@ class KafkaInput:
         if not request.done.is_set():
             raise KafkaCommitError(f"no answer within {COMMIT_ANSWER_TIMEOUT:g} s")
         if request.error is not None:
-            raise KafkaCommitError(request.error)
+            raise KafkaCommitError(request.error, request.code, request.revoked)
 
     def stop(self) -> None:
         """Stop handing chunks over: the batcher's channel closes (it flushes and ends);
@@ -305,29 +354,63 @@ class KafkaInput:
             request.done.set()
 
     # -- SourceHooks: called while a poll runs ------------------------------------------
-    def assigned(self, partitions: set[int], committed: dict[int, int]) -> None:
+    def assigned(
+        self, partitions: set[int], committed: dict[int, int], metadata: dict[int, str]
+    ) -> None:
+        assert self._hooks is not None
+        self._epochs += 1
         self.owned |= partitions
         self.ever_assigned = True
-        self._hooks.assigned(partitions, committed)
+        plans = self._hooks.assigned(partitions, committed, metadata, self._epochs)
+        if not self._stopping:
+            self._outbox.put(Assigned(epoch=self._epochs, assigned=frozenset(partitions),
+                                      plans=plans))
 
     async def revoking(self, partitions: set[int]) -> CommitRequest | None:
-        barrier = Barrier(revoked=frozenset(partitions))
+        assert self._hooks is not None
+        self._abort_commits(partitions)
+        self._put_barrier(partitions, lost=False)
+        offsets, metadata = await self._hooks.revoking(partitions)
+        todo = {p: off for p, off in offsets.items() if p in partitions}
+        if not todo:
+            return None
+        return CommitRequest(todo, {p: metadata.get(p, "") for p in todo}, on_revoke=True)
+
+    def revoked(self, partitions: set[int]) -> None:
+        assert self._hooks is not None
+        self.owned -= partitions
+        self._hooks.revoked(partitions, lost=False)
+
+    def lost(self, partitions: set[int]) -> None:
+        assert self._hooks is not None
+        log.warning(
+            "kafka: partitions %s lost (session timeout): their next owner rebuilds what we "
+            "had sealed", sorted(partitions),
+        )
+        self._abort_commits(partitions)
+        self._put_barrier(partitions, lost=True)
+        self.owned -= partitions
+        self._hooks.revoked(partitions, lost=True)
+
+    def _abort_commits(self, partitions: set[int]) -> None:
+        """Requests not issued yet lose these partitions (a seal among them aborts)."""
+        for request in self._commits:
+            request.abort(partitions)
+        self._commits = [r for r in self._commits if not r.done.is_set()]
+
+    def _put_barrier(self, partitions: set[int], lost: bool) -> None:
+        barrier = Barrier(revoked=frozenset(partitions), lost=lost)
         if self._stopping:
             barrier.sealed.set()
         else:
             self._outbox.put(barrier)
-        offsets = await self._hooks.revoking(partitions, barrier)
-        todo = {
-            p: off
-            for p, off in offsets.items()
-            if p in partitions and self.committed.get(p) != off
-        }
-        return CommitRequest(todo, on_revoke=True) if todo else None
-
-    def revoked(self, partitions: set[int]) -> None:
-        self.owned -= partitions
-        self._hooks.revoked(partitions)
 
 
 class KafkaCommitError(Exception):
-    """The broker refused an offset commit."""
+    """An offset commit was not made: ``code`` is Kafka's error code when the broker
+    refused it; ``revoked`` when its partitions were not ours any more."""
+
+    def __init__(self, message: str, code: int | None = None, revoked: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.revoked = revoked

@@ -1,21 +1,22 @@
-"""The batch ledger: offset ranges of sealed batches, written before any insert.
+"""The file ledger of older outlets: read once after an upgrade, never written again.
 
-After a crash the outlet re-reads Kafka from the committed offsets. Without the
-ledger it would cut batches at other boundaries, so their deduplication tokens
-would differ from those of inserts that may already have reached a destination,
-and rows would be duplicated. With it, the outlet rebuilds exactly the batches it
-had sealed (same ranges, same tokens), as the ClickHouse Kafka Connect sink does
-with its state store, and ClickHouse drops the repeats.
+Outlets before the ledger moved into Kafka (outlet/offset_ledger.py) recorded each sealed
+batch (its Kafka offset ranges, over several partitions) in a local file before inserting
+it, and rebuilt the uncommitted ones after a restart on the same state directory. This
+module reads that file so that an upgrade in the middle of an outage duplicates nothing:
+its uncommitted batches are rebuilt under their original tokens, as the older outlet
+would have rebuilt them (outlet/rebuild.py: ``legacy`` plans), and entries drop out as
+Kafka commits pass them; the file is deleted once empty.
 
-Format: one JSON object per line, fsynced per seal. A torn last line (SIGKILL
-mid-append) is ignored: that batch had not been inserted anywhere yet, because the
-seal is durable before its first insert starts.
+Format: one JSON object per line::
 
-``BatchLedger`` is the interface the sealer (record) and the rebuild planner (pending)
-use; ``LocalLedger`` is that interface over the local file (``Ledger``, blocking I/O in
-worker threads). Another store (issue 12: the sealed ranges kept in Kafka's offset-commit
-metadata, readable by whichever group member gets the partition) implements the same
-three methods.
+    {"ranges": {"<partition>": [first, last], ...}, "token": "<deduplication token>"}
+
+``token`` is present in files of outlets with token version 2 (outlet/tokens.py); without
+it the batch was sent with the version-1 token of its ranges. A torn or damaged line is
+ignored (that batch had not been inserted: its line was durable before any insert).
+Batches sealed on another Kafka cluster than the current one (their version-2 token names
+it) are not rebuilt: their offsets name other records.
 """
 
 from __future__ import annotations
@@ -25,153 +26,127 @@ import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
-from outlet.batch import Ranges
+from outlet.tokens import Ranges, make_token_v1, token_cluster_id
 
 RunSync = Callable[..., Awaitable[Any]]  # trio.to_thread.run_sync, or inline in tests
 
 log = logging.getLogger(__name__)
 
-COMPACT_AFTER_LINES = 10_000
 
-# (ranges as sealed: the token, ranges still to rebuild), in seal order
-Pending = list[tuple[Ranges, Ranges]]
+@dataclass(frozen=True)
+class LegacyEntry:
+    """One batch an older outlet sealed: the records it holds and the token it was sent with."""
 
-
-class BatchLedger(Protocol):
-    """Where the boundaries of sealed batches live until Kafka has their commit."""
-
-    async def record(self, ranges: Ranges) -> None:
-        """Durably keep a sealed batch; returns before its first insert may start."""
-        ...
-
-    def pending(self, committed: Mapping[int, int], partitions: set[int] | None = None) -> Pending:
-        """Batches with records past `committed` (see Ledger.pending)."""
-        ...
-
-    async def compact(self, committed: Mapping[int, int]) -> None:
-        """Forget batches Kafka has committed (may do nothing until it is worth it)."""
-        ...
-
-    def close(self) -> None: ...
+    ranges: Ranges
+    token: str
 
 
-class Ledger:
-    """Append-only record of sealed batches, compacted against committed offsets.
+class LegacyLedger:
+    """The older outlets' ledger file of one group and topic (thread-safe)."""
 
-    Thread-safe: the sealer records and the committer compacts from two worker threads;
-    a lock makes each call atomic, so a seal recorded while a compaction rewrites the
-    file is never lost (a lost seal means other batch boundaries after a crash, hence
-    duplicates).
-    """
-
-    def __init__(self, directory: Path, topic: str, group: str) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+    def __init__(
+        self,
+        directory: Path,
+        topic: str,
+        group: str,
+        cluster_id: str | None = None,
+        run_sync: RunSync = trio.to_thread.run_sync,
+    ) -> None:
         safe = f"{group}-{topic}".replace("/", "_")
         self.path = directory / f"ledger-{safe}.jsonl"
         self.topic = topic
+        self._run_sync = run_sync
         self._lock = threading.Lock()
-        self._lines = 0
-        self._entries: list[Ranges] = self._read()
-        self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for appends
+        self._entries = self._read(cluster_id)
+        if self._entries:
+            log.info(
+                "ledger %s (written by an older outlet): %d sealed batch(es) to rebuild if not "
+                "committed; the file goes once they are", self.path, len(self._entries),
+            )
 
-    def _read(self) -> list[Ranges]:
+    def _read(self, cluster_id: str | None) -> list[LegacyEntry]:
         if not self.path.exists():
             return []
-        entries: list[Ranges] = []
+        entries: list[LegacyEntry] = []
+        foreign = 0
         with open(self.path, "rb") as f:
             for raw in f:
                 try:
-                    obj = json.loads(raw)
-                    ranges = {int(p): (int(r[0]), int(r[1])) for p, r in obj["ranges"].items()}
-                except (ValueError, KeyError, TypeError, IndexError):
+                    entry = self._parse(json.loads(raw))
+                except (ValueError, KeyError, TypeError, IndexError, AttributeError):
                     log.warning("ledger %s: ignoring a torn or corrupt line", self.path)
                     continue
-                entries.append(ranges)
-                self._lines += 1
+                sealed_on = token_cluster_id(entry.token)
+                if cluster_id is not None and sealed_on is not None and sealed_on != cluster_id:
+                    foreign += 1
+                    continue
+                entries.append(entry)
+        if foreign:
+            log.warning(
+                "ledger %s: %d batch(es) were sealed on another Kafka cluster than %s; they are "
+                "not rebuilt", self.path, foreign, cluster_id,
+            )
         return entries
 
-    def pending(self, committed: Mapping[int, int], partitions: set[int] | None = None) -> Pending:
-        """Recorded batches with records not yet committed, in seal order.
+    def _parse(self, obj: Any) -> LegacyEntry:
+        ranges = {int(p): (int(r[0]), int(r[1])) for p, r in obj["ranges"].items()}
+        if not ranges:
+            raise ValueError("no ranges")
+        token = obj.get("token")
+        if token is None:  # written before token version 2
+            token = make_token_v1(self.topic, ranges)
+        elif not isinstance(token, str) or not token:
+            raise TypeError("bad token")
+        return LegacyEntry(ranges, token)
 
-        Returns (full ranges, ranges still to rebuild) pairs. Part of a batch can be
-        committed already (partitions commit independently): only the rest is re-read,
-        and it is rebuilt under the batch's original token, so a destination that stored
-        the batch drops the repeat and one that never did stores the part it lacks.
-        `partitions` restricts the result to ranges of partitions we own.
-        """
-        plans: Pending = []
+    def pending(
+        self, committed: Mapping[int, int], partitions: set[int]
+    ) -> list[tuple[str, Ranges]]:
+        """(token, ranges still to rebuild) of the batches with records of `partitions`
+        past `committed`, restricted to those partitions, in seal order."""
         with self._lock:
             entries = list(self._entries)
-        for ranges in entries:
+        out: list[tuple[str, Ranges]] = []
+        for e in entries:
             left = {
-                p: rng
-                for p, rng in ranges.items()
-                if rng[1] >= committed.get(p, -1) and (partitions is None or p in partitions)
+                p: rng for p, rng in e.ranges.items()
+                if p in partitions and rng[1] >= committed.get(p, -1)
             }
             if left:
-                plans.append((dict(ranges), left))
-        return plans
-
-    def record(self, ranges: Ranges) -> None:
-        """Durably append a sealed batch before it is inserted anywhere."""
-        line = json.dumps({"ranges": {str(p): list(r) for p, r in ranges.items()}})
-        with self._lock:
-            self._file.write(line.encode() + b"\n")
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._entries.append(dict(ranges))
-            self._lines += 1
-
-    def compact(self, committed: Mapping[int, int]) -> None:
-        """Drop batches fully below the committed offsets (atomic rewrite)."""
-        with self._lock:
-            if self._lines >= COMPACT_AFTER_LINES:
-                self._rewrite(committed)
-
-    def _rewrite(self, committed: Mapping[int, int]) -> None:
-        keep = [
-            r
-            for r in self._entries
-            if any(last >= committed.get(p, -1) for p, (_, last) in r.items())
-        ]
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            for ranges in keep:
-                line = json.dumps({"ranges": {str(p): list(r) for p, r in ranges.items()}})
-                f.write(line.encode() + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self._file.close()
-        os.replace(tmp, self.path)
-        self._file = open(self.path, "ab")  # noqa: SIM115
-        self._entries = keep
-        self._lines = len(keep)
-
-    def close(self) -> None:
-        with self._lock:
-            self._file.close()
-
-
-class LocalLedger:
-    """BatchLedger over the local file: its blocking calls run in worker threads."""
-
-    def __init__(self, ledger: Ledger, run_sync: RunSync = trio.to_thread.run_sync) -> None:
-        self.ledger = ledger
-        self._run_sync = run_sync
-
-    async def record(self, ranges: Ranges) -> None:
-        await self._run_sync(self.ledger.record, ranges)
-
-    def pending(self, committed: Mapping[int, int], partitions: set[int] | None = None) -> Pending:
-        return self.ledger.pending(committed, partitions)
+                out.append((e.token, left))
+        return out
 
     async def compact(self, committed: Mapping[int, int]) -> None:
-        await self._run_sync(self.ledger.compact, dict(committed))
+        """Forget batches every partition of which Kafka committed past; the file goes
+        with the last one."""
+        if self._entries:
+            await self._run_sync(self._compact, dict(committed))
 
-    def close(self) -> None:
-        self.ledger.close()
+    def _compact(self, committed: Mapping[int, int]) -> None:
+        with self._lock:
+            keep = [
+                e for e in self._entries
+                if any(last >= committed.get(p, -1) for p, (_, last) in e.ranges.items())
+            ]
+            if len(keep) == len(self._entries):
+                return
+            self._entries = keep
+            if not keep:
+                self.path.unlink(missing_ok=True)
+                log.info("ledger %s: every batch of the older outlet is committed; removed",
+                         self.path)
+                return
+            tmp = self.path.with_suffix(".tmp")
+            with open(tmp, "wb") as f:
+                for e in keep:
+                    ranges = {str(p): list(r) for p, r in e.ranges.items()}
+                    f.write(json.dumps({"ranges": ranges, "token": e.token}).encode() + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)

@@ -34,6 +34,8 @@ DECODE_ERRORS_TOTAL = "outlet_decode_errors_total"
 # batching
 BATCH_SIZE_FLOWS = "outlet_batch_size_flows"
 BATCHES_SEALED_TOTAL = "outlet_batches_sealed_total"
+BATCHES_ABORTED_TOTAL = "outlet_batches_aborted_total"
+BATCHES_HANDED_OVER_TOTAL = "outlet_batches_handed_over_total"
 ENCODE_SECONDS = "outlet_encode_seconds"
 CODEC_ERRORS_TOTAL = "outlet_codec_errors_total"
 # destinations
@@ -63,9 +65,11 @@ DESTINATION_CIRCUIT_STATE = "outlet_destination_circuit_state"
 # configuration from an orchestrator (only after Metrics.enable_config_refresh)
 CONFIG_LAST_REFRESH_TIMESTAMP_SECONDS = "outlet_config_last_refresh_timestamp_seconds"
 CONFIG_REFRESH_ERRORS_TOTAL = "outlet_config_refresh_errors_total"
-# commit
+# commit and the batch ledger (offset-commit metadata)
 COMMIT_PENDING_BATCHES = "outlet_commit_pending_batches"
 COMMIT_PENDING_FLOWS = "outlet_commit_pending_flows"
+LEDGER_FOREIGN_BATCHES_TOTAL = "outlet_ledger_foreign_batches_total"
+LEDGER_FULL_WAITS_TOTAL = "outlet_ledger_full_waits_total"
 
 
 class Metrics:
@@ -124,6 +128,18 @@ class Metrics:
         )
         self.batches_sealed = Counter(
             BATCHES_SEALED_TOTAL, "Sealed batches by trigger.", ["reason"], registry=r
+        )
+        self.batches_aborted = Counter(
+            BATCHES_ABORTED_TOTAL,
+            "Cut batches never inserted: their partition was revoked or lost before Kafka "
+            "acknowledged their seal (the next owner reads the records again).",
+            registry=r,
+        )
+        self.batches_handed_over = Counter(
+            BATCHES_HANDED_OVER_TOTAL,
+            "Sealed batches still unsettled when their partition was revoked or lost: left "
+            "to the partition's next owner, which rebuilds them under the same tokens.",
+            registry=r,
         )
         self.codec_errors = Counter(
             CODEC_ERRORS_TOTAL,
@@ -259,6 +275,18 @@ class Metrics:
         self.commit_pending_flows = Gauge(
             COMMIT_PENDING_FLOWS,
             "Flows in sealed batches not yet committed to Kafka.",
+            registry=r,
+        )
+        self.ledger_foreign_batches = Counter(
+            LEDGER_FOREIGN_BATCHES_TOTAL,
+            "Sealed batches found in commit metadata that name another Kafka cluster "
+            "(migrated or restored offsets): not rebuilt.",
+            registry=r,
+        )
+        self.ledger_full_waits = Counter(
+            LEDGER_FULL_WAITS_TOTAL,
+            "Times sealing waited because a partition's pending batches filled its commit "
+            "metadata (kafka.offset-metadata-max-bytes).",
             registry=r,
         )
 

@@ -8,11 +8,16 @@ one way:
         |                                     encoder)                       v
         +---------------- commit <------------------------------------- Committer
 
-``Outlet.run`` builds the chain from its ``Backends`` (Kafka, codec, writers, ledger:
-the production ones, or fakes in the in-process tests), opens every resource in an
+``Outlet.run`` builds the chain from its ``Backends`` (Kafka, codec, writers: the
+production ones, or fakes in the in-process tests), opens every resource in an
 ``AsyncExitStack`` so each closes on every path, runs the tasks in nurseries and stops
-in order on SIGTERM/SIGINT (``request_stop``): stop reading, flush the open batch, let
+in order on SIGTERM/SIGINT (``request_stop``): stop reading, flush the open batches, let
 destinations drain within the grace period, commit, close.
+
+The batch ledger is the partitions' offset-commit metadata (outlet/offset_ledger.py),
+so the group member that owns a partition next, whichever it is, rebuilds the batches
+sealed before with the same tokens; an older outlet's file ledger is read once for the
+upgrade (outlet/ledger.py).
 """
 
 from __future__ import annotations
@@ -29,19 +34,22 @@ from typing import TYPE_CHECKING
 import trio
 from prometheus_client import CollectorRegistry
 
-from outlet.batch import EncodedJob
+from outlet.batch import EncodedJob, RebuildPlan
 from outlet.batcher import Batcher
 from outlet.codec import FlowCodec
 from outlet.committer import Committer
 from outlet.config import ConnectionConfig, DestinationConfig, KafkaConfig, OutletConfig
 from outlet.destination import Destination, Fallback
 from outlet.fallback import GiveUp, SpoolLane
-from outlet.kafka_client import KafkaClient
-from outlet.kafka_input import Barrier, Chunk, KafkaInput, RecordSource
-from outlet.ledger import BatchLedger, Ledger, LocalLedger, RunSync
+from outlet.kafka_client import ClusterError, ClusterFacts, KafkaClient, describe_cluster
+from outlet.kafka_input import Chunk, KafkaInput, RecordSource
+from outlet.ledger import LegacyLedger, RunSync
 from outlet.metrics import Metrics
+from outlet.offset_ledger import KafkaLedger
+from outlet.rebuild import plans_for
 from outlet.sealer import BatchEncoder, Encoder, Sealer
 from outlet.spool import Spool
+from outlet.tokens import writer_identity
 from outlet.writer import ClickHouseWriter, Writer
 
 if TYPE_CHECKING:
@@ -71,9 +79,21 @@ async def _chdb_encoder(cfg: OutletConfig) -> Encoder:
     return BatchEncoder(codec, cfg.clickhouse.compression)
 
 
-def _local_ledger(cfg: OutletConfig, run_sync: RunSync) -> BatchLedger:
-    ledger = Ledger(Path(cfg.state_path), cfg.kafka.topic, cfg.kafka.consumer_group)
-    return LocalLedger(ledger, run_sync)
+async def _describe_cluster(cfg: KafkaConfig) -> ClusterFacts:
+    return await trio.to_thread.run_sync(describe_cluster, cfg)
+
+
+def check_cluster(cfg: KafkaConfig, facts: ClusterFacts) -> None:
+    """Refuse to start when the brokers would refuse our ledger metadata."""
+    cap = facts.metadata_max_bytes
+    if cap is not None and cap < cfg.offset_metadata_max_bytes:
+        raise ClusterError(
+            f"kafka.offset-metadata-max-bytes is {cfg.offset_metadata_max_bytes} but the "
+            f"brokers accept at most {cap} bytes of offset-commit metadata "
+            f"(offset.metadata.max.bytes): set kafka.offset-metadata-max-bytes to {cap} or "
+            "less (the batch ledger lives there, docs/dual-write.md), or raise the brokers' "
+            "setting"
+        )
 
 
 @dataclass(frozen=True)
@@ -81,14 +101,15 @@ class Backends:
     """What the outlet talks to; production implementations unless a test says otherwise.
 
     Each factory opens one resource; ``Outlet.run`` closes what they return. ``disk``
-    runs the blocking local-disk calls of the ledger and the spools: worker threads in
-    production, inline in tests that need a deterministic clock (trio.testing.MockClock).
+    runs the blocking local-disk calls of the old ledger file and the spools: worker
+    threads in production, inline in tests that need a deterministic clock
+    (trio.testing.MockClock). ``cluster`` tells the Kafka cluster id and metadata cap.
     """
 
+    cluster: Callable[[KafkaConfig], Awaitable[ClusterFacts]] = _describe_cluster
     source: Callable[[KafkaConfig, Metrics], RecordSource] = KafkaClient
     encoder: Callable[[OutletConfig], Awaitable[Encoder]] = _chdb_encoder
     writer: Callable[[ConnectionConfig], Writer] = ClickHouseWriter
-    ledger: Callable[[OutletConfig, RunSync], BatchLedger] = _local_ledger
     http: HttpServer | None = _serve_http
     disk: RunSync = trio.to_thread.run_sync
 
@@ -110,6 +131,9 @@ class FanOut:
         self.committer = committer
 
     async def __call__(self, job: EncodedJob) -> None:
+        if not self.committer.wanted(job):  # its partition went while it was encoded
+            self.committer.metrics.batches_handed_over.inc()
+            return
         self.committer.register(job)
         if job.rows == 0:
             for d in self.destinations:
@@ -124,55 +148,72 @@ class Rebalance:
 
     def __init__(
         self,
+        topic: str,
         batcher: Batcher,
         committer: Committer,
-        ledger: BatchLedger,
+        ledger: KafkaLedger,
+        legacy: LegacyLedger,
         grace_period: float,
         state: RunState,
     ) -> None:
+        self.topic = topic
         self.batcher = batcher
         self.committer = committer
         self.ledger = ledger
+        self.legacy = legacy
         self.grace_period = grace_period
         self.state = state
 
-    def assigned(self, partitions: set[int], committed: dict[int, int]) -> None:
-        """Plan the rebuild of batches sealed before and not committed.
+    def assigned(
+        self,
+        partitions: set[int],
+        committed: dict[int, int],
+        metadata: dict[int, str],
+        epoch: int,
+    ) -> tuple[RebuildPlan, ...]:
+        """Plan the rebuild of batches sealed before and not committed, by anyone.
 
-        This covers a restart after a crash and a consumer-group rejoin after a lost
-        assignment (session timeout): the re-read records go into batches with the
-        original boundaries and tokens, so destinations deduplicate them. Plans are
-        reserved with the commit tracker now, before any new batch of those partitions,
-        so the commit watermark cannot pass them while they are rebuilt.
+        The commit metadata lists them (outlet/offset_ledger.py): after a crash (ours or
+        another member's), a lost assignment or a partition moving here, the re-read
+        records go into batches with the original boundaries and tokens, so destinations
+        deduplicate them. Plans are reserved with the commit tracker now, before any new
+        batch of those partitions, so the commit watermark cannot pass them while they
+        are rebuilt; the batcher opens them when it reaches the assignment.
         """
-        pending = self.ledger.pending(committed, partitions)
-        plans = self.batcher.plan_rebuilds(partitions, pending)
+        sealed = []
+        for p in sorted(partitions):
+            sealed += self.ledger.assigned(p, committed.get(p), metadata.get(p), epoch)
+        legacy = self.legacy.pending(committed, partitions)
+        plans = plans_for(self.topic, committed, sealed, legacy, self.batcher.ids(), epoch)
         for plan in plans:
             self.committer.reserve(plan.seq, plan.ranges)
         if plans:
-            log.info("rebuilding %d batch(es) sealed before and not committed", len(plans))
+            log.info("partitions %s: rebuilding %d batch(es) sealed before and not committed",
+                     sorted(partitions), len(plans))
+        return tuple(plans)
 
-    async def revoking(self, partitions: set[int], barrier: Barrier) -> dict[int, int]:
-        """Settle every batch holding records of the partitions (within the grace period)
-        and return their commit offsets, so the next owner starts right after what we
-        stored. Stopping: nothing is waited for (the shutdown path commits)."""
+    async def revoking(self, partitions: set[int]) -> tuple[dict[int, int], dict[int, str]]:
+        """Let the batches of the partitions settle (within the rebalance grace period)
+        and return the commit to make before they go: their settled offsets, with the
+        batches still pending listed, which the next owner rebuilds. Stopping: nothing
+        is waited for (the shutdown path commits)."""
         if self.state.stopping:
-            return {}
+            return {}, {}
         with trio.move_on_after(self.grace_period) as scope:
-            await barrier.sealed.wait()
             await self.committer.tracker.wait_settled(partitions)
         if scope.cancelled_caught:
-            log.warning(
-                "rebalance: batches of partitions %s not settled within the grace period; "
-                "they will be rebuilt by whoever owns the partitions next",
-                sorted(partitions),
+            log.info(
+                "rebalance: batches of partitions %s not settled within the rebalance grace "
+                "period; their next owner rebuilds them (same tokens)", sorted(partitions),
             )
-        return {
+        committable = {
             p: off for p, off in self.committer.tracker.committable().items() if p in partitions
         }
+        return self.ledger.final(partitions, committable)
 
-    def revoked(self, partitions: set[int]) -> None:
-        self.committer.tracker.forget_partitions(partitions)
+    def revoked(self, partitions: set[int], lost: bool) -> None:
+        self.ledger.revoked(partitions)
+        self.committer.forget(partitions)
 
 
 @dataclass
@@ -186,6 +227,7 @@ class Parts:
     channel: tuple[trio.MemorySendChannel[Chunk], trio.MemoryReceiveChannel[Chunk]] = field(
         repr=False
     )
+    ledger: KafkaLedger
 
 
 class Outlet:
@@ -203,12 +245,20 @@ class Outlet:
     async def _open(self, stack: contextlib.AsyncExitStack) -> Parts:
         cfg, metrics, b = self.cfg, self.metrics, self.backends
         Path(cfg.state_path).mkdir(parents=True, exist_ok=True)
-        ledger = b.ledger(cfg, b.disk)
-        stack.callback(ledger.close)
+        facts = await b.cluster(cfg.kafka)
+        check_cluster(cfg.kafka, facts)
+        identity = writer_identity(facts.cluster_id)
+        log.info("deduplication tokens scoped to Kafka cluster %s", facts.cluster_id)
+        legacy = LegacyLedger(Path(cfg.state_path), cfg.kafka.topic, cfg.kafka.consumer_group,
+                              facts.cluster_id, b.disk)
         encoder = await b.encoder(cfg)
         stack.push_async_callback(encoder.aclose)
+        kafka = KafkaInput(cfg.kafka, metrics, b.source(cfg.kafka, metrics))
+        stack.push_async_callback(kafka.aclose)
+        ledger = KafkaLedger(cfg.kafka.topic, identity, facts.cluster_id,
+                             cfg.kafka.offset_metadata_max_bytes, kafka, metrics)
         dest_cfgs = cfg.destinations()
-        committer = Committer((d.name for d in dest_cfgs), ledger, metrics)
+        committer = Committer((d.name for d in dest_cfgs), legacy, metrics, ledger.epoch)
         destinations = [self._destination(d, committer, stack) for d in dest_cfgs]
         sealer = Sealer(cfg.kafka.topic, ledger, encoder, FanOut(destinations, committer), metrics)
         batch = cfg.clickhouse
@@ -218,12 +268,11 @@ class Outlet:
             sealer.seal,
             batch.maximum_flows_per_record,
         )
-        rebalance = Rebalance(batcher, committer, ledger, batch.grace_period, self.state)
-        kafka = KafkaInput(cfg.kafka, metrics, b.source(cfg.kafka, metrics), rebalance)
-        stack.push_async_callback(kafka.aclose)
-        await kafka.open()
+        rebalance = Rebalance(cfg.kafka.topic, batcher, committer, ledger, legacy,
+                              batch.rebalance_grace_period, self.state)
+        await kafka.open(rebalance)
         channel = trio.open_memory_channel[Chunk](cfg.kafka.queue_size)
-        return Parts(kafka, batcher, committer, destinations, channel)
+        return Parts(kafka, batcher, committer, destinations, channel, ledger)
 
     def _destination(
         self, cfg: DestinationConfig, committer: Committer, stack: contextlib.AsyncExitStack
@@ -262,7 +311,7 @@ class Outlet:
                     self.backends.http, self.cfg.http_listen, self.metrics.registry, self.ready
                 )
             await services.start(parts.kafka.run, send)
-            services.start_soon(parts.committer.run, parts.kafka)
+            services.start_soon(parts.committer.run, parts.ledger)
             services.start_soon(self._watch_signals)
             async with trio.open_nursery() as writers:
                 for d in parts.destinations:
@@ -278,7 +327,7 @@ class Outlet:
                 if grace.cancelled_caught:
                     log.warning("grace period over with batches pending; they will be rebuilt")
                     writers.cancel_scope.cancel()
-            await parts.committer.commit_now(parts.kafka)
+            await parts.committer.commit_now(parts.ledger)
             services.cancel_scope.cancel()
 
     async def _watch_signals(self) -> None:

@@ -1,14 +1,21 @@
 """Rebuild planning: batches sealed before and not committed, collected again exactly.
 
-After a restart or a lost assignment the outlet re-reads Kafka from the committed
-offsets. The ledger (outlet/ledger.py, any ``BatchLedger``) says which batches were
-sealed over those records; each becomes a ``RebuildPlan``: the records it must collect
-again (its uncommitted ranges) and its original token. The batcher routes every record a
-plan covers into the plan's builder instead of the open batch; a plan is complete once
-each of its partitions that we still own was read past the plan's range, and is then
-sealed under its original token, so destinations that stored it drop the repeat.
+After a restart, a lost assignment or a partition moving to us from another process, the
+outlet re-reads Kafka from the committed offsets. The ledger says which batches were
+sealed over those records (the partition's offset-commit metadata, outlet/offset_ledger.py,
+whoever sealed them; batches of an older outlet in its local file, outlet/ledger.py); each
+becomes a ``RebuildPlan``: the records it must collect again and its original token. The
+batcher routes every record a plan covers into the plan's builder instead of the open
+batch; a plan is complete once each of its partitions was read past the plan's range, and
+is then sealed under its original token, so destinations that stored it drop the repeat.
 
-Pure logic: no I/O, no Trio; the batcher calls it, tests drive it directly.
+A batch covers one partition, so whoever owns the partition rebuilds it whole: a plan
+whose partition is revoked before it completed is dropped (the next owner plans it again
+from the same commit metadata). Only a batch an older outlet sealed over several
+partitions can come back in parts (``legacy``): its parts are rebuilt under its token as
+before (docs/dual-write.md: the upgrade).
+
+Pure logic: no I/O, no Trio; the batcher and the pipeline call it, tests drive it directly.
 """
 
 from __future__ import annotations
@@ -16,6 +23,33 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from outlet.batch import Ranges, RebuildPlan
+from outlet.offset_ledger import Sealed
+
+
+def plans_for(
+    topic: str,
+    committed: dict[int, int],
+    sealed: Iterable[Sealed],
+    legacy: Iterable[tuple[str, Ranges]],
+    ids: Iterator[int],
+    epoch: int,
+) -> list[RebuildPlan]:
+    """Plans for batches sealed past the committed offsets, in the order they were sealed.
+
+    `sealed`: this assignment's batches from the commit metadata; `legacy`: (token, ranges
+    still to rebuild, restricted to partitions we own) from an older outlet's file ledger.
+    """
+    plans: list[RebuildPlan] = []
+    for s in sealed:
+        first = max(s.first, committed.get(s.partition, s.first))
+        plans.append(RebuildPlan(
+            ranges={s.partition: (first, s.last)}, token=s.token(topic), sealed_at=s.sealed_at,
+            seq=next(ids), epoch=epoch,
+        ))
+    for token, left in legacy:
+        plans.append(RebuildPlan(ranges=left, token=token, legacy=True, seq=next(ids),
+                                 epoch=epoch))
+    return plans
 
 
 class Rebuilds:
@@ -28,31 +62,27 @@ class Rebuilds:
     def __bool__(self) -> bool:
         return bool(self.plans)
 
-    def assign(
-        self,
-        partitions: set[int],
-        pending: Iterable[tuple[Ranges, Ranges]],
-        ids: Iterator[int],
-    ) -> list[RebuildPlan]:
-        """Partitions assigned: plan (full ranges, ranges left) ledger entries not yet open.
+    def partitions(self) -> set[int]:
+        """Partitions with an open plan (their records take the slow path)."""
+        return {p for plan in self.plans for p in plan.ranges}
 
-        A batch already being rebuilt (a second assignment before it completed) is not
-        planned twice.
-        """
+    def assign(self, partitions: set[int], plans: Iterable[RebuildPlan]) -> None:
+        """Partitions assigned (with the plans made for them): plans open. A batch
+        already being rebuilt (planned twice) is kept once."""
         self.assigned |= partitions
-        active = [p.token_ranges for p in self.plans]
-        added: list[RebuildPlan] = []
-        for full, left in pending:
-            if full in active:
-                continue
-            plan = RebuildPlan(ranges=left, token_ranges=full, seq=next(ids))
-            self.plans.append(plan)
-            added.append(plan)
-        return added
+        active = {p.token for p in self.plans}
+        for plan in plans:
+            if plan.token not in active:
+                self.plans.append(plan)
+                active.add(plan.token)
 
     def revoke(self, partitions: set[int]) -> list[RebuildPlan]:
-        """Partitions revoked: their records will not come; returns plans now complete."""
+        """Partitions went: their plans are dropped (the next owner rebuilds them whole);
+        returns the legacy plans now complete (their other partitions were all read)."""
         self.assigned -= partitions
+        self.plans = [
+            p for p in self.plans if p.legacy or not partitions & p.ranges.keys()
+        ]
         return self.take_complete()
 
     def route(self, partition: int, offset: int, value: bytes) -> bool:

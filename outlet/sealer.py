@@ -1,12 +1,17 @@
-"""The sealer: makes a cut batch durable and identified, encodes it once, fans it out.
+"""The sealer: makes cut batches durable and identified, encodes each once, fans them out.
 
-``Sealer(topic, ledger, encoder, fan_out, metrics)``, for each cut, in order:
+``Sealer(topic, ledger, encoder, fan_out, metrics)``, for the cuts the batcher hands over
+together (one partition each), in order:
 
-1. the batch's offset ranges go to the ledger (durable before any insert may start), so a
-   restart rebuilds the same batch under the same token; a rebuild is already there;
+1. the batches go to the ledger (outlet/offset_ledger.py: one Kafka commit of their
+   partitions' metadata), durable before any insert may start, so whoever rebuilds them
+   (this process restarted, or another group member) cuts the same batches under the same
+   tokens; a rebuild is already there. Meanwhile the encoder works: the commit gates the
+   inserts, not the encoding. A batch the ledger refuses (its partition was revoked or
+   lost meanwhile) is dropped: never inserted, its records re-read by the next owner;
 2. the encoder decodes, enriches and encodes the records once (outlet/codec.py, in a
    worker thread), compressed once if configured;
-3. the encoded batch goes to ``fan_out`` (every destination's queue).
+3. each encoded batch goes to ``fan_out`` (every destination's queue).
 
 A codec failure (``CodecError``: the engine failed, not the input) is never fatal: the
 batch is encoded again after a backoff, up to ``CODEC_RETRY.max_attempts`` attempts;
@@ -29,10 +34,10 @@ from typing import Protocol
 import lz4.frame
 import trio
 
-from outlet.batch import Cut, EncodedJob, SealedBatch
+from outlet.batch import Cut, EncodedJob
 from outlet.codec import BAD_REASONS, CodecError, EncodedBatch, FlowCodec
-from outlet.ledger import BatchLedger
 from outlet.metrics import Metrics
+from outlet.offset_ledger import Sealed, ToSeal
 from outlet.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -43,6 +48,12 @@ CODEC_RETRY = RetryPolicy(max_attempts=5, initial_backoff=0.5, max_backoff=8.0)
 BAD_RECORDS_LOG_EVERY = 10.0  # seconds between two "skipped undecodable records" lines
 
 FanOut = Callable[[EncodedJob], Awaitable[None]]
+
+
+class SealLedger(Protocol):
+    """Where sealed batches become durable (outlet/offset_ledger.py: KafkaLedger)."""
+
+    async def record(self, batches: list[ToSeal]) -> list[Sealed | None]: ...
 
 
 class Encoder(Protocol):
@@ -86,7 +97,7 @@ class Sealer:
     def __init__(
         self,
         topic: str,
-        ledger: BatchLedger,
+        ledger: SealLedger,
         encoder: Encoder,
         fan_out: FanOut,
         metrics: Metrics,
@@ -105,64 +116,93 @@ class Sealer:
         for outcome in ("retried", "quarantined"):
             metrics.codec_errors.labels(outcome)
 
-    async def seal(self, cut: Cut) -> None:
+    async def seal(self, cuts: Sequence[Cut]) -> None:
+        """Record the new batches among `cuts` (rebuilds are recorded already) while the
+        first is encoded; fan each out once encoded and, if new, durable."""
+        fresh = [c for c in cuts if c.plan is None and c.records]
+        sealed: dict[int, Sealed | None] = {}
+        recorded = trio.Event()
+        async with trio.open_nursery() as nursery:
+            if fresh:
+                nursery.start_soon(self._record, fresh, sealed, recorded)
+            for cut in cuts:
+                encoded = await self._encode(cut) if cut.records else None
+                if cut.plan is None:
+                    await recorded.wait()
+                job = self._job(cut, sealed, encoded)
+                if job is not None:
+                    await self.fan_out(job)
+
+    async def _record(
+        self, cuts: list[Cut], out: dict[int, Sealed | None], done: trio.Event
+    ) -> None:
+        batches = [ToSeal(p, c.epoch, first, last) for c in cuts for p, (first, last) in
+                   c.ranges.items()]
+        for cut, entry in zip(cuts, await self.ledger.record(batches), strict=True):
+            out[cut.seq] = entry
+        done.set()
+
+    def _job(
+        self, cut: Cut, sealed: dict[int, Sealed | None], encoded: EncodedBatch | None
+    ) -> EncodedJob | None:
         plan = cut.plan
-        batch = SealedBatch(
-            seq=cut.seq,
-            topic=self.topic,
-            ranges=dict(cut.ranges),
-            records=tuple(cut.records),
-            reason=cut.reason,
-            token_ranges=plan.token_ranges if plan is not None else None,
-        )
-        if not batch.records:  # a rebuild with nothing left to collect: settle it only
-            await self.fan_out(EncodedJob(batch.seq, batch.token, b"", 0, batch.ranges))
-            return
-        if plan is None:
-            await self.ledger.record(batch.ranges)
-        self.metrics.batches_sealed.labels(batch.reason).inc()
-        encoded = await self._encode(batch)
+        if plan is not None:
+            token, sealed_at = plan.token, plan.sealed_at
+        else:
+            entry = sealed.get(cut.seq)
+            if entry is None:
+                self.metrics.batches_aborted.inc()
+                log.info("batch %s of an assignment that ended: not inserted (re-read by the "
+                         "partitions' next owner)", dict(cut.ranges))
+                return None
+            token, sealed_at = entry.token(self.topic), entry.sealed_at
+        if encoded is None:  # a rebuild with nothing left to collect: settle it only
+            return EncodedJob(cut.seq, token, b"", 0, dict(cut.ranges), cut.epoch, sealed_at,
+                              repeat=True)
+        self.metrics.batches_sealed.labels(cut.reason).inc()
         self._count_bad(encoded.bad_reasons)
         self.metrics.flows_received.inc(encoded.rows)
         self.metrics.batch_size.observe(encoded.rows)
-        job = EncodedJob(
-            seq=batch.seq,
-            token=batch.token,
+        return EncodedJob(
+            seq=cut.seq,
+            token=token,
             native=encoded.native,
             rows=encoded.rows,
-            ranges=batch.ranges,
+            ranges=dict(cut.ranges),
+            epoch=cut.epoch,
+            sealed_at=sealed_at,
+            repeat=plan is not None,
         )
-        await self.fan_out(job)
 
-    async def _encode(self, batch: SealedBatch) -> EncodedBatch:
+    async def _encode(self, cut: Cut) -> EncodedBatch:
         attempt = 0
         while True:
             attempt += 1
             started = time.perf_counter()
             try:
-                encoded = await self.encoder.encode(batch.records)
+                encoded = await self.encoder.encode(cut.records)
             except CodecError as exc:
                 if self.codec_retry.exhausted(attempt):
-                    return self._quarantine(batch, attempt, exc)
+                    return self._quarantine(cut, attempt, exc)
                 self.metrics.codec_errors.labels("retried").inc()
                 log.warning(
                     "codec failed on batch %s (attempt %d of %d), retrying: %s",
-                    batch.token, attempt, self.codec_retry.max_attempts, exc,
+                    dict(cut.ranges), attempt, self.codec_retry.max_attempts, exc,
                 )
                 await trio.sleep(self.codec_retry.delay(attempt))
                 continue
             self.metrics.encode_seconds.observe(time.perf_counter() - started)
             return encoded
 
-    def _quarantine(self, batch: SealedBatch, attempts: int, exc: CodecError) -> EncodedBatch:
+    def _quarantine(self, cut: Cut, attempts: int, exc: CodecError) -> EncodedBatch:
         """Give the batch up: counted, logged with its offsets, settled as empty."""
         self.metrics.codec_errors.labels("quarantined").inc()
-        self.metrics.decode_errors.labels("quarantined").inc(len(batch.records))
+        self.metrics.decode_errors.labels("quarantined").inc(len(cut.records))
         log.error(
             "codec failed on batch %s %d times (%s): its %d records are skipped "
             "(outlet_decode_errors_total{reason=\"quarantined\"}); they stay in Kafka at "
             "these offsets until retention",
-            batch.token, attempts, exc, len(batch.records),
+            dict(cut.ranges), attempts, exc, len(cut.records),
         )
         return EncodedBatch(native=b"", rows=0, bad_records=())
 

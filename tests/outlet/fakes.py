@@ -1,8 +1,11 @@
 """Trio-native fakes of the outlet's external interfaces, for in-process pipeline tests.
 
 - ``FakeTopic`` + ``FakeSource``: Kafka as a ``RecordSource`` (outlet/kafka_input.py):
-  partitions of records named ``b"<partition>:<offset>"``, committed offsets, rebalances
-  whose callbacks run inside ``poll()`` as librdkafka runs them inside ``consume()``.
+  partitions of records named ``b"<partition>:<offset>"``, committed offsets with their
+  metadata (the batch ledger), a consumer group of one or more members (``FakeSource``
+  each) whose partitions the test moves (``move``, ``expire``), rebalance callbacks
+  run inside ``poll()`` as librdkafka runs them inside ``consume()``; a member whose
+  session expired is fenced (its commits fail, as the broker refuses a stale member).
 - ``FakeEncoder``: an ``Encoder`` whose "Native" bytes are the JSON list of the records
   (so a fake writer can tell which records a batch holds); failures can be injected.
 - ``FakeClickHouse`` + its ``Writer``: stores batches by deduplication token as ClickHouse
@@ -27,7 +30,8 @@ import trio
 
 from outlet.batch import EncodedJob
 from outlet.codec import EncodedBatch
-from outlet.config import ConnectionConfig, OutletConfig, parse_config
+from outlet.config import ConnectionConfig, KafkaConfig, OutletConfig, parse_config
+from outlet.kafka_client import ClusterFacts
 from outlet.kafka_input import (
     Chunk,
     CommitRequest,
@@ -92,13 +96,26 @@ def record(partition: int, offset: int) -> str:
 
 
 # -- Kafka --------------------------------------------------------------------------------
+ILLEGAL_GENERATION = 22  # Kafka's error code for a commit from a stale group member
+CLUSTER_ID = "fake-cluster"
+
+
 @dataclass
 class FakeTopic:
+    """One topic, its consumer group's committed offsets (and metadata) and members.
+
+    ``auto_assign``: the first member to open gets every partition (a group of one);
+    otherwise the test assigns partitions with ``assign``/``move``/``expire``.
+    """
+
     partitions: int = 2
     logs: dict[int, list[bytes]] = field(default_factory=dict)
     committed: dict[int, int] = field(default_factory=dict)
+    metadata: dict[int, str] = field(default_factory=dict)
     commit_log: list[dict[int, int]] = field(default_factory=list)
     grown: Notifier = field(default_factory=Notifier)
+    auto_assign: bool = True
+    members: list[FakeSource] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for p in range(self.partitions):
@@ -113,9 +130,34 @@ class FakeTopic:
     def all_records(self) -> list[str]:
         return [r.decode() for p in sorted(self.logs) for r in self.logs[p]]
 
+    def clear_commits(self) -> None:
+        self.committed.clear()
+        self.metadata.clear()
+
+    # -- the group (the test scripts it) --------------------------------------------------
+    def assign(self, member: FakeSource, partitions: set[int]) -> None:
+        member.events.append(("assign", set(partitions)))
+        self.grown.notify()
+
+    def move(self, partitions: set[int], src: FakeSource, dst: FakeSource) -> None:
+        """A graceful rebalance: `src` revokes (and commits), then `dst` is assigned."""
+        src.events.append(("revoke", set(partitions)))
+        src.then_assign.append((dst, set(partitions)))
+        self.grown.notify()
+
+    def expire(self, member: FakeSource, to: FakeSource | None = None) -> None:
+        """The member's session times out: it is fenced at once (its commits fail), its
+        partitions go to `to` (if given), and it learns of the loss at its next poll."""
+        member.fenced = True
+        lost = set(member.assignment)
+        member.events.append(("lost", lost))
+        if to is not None:
+            self.assign(to, lost)
+        self.grown.notify()
+
 
 class FakeSource:
-    """A consumer-group member alone in its group (rebalances are scripted)."""
+    """A consumer-group member (a group of one unless the test moves partitions)."""
 
     def __init__(self, topic: FakeTopic) -> None:
         self.topic = topic
@@ -123,14 +165,18 @@ class FakeSource:
         self.assignment: set[int] = set()
         self.positions: dict[int, int] = {}
         self.paused = False
+        self.fenced = False
         self.pause_changes: list[tuple[float, bool]] = []
         self.events: deque[tuple[str, set[int]]] = deque()
+        self.then_assign: deque[tuple[FakeSource, set[int]]] = deque()
         self.read = 0  # records handed to the input
         self.closed = False
 
     async def open(self, hooks: SourceHooks) -> None:
         self.hooks = hooks
-        self.events.append(("assign", set(range(self.topic.partitions))))
+        self.topic.members.append(self)
+        if self.topic.auto_assign and len(self.topic.members) == 1:
+            self.events.append(("assign", set(range(self.topic.partitions))))
 
     def revoke(self, partitions: set[int]) -> None:
         self.events.append(("revoke", set(partitions)))
@@ -158,27 +204,46 @@ class FakeSource:
         return Polled(chunk, answered)
 
     def _commit(self, request: CommitRequest, answered: list[CommitRequest]) -> None:
+        """As KafkaClient: only partitions assigned to us are sent; a fenced member's
+        commit is refused by the broker."""
         request.offsets = {p: o for p, o in request.offsets.items() if p in self.assignment}
-        self.topic.committed.update(request.offsets)
-        self.topic.commit_log.append(dict(request.offsets))
         answered.append(request)
+        if not request.offsets:
+            request.error, request.revoked = "partition not assigned any more", True
+            return
+        if self.fenced:
+            request.error, request.code = "Broker: Specified group generation id is not valid", \
+                ILLEGAL_GENERATION
+            return
+        self.topic.committed.update(request.offsets)
+        for p in request.offsets:
+            self.topic.metadata[p] = request.metadata.get(p, "")
+        self.topic.commit_log.append(dict(request.offsets))
 
     async def _serve_events(self, answered: list[CommitRequest]) -> None:
         assert self.hooks is not None
         while self.events:
             kind, parts = self.events.popleft()
             if kind == "assign":
+                self.fenced = False
                 committed = {p: self.topic.committed[p] for p in parts if p in self.topic.committed}
+                metadata = {p: self.topic.metadata.get(p, "") for p in committed}
                 for p in parts:
                     self.positions[p] = committed.get(p, 0)
                 self.assignment |= parts
-                self.hooks.assigned(parts, committed)
+                self.hooks.assigned(parts, committed, metadata)
+            elif kind == "lost":
+                self.assignment -= parts
+                self.hooks.lost(parts)
             else:
                 request = await self.hooks.revoking(parts)
                 if request is not None:
                     self._commit(request, answered)
                 self.assignment -= parts
                 self.hooks.revoked(parts)
+                if self.then_assign:
+                    dst, moved = self.then_assign.popleft()
+                    self.topic.assign(dst, moved)
 
     def _take(self, limit: int) -> Chunk:
         chunk = Chunk()
@@ -196,7 +261,10 @@ class FakeSource:
         return chunk
 
     async def aclose(self) -> None:
+        """Leave the group: what we own is revoked (a clean close), unless we crashed."""
         self.closed = True
+        if self in self.topic.members:
+            self.topic.members.remove(self)
 
 
 # -- codec ----------------------------------------------------------------------------------
@@ -312,6 +380,7 @@ class World:
     )
     sources: list[FakeSource] = field(default_factory=list)
     writers: list[FakeWriter] = field(default_factory=list)
+    metadata_max_bytes: int | None = 4096  # the fake brokers' offset.metadata.max.bytes
 
     @property
     def primary(self) -> FakeClickHouse:
@@ -347,7 +416,12 @@ class World:
             await trio.lowlevel.checkpoint()
             return self.encoder
 
+        async def cluster(cfg: KafkaConfig) -> ClusterFacts:
+            await trio.lowlevel.checkpoint()
+            return ClusterFacts(CLUSTER_ID, self.metadata_max_bytes)
+
         return Backends(
+            cluster=cluster,
             source=source or fake_source,
             encoder=encoder,
             writer=writer,

@@ -1,10 +1,11 @@
 """A fake of the librdkafka consumer surface the outlet uses (confluent_kafka.Consumer).
 
 It behaves like librdkafka where our code depends on it: rebalance callbacks run inside
-``consume()``, in the caller's thread; ``on_commit`` results of asynchronous commits are
-served by a later ``consume()``; paused partitions deliver nothing. It also checks the
-thread rule of outlet/kafka_input.py: every call records its thread, and a call made while
-another thread is inside the consumer is recorded in ``overlaps``.
+``consume()``, in the caller's thread; a synchronous ``commit()`` stores offsets with their
+metadata and returns the partitions (``committed()`` reads both back); paused partitions
+deliver nothing. It also checks the thread rule of outlet/kafka_client.py: every call
+records its thread, and a call made while another thread is inside the consumer is
+recorded in ``overlaps``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class FakeBroker:
     partitions: int = 2
     logs: dict[int, list[bytes]] = field(default_factory=dict)
     committed: dict[int, int] = field(default_factory=dict)
+    metadata: dict[int, str] = field(default_factory=dict)
     commit_log: list[dict[int, int]] = field(default_factory=list)
     consumers: list[FakeConsumer] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
@@ -85,9 +87,6 @@ class FakeConsumer:
     def __init__(self, broker: FakeBroker, settings: dict[str, Any]) -> None:
         self.broker = broker
         self.settings = settings
-        self.on_commit: Callable[[Any, list[TopicPartition]], None] | None = settings.get(
-            "on_commit"
-        )
         self.events: deque[tuple[str, set[int]]] = deque()
         self.assignment: set[int] = set()
         self.positions: dict[int, int] = {}
@@ -98,7 +97,7 @@ class FakeConsumer:
         self.revoke_started = threading.Event()
         self._on_assign: Callback | None = None
         self._on_revoke: Callback | None = None
-        self._commit_results: deque[list[TopicPartition]] = deque()
+        self._on_lost: Callback | None = None
         self._inside: dict[int, int] = {}  # thread id -> call depth
         self._guard = threading.Lock()
 
@@ -127,9 +126,10 @@ class FakeConsumer:
         topics: list[str],
         on_assign: Callback | None = None,
         on_revoke: Callback | None = None,
+        on_lost: Callback | None = None,
     ) -> None:
         with self._call("subscribe"):
-            self._on_assign, self._on_revoke = on_assign, on_revoke
+            self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
             self.events.append(("assign", set(range(self.broker.partitions))))
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
@@ -162,8 +162,6 @@ class FakeConsumer:
                     self._on_revoke(self, self._tps(parts))
                 self.assignment -= parts
                 self.paused -= parts
-        while self._commit_results and self.on_commit is not None:
-            self.on_commit(None, self._commit_results.popleft())
 
     def _take(self, limit: int) -> list[FakeMessage]:
         out: list[FakeMessage] = []
@@ -178,16 +176,18 @@ class FakeConsumer:
 
     def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list[Any]:
         with self._call("committed"):
-            return [
-                TopicPartition(
-                    tp.topic, tp.partition, self.broker.committed.get(tp.partition, OFFSET_INVALID)
-                )
-                for tp in partitions
-            ]
+            out = []
+            for tp in partitions:
+                offset = self.broker.committed.get(tp.partition, OFFSET_INVALID)
+                meta = self.broker.metadata.get(tp.partition)  # librdkafka: None if never set
+                kwargs = {"metadata": meta} if meta is not None else {}
+                out.append(TopicPartition(tp.topic, tp.partition, offset, **kwargs))
+            return out
 
     def commit(
         self, offsets: list[TopicPartition] | None = None, asynchronous: bool = True
-    ) -> None:
+    ) -> list[TopicPartition]:
+        assert not asynchronous, "the outlet commits synchronously (see the thread rule)"
         with self._call("commit"):
             done = []
             with self.broker.cond:
@@ -195,11 +195,11 @@ class FakeConsumer:
                 for tp in offsets or []:
                     if tp.partition in self.assignment:
                         self.broker.committed[tp.partition] = tp.offset
+                        self.broker.metadata[tp.partition] = tp.metadata or ""
                         entry[tp.partition] = tp.offset
                     done.append(TopicPartition(tp.topic, tp.partition, tp.offset))
                 self.broker.commit_log.append(entry)
-            if asynchronous:
-                self._commit_results.append(done)
+            return done
 
     def pause(self, partitions: list[TopicPartition]) -> None:
         with self._call("pause"):

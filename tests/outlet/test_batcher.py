@@ -1,4 +1,5 @@
-"""In-process tests of the batcher's size bound: ``maximum-batch-size`` counts flows.
+"""In-process tests of the batcher: ``maximum-batch-size`` counts flows, batches are per
+partition, one shared timer, revoked partitions dropped.
 
 The batcher's only output is its ``seal`` callable: a list collects the cuts; the flows
 of each record come from the real framing scan.
@@ -6,13 +7,15 @@ of each record come from the real framing scan.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
+import trio.testing
 
-from outlet.batch import Cut
+from outlet.batch import Cut, RebuildPlan
 from outlet.batcher import Batcher
-from outlet.kafka_input import Chunk
+from outlet.kafka_input import Assigned, Barrier, Chunk
 
 
 def frames(n: int) -> bytes:
@@ -22,9 +25,11 @@ def frames(n: int) -> bytes:
 @dataclass
 class Sealed:
     cuts: list[Cut] = field(default_factory=list)
+    rounds: list[list[Cut]] = field(default_factory=list)  # what each seal call got
 
-    async def __call__(self, cut: Cut) -> None:
-        self.cuts.append(cut)
+    async def __call__(self, cuts: Sequence[Cut]) -> None:
+        self.cuts.extend(cuts)
+        self.rounds.append(list(cuts))
 
     @property
     def batches(self) -> list[tuple[bytes, ...]]:
@@ -36,10 +41,16 @@ def batcher(size: int, max_flows: int = 1000) -> tuple[Batcher, Sealed]:
     return Batcher(size, 3600.0, sealed, max_flows_per_record=max_flows), sealed
 
 
+def assigned(*partitions: int, plans: tuple[RebuildPlan, ...] = ()) -> Assigned:
+    return Assigned(epoch=1, assigned=frozenset(partitions or (0,)), plans=plans)
+
+
 async def run(b: Batcher, *chunks: Chunk) -> None:
-    """Feed the chunks, then close the channel: the batcher cuts what is left (shutdown)."""
-    send, recv = trio.open_memory_channel[Chunk](len(chunks))
-    for c in chunks:
+    """Assign partition 0 (unless the first item is an assignment), feed the chunks, then
+    close the channel: the batcher cuts what is left (shutdown)."""
+    items = list(chunks) if chunks and isinstance(chunks[0], Assigned) else [assigned(), *chunks]
+    send, recv = trio.open_memory_channel[Chunk](len(items))
+    for c in items:
         send.send_nowait(c)
     send.close()
     await b.run(recv)
@@ -80,9 +91,10 @@ async def test_bad_records_weigh_one() -> None:
 
 async def test_rebuild_path_counts_flows_too() -> None:
     b, fake = batcher(size=5)
-    assert b.plan_rebuilds({0, 7}, [({7: (0, 0)}, {7: (0, 0)})])  # a rebuild on partition 7
-    await run(b, chunk([frames(2), frames(2), frames(2), frames(1)]))
-    assert [flows(x) for x in fake.batches] == [4, 3]
+    plan = RebuildPlan(ranges={0: (0, 0)}, token="t", seq=100, epoch=1)  # one record, rebuilt
+    await run(b, assigned(0, plans=(plan,)), chunk([frames(2)] * 4 + [frames(1)] * 3))
+    assert [c.reason for c in fake.cuts] == ["rebuild", "size", "size"]
+    assert [flows(x) for x in fake.batches] == [2, 4, 5]
 
 
 async def test_sealing_waits_for_nothing() -> None:
@@ -92,3 +104,61 @@ async def test_sealing_waits_for_nothing() -> None:
         await run(b, chunk([frames(1)] * 4))
     assert [len(x) for x in fake.batches] == [2, 2]
     assert [c.reason for c in fake.cuts] == ["size", "size"]
+
+
+def mixed(*runs: tuple[int, int, int]) -> Chunk:
+    """A chunk of (partition, first offset, count) runs of one-flow records."""
+    c = Chunk()
+    for p, first, n in runs:
+        c.partitions += [p] * n
+        c.offsets += list(range(first, first + n))
+        c.values += [frames(1)] * n
+    return c
+
+
+async def test_each_batch_holds_one_partitions_contiguous_range() -> None:
+    b, fake = batcher(size=4)
+    await run(b, assigned(0, 1, 2), mixed((0, 0, 3), (1, 0, 5), (0, 3, 2), (2, 10, 1)))
+    got = sorted((next(iter(c.ranges.items())), c.reason) for c in fake.cuts)
+    assert all(len(c.ranges) == 1 for c in fake.cuts)
+    assert got == [
+        ((0, (0, 3)), "size"), ((0, (4, 4)), "shutdown"),
+        ((1, (0, 3)), "size"), ((1, (4, 4)), "shutdown"),
+        ((2, (10, 10)), "shutdown"),
+    ]
+    assert fake.rounds[-1] == [c for c in fake.cuts if c.reason == "shutdown"], (
+        "the open batches of every partition are sealed together"
+    )
+
+
+async def test_one_timer_seals_every_partition_together(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The oldest open batch decides: at max_wait every partition's batch is cut, in one
+    seal call (one Kafka commit), then nothing more until new records come."""
+    fake = Sealed()
+    b = Batcher(100, 5.0, fake)
+    send, recv = trio.open_memory_channel[Chunk](10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(b.run, recv)
+        send.send_nowait(assigned(0, 1, 2))
+        send.send_nowait(mixed((0, 0, 2)))
+        await trio.sleep(3)
+        send.send_nowait(mixed((1, 0, 1), (2, 0, 1)))
+        await trio.sleep(2.5)
+        assert [sorted(c.ranges) for c in fake.rounds[0]] == [[0], [1], [2]]
+        assert all(c.reason == "time" for c in fake.rounds[0])
+        assert trio.current_time() < 6
+        await trio.sleep(60)
+        assert len(fake.rounds) == 1
+        send.close()
+
+
+async def test_a_revoked_partition_is_dropped_not_sealed() -> None:
+    """Its records were never sealed: the next owner reads them again from the commit."""
+    b, fake = batcher(size=10)
+    barrier = Barrier(revoked=frozenset({1}))
+    await run(b, assigned(0, 1), mixed((0, 0, 3), (1, 0, 3)), barrier, mixed((1, 3, 2), (0, 3, 1)))
+    assert barrier.sealed.is_set()
+    assert [(c.ranges, c.reason) for c in fake.cuts] == [({0: (0, 3)}, "shutdown")]
+    assert b.dropped_records == 5, "three held and two read before the revoke was handled"

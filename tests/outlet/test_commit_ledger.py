@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import threading
+import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 import trio.testing
 
-import outlet.ledger
-from outlet.batch import BatchBuilder, make_token
+from outlet.batch import BatchBuilder
 from outlet.commit import CommitTracker
-from outlet.ledger import Ledger
+from outlet.ledger import LegacyLedger
 
 DESTS = {"primary", "azure"}
-
-
-def test_token_is_derived_from_offsets_only() -> None:
-    a = make_token("flows", {1: (10, 20), 0: (5, 9)})
-    b = make_token("flows", {0: (5, 9), 1: (10, 20)})
-    assert a == b == "flows/0:5-9,1:10-20"
-    assert make_token("flows", {0: (5, 10)}) != make_token("flows", {0: (5, 9)})
 
 
 def test_batch_builder_extend_tracks_ranges_per_partition() -> None:
@@ -49,12 +39,16 @@ def test_commit_waits_for_every_destination_and_for_earlier_batches() -> None:
 
 def test_pending_in_and_revoked_partitions() -> None:
     t = CommitTracker()
-    t.register(1, {0: (0, 9), 2: (0, 3)}, 14, DESTS)
+    t.register(1, {0: (0, 9), 2: (0, 3)}, 14, DESTS)  # a rebuild of an older outlet's batch
+    t.register(2, {2: (4, 9)}, 6, DESTS)
     assert t.pending_in({2}) and not t.pending_in({1})
     t.forget_partitions({2})
+    assert not t.tracks(2), "a batch of revoked partitions only is not waited for any more"
+    assert t.tracks(1), "one that also holds records of a partition still ours is"
     t.settle(1, "primary")
     t.settle(1, "azure")  # must not fail although partition 2 was forgotten
     assert t.committable() == {0: 10}
+    assert not t.settle(2, "primary") and t.pending_batches == 0
 
 
 async def test_waits_are_driven_by_settlement(autojump_clock: trio.testing.MockClock) -> None:
@@ -69,70 +63,50 @@ async def test_waits_are_driven_by_settlement(autojump_clock: trio.testing.MockC
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(wait, "all sealed", None)
-        nursery.start_soon(wait, "partition 1", {1})
+        nursery.start_soon(wait, "partition 1, unsealed", {1})
         await trio.sleep(1)
-        assert done == []
+        assert done == ["partition 1, unsealed"], (
+            "a rebuild not sealed yet is not being inserted: a revoke hands it over at once"
+        )
         t.settle(1, "primary")
         t.settle(1, "azure")
         await trio.testing.wait_all_tasks_blocked()
-        assert done == ["all sealed"], "shutdown does not wait for an unsealed rebuild"
+        assert done[-1] == "all sealed", "shutdown does not wait for an unsealed rebuild"
         assert await t.wait_moved(0) == 1
         t.register(2, {1: (0, 9)}, 10, DESTS)  # sealed now
-        assert t.in_flight()
+        nursery.start_soon(wait, "partition 1, sealed", {1})
+        await trio.sleep(1)
+        assert t.in_flight() and done[-1] == "all sealed"
         t.settle(2, "primary")
         t.settle(2, "azure")
-    assert done == ["all sealed", "partition 1"]
+    assert done[-1] == "partition 1, sealed"
     assert t.committable() == {0: 10, 1: 10}
 
 
-def test_ledger_survives_restart_and_torn_line(tmp_path: Path) -> None:
-    led = Ledger(tmp_path, "flows", "g")
-    led.record({0: (0, 9), 1: (0, 4)})
-    led.record({0: (10, 19)})
-    led.close()
-    with open(led.path, "ab") as f:
-        f.write(b'{"ranges": {"0": [20,')  # SIGKILL mid-append
-    again = Ledger(tmp_path, "flows", "g")
-    # partition 0 committed up to 10, partition 1 up to 0: the first batch is partly
-    # committed; its partition-1 part is rebuilt under the original (full) token.
-    pending = again.pending({0: 10, 1: 0})
-    assert pending == [({0: (0, 9), 1: (0, 4)}, {1: (0, 4)}), ({0: (10, 19)}, {0: (10, 19)})]
-    assert again.pending({0: 20, 1: 5}) == []
-    assert again.pending({0: 10, 1: 5}, partitions={1}) == []
-    again.close()
+def test_legacy_ledger_is_read_for_the_upgrade_and_goes_once_committed(tmp_path: Path) -> None:
+    """The file an older outlet wrote: entries without a token (token version 1) and with
+    one (version 2, its own cluster or another), a torn last line."""
+    path = tmp_path / "ledger-g-flows.jsonl"
+    lines = [
+        {"ranges": {"0": [0, 9], "1": [0, 4]}},
+        {"ranges": {"0": [10, 19]}, "token": "v2:fake-cluster/flows/0:10-19"},
+        {"ranges": {"1": [5, 9]}, "token": "v2:other-cluster/flows/1:5-9"},
+    ]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"ranges": {"0": [20,')
+    led = LegacyLedger(tmp_path, "flows", "g", "fake-cluster", run_sync=_inline)
+    # Partition 0 committed up to 10, partition 1 up to 0: the first batch is partly
+    # committed; its partition-1 part is rebuilt under its original (v1) token.
+    assert led.pending({0: 10, 1: 0}, {0, 1}) == [
+        ("flows/0:0-9,1:0-4", {1: (0, 4)}),
+        ("v2:fake-cluster/flows/0:10-19", {0: (10, 19)}),
+    ]
+    assert led.pending({0: 10, 1: 0}, {0}) == [("v2:fake-cluster/flows/0:10-19", {0: (10, 19)})]
+    trio.run(led.compact, {0: 10, 1: 5})
+    assert [json.loads(x)["ranges"] for x in path.read_text().splitlines()] == [{"0": [10, 19]}]
+    trio.run(led.compact, {0: 20, 1: 5})
+    assert not path.exists(), "the file goes with its last uncommitted batch"
+    assert led.pending({0: 0, 1: 0}, {0, 1}) == []
 
 
-def test_ledger_record_racing_compact_loses_no_seal(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The sealer records and the committer compacts from two worker threads. Without a
-    lock, a seal appended while compaction rewrites the file went to the replaced file
-    and out of memory (or failed with "write to closed file"): other boundaries after a
-    crash, hence duplicates."""
-    monkeypatch.setattr(outlet.ledger, "COMPACT_AFTER_LINES", 2)
-    led = Ledger(tmp_path, "flows", "g")
-    led.record({0: (0, 9)})
-    led.record({0: (10, 19)})
-    in_compact, release = threading.Event(), threading.Event()
-    real_replace = os.replace
-
-    def slow_replace(src: Any, dst: Any) -> None:
-        in_compact.set()
-        release.wait(5)
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", slow_replace)
-    compact = threading.Thread(target=led.compact, args=({0: 10},))
-    compact.start()
-    assert in_compact.wait(5)
-    record = threading.Thread(target=led.record, args=({0: (20, 29)},))
-    record.start()
-    record.join(0.3)  # an unsynchronised record would finish inside the compaction here
-    release.set()
-    compact.join(5)
-    record.join(5)
-    monkeypatch.setattr(os, "replace", real_replace)
-    expected = [({0: (10, 19)}, {0: (10, 19)}), ({0: (20, 29)}, {0: (20, 29)})]
-    assert led.pending({0: 10}) == expected, "the seal recorded during compaction is lost"
-    led.close()
-    assert Ledger(tmp_path, "flows", "g").pending({0: 10}) == expected
+async def _inline(fn: Any, *args: Any) -> Any:
+    return fn(*args)

@@ -600,6 +600,7 @@ def test_redacted_dump_is_normalized_and_round_trips() -> None:
         "maximum-batch-size": 50000,
         "maximum-wait-time": "5s",
         "grace-period": "1m",
+        "rebalance-grace-period": "5s",
         "compression": "lz4",
         "maximum-flows-per-record": 1000,
     }

@@ -9,35 +9,50 @@ import trio.testing
 
 from outlet.kafka_input import Barrier, Chunk, Outbox
 from outlet.notify import Notifier
-from outlet.rebuild import Rebuilds
+from outlet.offset_ledger import Sealed
+from outlet.rebuild import Rebuilds, plans_for
 
 
 def route_all(r: Rebuilds, records: list[tuple[int, int]]) -> list[bool]:
     return [r.route(p, off, f"{p}:{off}".encode()) for p, off in records]
 
 
+def sealed(p: int, first: int, last: int, at: float = 1000.0) -> Sealed:
+    return Sealed(p, first, last, at, "fake-cluster")
+
+
 def test_plans_rebuild_exact_ranges_and_complete_when_read_past_them() -> None:
     r = Rebuilds()
     ids = itertools.count(1)
-    pending = [({0: (10, 19), 1: (0, 4)}, {0: (10, 19), 1: (0, 4)}), ({0: (20, 29)}, {0: (20, 29)})]
-    first, second = r.assign({0, 1}, pending, ids)
-    assert (first.seq, second.seq) == (1, 2)
-    assert r.assign({0, 1}, pending, ids) == [], "a batch being rebuilt is not planned twice"
+    plans = plans_for("flows", {0: 10}, [sealed(0, 10, 19), sealed(0, 20, 29, 1003.0)],
+                      [("flows/0:0-9,1:0-4", {1: (0, 4)})], ids, epoch=3)
+    first, second, legacy = plans
+    assert (first.seq, second.seq, legacy.seq) == (1, 2, 3)
+    assert first.token == "v2:fake-cluster/flows/0:10-19" and first.sealed_at == 1000.0
+    assert (first.epoch, first.legacy, legacy.legacy) == (3, False, True)
+    r.assign({0, 1}, plans)
+    r.assign({0, 1}, plans)
+    assert len(r.plans) == 3, "a batch being rebuilt is not planned twice"
     assert route_all(r, [(0, 9), (0, 10), (1, 0)]) == [False, True, True]
     assert r.take_complete() == []
     route_all(r, [(1, p) for p in range(1, 5)] + [(0, p) for p in range(11, 20)])
-    assert r.take_complete() == [first]
-    assert first.builder.ranges == {0: (10, 19), 1: (0, 4)} and len(first.builder) == 15
+    assert r.take_complete() == [first, legacy]
+    assert first.builder.ranges == {0: (10, 19)} and len(first.builder) == 10
     assert bool(r)  # the second plan is still open
 
 
-def test_revoked_partitions_are_not_waited_for() -> None:
+def test_a_revoked_partitions_plans_are_dropped_not_cut() -> None:
+    """Its next owner rebuilds them whole from the commit metadata; only a legacy batch
+    of several partitions completes with the partitions still ours (the old behaviour)."""
     r = Rebuilds()
-    (plan,) = r.assign({0, 1}, [({0: (0, 9), 1: (0, 9)}, {0: (0, 9), 1: (0, 9)})],
-                       itertools.count(1))
-    route_all(r, [(0, p) for p in range(10)])
-    assert r.take_complete() == []  # partition 1 not read yet
-    assert r.revoke({1}) == [plan]
+    plans = plans_for("flows", {}, [sealed(1, 0, 9)], [("flows/0:0-9,2:0-9", {0: (0, 9),
+                                                                           2: (0, 9)})],
+                      itertools.count(1), epoch=1)
+    r.assign({0, 1, 2}, plans)
+    route_all(r, [(0, p) for p in range(10)] + [(1, p) for p in range(5)])
+    assert r.take_complete() == []  # partitions 1 and 2 not read through yet
+    assert r.revoke({1}) == [] and r.partitions() == {0, 2}
+    assert r.revoke({2}) == [plans[1]]
     assert not r
 
 
