@@ -16,6 +16,11 @@ Destinations that give up (``max-retries`` > 0, i.e. the additional ones) also h
   ``SpoolLane`` (appended to the on-disk spool and replayed later).
 The primary retries forever and blocks when its queue is full (backpressure): its
 circuit never opens and it never falls back.
+
+A batch whose partition was revoked or lost while it waited (``wanted`` says no) is
+dropped before its next attempt: the partition's next owner rebuilds it from the commit
+metadata under the same token, and an insert of our copy much later (after a long
+pause of this process) could fall outside the table's deduplication window.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from outlet.writer import Writer
 log = logging.getLogger(__name__)
 
 Settled = Callable[[EncodedJob, str, bool], None]  # (batch, destination, stored there)
+Wanted = Callable[[EncodedJob], bool]  # is the batch still ours to insert?
 
 
 class Outcomes:
@@ -121,6 +127,7 @@ class Destination:
         writer: Writer,
         fallback: Fallback,
         on_settled: Settled,
+        wanted: Wanted = lambda job: True,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
@@ -128,6 +135,7 @@ class Destination:
         self.writer = writer
         self.fallback = fallback
         self._settled = on_settled
+        self._wanted = wanted
         self.retry = RetryPolicy.of(cfg.connection)
         self._send, self._recv = trio.open_memory_channel[EncodedJob](cfg.queue_size)
         self.outcomes = Outcomes(self.name, metrics, writer)
@@ -195,6 +203,10 @@ class Destination:
     async def _deliver(self, job: EncodedJob) -> None:
         attempt = 0
         while True:
+            if not self._wanted(job):
+                log.debug("destination %s: batch %s handed over to its partition's next owner",
+                          self.name, job.token)
+                return
             if self._gated and not self.breaker.allow():
                 await self.fallback.take(job, "circuit_open")
                 return

@@ -289,7 +289,8 @@ class Outlet:
             fallback = SpoolLane(cfg, self.metrics, spool, replay, committer.settled, b.disk)
         else:
             fallback = GiveUp(cfg.name, self.metrics, committer.settled)
-        return Destination(cfg, self.metrics, writer, fallback, committer.settled)
+        return Destination(cfg, self.metrics, writer, fallback, committer.settled,
+                           committer.wanted)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
