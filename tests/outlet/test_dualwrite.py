@@ -286,20 +286,29 @@ def test_azure_https_unknown_ca_fails_without_hurting_primary(outlet_run: RunFac
 
 
 def test_two_outlets_rebalance_without_loss_or_duplicates(outlet_run: RunFactory) -> None:
-    """Scale-out: one consumer group, two processes; one stops mid-run, the other takes over."""
-    run = outlet_run(batch_size=10_000, wait_time="500ms", additional_extra=NO_SPOOL)
+    """Scale-out and back: one consumer group, two processes; the second joins mid-run and
+    leaves. Azure is slowed and the rebalance grace period is 0, so the batches still
+    unsettled at each rebalance are handed over in the commit metadata and rebuilt by the
+    partitions' next owner under the same tokens, while their first owner may still be
+    inserting them. Whatever the timing, both destinations hold every flow exactly once
+    (on main before issue 12, 791 duplicates were once stored here)."""
+    run = outlet_run(batch_size=10_000, wait_time="500ms")
+    run.config["clickhouse"]["rebalance-grace-period"] = "0s"
+    toxi = Toxiproxy(run.ep.toxiproxy.api, timeout=120)
+    toxi.add_toxic(run.ch("azure").proxy, "latency", {"latency": 150}, name="slow")
     first, second = run.outlet("a"), run.outlet("b")
     first.start()
     producer = background(lambda: run.produce(300_000, rate=20_000))
     time.sleep(3)
     second.start()  # rebalance: partitions are split between the two
-    time.sleep(5)
+    assert second.wait_ready(60), "the second outlet never got partitions"
+    time.sleep(3)
     assert second.stop() == 0  # rebalance again: the first takes everything back
     producer.join()
+    toxi.remove_toxic(run.ch("azure").proxy, "slow")
     for name in ("local", "azure"):
         assert run.wait_rows(name, 300_000) >= 300_000
         run.wait_stable(name)
         stats = run.stats(name)
         assert (stats.rows, stats.duplicates, stats.bytes_sum) == (300_000, 0, run.bytes_sum), name
-    assert first.metric(names.BATCHES_SEALED_TOTAL, reason="rebalance") >= 1
     assert first.stop() == 0
