@@ -221,7 +221,7 @@ async def test_brokers_refusing_the_metadata_stop_the_outlet() -> None:
     c = FakeCommits(fail=[KafkaCommitError("too large", code=OFFSET_METADATA_TOO_LARGE)])
     led, _ = ledger(c)
     led.assigned(0, 0, "", epoch=1)
-    with pytest.raises(LedgerFatal, match="lower it to the brokers' offset.metadata.max.bytes"):
+    with pytest.raises(LedgerFatal, match=r"lower it to the brokers' offset\.metadata\.max\.bytes"):
         await led.record([ToSeal(0, 1, 0, 9)])
 
 
