@@ -77,7 +77,8 @@ def test_metadata_the_outlet_cannot_read_is_refused(text: str, problem: str) -> 
 
 @dataclass
 class FakeCommits:
-    """The Kafka input's commit side: requests in order; the test answers them."""
+    """The Kafka input's commit side: requests issued (applied) in the order they were
+    made, as the poll thread issues them; the answer waits for the test's gate."""
 
     owned: set[int] = field(default_factory=lambda: {0, 1})
     requests: list[tuple[dict[int, int], dict[int, str]]] = field(default_factory=list)
@@ -90,13 +91,15 @@ class FakeCommits:
 
     async def commit(self, offsets: Mapping[int, int], metadata: Mapping[int, str]) -> None:
         self.requests.append((dict(offsets), dict(metadata)))
+        failure = self.fail.pop(0) if self.fail else None
+        if failure is None:
+            for p, off in offsets.items():
+                self.applied[p] = (off, metadata[p])
         if self.gate is not None:
             await self.gate.wait()
         await trio.lowlevel.checkpoint()
-        if self.fail:
-            raise self.fail.pop(0)
-        for p, off in offsets.items():
-            self.applied[p] = (off, metadata[p])
+        if failure is not None:
+            raise failure
 
 
 def ledger(commits: FakeCommits, max_bytes: int = 4096) -> tuple[KafkaLedger, Metrics]:
@@ -168,6 +171,9 @@ async def test_seals_of_a_revoked_or_reassigned_partition_are_refused(
     led.assigned(0, 0, "", epoch=1)
     led.assigned(1, 0, "", epoch=1)
     c.gate = trio.Event()
+    # partition 0 is revoked while the commit waits to be issued: the input fails it
+    c.fail.append(KafkaCommitError("partition revoked before the commit was made",
+                                   revoked=True))
     results: list[list[Sealed | None]] = []
 
     async def seal() -> None:
@@ -176,10 +182,8 @@ async def test_seals_of_a_revoked_or_reassigned_partition_are_refused(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(seal)
         await trio.testing.wait_all_tasks_blocked()
-        # partition 0 is lost while the commit is on its way: the request fails for it
         led.revoked({0})
         c.owned = {1}
-        c.fail.append(KafkaCommitError("partition revoked", revoked=True))
         c.gate.set()
     ((p0, p1),) = results
     assert p0 is None, "never insert a batch whose seal was not made"
