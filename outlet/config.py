@@ -522,6 +522,37 @@ class KafkaConfig:
     sasl: SASLConfig = section(SASLConfig)
 
 
+DEDUP_UNKNOWN = ("replay", "skip")
+
+
+@dataclass(frozen=True)
+class DedupCheckConfig:
+    after: float = setting(
+        60.0, Duration(at_most=7 * 24 * HOUR),
+        doc="A batch that may be stored already (an earlier attempt timed out or was cut "
+            "after sending, a rebuild of a batch another process may have inserted, a spool "
+            "replay) and was first sealed longer ago than this is looked up in the server's "
+            "`system.query_log` before it is sent again, because the table may have "
+            "forgotten its token by then (`non_replicated_deduplication_window` counts "
+            "inserts, `replicated_deduplication_window_seconds` is 1 h). `0` = never look. "
+            "Needs `SELECT` on `system.query_log`. See "
+            "[dual-write.md](dual-write.md#replays-older-than-the-deduplication-window).")
+    when_unknown: str = setting(
+        "replay", Str(choices=DEDUP_UNKNOWN),
+        doc="When the lookup cannot tell (no access to the log, log disabled or rotated "
+            "since the batch was sealed): `replay` sends the batch (risks a duplicate), "
+            "`skip` gives it up (risks a loss, counted in `retries_exceeded{reason="
+            "\"unverified\"}`). Either way counted in "
+            "`outlet_destination_dedup_checks_total{outcome}`.")
+    cluster: str = setting(
+        "", Str(pattern=r"[A-Za-z0-9_.-]{0,128}",
+                pattern_msg="must be a cluster name ([A-Za-z0-9_.-]+)"),
+        default_doc='`""` (one server)',
+        doc="Read the logs of every replica (`clusterAllReplicas('<cluster>', "
+            "system.query_log)`): required when inserts go through several servers of a "
+            "cluster, since each server logs only its own queries.")
+
+
 @dataclass(frozen=True)
 class ConnectionConfig:
     servers: tuple[str, ...] = setting(
@@ -556,6 +587,7 @@ class ConnectionConfig:
     retry_max_backoff: float = setting(
         30.0, Duration(positive=True, at_least="retry_initial_backoff", at_most=HOUR),
         type_doc="duration >= `retry-initial-backoff`, <= 1h", doc="Cap of the retry delay.")
+    dedup_check: DedupCheckConfig = section(DedupCheckConfig)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,14 @@ a batch), and for an additional destination a wrong "retriable" costs at most
 its circuit and spool (or give up) at the first transient error. Such failures carry
 ``classified=False`` so the destination can say so in its log: add the code to one of
 the sets when it shows up.
+
+``ambiguous``: whether the failed attempt may have stored the batch all the same (a
+timeout, a connection cut after the request went out, any server error: a ClickHouse
+insert is not atomic across the table partitions it writes). Only a connection that was
+never made (refused, unknown host, connect timeout) and an authentication failure (the
+server refuses before reading the body) are known to have stored nothing. A later
+attempt of an ambiguous batch may duplicate it once the table's deduplication window has
+passed: outlet/dedup_check.py checks those first.
 """
 
 from __future__ import annotations
@@ -49,6 +57,13 @@ AUTH_CODE = 516
 ERROR_KINDS = ("connect", "timeout", "auth", "permanent", "server", "other")
 
 _CODE_RE = re.compile(r"Code: (\d+)")
+# Connection failures before anything was sent (urllib3 and OS wordings).
+_NOT_SENT_RE = re.compile(
+    r"NewConnectionError|ConnectTimeoutError|Connection refused|Failed to establish a new "
+    r"connection|Name or service not known|nodename nor servname|Temporary failure in name "
+    r"resolution|No route to host|Network is unreachable",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,7 @@ class InsertFailure:
     code: int | None
     message: str
     classified: bool = True  # False: a server code in neither set (retried by default)
+    ambiguous: bool = True  # the attempt may have stored the batch (see the docstring)
 
 
 def classify(exc: BaseException) -> InsertFailure:
@@ -67,10 +83,14 @@ def classify(exc: BaseException) -> InsertFailure:
     text = str(exc) or type(exc).__name__  # TooSlowError and others have no message
     match = _CODE_RE.search(text)
     code = int(match.group(1)) if match else None
+    if isinstance(exc, ConnectionRefusedError) or (code is None and _NOT_SENT_RE.search(text)):
+        timeout = "timeout" in text.lower() or "timed out" in text.lower()
+        return InsertFailure("timeout" if timeout else "connect", True, None, text,
+                             ambiguous=False)
     if isinstance(exc, (TimeoutError, trio.TooSlowError)) or "timed out" in text.lower():
         return InsertFailure("timeout", True, code, text)
     if code == AUTH_CODE:
-        return InsertFailure("auth", False, code, text)
+        return InsertFailure("auth", False, code, text, ambiguous=False)
     if code in PERMANENT_CODES:
         return InsertFailure("permanent", False, code, text)
     if code in TRANSIENT_CODES:

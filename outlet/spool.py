@@ -2,14 +2,20 @@
 
 Layout of ``spool.path`` (one directory per destination):
 
-- ``seg-<16 digits>.spool``: append-only segment files. A record is a 32-byte header
-  followed by its payload::
+- ``seg-<16 digits>.spool``: append-only segment files. A record is a header followed by
+  its payload; version 2 (written since issue 12) has a 40-byte header::
 
-      magic "OSPL" | version u8 | flags u8 | token length u16 | payload length u32 |
-      flows u64 | appended-at (unix ns) u64 | CRC32 u32           (little endian)
-      payload = deduplication token (UTF-8) + the batch's Native bytes
+      magic "OSPL" | version u8 = 2 | flags u8 | token length u16 | payload length u32 |
+      flows u64 | appended-at (unix ns) u64 | sealed-at (unix ns) u64 | CRC32 u32
+      payload = deduplication token (UTF-8) + the batch's Native bytes   (little endian)
 
-  The CRC32 covers the header's first 28 bytes and the payload, so a damaged length,
+  ``flags`` bit 0, AMBIGUOUS: an attempt before the batch was spooled may have stored it
+  (a timeout or a connection cut after sending, a rebuild of a batch another process may
+  have inserted). ``sealed-at``: when the batch was first sealed (by whichever process).
+  Both decide whether a replay is checked against the destination first, once the batch
+  may be older than the table's deduplication window (docs/spool.md). Version 1 records
+  (32-byte header, no sealed-at, flags 0) are still read: as ambiguous, sealed when
+  appended. The CRC32 covers the header up to it and the payload, so a damaged length,
   flow count or token is caught as surely as damaged data.
 - ``cursor``: where the oldest record not yet acknowledged starts (segment, offset),
   with its own CRC, replaced atomically (write, fsync, rename, fsync of the directory).
@@ -42,10 +48,14 @@ from outlet.config import SpoolConfig
 log = logging.getLogger(__name__)
 
 MAGIC = b"OSPL"
-VERSION = 1
-_PRE = struct.Struct("<4sBBHIQQ")  # everything in the header but the CRC
-HEADER = struct.Struct("<4sBBHIQQI")
-HEADER_SIZE = HEADER.size  # 32
+VERSION = 2
+AMBIGUOUS = 0x01  # flags bit: an earlier attempt may have stored the batch
+_PRE = struct.Struct("<4sBBHIQQQ")  # everything in the header but the CRC
+HEADER = struct.Struct("<4sBBHIQQQI")
+HEADER_SIZE = HEADER.size  # 40
+_PRE_V1 = struct.Struct("<4sBBHIQQ")  # version 1: no sealed-at
+HEADER_V1 = struct.Struct("<4sBBHIQQI")  # 32 bytes
+_COMMON = struct.Struct("<4sB")  # magic and version: where every header starts
 _CURSOR = struct.Struct("<4sQQI")
 _CURSOR_MAGIC = b"OSPC"
 MAX_SEGMENT_BYTES = 64 << 20
@@ -58,13 +68,22 @@ def default_segment_bytes(max_bytes: int) -> int:
     return max(MIN_SEGMENT_BYTES, min(MAX_SEGMENT_BYTES, max_bytes // 8))
 
 
-def encode_record(token: str, rows: int, native: bytes, appended_ns: int) -> bytes:
-    """One record, header and payload, as it is written to a segment."""
+def encode_record(
+    token: str,
+    rows: int,
+    native: bytes,
+    appended_ns: int,
+    sealed_ns: int | None = None,
+    ambiguous: bool = False,
+) -> bytes:
+    """One record (version 2), header and payload, as it is written to a segment."""
     tok = token.encode()
     if len(tok) > 0xFFFF:
         raise ValueError("deduplication token longer than 65535 bytes")
     payload_len = len(tok) + len(native)
-    pre = _PRE.pack(MAGIC, VERSION, 0, len(tok), payload_len, rows, appended_ns)
+    flags = AMBIGUOUS if ambiguous else 0
+    sealed = appended_ns if sealed_ns is None else sealed_ns
+    pre = _PRE.pack(MAGIC, VERSION, flags, len(tok), payload_len, rows, appended_ns, sealed)
     crc = zlib.crc32(native, zlib.crc32(tok, zlib.crc32(pre)))
     return pre + struct.pack("<I", crc) + tok + native
 
@@ -77,6 +96,9 @@ class _Rec:
     rows: int
     token: str
     appended: float  # unix seconds
+    sealed: float  # unix seconds
+    ambiguous: bool
+    header: int  # header size (its version's)
 
     @property
     def id(self) -> tuple[int, int]:
@@ -92,6 +114,8 @@ class SpooledBatch:
     rows: int
     native: bytes
     appended_at: float  # unix seconds
+    sealed_at: float = 0.0  # unix seconds of the batch's first seal
+    ambiguous: bool = True  # an earlier attempt may have stored it
 
 
 @dataclass(frozen=True)
@@ -116,22 +140,33 @@ class _Parsed:
 
 def _parse(data: bytes | memoryview, pos: int, seg: int) -> _Parsed:
     end = len(data)
-    if end - pos < HEADER_SIZE:
+    if end - pos < _COMMON.size:
         return _Parsed(None, True)
-    magic, version, _flags, tok_len, payload_len, rows, ns, crc = HEADER.unpack_from(data, pos)
-    if magic != MAGIC or version != VERSION or tok_len > payload_len:
+    magic, version = _COMMON.unpack_from(data, pos)
+    if magic != MAGIC or version not in (1, VERSION):
         return _Parsed(None, False)
-    stop = pos + HEADER_SIZE + payload_len
+    header, pre = (HEADER, _PRE) if version == VERSION else (HEADER_V1, _PRE_V1)
+    if end - pos < header.size:
+        return _Parsed(None, True)
+    fields = header.unpack_from(data, pos)
+    flags, tok_len, payload_len, rows, ns, crc = *fields[2:7], fields[-1]
+    sealed_ns = fields[7] if version == VERSION else ns
+    ambiguous = bool(flags & AMBIGUOUS) if version == VERSION else True
+    if tok_len > payload_len:
+        return _Parsed(None, False)
+    stop = pos + header.size + payload_len
     if stop > end:
         return _Parsed(None, True)
-    body = data[pos + HEADER_SIZE : stop]
-    if zlib.crc32(body, zlib.crc32(data[pos : pos + _PRE.size])) != crc:
+    body = data[pos + header.size : stop]
+    if zlib.crc32(body, zlib.crc32(data[pos : pos + pre.size])) != crc:
         return _Parsed(None, False)
     try:
         token = bytes(body[:tok_len]).decode()
     except UnicodeDecodeError:
         return _Parsed(None, False)
-    return _Parsed(_Rec(seg, pos, HEADER_SIZE + payload_len, rows, token, ns / 1e9), False)
+    rec = _Rec(seg, pos, header.size + payload_len, rows, token, ns / 1e9, sealed_ns / 1e9,
+               ambiguous, header.size)
+    return _Parsed(rec, False)
 
 
 @dataclass
@@ -380,10 +415,21 @@ class Spool:
         return rec
 
     # -- API -------------------------------------------------------------------------
-    def append(self, token: str, rows: int, native: bytes) -> AppendResult:
-        """Append one batch; see AppendResult. A spool always accepts one batch when empty."""
+    def append(
+        self,
+        token: str,
+        rows: int,
+        native: bytes,
+        sealed_at: float | None = None,
+        ambiguous: bool = False,
+    ) -> AppendResult:
+        """Append one batch; see AppendResult. A spool always accepts one batch when empty.
+
+        `sealed_at`: Unix time of the batch's first seal (default: now); `ambiguous`: an
+        earlier attempt may have stored it (see the module docstring)."""
         now_ns = int(self._clock() * 1e9)
-        record = encode_record(token, rows, native, now_ns)
+        sealed_ns = now_ns if sealed_at is None else int(sealed_at * 1e9)
+        record = encode_record(token, rows, native, now_ns, sealed_ns, ambiguous)
         size = len(record)
         with self._lock:
             self._check_open()
@@ -411,7 +457,8 @@ class Spool:
                 raise
             self._active_size += size
             self._dirty = True
-            rec = _Rec(self._active_seg, off, size, rows, token, now_ns / 1e9)
+            rec = _Rec(self._active_seg, off, size, rows, token, now_ns / 1e9, sealed_ns / 1e9,
+                       ambiguous, HEADER_SIZE)
             self._index.append(rec)
             self._bytes += size
             self._flows += rows
@@ -455,7 +502,8 @@ class Spool:
                 self._inflight_dropped = None
                 tok_len = len(rec.token.encode())
                 return SpooledBatch(
-                    rec.id, rec.token, rec.rows, data[HEADER_SIZE + tok_len :], rec.appended
+                    rec.id, rec.token, rec.rows, data[rec.header + tok_len :], rec.appended,
+                    rec.sealed, rec.ambiguous,
                 )
             return None
 

@@ -54,3 +54,39 @@ def test_retry_policy_from_connection() -> None:
     assert forever.forever and not forever.exhausted(10_000)
     three = RetryPolicy.of(ConnectionConfig(max_retries=3))
     assert [three.exhausted(a) for a in (1, 2, 3)] == [False, False, True]
+
+
+REFUSED = (
+    "Error HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded with url: "
+    "/?query_id=3665ad0e (Caused by NewConnectionError(\"HTTPConnection(host='127.0.0.1', "
+    "port=1): Failed to establish a new connection: [Errno 111] Connection refused\")) "
+    "executing HTTP request attempt 1 (http://127.0.0.1:1)"
+)  # what clickhouse-connect 1.12 raises (OperationalError) for a refused connection
+CUT = (
+    "Error ('Connection aborted.', RemoteDisconnected('Remote end closed connection without "
+    "response')) executing HTTP request attempt 1 (http://127.0.0.1:42435)"
+)
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "ambiguous"),
+    [
+        (Exception(REFUSED), "connect", False),
+        (ConnectionRefusedError("Connection refused"), "connect", False),
+        (Exception("HTTPConnectionPool: ConnectTimeoutError(... 'Connection to x timed out')"),
+         "timeout", False),
+        (Exception("Code: 516. DB::Exception: outlet: Authentication failed"), "auth", False),
+        # the request may have been stored: any of these
+        (Exception(CUT), "other", True),
+        (OSError("Connection reset by peer"), "connect", True),
+        (trio.TooSlowError(), "timeout", True),
+        (Exception("Code: 252. DB::Exception: Too many parts"), "server", True),
+        (Exception("Code: 60. DB::Exception: Table flows.flows does not exist"), "permanent",
+         True),
+    ],
+)
+def test_only_attempts_known_not_to_have_reached_the_table_are_unambiguous(
+    exc: BaseException, kind: str, ambiguous: bool
+) -> None:
+    failure = classify(exc)
+    assert (failure.kind, failure.ambiguous) == (kind, ambiguous)

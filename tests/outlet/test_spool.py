@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
@@ -311,3 +312,34 @@ def test_unknown_version_is_not_returned(tmp_path: Path) -> None:
     assert sp.corrupt_records == 1
     seg = tmp_path / "seg-0000000000000000.spool"
     assert not seg.exists() or seg.stat().st_size == 0
+
+
+def test_records_keep_their_seal_time_and_ambiguity_across_restarts(tmp_path: Path) -> None:
+    sp = Spool(cfg(tmp_path), "azure", clock=lambda: 1_800_000_100.0)
+    sp.append(token(0), 1, payload(0), sealed_at=1_800_000_000.5, ambiguous=True)
+    sp.append(token(1), 1, payload(1))
+    sp.close()
+    again = Spool(cfg(tmp_path), "azure")
+    first = again.peek_oldest()
+    assert first is not None and (first.sealed_at, first.ambiguous) == (1_800_000_000.5, True)
+    assert first.native == payload(0)
+    assert again.ack_oldest(first)
+    second = again.peek_oldest()
+    assert second is not None and (second.sealed_at, second.ambiguous) == (1_800_000_100.0, False)
+
+
+def test_version_1_records_are_replayed_as_ambiguous(tmp_path: Path) -> None:
+    """A spool written before issue 12 (32-byte headers): replayed with its tokens, as
+    records whose earlier attempts may have stored them, sealed when appended."""
+    tok = token(7).encode()
+    body = tok + payload(7)
+    pre = struct.pack("<4sBBHIQQ", b"OSPL", 1, 0, len(tok), len(body), 3, 1_700_000_000 * 10**9)
+    crc = zlib.crc32(body, zlib.crc32(pre))
+    (tmp_path / "seg-0000000000000000.spool").write_bytes(pre + struct.pack("<I", crc) + body)
+    sp = Spool(cfg(tmp_path), "azure")
+    b = sp.peek_oldest()
+    assert b is not None and (b.token, b.rows, b.native) == (token(7), 3, payload(7))
+    assert (b.sealed_at, b.ambiguous) == (1_700_000_000.0, True)
+    sp.append(token(8), 1, payload(8))  # new records are version 2 in the same segment
+    assert sp.ack_oldest(b)
+    assert drain(sp) == [token(8)]
