@@ -7,7 +7,9 @@ reports each batch as settled (stored, spooled or given up) to the commit tracke
 
 Destinations that give up (``max-retries`` > 0, i.e. the additional ones) also have:
 - a circuit breaker (outlet/breaker.py): after `failure-threshold` consecutive failed
-  attempts no attempt is made for `cool-down`, then one probe decides;
+  attempts no batch is sent; a probe task sends ``SELECT 1`` at a short interval that
+  backs off (`probe-interval` doubling up to `probe-max-interval`; `cool-down` after a
+  permanent error), and once it answers, one real attempt decides;
 - with ``spool.enable``, an on-disk spool (outlet/spool.py): a batch that exhausted its
   retries, met an open circuit, a permanent error or a full queue is appended there and
   settled (handed over, not lost). A drain task replays spooled batches, oldest first,
@@ -17,6 +19,8 @@ Destinations that give up (``max-retries`` > 0, i.e. the additional ones) also h
   the fan-out and Kafka consumption) until the drain frees room: nothing the drain
   needs waits on the writer, so this cannot deadlock.
 The primary retries forever: its circuit never opens and it has no spool.
+Every destination audits its inserts (outlet/dedup_audit.py): what the server
+deduplicated is counted, and a deduplicated first attempt is logged as a collision.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import logging
 import random
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +43,7 @@ from outlet import schema
 from outlet.batch import EncodedJob
 from outlet.breaker import CircuitBreaker, State
 from outlet.config import ConnectionConfig, DestinationConfig
+from outlet.dedup_audit import DedupAudit
 from outlet.metrics import Metrics
 from outlet.spool import Spool, SpooledBatch
 
@@ -100,14 +106,24 @@ def _redact(text: str, secret: str) -> str:
     return text.replace(secret, "******") if secret else text
 
 
+@dataclass(frozen=True)
+class InsertResult:
+    """What one successful insert attempt reported."""
+
+    comment: str  # its log_comment (and query_id): finds it in the server's logs
+    written_rows: int  # X-ClickHouse-Summary: rows sent, deduplicated or not
+
+
 class ClickHouseWriter:
     """Blocking inserts with clickhouse-connect; called from trio.to_thread.
 
     Several servers mean failover in order: a connection failure moves to the next.
+    `timeout` overrides the connection's insert-timeout (probes use a short one).
     """
 
-    def __init__(self, conn: ConnectionConfig) -> None:
+    def __init__(self, conn: ConnectionConfig, timeout: float | None = None) -> None:
         self.conn = conn
+        self.timeout = conn.insert_timeout if timeout is None else timeout
         self._clients: dict[str, Any] = {}
         self._current = 0
 
@@ -136,7 +152,7 @@ class ClickHouseWriter:
                 "password": self.conn.password.reveal(),
                 "database": self.conn.database,
                 "connect_timeout": self.conn.dial_timeout,
-                "send_receive_timeout": self.conn.insert_timeout,
+                "send_receive_timeout": self.timeout,
                 "compress": False,
                 "autogenerate_session_id": False,
                 "verify": tls.verify,
@@ -151,11 +167,11 @@ class ClickHouseWriter:
             self._clients[url] = client
         return client
 
-    def insert(self, job: EncodedJob) -> int:
-        """Insert one encoded batch; returns rows written as reported by the server."""
-        try:
-            client = self.client()
-            summary = client.raw_insert(
+    def insert(self, job: EncodedJob) -> InsertResult:
+        """Insert one encoded batch under its deduplication token."""
+        comment = f"outlet-{uuid.uuid4().hex}"
+        summary = self._call(
+            lambda client: client.raw_insert(
                 f"{self.conn.database}.{schema.TABLE}",
                 column_names=schema.COLUMN_NAMES,
                 insert_block=job.native,
@@ -163,18 +179,35 @@ class ClickHouseWriter:
                     **schema.INSERT_SETTINGS,
                     "insert_deduplication_token": job.token,
                     "insert_deduplicate": 1,
+                    "log_comment": comment,
+                    "query_id": comment,
                 },
                 fmt="Native",
                 compression=job.compression,
             )
+        )
+        written = getattr(summary, "written_rows", None)
+        return InsertResult(comment, int(written) if written is not None else job.rows)
+
+    def ping(self) -> None:
+        """A query that costs the server nothing but needs the link and the credentials."""
+        self._call(lambda client: client.command("SELECT 1"))
+
+    def query(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = self._call(
+            lambda client: client.query(sql, parameters=parameters).result_rows
+        )
+        return rows
+
+    def _call(self, fn: Callable[[Any], Any]) -> Any:
+        try:
+            return fn(self.client())
         except Exception as exc:
             failure = classify(exc)
             if failure.kind in ("connect", "timeout"):
                 self._drop_client()
                 self._current = (self._current + 1) % len(self.conn.servers)
             raise
-        written = getattr(summary, "written_rows", None)
-        return int(written) if written is not None else job.rows
 
     def _drop_client(self) -> None:
         client = self._clients.pop(self.server, None)
@@ -211,12 +244,23 @@ class Destination:
         metrics.dest_up.labels(self.name).set(1)
         # The circuit gates attempts only where a batch can go elsewhere (spool, give up).
         self._gated = not self.retries_forever
+        cb = cfg.circuit_breaker
         self.breaker = CircuitBreaker(
-            cfg.circuit_breaker.failure_threshold,
-            cfg.circuit_breaker.cool_down,
+            cb.failure_threshold,
+            probe_interval=cb.probe_interval,
+            probe_max_interval=cb.probe_max_interval,
+            cool_down=cb.cool_down,
+            clock=trio.current_time,
             on_change=self._circuit_changed,
         )
+        self._circuit_moved = trio.Event()  # set (and replaced) on every circuit change
+        self._probe_writer = ClickHouseWriter(cfg.connection, timeout=cfg.connection.dial_timeout)
         metrics.circuit_state.labels(self.name).set(0)
+        self._audit_writer = ClickHouseWriter(cfg.connection)
+        self.audit = DedupAudit(
+            self.name, cfg.connection.database, schema.TABLE, self._audit_writer.query,
+            metrics, clock=trio.current_time, redact=self._writer.redact,
+        )
         self.spool: Spool | None = None
         self._replay_writer: ClickHouseWriter | None = None
         self._room = trio.Event()  # set (and replaced) whenever the drain frees spool room
@@ -272,6 +316,9 @@ class Destination:
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.audit.run)
+                if self._gated:
+                    nursery.start_soon(self._probe)
                 if self.spool is not None:
                     nursery.start_soon(self._drain)
                 async with self._recv:
@@ -286,6 +333,8 @@ class Destination:
 
     def _close(self) -> None:
         self._writer.close()
+        self._probe_writer.close()
+        self._audit_writer.close()
         if self._replay_writer is not None:
             self._replay_writer.close()
         if self.spool is not None:
@@ -303,7 +352,9 @@ class Destination:
                 self.metrics.dest_retries.labels(self.name).inc()
             started = time.perf_counter()
             try:
-                await trio.to_thread.run_sync(self._writer.insert, job, abandon_on_cancel=True)
+                result = await trio.to_thread.run_sync(
+                    self._writer.insert, job, abandon_on_cancel=True
+                )
             except Exception as exc:
                 failure = classify(exc)
                 self._note_failure(failure, attempt)
@@ -323,6 +374,8 @@ class Destination:
             if self._gated:
                 self.breaker.record_success()
             self._note_success(job, time.perf_counter() - started, attempt)
+            repeat = job.repeat or attempt > 1
+            self.audit.note(result.comment, job.token, job.rows, "repeat" if repeat else "first")
             await self._settle(job, self.name, True)
             return
 
@@ -410,7 +463,8 @@ class Destination:
                 await trio.sleep(0.1)  # live traffic first
                 continue
             if not self.breaker.allow():
-                await trio.sleep(min(1.0, max(0.05, self.breaker.retry_after())))
+                # Open (the probe task decides) or half-open with the one attempt out.
+                await self._circuit_moved.wait()
                 continue
             batch = await trio.to_thread.run_sync(spool.peek_oldest)
             self._count_corrupt()
@@ -426,10 +480,12 @@ class Destination:
                 )
 
     async def _replay(self, spool: Spool, writer: ClickHouseWriter, batch: SpooledBatch) -> None:
-        job = EncodedJob(seq=-1, token=batch.token, native=batch.native, rows=batch.rows, ranges={})
+        job = EncodedJob(
+            seq=-1, token=batch.token, native=batch.native, rows=batch.rows, ranges={}, repeat=True
+        )
         started = time.perf_counter()
         try:
-            await trio.to_thread.run_sync(writer.insert, job, abandon_on_cancel=True)
+            result = await trio.to_thread.run_sync(writer.insert, job, abandon_on_cancel=True)
         except Exception as exc:
             failure = classify(exc)
             self._replay_failures += 1
@@ -445,6 +501,7 @@ class Destination:
         self.breaker.record_success()
         self._replay_failures = 0
         self._note_success(job, time.perf_counter() - started, 1)
+        self.audit.note(result.comment, job.token, job.rows, "repeat")
         await trio.to_thread.run_sync(spool.ack_oldest, batch)
         m = self.metrics
         m.spool_replayed_batches.labels(self.name).inc()
@@ -454,7 +511,48 @@ class Destination:
         if spool.batches == 0:
             log.info("destination %s: spool drained", self.name)
 
+    async def _probe(self) -> None:
+        """While the circuit is open, probe the server cheaply until it answers.
+
+        The breaker says when (a short interval that backs off); the probe is a
+        ``SELECT 1`` bounded by dial-timeout, never a batch. Success turns the circuit
+        half-open: the next real attempt (the spool drain's, or a live batch's) decides.
+        """
+        timeout = self.cfg.connection.dial_timeout + 1.0
+        while True:
+            wait = self.breaker.retry_after()
+            if wait == float("inf"):  # closed, half-open, or a probe is out
+                await self._circuit_moved.wait()
+                continue
+            if wait > 0:
+                with trio.move_on_after(wait):
+                    await self._circuit_moved.wait()  # a real attempt may close it first
+                continue
+            if not self.breaker.begin_probe():
+                continue
+            failure: InsertFailure | None = None
+            with trio.move_on_after(timeout) as scope:
+                try:
+                    await trio.to_thread.run_sync(self._probe_writer.ping, abandon_on_cancel=True)
+                except Exception as exc:
+                    failure = classify(exc)
+            if scope.cancelled_caught:
+                failure = InsertFailure("timeout", True, None, f"probe: no answer in {timeout:g} s")
+            if failure is None:
+                log.info("destination %s: probe answered, trying one batch", self.name)
+                self.breaker.probe_succeeded()
+            elif not failure.retriable:
+                log.debug("destination %s: probe failed: %s", self.name,
+                          self._writer.redact(failure.message).splitlines()[0][:300])
+                self.breaker.trip()
+            else:
+                log.debug("destination %s: probe failed: %s", self.name,
+                          self._writer.redact(failure.message).splitlines()[0][:300])
+                self.breaker.probe_failed()
+
     def _circuit_changed(self, old: State, new: State) -> None:
+        self._circuit_moved.set()
+        self._circuit_moved = trio.Event()
         self.metrics.circuit_state.labels(self.name).set(int(new))
         level = logging.WARNING if new is State.OPEN else logging.INFO
         log.log(

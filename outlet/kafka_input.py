@@ -26,6 +26,11 @@ from outlet.metrics import Metrics
 log = logging.getLogger(__name__)
 
 PAUSE_AFTER = 0.5  # seconds blocked on a full pipeline before pausing fetches
+CLUSTER_ID_TIMEOUT = 30.0  # seconds to get the cluster id at start-up
+
+
+class ClusterIdError(RuntimeError):
+    """The Kafka cluster id (part of every deduplication token) cannot be determined."""
 
 
 @dataclass
@@ -139,6 +144,30 @@ class KafkaInput:
             # these partitions before the next owner starts from the committed offsets.
             self._on_revoke(parts)
         self.assigned -= parts
+
+    def cluster_id(self, timeout: float = CLUSTER_ID_TIMEOUT) -> str:
+        """The cluster id from the broker metadata. Blocking: call it before consuming.
+
+        Raises ClusterIdError, naming the brokers, when no broker answers in time or the
+        brokers report no id (Kafka before 0.10.1, some Kafka-compatible services).
+        """
+        brokers = ",".join(self.cfg.brokers)
+        try:
+            metadata = self._consumer.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            raise ClusterIdError(
+                f"cannot read the Kafka cluster id from kafka.brokers {brokers} within "
+                f"{timeout:g} s ({exc.args[0] if exc.args else exc}); the outlet scopes its "
+                "deduplication tokens with it and does not start without it"
+            ) from None
+        cluster_id = metadata.cluster_id
+        if not cluster_id:
+            raise ClusterIdError(
+                f"the Kafka brokers {brokers} report no cluster id (Kafka older than 0.10.1, "
+                "or a Kafka-compatible service without one); the outlet scopes its "
+                "deduplication tokens with it and does not start without it"
+            )
+        return str(cluster_id)
 
     def _apply_pause(self) -> None:
         if self._want_paused == self._paused:

@@ -1,4 +1,4 @@
-"""The batch ledger: offset ranges of sealed batches, written before any insert.
+"""The batch ledger: offset ranges and tokens of sealed batches, written before any insert.
 
 After a crash the outlet re-reads Kafka from the committed offsets. Without the
 ledger it would cut batches at other boundaries, so their deduplication tokens
@@ -7,9 +7,17 @@ and rows would be duplicated. With it, the outlet rebuilds exactly the batches i
 had sealed (same ranges, same tokens), as the ClickHouse Kafka Connect sink does
 with its state store, and ClickHouse drops the repeats.
 
-Format: one JSON object per line, fsynced per seal. A torn last line (SIGKILL
-mid-append) is ignored: that batch had not been inserted anywhere yet, because the
-seal is durable before its first insert starts.
+Format: one JSON object per line, fsynced per seal::
+
+    {"ranges": {"<partition>": [first, last], ...}, "token": "<deduplication token>"}
+
+The token is recorded as it was sent (outlet/tokens.py), so a batch is rebuilt under
+its original token even when the token format or the writer identity changed since.
+Lines without ``token`` were written by outlets before token version 2: their batches
+were sent with the version-1 token of their ranges, and are rebuilt with it.
+
+A torn last line (SIGKILL mid-append) is ignored: that batch had not been inserted
+anywhere yet, because the seal is durable before its first insert starts.
 """
 
 from __future__ import annotations
@@ -17,13 +25,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from outlet.batch import Ranges
+from outlet.tokens import Ranges, make_token_v1
 
 log = logging.getLogger(__name__)
 
 COMPACT_AFTER_LINES = 10_000
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One sealed batch: the records it holds and the token its inserts carry."""
+
+    ranges: Ranges
+    token: str
 
 
 class Ledger:
@@ -35,54 +53,64 @@ class Ledger:
         self.path = directory / f"ledger-{safe}.jsonl"
         self.topic = topic
         self._lines = 0
-        self._entries: list[Ranges] = self._read()
+        self._entries: list[LedgerEntry] = self._read()
         self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for appends
 
-    def _read(self) -> list[Ranges]:
+    def _read(self) -> list[LedgerEntry]:
         if not self.path.exists():
             return []
-        entries: list[Ranges] = []
+        entries: list[LedgerEntry] = []
         with open(self.path, "rb") as f:
             for raw in f:
                 try:
-                    obj = json.loads(raw)
-                    ranges = {int(p): (int(r[0]), int(r[1])) for p, r in obj["ranges"].items()}
+                    entry = self._parse(json.loads(raw))
                 except (ValueError, KeyError, TypeError, IndexError):
                     log.warning("ledger %s: ignoring a torn or corrupt line", self.path)
                     continue
-                entries.append(ranges)
+                entries.append(entry)
                 self._lines += 1
         return entries
 
+    def _parse(self, obj: Any) -> LedgerEntry:
+        ranges = {int(p): (int(r[0]), int(r[1])) for p, r in obj["ranges"].items()}
+        if not ranges:
+            raise ValueError("no ranges")
+        token = obj.get("token")
+        if token is None:  # written before token version 2
+            token = make_token_v1(self.topic, ranges)
+        elif not isinstance(token, str) or not token:
+            raise TypeError("bad token")
+        return LedgerEntry(ranges, token)
+
     def pending(
         self, committed: dict[int, int], partitions: set[int] | None = None
-    ) -> list[tuple[Ranges, Ranges]]:
+    ) -> list[tuple[LedgerEntry, Ranges]]:
         """Recorded batches with records not yet committed, in seal order.
 
-        Returns (full ranges, ranges still to rebuild) pairs. Part of a batch can be
-        committed already (partitions commit independently): only the rest is re-read,
-        and it is rebuilt under the batch's original token, so a destination that stored
-        the batch drops the repeat and one that never did stores the part it lacks.
+        Returns (entry, ranges still to rebuild) pairs. Part of a batch can be committed
+        already (partitions commit independently): only the rest is re-read, and it is
+        rebuilt under the batch's original token, so a destination that stored the batch
+        drops the repeat and one that never did stores the part it lacks.
         `partitions` restricts the result to ranges of partitions we own.
         """
-        plans: list[tuple[Ranges, Ranges]] = []
-        for ranges in self._entries:
+        plans: list[tuple[LedgerEntry, Ranges]] = []
+        for entry in self._entries:
             left = {
                 p: rng
-                for p, rng in ranges.items()
+                for p, rng in entry.ranges.items()
                 if rng[1] >= committed.get(p, -1) and (partitions is None or p in partitions)
             }
             if left:
-                plans.append((dict(ranges), left))
+                plans.append((entry, left))
         return plans
 
-    def record(self, ranges: Ranges) -> None:
+    def record(self, ranges: Ranges, token: str) -> None:
         """Durably append a sealed batch before it is inserted anywhere."""
-        line = json.dumps({"ranges": {str(p): list(r) for p, r in ranges.items()}})
-        self._file.write(line.encode() + b"\n")
+        entry = LedgerEntry(dict(ranges), token)
+        self._file.write(_line(entry))
         self._file.flush()
         os.fsync(self._file.fileno())
-        self._entries.append(dict(ranges))
+        self._entries.append(entry)
         self._lines += 1
 
     def compact(self, committed: dict[int, int]) -> None:
@@ -90,15 +118,14 @@ class Ledger:
         if self._lines < COMPACT_AFTER_LINES:
             return
         keep = [
-            r
-            for r in self._entries
-            if any(last >= committed.get(p, -1) for p, (_, last) in r.items())
+            e
+            for e in self._entries
+            if any(last >= committed.get(p, -1) for p, (_, last) in e.ranges.items())
         ]
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
-            for ranges in keep:
-                line = json.dumps({"ranges": {str(p): list(r) for p, r in ranges.items()}})
-                f.write(line.encode() + b"\n")
+            for entry in keep:
+                f.write(_line(entry))
             f.flush()
             os.fsync(f.fileno())
         self._file.close()
@@ -109,3 +136,8 @@ class Ledger:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _line(entry: LedgerEntry) -> bytes:
+    ranges = {str(p): list(r) for p, r in entry.ranges.items()}
+    return json.dumps({"ranges": ranges, "token": entry.token}).encode() + b"\n"

@@ -162,6 +162,27 @@ class Metrics:
             ["destination", "reason"],
             registry=r,
         )
+        # deduplication seen by the server (outlet/dedup_audit.py); attempt: first | repeat
+        self.dest_dedup_batches = Counter(
+            f"{p}_destination_deduplicated_batches",
+            "Inserts the server deduplicated (first: a collision or foreign writer; "
+            "repeat: a retry, rebuild or replay, as intended).",
+            ["destination", "attempt"],
+            registry=r,
+        )
+        self.dest_dedup_flows = Counter(
+            f"{p}_destination_deduplicated_flows",
+            "Flows the server dropped as duplicates, by attempt (first | repeat).",
+            ["destination", "attempt"],
+            registry=r,
+        )
+        self.dest_dedup_unverified = Counter(
+            f"{p}_destination_deduplication_unverified_batches",
+            "Inserts whose outcome the server's part/query logs never showed (logs off or "
+            "not readable): deduplication on them is not counted.",
+            d,
+            registry=r,
+        )
         self.dest_queued = Gauge(
             DESTINATION_QUEUED_BATCHES,
             "Encoded batches waiting for this destination.",

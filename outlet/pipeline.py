@@ -37,6 +37,7 @@ from outlet.destination import Destination
 from outlet.kafka_input import Barrier, Chunk, KafkaInput
 from outlet.ledger import Ledger
 from outlet.metrics import Metrics
+from outlet.tokens import make_token, writer_identity
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +72,14 @@ class Batcher:
         registered with the commit tracker now, before any new batch of those
         partitions, so the commit watermark cannot pass them while they are rebuilt.
         """
-        active = [p.token_ranges for p in self.plans]
+        active = {p.token for p in self.plans}
         names = {d.name for d in self.o.destinations}
         added = 0
-        for full, left in self.o.ledger.pending(committed, partitions):
-            if full in active:
+        for entry, left in self.o.ledger.pending(committed, partitions):
+            if entry.token in active:
                 continue
             self._seq += 1
-            plan = RebuildPlan(ranges=left, token_ranges=full, seq=self._seq)
+            plan = RebuildPlan(ranges=left, token=entry.token, seq=self._seq)
             self.plans.append(plan)
             self.o.tracker.register(plan.seq, plan.ranges, 0, names)
             added += 1
@@ -169,7 +170,7 @@ class Batcher:
                     record=False,
                     ranges=plan.ranges,
                     seq=plan.seq,
-                    token_ranges=plan.token_ranges,
+                    token=plan.token,
                 )
             else:
                 for d in self.o.destinations:
@@ -191,23 +192,25 @@ class Batcher:
         record: bool = True,
         ranges: dict[int, tuple[int, int]] | None = None,
         seq: int | None = None,
-        token_ranges: dict[int, tuple[int, int]] | None = None,
+        token: str | None = None,
     ) -> None:
         if not builder.records:
             return
         if seq is None:
             self._seq += 1
             seq = self._seq
+        topic = self.o.cfg.kafka.topic
+        ranges = dict(ranges if ranges is not None else builder.ranges)
         batch = SealedBatch(
             seq=seq,
-            topic=self.o.cfg.kafka.topic,
-            ranges=dict(ranges if ranges is not None else builder.ranges),
+            topic=topic,
+            ranges=ranges,
             records=tuple(builder.records),
             reason=reason,
-            token_ranges=token_ranges,
+            token=token or make_token(self.o.identity, topic, ranges),
         )
         if record:
-            await trio.to_thread.run_sync(self.o.ledger.record, batch.ranges)
+            await trio.to_thread.run_sync(self.o.ledger.record, batch.ranges, batch.token)
         self.o.metrics.batches_sealed.labels(reason).inc()
         started = time.perf_counter()
         encoded = await trio.to_thread.run_sync(self.o.encode, batch.records)
@@ -221,6 +224,7 @@ class Batcher:
             native=encoded.native,
             rows=encoded.rows,
             ranges=batch.ranges,
+            repeat=reason == "rebuild",
         )
         await self.o.fan_out(job)
 
@@ -253,6 +257,7 @@ class Outlet:
             cfg.kafka, self.metrics, on_assign=self._assigned, on_revoke=self._revoked
         )
         self.batcher = Batcher(self)
+        self.identity = ""  # of the Kafka cluster, in every token: read by run()
         self._commit_wanted = trio.Event()
         self._last_bad_log = 0.0
         self._bad_since_log = 0
@@ -389,6 +394,11 @@ class Outlet:
         """Run until SIGTERM/SIGINT or cancellation; flush and commit on the way out."""
         from outlet.httpapi import serve_http  # local: keeps hypercorn out of unit tests
 
+        try:
+            await self._read_identity()
+        except BaseException:
+            await trio.to_thread.run_sync(self._close)
+            raise
         async with trio.open_nursery() as outer:
             outer.start_soon(serve_http, self.cfg.http_listen, self.metrics.registry, self.ready)
             async with trio.open_nursery() as dests:
@@ -410,6 +420,23 @@ class Outlet:
                 commit_scope.cancel()
             outer.cancel_scope.cancel()
         await trio.to_thread.run_sync(self._close)
+
+    async def _read_identity(self) -> None:
+        """The writer identity of this outlet's tokens, before anything is consumed.
+
+        Raises ClusterIdError (the outlet does not start) when Kafka cannot tell its
+        cluster id: tokens without it collide between datacenters (docs/dual-write.md).
+        """
+        cluster_id = await trio.to_thread.run_sync(self.kafka.cluster_id)
+        self.identity = writer_identity(cluster_id, self.cfg.kafka.cluster_identity)
+        log.info(
+            "deduplication tokens scoped to Kafka cluster %s%s (token identity %s)",
+            cluster_id,
+            f" + cluster-identity {self.cfg.kafka.cluster_identity}"
+            if self.cfg.kafka.cluster_identity
+            else "",
+            self.identity,
+        )
 
     async def _run_committer(self, scope: trio.CancelScope) -> None:
         with scope:

@@ -259,6 +259,75 @@ def test_dedup_token(client: Client) -> None:
     assert client.command("SELECT count() FROM dedup") == 2000
 
 
+def _engine_written_rows_of_a_repeat(tmp_path: Path) -> tuple[int, int]:
+    """What the ClickHouse engine itself (chDB, in this process) reports for an insert
+    and for its deduplicated repeat: the reference chserver must match."""
+    from chdb.state import sqlitelike
+
+    conn = sqlitelike.Connection(str(tmp_path / "engine"))
+    try:
+        conn.query(
+            "CREATE TABLE t (a UInt32) ENGINE = MergeTree ORDER BY a "
+            "SETTINGS non_replicated_deduplication_window = 10"
+        )
+        conn.query("SET insert_deduplication_token = 'tok'")
+        written = []
+        for _ in range(2):
+            res = conn.query("INSERT INTO t SELECT number FROM numbers(1000)")
+            written.append(int(res.rows_written()))
+        assert conn.query("SELECT count() FROM t").bytes().strip() == b"1000"
+        return written[0], written[1]
+    finally:
+        conn.close()
+
+
+def test_deduplicated_insert_reports_like_the_engine_and_shows_in_part_log(
+    client: Client, tmp_path: Path
+) -> None:
+    """X-ClickHouse-Summary says what the engine says: written_rows counts the rows sent
+    even when the table dropped them as duplicates (ClickHouse counts rows entering the
+    insert pipeline, before the table's sink deduplicates). Only system.part_log tells
+    the difference: the repeat's part has error 389 ("The part was deduplicated")."""
+    engine = _engine_written_rows_of_a_repeat(tmp_path)
+    assert engine == (1000, 1000)
+    client.command(
+        "CREATE TABLE dedup_summary (a UInt32, d Date) ENGINE = MergeTree PARTITION BY d "
+        "ORDER BY a SETTINGS non_replicated_deduplication_window = 1000"
+    )
+    # two partitions: each insert makes two parts, deduplicated one by one
+    rows = [[i, dt.date(2026, 1, 1 + i % 2)] for i in range(1000)]
+    summaries = []
+    for token in ("tok-a", "tok-a"):
+        comment = f"c-{len(summaries)}-{time.monotonic_ns()}"
+        summaries.append((comment, client.insert(
+            "dedup_summary", rows, column_names=["a", "d"],
+            settings={"insert_deduplication_token": token, "log_comment": comment},
+        )))
+    assert client.command("SELECT count() FROM dedup_summary") == 1000
+    assert [s.written_rows for _, s in summaries] == list(engine)
+    ids = [q for q, _ in summaries]
+    deadline = time.monotonic() + 10
+    found: dict[str, tuple[int, int, int]] = {}
+    while len(found) < 2 and time.monotonic() < deadline:
+        time.sleep(0.3)
+        try:
+            result = client.query(
+                "SELECT q.log_comment, sumIf(rows, error = 0), sumIf(rows, error = 389), "
+                "count() FROM system.part_log AS p INNER JOIN (SELECT DISTINCT query_id, "
+                "log_comment FROM system.query_log WHERE type = 'QueryFinish' AND "
+                "query_kind = 'Insert' AND log_comment IN {ids:Array(String)}) AS q "
+                "ON p.query_id = q.query_id "
+                "WHERE event_type = 'NewPart' AND table = 'dedup_summary' "
+                "GROUP BY q.log_comment",
+                parameters={"ids": ids},
+            )
+        except DatabaseError as err:  # the log table appears with its first flush
+            assert "code: 60" in str(err)
+            continue
+        found = {r[0]: (int(r[1]), int(r[2]), int(r[3])) for r in result.result_rows}
+    assert found == {ids[0]: (1000, 0, 2), ids[1]: (0, 1000, 2)}
+
+
 def test_https(server: ChServerProcess, tls: tuple[Path, Path, Path]) -> None:
     ca, _, _ = tls
     c = clickhouse_connect.get_client(
