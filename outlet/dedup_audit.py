@@ -90,6 +90,7 @@ class DedupAudit:
         timeout: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
         redact: Callable[[str], str] = str,
+        reachable: Callable[[], bool] = lambda: True,
     ) -> None:
         self.destination = destination
         self.params = {"database": database, "table": table}
@@ -99,6 +100,7 @@ class DedupAudit:
         self.timeout = timeout
         self._clock = clock
         self._redact = redact
+        self._reachable = reachable  # False while the destination's circuit is open
         self._pending: OrderedDict[str, SentInsert] = OrderedDict()
         self._noted = trio.Event()
         self._last_error_log = -float("inf")
@@ -126,6 +128,8 @@ class DedupAudit:
                 await self._noted.wait()
                 self._noted = trio.Event()
             await trio.sleep(self.interval)
+            if not self._reachable():
+                continue
             comments = list(self._pending)
             try:
                 rows = await trio.to_thread.run_sync(

@@ -260,6 +260,7 @@ class Destination:
         self.audit = DedupAudit(
             self.name, cfg.connection.database, schema.TABLE, self._audit_writer.query,
             metrics, clock=trio.current_time, redact=self._writer.redact,
+            reachable=lambda: self.breaker.state is not State.OPEN,
         )
         self.spool: Spool | None = None
         self._replay_writer: ClickHouseWriter | None = None
