@@ -41,15 +41,16 @@ from outlet.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-DEDUPLICATED_PART = 389  # part_log.error of a part dropped as a duplicate
 ATTEMPTS = ("first", "repeat")
 MAX_PENDING = 10_000  # inserts awaiting resolution; older ones count as unverified
 
+# Per insert (by its log_comment): rows of the parts it stored, rows of the parts the
+# table dropped as duplicates (part_log.error 389).
 AUDIT_SQL = """
-SELECT q.log_comment, sumIf(p.rows, p.error = 0), sumIf(p.rows, p.error = 389)
+SELECT q.comment, sumIf(p.rows, p.error = 0), sumIf(p.rows, p.error = 389)
 FROM system.part_log AS p
 INNER JOIN (
-    SELECT query_id, any(log_comment) AS log_comment FROM system.query_log
+    SELECT query_id, any(log_comment) AS comment FROM system.query_log
     WHERE event_date >= yesterday() AND event_time >= now() - INTERVAL 30 MINUTE
       AND type = 'QueryFinish' AND query_kind = 'Insert'
       AND log_comment IN {comments:Array(String)}
@@ -57,7 +58,7 @@ INNER JOIN (
 ) AS q ON p.query_id = q.query_id
 WHERE p.event_date >= yesterday() AND p.event_time >= now() - INTERVAL 30 MINUTE
   AND p.event_type = 'NewPart' AND p.database = {database:String} AND p.table = {table:String}
-GROUP BY q.log_comment
+GROUP BY q.comment
 """
 
 # (sql, parameters) -> rows; blocking, called through trio.to_thread.
@@ -108,6 +109,7 @@ class DedupAudit:
             metrics.dest_dedup_batches.labels(destination, attempt)
             metrics.dest_dedup_flows.labels(destination, attempt)
         metrics.dest_dedup_unverified.labels(destination)
+        metrics.dest_dedup_pending.labels(destination).set_function(lambda: len(self._pending))
 
     @property
     def pending(self) -> int:

@@ -145,12 +145,14 @@ class KafkaInput:
             self._on_revoke(parts)
         self.assigned -= parts
 
-    def cluster_id(self, timeout: float = CLUSTER_ID_TIMEOUT) -> str:
+    def cluster_id(self, timeout: float | None = None) -> str:
         """The cluster id from the broker metadata. Blocking: call it before consuming.
 
-        Raises ClusterIdError, naming the brokers, when no broker answers in time or the
-        brokers report no id (Kafka before 0.10.1, some Kafka-compatible services).
+        Raises ClusterIdError, naming the brokers, when no broker answers within `timeout`
+        (default CLUSTER_ID_TIMEOUT) or the brokers report no id (Kafka before 0.10.1,
+        some Kafka-compatible services).
         """
+        timeout = CLUSTER_ID_TIMEOUT if timeout is None else timeout
         brokers = ",".join(self.cfg.brokers)
         try:
             metadata = self._consumer.list_topics(timeout=timeout)

@@ -183,6 +183,12 @@ class Metrics:
             d,
             registry=r,
         )
+        self.dest_dedup_pending = Gauge(
+            f"{p}_destination_deduplication_pending_batches",
+            "Inserts whose outcome the deduplication audit has not read back yet.",
+            d,
+            registry=r,
+        )
         self.dest_queued = Gauge(
             DESTINATION_QUEUED_BATCHES,
             "Encoded batches waiting for this destination.",

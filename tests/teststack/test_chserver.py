@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from outlet.dedup_audit import AUDIT_SQL
 from teststack.chserver_proc import ChServerProcess, DataDirInUseError, start_chserver
 
 USER = "outlet"
@@ -307,25 +308,17 @@ def test_deduplicated_insert_reports_like_the_engine_and_shows_in_part_log(
     assert [s.written_rows for _, s in summaries] == list(engine)
     ids = [q for q, _ in summaries]
     deadline = time.monotonic() + 10
-    found: dict[str, tuple[int, int, int]] = {}
+    found: dict[str, tuple[int, int]] = {}
     while len(found) < 2 and time.monotonic() < deadline:
         time.sleep(0.3)
-        try:
-            result = client.query(
-                "SELECT q.log_comment, sumIf(rows, error = 0), sumIf(rows, error = 389), "
-                "count() FROM system.part_log AS p INNER JOIN (SELECT DISTINCT query_id, "
-                "log_comment FROM system.query_log WHERE type = 'QueryFinish' AND "
-                "query_kind = 'Insert' AND log_comment IN {ids:Array(String)}) AS q "
-                "ON p.query_id = q.query_id "
-                "WHERE event_type = 'NewPart' AND table = 'dedup_summary' "
-                "GROUP BY q.log_comment",
-                parameters={"ids": ids},
-            )
+        try:  # the query the outlet's deduplication audit runs
+            result = client.query(AUDIT_SQL, parameters={
+                "comments": ids, "database": "default", "table": "dedup_summary"})
         except DatabaseError as err:  # the log table appears with its first flush
             assert "code: 60" in str(err)
             continue
-        found = {r[0]: (int(r[1]), int(r[2]), int(r[3])) for r in result.result_rows}
-    assert found == {ids[0]: (1000, 0, 2), ids[1]: (0, 1000, 2)}
+        found = {r[0]: (int(r[1]), int(r[2])) for r in result.result_rows}
+    assert found == {ids[0]: (1000, 0), ids[1]: (0, 1000)}
 
 
 def test_https(server: ChServerProcess, tls: tuple[Path, Path, Path]) -> None:
