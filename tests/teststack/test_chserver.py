@@ -261,8 +261,17 @@ def test_dedup_token(client: Client) -> None:
 
 
 def _engine_written_rows_of_a_repeat(tmp_path: Path) -> tuple[int, int]:
-    """What the ClickHouse engine itself (chDB, in this process) reports for an insert
-    and for its deduplicated repeat: the reference chserver must match."""
+    """What the ClickHouse engine itself (chDB) reports for an insert and for its
+    deduplicated repeat: the reference chserver must match. Runs in a fresh process (one
+    chDB data path per process, and other tests hold one)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        result: tuple[int, int] = pool.apply(_engine_written_rows_in_process, (tmp_path,))
+    return result
+
+
+def _engine_written_rows_in_process(tmp_path: Path) -> tuple[int, int]:
     from chdb.state import sqlitelike
 
     conn = sqlitelike.Connection(str(tmp_path / "engine"))
