@@ -142,3 +142,32 @@ def test_ledger_compaction_keeps_every_token(tmp_path: Path, monkeypatch: pytest
     assert [e.token for e, _ in again.pending({0: 10})] == ["flows/0:10-19",
                                                             "v2:x/flows/0:20-29"]
     again.close()
+
+
+def test_no_cluster_id_no_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Tokens without the cluster id collide between datacenters: the outlet refuses to
+    start when Kafka cannot tell it, and says which brokers it asked."""
+    import logging
+    import socket
+
+    import outlet.kafka_input
+    from outlet.cli import main
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(outlet.kafka_input, "CLUSTER_ID_TIMEOUT", 1.0)
+    config = tmp_path / "outlet.yaml"
+    config.write_text(f"kafka: {{brokers: ['127.0.0.1:{port}']}}\n"
+                      f"state: {{path: '{tmp_path / 'state'}'}}\nhttp: {{listen: '127.0.0.1:0'}}\n")
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        assert main(["run", "--config", str(config)]) == 1
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert (f"outlet cannot start: cannot read the Kafka cluster id from kafka.brokers "
+            f"127.0.0.1:{port} within 1 s") in err

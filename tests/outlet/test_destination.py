@@ -279,3 +279,36 @@ async def test_audit_keeps_waiting_while_the_server_is_unreachable(
         d.close_queue()
     assert harness.value("outlet_destination_deduplicated_batches_total", attempt="first") == 1
     assert harness.value("outlet_destination_deduplication_unverified_batches_total") == 0
+
+
+async def test_spooled_batch_of_an_older_outlet_replays_under_its_stored_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: trio.testing.MockClock
+) -> None:
+    """Spool records carry their token: a batch an outlet before token version 2 spooled
+    is replayed with that (version-1) token, so a destination that already has it drops it."""
+    from outlet.spool import Spool
+
+    cfg = destination_config(tmp_path)
+    old = Spool(cfg.spool, cfg.name)
+    assert old.append("flows/0:0-99", 100, b"\x01" * 10).accepted
+    assert old.append("flows/0:100-199", 100, b"\x01" * 10).accepted
+    old.close()
+    server = FakeServer(tokens={"flows/0:0-99"})  # stored before the outage ended
+    monkeypatch.setattr(dest_mod, "ClickHouseWriter", fake_writer(server))
+    metrics = Metrics()
+
+    async def settle(j: EncodedJob, name: str, stored: bool) -> None:
+        pass
+
+    d = Destination(cfg, metrics, settle)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(d.run)
+        await wait_for(lambda: d.spool is not None and d.spool.batches == 0
+                       and d.audit.pending == 0)
+        d.close_queue()
+    assert [t for _, t in server.inserts] == ["flows/0:0-99", "flows/0:100-199"]
+    assert server.rows == 100
+    dedup = metrics.registry.get_sample_value(
+        "outlet_destination_deduplicated_batches_total",
+        {"destination": "central", "attempt": "repeat"})
+    assert dedup == 1

@@ -89,7 +89,7 @@ def test_two_datacenters_same_topic_one_partition_central_holds_both(
     mep, database = multi_dc_stack, "db_multidc_repro"
     new_database(mep, database)
     outlets: dict[str, OutletProcess] = {}
-    for i, (dc, ep) in enumerate(mep.datacenters.items()):
+    for i, ep in enumerate(mep.datacenters.values()):
         recreate_topic(ep, "flows", 1)
         gen = FlowGenerator(GeneratorConfig(seed=7 + i, run_id=10 + i, unique=True))
         assert produce(ep.kafka.bootstrap, "flows", gen.records(FLOWS)).failed == 0
@@ -97,7 +97,7 @@ def test_two_datacenters_same_topic_one_partition_central_holds_both(
         for dc, ep in mep.datacenters.items():
             outlets[dc] = start_outlet(ep, tmp_path / dc, topic="flows", group=f"repro-{dc}",
                                        database=database)
-        for dc, ep in mep.datacenters.items():
+        for ep in mep.datacenters.values():
             assert wait_stable_at(ep.clickhouse["local"], database, FLOWS) == FLOWS
         assert wait_stable_at(mep.central, database, 2 * FLOWS, timeout=120) == 2 * FLOWS
         central = verify.table_stats(mep.central, database)

@@ -10,6 +10,7 @@ one it lacks; records after them get version-2 tokens. Nothing lost, nothing twi
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import time
 from collections.abc import Callable
@@ -96,7 +97,7 @@ def test_batches_sealed_by_an_older_outlet_keep_their_old_tokens(
     led = Ledger(state, run.topic, run.config["kafka"]["consumer-group"])
     led.close()
     led.path.write_text("".join(
-        '{"ranges": {%s}}\n' % ", ".join(f'"{p}": [{a}, {b}]' for p, (a, b) in r.items())
+        json.dumps({"ranges": {str(p): [a, b] for p, (a, b) in r.items()}}) + "\n"
         for r in (first, second)))
 
     outlet = run.outlet()

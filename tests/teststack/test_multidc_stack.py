@@ -38,7 +38,7 @@ def test_endpoints_describe_each_datacenter(multi_dc_stack: stk.MultiDCEndpoints
         "clickhouse-central-a", "clickhouse-central-b")
     assert a.clickhouse["central"].proxied_url != b.clickhouse["central"].proxied_url
     assert stk.load_endpoints(mep.stack_dir) == mep
-    with pytest.raises(stk.StackError, match="multi-dc stack: use MultiDCEndpoints.load"):
+    with pytest.raises(stk.StackError, match=r"multi-dc stack: use MultiDCEndpoints\.load"):
         stk.Endpoints.load(mep.stack_dir)
     proxies = mep.toxiproxy.client().proxies()
     assert set(proxies) >= {"kafka-a", "kafka-b", "clickhouse-local-a", "clickhouse-local-b",
