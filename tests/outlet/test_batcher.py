@@ -27,7 +27,7 @@ def frames(n: int) -> bytes:
 class FakeLedger:
     sealed: list[dict[int, tuple[int, int]]] = field(default_factory=list)
 
-    def record(self, ranges: dict[int, tuple[int, int]]) -> None:
+    def record(self, ranges: dict[int, tuple[int, int]], token: str) -> None:
         self.sealed.append(dict(ranges))
 
 
@@ -38,6 +38,7 @@ class FakeOutlet:
     ledger: FakeLedger = field(default_factory=FakeLedger)
     batches: list[tuple[bytes, ...]] = field(default_factory=list)
     kafka: Any = field(default_factory=lambda: type("Kafka", (), {"assigned": set()})())
+    identity: str = "test-cluster"  # the Kafka cluster's, in every token
 
     def encode(self, records: tuple[bytes, ...]) -> EncodedBatch:
         self.batches.append(records)
@@ -93,7 +94,7 @@ async def test_bad_records_weigh_one() -> None:
 
 async def test_rebuild_path_counts_flows_too() -> None:
     b, fake = batcher(size=5)
-    b.plans = [RebuildPlan(ranges={7: (0, 0)}, token_ranges={7: (0, 0)})]  # partition 7
+    b.plans = [RebuildPlan(ranges={7: (0, 0)}, token="v2:test-cluster/flows/7:0-0")]  # p. 7
     await b._add_chunk(chunk([frames(2), frames(2), frames(2), frames(1)]))
     await b._seal_current("shutdown")
     assert [flows(x) for x in fake.batches] == [4, 3]
