@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from outlet.tokens import Ranges, make_token_v1
+from outlet.tokens import Ranges, make_token_v1, token_cluster_id
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,10 @@ class Ledger:
         return LedgerEntry(ranges, token)
 
     def pending(
-        self, committed: dict[int, int], partitions: set[int] | None = None
+        self,
+        committed: dict[int, int],
+        partitions: set[int] | None = None,
+        cluster_id: str | None = None,
     ) -> list[tuple[LedgerEntry, Ranges]]:
         """Recorded batches with records not yet committed, in seal order.
 
@@ -91,10 +94,18 @@ class Ledger:
         already (partitions commit independently): only the rest is re-read, and it is
         rebuilt under the batch's original token, so a destination that stored the batch
         drops the repeat and one that never did stores the part it lacks.
-        `partitions` restricts the result to ranges of partitions we own.
+        `partitions` restricts the result to ranges of partitions we own. With
+        `cluster_id`, batches sealed on another Kafka cluster (the brokers now report
+        another id: a re-created cluster, whose offsets hold other records) are left out:
+        rebuilt under their old tokens, different flows would be dropped as duplicates.
         """
         plans: list[tuple[LedgerEntry, Ranges]] = []
+        foreign = 0
         for entry in self._entries:
+            sealed_on = token_cluster_id(entry.token)
+            if cluster_id is not None and sealed_on is not None and sealed_on != cluster_id:
+                foreign += 1
+                continue
             left = {
                 p: rng
                 for p, rng in entry.ranges.items()
@@ -102,6 +113,11 @@ class Ledger:
             }
             if left:
                 plans.append((entry, left))
+        if foreign:
+            log.warning(
+                "ledger %s: %d batch(es) were sealed on another Kafka cluster than %s; "
+                "they are not rebuilt", self.path, foreign, cluster_id,
+            )
         return plans
 
     def record(self, ranges: Ranges, token: str) -> None:

@@ -75,7 +75,7 @@ class Batcher:
         active = {p.token for p in self.plans}
         names = {d.name for d in self.o.destinations}
         added = 0
-        for entry, left in self.o.ledger.pending(committed, partitions):
+        for entry, left in self.o.ledger.pending(committed, partitions, self.o.cluster_id):
             if entry.token in active:
                 continue
             self._seq += 1
@@ -257,7 +257,8 @@ class Outlet:
             cfg.kafka, self.metrics, on_assign=self._assigned, on_revoke=self._revoked
         )
         self.batcher = Batcher(self)
-        self.identity = ""  # of the Kafka cluster, in every token: read by run()
+        self.cluster_id = ""  # of the Kafka cluster, read by run() before consuming
+        self.identity = ""  # in every token: the cluster id (+ kafka.cluster-identity)
         self._commit_wanted = trio.Event()
         self._last_bad_log = 0.0
         self._bad_since_log = 0
@@ -428,6 +429,7 @@ class Outlet:
         cluster id: tokens without it collide between datacenters (docs/dual-write.md).
         """
         cluster_id = await trio.to_thread.run_sync(self.kafka.cluster_id)
+        self.cluster_id = cluster_id
         self.identity = writer_identity(cluster_id, self.cfg.kafka.cluster_identity)
         log.info(
             "deduplication tokens scoped to Kafka cluster %s%s (token identity %s)",

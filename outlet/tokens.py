@@ -34,7 +34,7 @@ sent with, or a destination that stored them would store them twice.
 
 from __future__ import annotations
 
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 Ranges = dict[int, tuple[int, int]]  # partition -> (first offset, last offset), inclusive
 
@@ -71,3 +71,11 @@ def make_token_v1(topic: str, ranges: Ranges) -> str:
 def token_version(token: str) -> int:
     """1 or 2, from the token's first characters."""
     return 2 if token.startswith(_V2_PREFIX) else 1
+
+
+def token_cluster_id(token: str) -> str | None:
+    """The Kafka cluster id a version-2 token names (None for version 1: unknown)."""
+    if token_version(token) == 1:
+        return None
+    identity = token[len(_V2_PREFIX):].split("/", 1)[0]
+    return unquote(identity.split("+", 1)[0])

@@ -39,6 +39,7 @@ class FakeOutlet:
     batches: list[tuple[bytes, ...]] = field(default_factory=list)
     kafka: Any = field(default_factory=lambda: type("Kafka", (), {"assigned": set()})())
     identity: str = "test-cluster"  # the Kafka cluster's, in every token
+    cluster_id: str = "test-cluster"
 
     def encode(self, records: tuple[bytes, ...]) -> EncodedBatch:
         self.batches.append(records)

@@ -10,7 +10,13 @@ import pytest
 from outlet.batch import BatchBuilder
 from outlet.commit import CommitTracker
 from outlet.ledger import Ledger, LedgerEntry
-from outlet.tokens import make_token, make_token_v1, token_version, writer_identity
+from outlet.tokens import (
+    make_token,
+    make_token_v1,
+    token_cluster_id,
+    token_version,
+    writer_identity,
+)
 
 DESTS = {"primary", "azure"}
 CLUSTER = "9pPv-rJJSdakfHT0ptqtUQ"  # what Kafka 4's storage tool generates (URL-safe base64)
@@ -171,3 +177,23 @@ def test_no_cluster_id_no_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     err = capsys.readouterr().err
     assert (f"outlet cannot start: cannot read the Kafka cluster id from kafka.brokers "
             f"127.0.0.1:{port} within 1 s") in err
+
+
+def test_batches_of_another_cluster_are_not_rebuilt(tmp_path: Path) -> None:
+    """A Kafka cluster re-created under the same brokers (new id) holds other records at
+    the same offsets: rebuilt under the old tokens they would be dropped as duplicates."""
+    led = Ledger(tmp_path, "flows", "g")
+    led.record({0: (0, 9)}, make_token(writer_identity("old", "paris"), "flows", {0: (0, 9)}))
+    led.record({0: (10, 19)}, make_token(writer_identity("new", "paris"), "flows", {0: (10, 19)}))
+    led.close()
+    path = led.path
+    with open(path, "a") as f:
+        f.write('{"ranges": {"0": [20, 29]}}\n')  # version 1: its cluster is unknown, kept
+    again = Ledger(tmp_path, "flows", "g")
+    kept = [e.ranges for e, _ in again.pending({}, cluster_id="new")]
+    assert kept == [{0: (10, 19)}, {0: (20, 29)}]
+    assert len(again.pending({})) == 3  # no cluster given: everything
+    # the alias (kafka.cluster-identity) may change: only the cluster id counts
+    assert token_cluster_id(make_token(writer_identity("a/b", "x"), "t", {0: (1, 1)})) == "a/b"
+    assert token_cluster_id("flows/0:1-2") is None
+    again.close()
