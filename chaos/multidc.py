@@ -34,41 +34,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from chaos.results import Check, Event, RunResult, Sample, metric_value, reported_loss
 from chaos.runner import (
     QUIET_SECONDS,
     REPORTS_DIR,
     SAMPLE_INTERVAL,
-    HarnessError,
     LoadThread,
     Outlet,
     _leaked_secrets,
     _passwords,
-    _rate,
-    ch_query,
-    consumer_lag,
-    count_rows,
     destination_checks,
     lag_check,
     metric_checks,
     play_timeline,
     run_many,
-    table_summary,
     throughput_check,
 )
 from chaos.scenario import MULTI_DC, Action, Scenario, format_duration, merge_overrides
+from outlet import metrics as names
 from teststack import stack as stk
-from teststack.outlet_proc import (
-    OutletProcess,
-    apply_schema,
-    create_topic,
-    free_port,
-    fresh_run,
-    outlet_config,
-)
+from teststack.kafka import consumer_lag, create_topic, delete_topic
+from teststack.outlet_proc import OutletProcess, free_port, outlet_config
+from teststack.runs import HarnessError, fresh_run, prepare_tables
+from teststack.sampling import PeriodicSampler
+from teststack.series import window_rate
 from teststack.stack import ClickHouseEndpoints, Endpoints, MultiDCEndpoints
+from teststack.verify import count_rows_or_none, query, run_summary
 
 SERVERS = ("local-a", "local-b", "central")
 RECOVERY_POLL = 0.2  # seconds between row counts while timing a recovery
@@ -136,14 +127,14 @@ class MultiRun:
         """Rows per view: locals by count, central per datacenter by run id."""
         from flowgen.generator import unique_rows_sql_filter
 
-        rows: dict[str, int | None] = {f"local-{dc}": count_rows(self.server(f"local-{dc}"))
-                                       for dc in self.dcs}
+        rows: dict[str, int | None] = {
+            f"local-{dc}": count_rows_or_none(self.server(f"local-{dc}")) for dc in self.dcs}
         ifs = ", ".join(f"countIf({unique_rows_sql_filter(d.run_id)})" for d in self.dcs.values())
         counts: list[int | None] = [None] * len(self.dcs)
         with contextlib.suppress(Exception):
             counts = [int(x) for x in
-                      ch_query(self.mep.central, f"SELECT {ifs} FROM flows.flows",
-                               timeout=5).split()]
+                      query(self.mep.central, f"SELECT {ifs} FROM flows.flows",
+                            timeout=5).split()]
         for dc, count in zip(self.dcs, counts, strict=True):
             rows[f"central-{dc}"] = count
         known = [c for c in counts if c is not None]
@@ -225,7 +216,7 @@ class MultiRun:
             f"({unique_rows_sql_filter(self.dcs[dc].run_id)} AND "
             f"{flow_index_sql_expr()} >= {first})" for dc, first in rec.first_flow.items())
         try:
-            return int(ch_query(server, f"SELECT countIf({cond}) FROM flows.flows", timeout=5))
+            return int(query(server, f"SELECT countIf({cond}) FROM flows.flows", timeout=5))
         except Exception:
             return None
 
@@ -258,14 +249,12 @@ class MultiRun:
             t.join(RECOVERY_GIVE_UP + 5)
 
 
-class MultiSampler(threading.Thread):
+class MultiSampler(PeriodicSampler[Sample]):
     """1 Hz samples: rows per view, offered flows per datacenter, both outlets' metrics."""
 
     def __init__(self, run: MultiRun) -> None:
-        super().__init__(name="chaos-sampler", daemon=True)
+        super().__init__(SAMPLE_INTERVAL, name="chaos-sampler")
         self.run_ = run
-        self.samples: list[Sample] = []
-        self.stop_event = threading.Event()
 
     def sample(self) -> Sample:
         r = self.run_
@@ -285,24 +274,16 @@ class MultiSampler(threading.Thread):
         return Sample(
             t=round(time.monotonic() - r.t0, 3),
             produced=sum(ld.produced for ld in loads.values() if ld),
-            rate=sum(ld.rate for ld in loads.values() if ld and ld.is_alive()),
+            rate=sum((ld.rate or 0.0) for ld in loads.values() if ld and ld.is_alive()),
             rows=r.view_rows(),
-            written=per_view("outlet_destination_flows_written_total"),
-            lost=per_view("outlet_destination_retries_exceeded_flows_total"),
-            lag=gauge("outlet_kafka_consumergroup_lag_messages"),
-            pending=gauge("outlet_commit_pending_flows"),
-            paused=gauge("outlet_kafka_paused"),
+            written=per_view(names.DESTINATION_FLOWS_WRITTEN_TOTAL),
+            lost=per_view(names.DESTINATION_RETRIES_EXCEEDED_FLOWS_TOTAL),
+            lag=gauge(names.KAFKA_CONSUMERGROUP_LAG_MESSAGES),
+            pending=gauge(names.COMMIT_PENDING_FLOWS),
+            paused=gauge(names.KAFKA_PAUSED),
             outlet_up=all(m is not None for m in live.values()),
             produced_by={dc: ld.produced if ld else 0 for dc, ld in loads.items()},
         )
-
-    def run(self) -> None:
-        nxt = time.monotonic()
-        while not self.stop_event.is_set():
-            with contextlib.suppress(Exception):  # never let sampling kill the run
-                self.samples.append(self.sample())
-            nxt += SAMPLE_INTERVAL
-            self.stop_event.wait(max(0.0, nxt - time.monotonic()))
 
 
 def wait_quiet(run: MultiRun, timeout: float, quiet: float = QUIET_SECONDS
@@ -314,14 +295,14 @@ def wait_quiet(run: MultiRun, timeout: float, quiet: float = QUIET_SECONDS
     since = time.monotonic()
     state = ""
     while time.monotonic() - t0 < timeout:
-        rows = {s: count_rows(run.server(s)) for s in SERVERS}
+        rows = {s: count_rows_or_none(run.server(s)) for s in SERVERS}
         if rows != last or any(v is None for v in rows.values()):
             last, since = rows, time.monotonic()
         lags = {dc: consumer_lag(d.ep, run.topic, run.group) for dc, d in run.dcs.items()}
         metrics = [d.outlet.scrape() or {} for d in run.dcs.values()]
-        spooled = sum(metric_value(m, "outlet_spool_batches") for m in metrics) \
+        spooled = sum(metric_value(m, names.SPOOL_BATCHES) for m in metrics) \
             if run.sc.expect.wait_for_spool else 0
-        queued = sum(metric_value(m, "outlet_destination_queued_batches") for m in metrics)
+        queued = sum(metric_value(m, names.DESTINATION_QUEUED_BATCHES) for m in metrics)
         state = (f"rows {rows}, committed lag {lags}, queued batches {queued:g}, "
                  f"spooled batches {spooled:g}")
         if (all(v == 0 for v in lags.values()) and spooled == 0 and queued == 0
@@ -332,15 +313,15 @@ def wait_quiet(run: MultiRun, timeout: float, quiet: float = QUIET_SECONDS
 
 
 def view_tables(run: MultiRun, n: dict[str, int]) -> dict[str, dict[str, Any]]:
-    """``table_summary`` per view; ``central`` is the sum of its per-datacenter parts (its
+    """``run_summary`` per view; ``central`` is the sum of its per-datacenter parts (its
     foreign rows: central's rows of neither datacenter's run)."""
     out: dict[str, dict[str, Any]] = {}
     for dc, d in run.dcs.items():
-        out[f"local-{dc}"] = table_summary(run.server(f"local-{dc}"), d.run_id, n[dc])
-        out[f"central-{dc}"] = table_summary(run.mep.central, d.run_id, n[dc])
+        out[f"local-{dc}"] = run_summary(run.server(f"local-{dc}"), d.run_id, n[dc])
+        out[f"central-{dc}"] = run_summary(run.mep.central, d.run_id, n[dc])
     parts = [out[f"central-{dc}"] for dc in run.dcs]
     union = {k: sum(p[k] for p in parts) for k in parts[0]}
-    total = int(ch_query(run.mep.central, "SELECT count() FROM flows.flows", timeout=30))
+    total = int(query(run.mep.central, "SELECT count() FROM flows.flows", timeout=30))
     union["foreign_rows"] = total - union["rows"]
     for dc in run.dcs:  # in central, the other datacenter's rows are not foreign
         out[f"central-{dc}"]["foreign_rows"] = union["foreign_rows"]
@@ -351,12 +332,10 @@ def view_tables(run: MultiRun, n: dict[str, int]) -> dict[str, dict[str, Any]]:
 def view_rate(samples: list[Sample], view: str, dcs: tuple[str, ...],
               window: tuple[float, float]) -> tuple[float | None, float | None]:
     """(stored flows/s on ``view``, flows/s offered to it) during ``window``."""
-    def stored(s: Sample) -> float | None:
-        v = s.rows.get(view)
-        return None if v is None else float(v)
-
-    return (_rate(samples, stored, window),
-            _rate(samples, lambda s: float(sum(s.produced_by.get(dc, 0) for dc in dcs)), window))
+    ts = [s.t for s in samples]
+    return (window_rate(ts, [s.rows.get(view) for s in samples], window),
+            window_rate(ts, [float(sum(s.produced_by.get(dc, 0) for dc in dcs))
+                             for s in samples], window))
 
 
 def check_multi_dc(run: MultiRun, samples: list[Sample], n: dict[str, int],
@@ -422,26 +401,17 @@ def _set_up(sc: Scenario, mep: MultiDCEndpoints, report_dir: Path
     for i, (dc, ep) in enumerate(mep.datacenters.items()):
         workdir = report_dir / f"outlet-{dc}"
         workdir.mkdir(parents=True, exist_ok=True)
-        # Schema on the direct URLs with the unmodified config (an override that breaks a
-        # destination must not break the set-up).
-        schema_cfg = outlet_config(ep, state_path=str(workdir / "schema-state"), http_port=0,
-                                   destinations=("local", "central"), proxied=False,
-                                   topic=names.topic)
-        schema_path = workdir / "schema.yaml"
-        schema_path.write_text(yaml.safe_dump(schema_cfg, sort_keys=False))
-        apply_schema(schema_path)
+        prepare_tables(ep, workdir, sc.outlet.destinations, names.topic)  # local-dc, central
         create_topic(ep, names.topic)
         cfg = outlet_config(
             ep, state_path=str(workdir / "state"), http_port=free_port(),
-            destinations=("local", "central"), consumer_group=names.group, topic=names.topic,
+            destinations=sc.outlet.destinations, consumer_group=names.group, topic=names.topic,
             batch_size=sc.outlet.batch_size, wait_time=sc.outlet.wait_time,
             azure_max_retries=sc.outlet.azure_max_retries)
         configs[dc] = merge_overrides(cfg, sc.outlet_overrides)
         run_id = (names.run_id + i - 1) % 255 + 1  # one run id per datacenter
         proc = OutletProcess(workdir, configs[dc], name="outlet")
         dcs[dc] = Datacenter(dc, ep, Outlet(proc), run_id)
-    for ch in (mep.central, *(d.ep.clickhouse["local"] for d in dcs.values())):
-        ch_query(ch, "TRUNCATE TABLE IF EXISTS flows.flows")
     return names.topic, names.group, dcs, configs
 
 
@@ -492,8 +462,9 @@ def run_multi_dc_scenario(sc: Scenario, stack_dir: str | Path = ".stack-multi-dc
         for d in dcs.values():
             assert d.load is not None
             d.load.join()
-            if d.load.exception is not None or d.load.failed:
-                raise HarnessError(f"load generator of {d.name} failed: {d.load.errors[:3]}")
+            if d.load.error or d.load.stats.failed:
+                raise HarnessError(f"load generator of {d.name} failed: "
+                                   f"{d.load.error or d.load.stats.errors[:3]}")
             n[d.name], bytes_sum[d.name] = d.load.produced, d.load.bytes_sum
         info["produced"] = dict(n)
         info["load_end_s"] = round(max(d.load.t_end for d in dcs.values() if d.load) - run.t0, 1)
@@ -523,19 +494,15 @@ def run_multi_dc_scenario(sc: Scenario, stack_dir: str | Path = ".stack-multi-dc
     finally:
         for d in dcs.values():
             if d.load is not None and d.load.is_alive():
-                d.load.stop_event.set()
+                d.load.stop()
                 d.load.join(150)
-        sampler.stop_event.set()
-        if sampler.is_alive():
-            sampler.join(10)
+        sampler.stop()
         for dc, d in dcs.items():
             codes[dc] = d.outlet.stop() if d.outlet.proc.alive() else None
         with contextlib.suppress(Exception):
             tp.reset()
         for d in dcs.values():
-            with contextlib.suppress(Exception):
-                admin = stk._admin(d.ep.kafka.bootstrap)
-                admin.delete_topics([topic], operation_timeout=10)[topic].result(timeout=15)
+            delete_topic(d.ep, topic)
     info["wall_s"] = round(time.monotonic() - t_wall, 1)
     info["recoveries"] = [r.__dict__ for r in run.recoveries]
     samples = sampler.samples

@@ -732,11 +732,6 @@ class _Text(Kind[str]):
         return str(raw).strip()
 
 
-    def __post_init__(self) -> None:
-        if self.lag is not None and not self.lags:  # built with `lag` only
-            object.__setattr__(self, "lags", (self.lag,))
-
-
 @dataclass(frozen=True)
 class Scenario:
     """A validated scenario (every key of the file is a field here, or of its sections)."""

@@ -275,7 +275,7 @@ def test_multi_dc_validation() -> None:
     assert any("multi-dc proxy" in p for p in ps)
     doc = json.loads(json.dumps(MINIMAL))
     doc["expect"]["recovery"] = [{"destination": "azure", "max_seconds": 5}]
-    assert any(p.startswith("expect.recovery: checked in multi-dc") for p in problems(doc))
+    assert any(p.startswith("expect.recovery[0]: checked in multi-dc") for p in problems(doc))
 
 
 def test_lag_expectations_may_be_listed() -> None:
