@@ -10,17 +10,18 @@ TOPOLOGY ?= single-dc
 TOPOLOGY_DIR = $(if $(filter multi-dc,$(TOPOLOGY)),$(MULTI_DC_STACK_DIR),$(STACK_DIR))
 PYTEST_ARGS ?=
 SETUP_STAMP := .tools/.setup.stamp
-SETUP_INPUTS := pyproject.toml harness/pyproject.toml uv.lock ci/setup.sh ci/install-kafka.sh ci/install-toxiproxy.sh \
+SETUP_INPUTS := pyproject.toml harness/pyproject.toml uv.lock ci/setup.sh ci/install-system.sh ci/install-kafka.sh ci/install-toxiproxy.sh \
 	ci/install-goflow2.sh ci/go-tools.sh ci/kafka/pom.xml
 
 .PHONY: setup up down status test test-all lint demo bench-outlet bench-dualwrite bench-codec chaos \
 	chaos-all load capacity bench-overhead-load
 
-# Idempotent; the stamp makes it instant when nothing changed. A missing venv or missing
-# tools invalidate the stamp.
+# Idempotent; the stamp makes it instant when nothing changed. A missing venv, missing
+# tools or missing system prerequisites (ci/install-system.sh) invalidate the stamp.
 setup:
 	@if [ ! -x .venv/bin/python ] || [ ! -x .tools/bin/toxiproxy-server ] \
-	    || ! compgen -G '.tools/kafka/libs/kafka_2.13-*.jar' >/dev/null; then \
+	    || ! compgen -G '.tools/kafka/libs/kafka_2.13-*.jar' >/dev/null \
+	    || ! (for t in java mvn go prometheus promtool; do command -v $$t >/dev/null || exit 1; done); then \
 	    rm -f $(SETUP_STAMP); fi
 	@$(MAKE) --no-print-directory $(SETUP_STAMP)
 
@@ -28,8 +29,11 @@ $(SETUP_STAMP): $(SETUP_INPUTS)
 	bash ci/setup.sh
 	@mkdir -p $(dir $@) && touch $@
 
+# `make up PROMETHEUS=1` adds Prometheus with the shipped alert rules (docs/operations.md).
+PROMETHEUS ?=
 up: setup
-	$(UV) run chaos stack up --topology $(TOPOLOGY) --dir $(TOPOLOGY_DIR)
+	$(UV) run chaos stack up --topology $(TOPOLOGY) --dir $(TOPOLOGY_DIR) \
+	    $(if $(PROMETHEUS),--with-prometheus)
 
 down: setup
 	$(UV) run chaos stack down --dir $(TOPOLOGY_DIR)

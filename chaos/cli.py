@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from teststack import clikit, stack
+from teststack import clikit, prometheus, stack
 from teststack.runs import HarnessError
 
 
@@ -21,7 +21,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     if stack.is_healthy(sdir, args.topology):
         print(f"{args.topology} stack already running and healthy in {sdir} "
               f"(endpoints: {sdir / 'endpoints.json'})")
-        return 0
+        return _up_prometheus(sdir) if args.with_prometheus else 0
     t0 = time.monotonic()
     timings: dict[str, float] = {}
     multi = args.topology == stack.MULTI_DC
@@ -56,6 +56,17 @@ def _cmd_up(args: argparse.Namespace) -> int:
     print(f"  ready after: {ready}")
     print(f"endpoints: {sdir / 'endpoints.json'}")
     print(f"start-up time: {elapsed:.1f} s")
+    return _up_prometheus(sdir) if args.with_prometheus else 0
+
+
+def _up_prometheus(sdir: Path) -> int:
+    try:
+        prom = prometheus.start(sdir)
+    except stack.StackError as e:
+        print(f"prometheus FAILED: {e.message}\n{e.log_tail(20)}", file=sys.stderr)
+        return 1
+    print(f"  prometheus {prom.url}  (rules: {prometheus.RULES_FILE.name}, every `for:` / "
+          f"{prometheus.TIME_COMPRESSION}; targets: {prom.directory / 'targets'})")
     return 0
 
 
@@ -110,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--partitions", type=int, default=0,
                     help="flows topic partitions (default: 4; 2 per Kafka in multi-dc)")
     up.add_argument("--topic", default="flows", help="Kafka topic to create (default: flows)")
+    up.add_argument("--with-prometheus", action="store_true",
+                    help="also run Prometheus with the shipped alert rules (docs/operations.md)")
     up.set_defaults(func=_cmd_up)
     down = st_sub.add_parser("down", help="stop every process of the stack")
     common(down)
@@ -148,6 +161,9 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
                      help="reports go to DIR/SCENARIO/ (default: reports/chaos)")
     run.add_argument("--validate", action="store_true",
                      help="only validate the scenario files")
+    run.add_argument("--with-prometheus", action="store_true",
+                     help="record alerts for every scenario (started anyway for scenarios "
+                          "with an `alerts:` expectation)")
     run.epilog = ("Report: DIR/SCENARIO/report.md (and report.json, timeline.png, outlet/ with "
                   "the outlet's config, state and log). Exit status: 0 every invariant held, 1 "
                   "an invariant failed or a run could not complete, 2 invalid scenario, "
@@ -188,7 +204,7 @@ def _run(args: argparse.Namespace, verdict: clikit.Verdict) -> int:
         return clikit.EXIT_USAGE
     try:
         results = run_all(scenarios, args.stack_dir, args.multi_dc_stack_dir, args.reports_dir,
-                          keep_stack=args.keep_stack)
+                          keep_stack=args.keep_stack, with_prometheus=args.with_prometheus)
     except HarnessError as e:
         verdict.error = str(e)
         print(f"chaos run: {e}", file=sys.stderr)

@@ -538,15 +538,17 @@ def run_multi_dc_scenario(sc: Scenario, stack_dir: str | Path = ".stack-multi-dc
 
 def run_all(scenarios: list[Scenario], stack_dir: str | Path = ".stack",
             multi_dc_stack_dir: str | Path = ".stack-multi-dc",
-            reports_dir: str | Path = REPORTS_DIR, keep_stack: bool = False
-            ) -> list[RunResult]:
+            reports_dir: str | Path = REPORTS_DIR, keep_stack: bool = False,
+            with_prometheus: bool = False) -> list[RunResult]:
     """Single-dc scenarios on the stack in ``stack_dir``, then multi-dc ones on the one in
-    ``multi_dc_stack_dir``: one stack at a time (2 cores), each reused when healthy."""
+    ``multi_dc_stack_dir``: one stack at a time (2 cores), each reused when healthy.
+    ``with_prometheus`` applies to the single-dc ones (the multi-dc stack has no
+    Prometheus)."""
     results: list[RunResult] = []
     single = [sc for sc in scenarios if sc.topology != MULTI_DC]
     multi = [sc for sc in scenarios if sc.topology == MULTI_DC]
     if single:
-        results += run_many(single, stack_dir, reports_dir, keep_stack)
+        results += run_many(single, stack_dir, reports_dir, keep_stack, with_prometheus)
     if multi:
         results += run_many(multi, multi_dc_stack_dir, reports_dir, keep_stack,
                             topology=stk.MULTI_DC, run_one=run_multi_dc_scenario)

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from chaos import alerts
 from chaos.results import RunResult, Sample, metric_value, reported_loss
 from chaos.scenario import MULTI_DC, Action, Scenario, format_duration, planned_windows
 from outlet import metrics as names
@@ -182,6 +183,7 @@ def render_markdown(result: RunResult, sc: Scenario) -> str:
         lines.append(f"| {e.at:.1f}s | {e.started:.1f}s | {e.ended - e.started:.1f}s | "
                      f"{e.action}: {_md_escape(e.label)} | "
                 f"{'yes' if e.ok else _md_escape(e.error)} |")
+    lines += alerts.render_markdown(info.get("alerts"))
     lines += ["", "![timeline](timeline.png)", ""]
     return "\n".join(lines)
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chaos import alerts
 from chaos.results import (
     Check,
     Event,
@@ -465,8 +466,10 @@ def _reuse_or_start(stack_dir: Path, topology: str) -> bool:
 
 def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
                  reports_dir: str | Path = REPORTS_DIR, *,
-                 progress: Callable[[str], None] = print) -> RunResult:
-    """Run one (validated, already scaled) scenario; the stack must be up."""
+                 progress: Callable[[str], None] = print,
+                 with_prometheus: bool = False) -> RunResult:
+    """Run one (validated, already scaled) scenario; the stack must be up. Alerts are
+    recorded when the stack runs Prometheus (started for ``alerts:``: chaos/alerts.py)."""
     sdir = Path(stack_dir).resolve()
     ep = Endpoints.load(sdir)
     report_dir = Path(reports_dir) / sc.name
@@ -474,6 +477,7 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
     workdir, topic, group, run_id = names.workdir, names.topic, names.group, names.run_id
     tp = ep.toxiproxy.client()
     tp.reset()
+    prom = alerts.prometheus_for(sc, sdir, with_prometheus)
     prepare_tables(ep, workdir, sc.outlet.destinations, topic)
     create_topic(ep, topic)
 
@@ -483,7 +487,8 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
         batch_size=sc.outlet.batch_size, wait_time=sc.outlet.wait_time,
         azure_max_retries=sc.outlet.azure_max_retries)
     cfg = merge_overrides(cfg, sc.outlet_overrides)
-    outlet = Outlet(OutletProcess(workdir, cfg))
+    scrape = prom.targets(run=topic, datacenter="dc1") if prom else None
+    outlet = Outlet(OutletProcess(workdir, cfg, scrape_targets=scrape))
     run = Run(sc, ep, sdir, report_dir, outlet, topic, group, run_id)
     info: dict[str, Any] = {
         "topic": topic, "consumer_group": group, "run_id": run_id,
@@ -540,6 +545,9 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
         outlet.scrape()
         metrics = outlet.totals()
         tables = {d: run_summary(ep.clickhouse[d], run_id, n) for d in sc.outlet.destinations}
+        if prom is not None:
+            info["alerts"] = alerts.observe(prom, sc, topic,
+                                            time.time() - (time.monotonic() - run.t0))
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
         log.debug("run failed", exc_info=True)
@@ -557,6 +565,7 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
     samples = sampler.samples
     if not error:
         checks.extend(check_invariants(run, samples, n, bytes_sum, metrics, tables))
+        checks.extend(alerts.check(sc, info.get("alerts"), alerts.fault_span(run.events)))
         for ev in run.events:
             if not ev.ok:
                 checks.append(Check(f"timeline: {ev.action} at {ev.started:.0f}s",
@@ -587,11 +596,11 @@ RunOne = Callable[[Scenario, Path, Path], RunResult]
 
 
 def run_many(scenarios: list[Scenario], stack_dir: str | Path = ".stack",
-             reports_dir: str | Path = REPORTS_DIR, keep_stack: bool = False, *,
-             topology: str = stk.SINGLE_DC, run_one: RunOne | None = None
-             ) -> list[RunResult]:
-    """Bring the stack of ``topology`` up (or reuse it), run each scenario with ``run_one``
-    (default: :func:`run_scenario`), print a verdict per run."""
+             reports_dir: str | Path = REPORTS_DIR, keep_stack: bool = False,
+             with_prometheus: bool = False, *, topology: str = stk.SINGLE_DC,
+             run_one: RunOne | None = None) -> list[RunResult]:
+    """Bring the stack of ``topology`` up (or reuse it), run each scenario (with ``run_one``
+    if given, else :func:`run_scenario`), print a verdict per run."""
     sdir = Path(stack_dir).resolve()
     started = _reuse_or_start(sdir, topology)
     results: list[RunResult] = []
@@ -604,7 +613,8 @@ def run_many(scenarios: list[Scenario], stack_dir: str | Path = ".stack",
                       flush=True)
                 stk.stop_stack(sdir)
                 _reuse_or_start(sdir, topology)
-            res = (run_one or run_scenario)(sc, sdir, Path(reports_dir))
+            res = (run_one(sc, sdir, Path(reports_dir)) if run_one is not None
+                   else run_scenario(sc, sdir, reports_dir, with_prometheus=with_prometheus))
             results.append(res)
             verdict = "PASS" if res.passed else "FAIL"
             print(f"  {verdict} {sc.name} in {time.monotonic() - t:.0f} s; report "

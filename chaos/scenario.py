@@ -52,6 +52,7 @@ from outlet.confspec import format_duration as format_duration  # the one gramma
 from outlet.confspec import parse_duration as parse_duration
 from teststack.outlet_proc import destination_label
 from teststack.paths import PROJECT_ROOT
+from teststack.prometheus import alert_names
 from teststack.toxiproxy import STREAMS, TOXIC_ATTRIBUTES
 
 SCENARIOS_DIR = PROJECT_ROOT / "scenarios"
@@ -725,6 +726,59 @@ def _check_labels(ma: MetricAssertion, multi_dc: bool, at: Where) -> None:
                           f"{', '.join(DATACENTERS)} (the outlet of that datacenter)")
 
 
+ALERT = _one_of(tuple(alert_names()), "alert")  # deploy/prometheus/outlet-rules.yml
+
+
+class _Labels(Kind[tuple[tuple[str, str], ...]]):
+    type_doc = "mapping of label -> value"
+
+    def convert(self, raw: object) -> tuple[tuple[str, str], ...]:
+        if not isinstance(raw, dict):
+            raise Invalid(f"must be a mapping, got {show(raw)}")
+        return tuple(sorted((str(k), str(v)) for k, v in raw.items()))
+
+
+@dataclass(frozen=True)
+class AlertExpectation:
+    """``alert`` (with at least ``labels``) fires at most ``within`` after the first fault
+    started and, with ``resolves``, is resolved before the run ends (chaos/alerts.py)."""
+
+    __key_style__ = "snake"
+
+    alert: str = setting("", ALERT, required=True)
+    labels: tuple[tuple[str, str], ...] = setting((), _Labels(), doc="at least these labels")
+    within: float = setting(120.0, POSITIVE,
+                            doc="after the first timeline action starts (not time-scaled)")
+    resolves: bool = setting(True, BOOL, doc="resolved again before the end of the run")
+
+
+@dataclass(frozen=True)
+class AlertsExpectation:
+    """The ``alerts:`` section; ``others: forbid`` fails on any alert neither expected to
+    fire nor ``allowed`` (may fire, not checked)."""
+
+    __key_style__ = "snake"
+
+    fire: tuple[AlertExpectation, ...] = setting((), ListOf(Nested(AlertExpectation)))
+    others: str = setting("forbid", Str(choices=("forbid", "allow"),
+                                        problem="expected forbid or allow, got {got}"))
+    allowed: tuple[str, ...] = setting((), ListOf(ALERT))
+
+
+class _Alerts(Kind["AlertsExpectation | None"]):
+    """``alerts``: an alert can only be expected after a fault (a timeline action)."""
+
+    type_doc = "mapping"
+
+    def parse(self, raw: object, at: Where, default: AlertsExpectation | None
+              ) -> AlertsExpectation:
+        exp = parse(AlertsExpectation, raw, at.problems, path=at.path)
+        if exp.fire and not at.sibling("timeline"):
+            at.child("fire").report("an alert can only be expected after a fault: the "
+                                    "timeline is empty")
+        return exp
+
+
 class _Text(Kind[str]):
     type_doc = "text"
 
@@ -751,6 +805,8 @@ class Scenario:
         {}, AnyMapping(), doc="deep-merged into the outlet config")
     timeline: tuple[Action, ...] = setting((), _Timeline())
     expect: Expectations = setting(Expectations(), _Expect())
+    alerts: AlertsExpectation | None = setting(
+        None, _Alerts(), default_doc="none: alerts are recorded (with Prometheus), not checked")
     source: str = ""
     time_scale: float = 1.0
 

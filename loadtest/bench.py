@@ -59,7 +59,7 @@ def drain(
     label: str,
     workdir: Path,
     batch_size: int,
-    compression: str = "none",
+    compression: str | None = None,
 ) -> DrainResult:
     """Run one outlet over the whole backlog; stop it when the primary holds every flow."""
     database = f"bench_{label}_{int(time.time())}"

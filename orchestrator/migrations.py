@@ -28,7 +28,8 @@ from orchestrator import ddl
 from orchestrator.config import OrchestratorConfig
 from orchestrator.metrics import Metrics
 from outlet import schema
-from outlet.destination import ClickHouseWriter, backoff_delay, classify
+from outlet.retry import backoff_delay, classify
+from outlet.writer import ClickHouseWriter
 
 log = logging.getLogger("orchestrator.clickhouse")
 

@@ -8,6 +8,7 @@ so the same batch always carries the same token, across retries, restarts and re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from outlet.tokens import Ranges as Ranges  # re-exported: the type of offset ranges
@@ -48,6 +49,17 @@ class BatchBuilder:
 
     def __len__(self) -> int:
         return len(self.records)
+
+
+@dataclass(frozen=True)
+class Cut:
+    """What the batcher hands to the sealer: records and where they came from."""
+
+    seq: int
+    records: Sequence[bytes]
+    ranges: Ranges
+    reason: str  # size | time | rebalance | shutdown | rebuild
+    plan: RebuildPlan | None = None  # a rebuild: the original token, no new ledger entry
 
 
 @dataclass(frozen=True)

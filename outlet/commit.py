@@ -4,6 +4,10 @@ A batch is *settled* when the primary has stored it and every additional destina
 has stored it or given it up. Per partition, the committable offset is one past the
 last offset of the longest prefix of settled batches, so a slow batch holds back the
 commit of later ones (they will be rebuilt identically from the ledger after a crash).
+
+Waiting is driven by the tracker's own changes: ``wait_settled()`` (shutdown grace,
+rebalance) and ``wait_moved()`` (the committer) return as soon as the state they wait
+for is reached, without polling.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from outlet.batch import Ranges
+from outlet.notify import Notifier
 
 
 @dataclass
@@ -19,6 +24,7 @@ class _Pending:
     ranges: Ranges
     flows: int
     waiting: set[str]
+    sealed: bool  # False: a rebuild reserved at assignment, not sealed yet
 
 
 @dataclass
@@ -28,13 +34,30 @@ class CommitTracker:
     _batches: dict[int, _Pending] = field(default_factory=dict)
     _order: dict[int, deque[tuple[int, int]]] = field(default_factory=dict)  # p -> (first, seq)
     _committable: dict[int, int] = field(default_factory=dict)
+    _changed: Notifier = field(default_factory=Notifier)
+    _moves: int = 0  # how many times the committable offsets moved
 
-    def register(self, seq: int, ranges: Ranges, flows: int, destinations: set[str]) -> None:
-        """Register a sealed batch (again: updates its flow count only)."""
-        if seq in self._batches:
-            self._batches[seq].flows = flows
+    def register(
+        self,
+        seq: int,
+        ranges: Ranges,
+        flows: int,
+        destinations: set[str] | frozenset[str],
+        sealed: bool = True,
+    ) -> None:
+        """Register a batch (again: updates its flow count and seal state only).
+
+        ``sealed=False`` reserves the place of a batch to be rebuilt: the watermark
+        cannot pass it, but shutdown does not wait for it (it is not being inserted).
+        """
+        known = self._batches.get(seq)
+        if known is not None:
+            known.flows = flows
+            known.sealed = known.sealed or sealed
+            self._changed.notify()
             return
-        self._batches[seq] = _Pending(dict(ranges), flows, set(destinations))
+        self._batches[seq] = _Pending(dict(ranges), flows, set(destinations), sealed)
+        self._changed.notify()
         for p, (first, _) in ranges.items():
             queue = self._order.setdefault(p, deque())
             queue.append((first, seq))
@@ -63,6 +86,9 @@ class CommitTracker:
                     self._committable[p] = max(self._committable.get(p, -1), head.ranges[p][1] + 1)
                     moved = True
         self._forget_settled()
+        if moved:
+            self._moves += 1
+        self._changed.notify()
         return moved
 
     def _forget_settled(self) -> None:
@@ -85,6 +111,25 @@ class CommitTracker:
         for p in partitions:
             self._order.pop(p, None)
             self._committable.pop(p, None)
+        self._changed.notify()
+
+    def in_flight(self, partitions: set[int] | None = None) -> bool:
+        """Whether a batch is still unsettled: any batch holding records of `partitions`,
+        or (None) any sealed batch."""
+        if partitions is None:
+            return any(b.waiting and b.sealed for b in self._batches.values())
+        return self.pending_in(partitions)
+
+    async def wait_settled(self, partitions: set[int] | None = None) -> None:
+        """Return once no batch is in flight (see in_flight)."""
+        while self.in_flight(partitions):
+            await self._changed.wait()
+
+    async def wait_moved(self, seen: int) -> int:
+        """Return once the committable offsets moved more than `seen` times; the new count."""
+        while self._moves <= seen:
+            await self._changed.wait()
+        return self._moves
 
     @property
     def pending_batches(self) -> int:

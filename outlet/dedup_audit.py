@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,8 +61,8 @@ WHERE p.event_date >= yesterday() AND p.event_time >= now() - INTERVAL 30 MINUTE
 GROUP BY q.comment
 """
 
-# (sql, parameters) -> rows; blocking, called through trio.to_thread.
-QueryFn = Callable[[str, dict[str, Any]], list[tuple[Any, ...]]]
+# (sql, parameters) -> rows (Writer.query).
+QueryFn = Callable[[str, dict[str, Any]], Awaitable[list[tuple[Any, ...]]]]
 
 
 @dataclass(frozen=True)
@@ -134,10 +134,7 @@ class DedupAudit:
                 continue
             comments = list(self._pending)
             try:
-                rows = await trio.to_thread.run_sync(
-                    self._query, AUDIT_SQL, {**self.params, "comments": comments},
-                    abandon_on_cancel=True,
-                )
+                rows = await self._query(AUDIT_SQL, {**self.params, "comments": comments})
             except Exception as exc:  # the destination is down, or its logs unreadable
                 self._log_query_error(exc)
                 continue

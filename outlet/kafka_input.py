@@ -1,32 +1,47 @@
 """Kafka input: a consumer-group member that hands chunks of records to the batcher.
 
-We use confluent-kafka (librdkafka) through `trio.to_thread` instead of aiokafka
-under trio-asyncio: measured on our machines, `consume(num_messages=...)` with
-`fetch.queue.backoff.ms=10` delivers 715-808k msg/s against 350-430k for aiokafka's
-`getmany`, and it releases the GIL while it waits, so the Trio loop keeps running.
+``KafkaInput(cfg, metrics, source, hooks)`` runs two tasks:
 
-Offsets are never auto-committed: the pipeline commits explicitly once a batch is
-settled on every destination (see outlet/commit.py).
+- the **poll task** owns the consumer (a ``RecordSource``: librdkafka in
+  outlet/kafka_client.py, a fake in tests). Each poll carries what the Trio side wants
+  done in the consumer's thread: the pause state and the commits other tasks asked for
+  (``commit()`` waits for the broker's answer). While the outbox is not handed over
+  (the pipeline is full: backpressure), it pauses fetching after ``PAUSE_AFTER`` and
+  polls only every ``POLL_WHILE_PAUSED`` (rebalance callbacks and commits are served
+  inside polls), woken early when the outbox empties or a commit waits;
+- the **forward task** hands the outbox to the batcher's bounded channel, in the order
+  the records were read.
+
+A rebalance barrier (partitions being revoked) is put in the same outbox, behind every
+chunk read before it, so the batcher cuts those chunks into batches that are settled and
+committed before the partitions go: a barrier can never overtake a chunk held back by
+backpressure (whose records would otherwise be batched after their partition's commit,
+and read again by the next owner). ``stop()`` ends the hand-over (the batcher flushes);
+the poll task keeps serving commits, paused, until the pipeline cancels it.
+
+Offsets are never auto-committed: the pipeline commits explicitly once a batch is settled
+on every destination (see outlet/committer.py).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 import trio
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
 from outlet.config import KafkaConfig
 from outlet.metrics import Metrics
+from outlet.notify import Notifier
 
 log = logging.getLogger(__name__)
 
 PAUSE_AFTER = 0.5  # seconds blocked on a full pipeline before pausing fetches
-CLUSTER_ID_TIMEOUT = 30.0  # seconds to get the cluster id at start-up
+POLL_WHILE_PAUSED = 0.5  # seconds between polls while paused (rebalances, commits)
+COMMIT_ANSWER_TIMEOUT = 30.0  # seconds to wait for the broker's answer to a commit
 
 
 class ClusterIdError(RuntimeError):
@@ -35,7 +50,7 @@ class ClusterIdError(RuntimeError):
 
 @dataclass
 class Chunk:
-    """Records from one consume() call, as parallel lists (cheap to build)."""
+    """Records from one poll, as parallel lists (cheap to build)."""
 
     partitions: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
@@ -47,240 +62,288 @@ class Chunk:
 
 @dataclass
 class Barrier(Chunk):
-    """No records: asks the batcher to seal its open batch now (partitions are moving)."""
+    """No records: the batcher cuts its open batch now (these partitions are moving)."""
 
+    revoked: frozenset[int] = frozenset()
     sealed: trio.Event = field(default_factory=trio.Event)
 
 
-def consumer_settings(cfg: KafkaConfig) -> dict[str, Any]:
-    """librdkafka settings derived from our config section."""
-    settings: dict[str, Any] = {
-        "bootstrap.servers": ",".join(cfg.brokers),
-        "group.id": cfg.consumer_group,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "fetch.queue.backoff.ms": 10,
-        "fetch.wait.max.ms": max(1, int(cfg.fetch_max_wait * 1000)),
-        "queued.max.messages.kbytes": 65536,
-        "session.timeout.ms": 10000,
-        "heartbeat.interval.ms": 1000,
-        "max.poll.interval.ms": 300000,
-        "socket.keepalive.enable": True,
-        "reconnect.backoff.max.ms": 2000,
-    }
-    if cfg.tls.enable:
-        settings["security.protocol"] = "SSL"
-        settings["enable.ssl.certificate.verification"] = cfg.tls.verify
-        if cfg.tls.ca_file:
-            settings["ssl.ca.location"] = cfg.tls.ca_file
-        if cfg.tls.cert_file:
-            settings["ssl.certificate.location"] = cfg.tls.cert_file
-        if cfg.tls.key_file:
-            settings["ssl.key.location"] = cfg.tls.key_file
-    if cfg.sasl.mechanism:
-        settings["security.protocol"] = "SASL_SSL" if cfg.tls.enable else "SASL_PLAINTEXT"
-        settings["sasl.mechanism"] = cfg.sasl.mechanism
-        settings["sasl.username"] = cfg.sasl.username
-        settings["sasl.password"] = cfg.sasl.password.reveal()
-    return settings
+@dataclass
+class CommitRequest:
+    """Offsets to commit from the consumer's thread; ``done`` once the broker answered."""
+
+    offsets: dict[int, int]
+    on_revoke: bool = False  # made by the revoke callback: nobody waits for the answer
+    done: trio.Event = field(default_factory=trio.Event)
+    error: str | None = None
 
 
-AssignCallback = Callable[[set[int]], None]
+@dataclass
+class PollRequest:
+    limit: int
+    timeout: float
+    paused: bool
+    commits: list[CommitRequest]
+
+
+@dataclass
+class Polled:
+    chunk: Chunk
+    answered: list[CommitRequest]  # commits the broker answered (error set on failure)
+
+
+class SourceHooks(Protocol):
+    """What a source calls (in the Trio thread) while a poll runs: rebalance callbacks."""
+
+    def assigned(self, partitions: set[int], committed: dict[int, int]) -> None: ...
+
+    async def revoking(self, partitions: set[int]) -> CommitRequest | None:
+        """Returns the commit to make before the partitions go (None: nothing)."""
+        ...
+
+    def revoked(self, partitions: set[int]) -> None: ...
+
+
+class RecordSource(Protocol):
+    """The consumer: librdkafka (outlet/kafka_client.py) or a fake."""
+
+    async def open(self, hooks: SourceHooks) -> None:
+        """Read the cluster id, then join the group (subscribe); rebalance callbacks then
+        run inside polls. Raises ClusterIdError, naming the brokers, when the id cannot be
+        read (nothing is consumed then)."""
+        ...
+
+    @property
+    def cluster_id(self) -> str | None:
+        """The Kafka cluster id from the broker metadata; known once open() returned."""
+        ...
+
+    async def poll(self, request: PollRequest) -> Polled: ...
+
+    async def aclose(self) -> None: ...
+
+
+class RebalanceHooks(Protocol):
+    """The pipeline's side of a rebalance (outlet/pipeline.py)."""
+
+    def assigned(self, partitions: set[int], committed: dict[int, int]) -> None:
+        """Partitions assigned; `committed` = their committed offsets (next to read)."""
+        ...
+
+    async def revoking(self, partitions: set[int], barrier: Barrier) -> dict[int, int]:
+        """Partitions about to go: wait (bounded) for the barrier and their batches;
+        returns the offsets to commit before they go."""
+        ...
+
+    def revoked(self, partitions: set[int]) -> None: ...
+
+
+class Outbox:
+    """Chunks and barriers in the order they were read, on their way to the batcher."""
+
+    def __init__(self, emptied: Notifier) -> None:
+        self._items: deque[Chunk] = deque()
+        self._added = Notifier()
+        self._emptied = emptied
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: Chunk) -> None:
+        self._items.append(item)
+        self._added.notify()
+
+    async def forward(self, send: trio.MemorySendChannel[Chunk]) -> None:
+        """Hand every item over, in order, until cancelled."""
+        while True:
+            while not self._items:
+                await self._added.wait()
+            item = self._items[0]  # stays counted as held until the channel took it
+            await send.send(item)
+            if self._items and self._items[0] is item:  # (not dropped meanwhile)
+                self._items.popleft()
+            if not self._items:
+                self._emptied.notify()
+
+    def drop(self) -> None:
+        """Forget what was not handed over (stopping); barriers are released."""
+        for item in self._items:
+            if isinstance(item, Barrier):
+                item.sealed.set()
+        self._items.clear()
+        self._emptied.notify()
 
 
 class KafkaInput:
-    """Consumes the flows topic and sends chunks to a bounded channel."""
+    """Consumes the flows topic and hands chunks to a bounded channel, in order."""
 
     def __init__(
         self,
         cfg: KafkaConfig,
         metrics: Metrics,
-        on_assign: AssignCallback | None = None,
-        on_revoke: AssignCallback | None = None,
+        source: RecordSource,
+        hooks: RebalanceHooks,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
-        self._on_assign = on_assign
-        self._on_revoke = on_revoke
-        self.assigned: set[int] = set()
+        self._source = source
+        self._hooks = hooks
+        self.owned: set[int] = set()  # partitions assigned to us
         self.ever_assigned = False
-        self.committed_at_assign: dict[int, int] = {}
-        self._consumer = Consumer(consumer_settings(cfg), logger=logging.getLogger("librdkafka"))
-        self._consumer.subscribe([cfg.topic], on_assign=self._assign_cb, on_revoke=self._revoke_cb)
-        # Every librdkafka call happens in the consume worker thread: calling the consumer
-        # from the Trio thread can block it behind a rebalance callback (a deadlock seen
-        # in the kafka-partition scenario). Pause state and lag are applied from there.
-        self._want_paused = False
-        self._paused = False
         self.committed: dict[int, int] = {}  # next offsets we committed, per partition
-        self._last_lag = 0.0
+        self._wake = Notifier()  # the outbox emptied, or a commit waits to be issued
+        self._outbox = Outbox(emptied=self._wake)
+        self._commits: list[CommitRequest] = []
+        self._paused = False
+        self._blocked_since: float | None = None
+        self._stopping = False
+        self._forward_scope = trio.CancelScope()
 
-    # librdkafka calls these from inside consume(), i.e. in our worker thread.
-    def _assign_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        parts = {tp.partition for tp in partitions}
-        try:
-            committed = consumer.committed(partitions, timeout=10)
-            for tp in committed:
-                if tp.offset != OFFSET_INVALID and tp.offset >= 0:
-                    self.committed_at_assign[tp.partition] = tp.offset
-                else:
-                    self.committed_at_assign.pop(tp.partition, None)
-        except KafkaException as exc:
-            log.warning("could not read committed offsets on assignment: %s", exc)
-        self.assigned |= parts
-        self.ever_assigned = True
-        if self._paused:
-            consumer.pause(partitions)
-        log.info("kafka: assigned partitions %s", sorted(parts))
-        if self._on_assign is not None:
-            self._on_assign(parts)
+    async def open(self) -> None:
+        """Raises ClusterIdError when the cluster id cannot be read (see RecordSource)."""
+        await self._source.open(self)
 
-    def _revoke_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        parts = {tp.partition for tp in partitions}
-        log.info("kafka: revoking partitions %s", sorted(parts))
-        if self._on_revoke is not None:
-            # Still assigned here: the pipeline settles and commits what it read from
-            # these partitions before the next owner starts from the committed offsets.
-            self._on_revoke(parts)
-        self.assigned -= parts
+    @property
+    def cluster_id(self) -> str | None:
+        return self._source.cluster_id
 
-    def cluster_id(self, timeout: float | None = None) -> str:
-        """The cluster id from the broker metadata. Blocking: call it before consuming.
+    async def aclose(self) -> None:
+        await self._source.aclose()
 
-        Raises ClusterIdError, naming the brokers, when no broker answers within `timeout`
-        (default CLUSTER_ID_TIMEOUT) or the brokers report no id (Kafka before 0.10.1,
-        some Kafka-compatible services).
+    # -- the pipeline's calls -------------------------------------------------------------
+    async def commit(self, offsets: Mapping[int, int]) -> None:
+        """Commit next-offsets of owned partitions (skipping unchanged ones).
+
+        Issued by the poll task's next poll; raises KafkaCommitError if the broker
+        refused it or did not answer within COMMIT_ANSWER_TIMEOUT (the caller retries).
         """
-        timeout = CLUSTER_ID_TIMEOUT if timeout is None else timeout
-        brokers = ",".join(self.cfg.brokers)
-        try:
-            metadata = self._consumer.list_topics(timeout=timeout)
-        except KafkaException as exc:
-            raise ClusterIdError(
-                f"cannot read the Kafka cluster id from kafka.brokers {brokers} within "
-                f"{timeout:g} s ({exc.args[0] if exc.args else exc}); the outlet scopes its "
-                "deduplication tokens with it and does not start without it"
-            ) from None
-        cluster_id = metadata.cluster_id
-        if not cluster_id:
-            raise ClusterIdError(
-                f"the Kafka brokers {brokers} report no cluster id (Kafka older than 0.10.1, "
-                "or a Kafka-compatible service without one); the outlet scopes its "
-                "deduplication tokens with it and does not start without it"
-            )
-        return str(cluster_id)
-
-    def _apply_pause(self) -> None:
-        if self._want_paused == self._paused:
+        todo = {
+            p: off
+            for p, off in offsets.items()
+            if p in self.owned and self.committed.get(p) != off
+        }
+        if not todo:
             return
-        tps = [TopicPartition(self.cfg.topic, p) for p in sorted(self.assigned)]
-        if tps:
-            if self._want_paused:
-                self._consumer.pause(tps)
-            else:
-                self._consumer.resume(tps)
-        self._paused = self._want_paused
+        request = CommitRequest(todo)
+        self._commits.append(request)
+        self._wake.notify()
+        with trio.move_on_after(COMMIT_ANSWER_TIMEOUT):
+            await request.done.wait()
+        if not request.done.is_set():
+            raise KafkaCommitError(f"no answer within {COMMIT_ANSWER_TIMEOUT:g} s")
+        if request.error is not None:
+            raise KafkaCommitError(request.error)
 
-    def _consume(self, limit: int, timeout: float) -> Chunk:
-        self._apply_pause()
-        now = time.monotonic()
-        if now - self._last_lag >= 1.0:
-            self._last_lag = now
-            self._update_lag()
-        chunk = Chunk()
-        messages = self._consumer.consume(num_messages=limit, timeout=timeout)
-        parts, offs, vals = chunk.partitions, chunk.offsets, chunk.values
-        nbytes = 0
-        for msg in messages:
-            err = msg.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    self.metrics.kafka_errors.labels(err.name()).inc()
-                    log.warning("kafka error: %s", err)
-                continue
-            value = msg.value() or b""
-            parts.append(msg.partition())  # type: ignore[arg-type]
-            offs.append(msg.offset())  # type: ignore[arg-type]
-            vals.append(value)
-            nbytes += len(value)
-        self.metrics.kafka_messages.inc(len(vals))
-        self.metrics.kafka_bytes.inc(nbytes)
-        return chunk
+    def stop(self) -> None:
+        """Stop handing chunks over: the batcher's channel closes (it flushes and ends);
+        what was read and not handed over is dropped (it is past every commit)."""
+        self._stopping = True
+        self._forward_scope.cancel()
+        self._outbox.drop()
 
-    async def run(self, send: trio.MemorySendChannel[Chunk]) -> None:
-        """Consume until cancelled; pause fetching while the pipeline is full."""
+    # -- tasks ------------------------------------------------------------------------------
+    async def run(
+        self,
+        send: trio.MemorySendChannel[Chunk],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Poll and hand over until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._forward, send)
+            task_status.started()
+            await self._poll_loop()
+
+    async def _forward(self, send: trio.MemorySendChannel[Chunk]) -> None:
+        """Until stop(); then the channel closes: the batcher flushes and returns."""
+        async with send:
+            with self._forward_scope:
+                await self._outbox.forward(send)
+
+    async def _poll_loop(self) -> None:
         limit = self.cfg.max_poll_records
         timeout = max(0.05, self.cfg.fetch_max_wait)
-        async with send:
-            while True:
-                chunk = await trio.to_thread.run_sync(self._consume, limit, timeout)
-                if not chunk:
-                    continue
-                await self._hand_over(send, chunk)
+        while True:
+            commits, self._commits = self._commits, []
+            polled = await self._source.poll(
+                PollRequest(limit, timeout, self._paused or self._stopping, commits)
+            )
+            self._answered(polled.answered)
+            if polled.chunk and not self._stopping:
+                self._outbox.put(polled.chunk)
+            await self._wait_for_room()
 
-    async def _hand_over(self, send: trio.MemorySendChannel[Chunk], chunk: Chunk) -> None:
-        with trio.move_on_after(PAUSE_AFTER):
-            await send.send(chunk)
+    async def _wait_for_room(self) -> None:
+        """Backpressure: before the next poll, wait for the outbox to be handed over.
+
+        Polls again without waiting when it is; pauses fetching once it has been held
+        for PAUSE_AFTER; while paused, polls every POLL_WHILE_PAUSED so that rebalance
+        callbacks and commits are still served. Woken early by the outbox emptying or by
+        a commit request.
+        """
+        if not self._outbox or self._stopping:
+            self._blocked_since = None
+            self._set_paused(False)
             return
-        # The pipeline is full (a destination that must not lose data is down or slow):
-        # pause fetching but keep polling so we stay in the consumer group.
-        self._want_paused = True
-        self.metrics.kafka_paused.set(1)
-        log.info("kafka: pipeline full, consumption paused")
-        held = [chunk]
-        try:
-            while held:
-                with trio.move_on_after(1.0):
-                    while held:
-                        await send.send(held[0])
-                        held.pop(0)
-                if held:
-                    extra = await trio.to_thread.run_sync(self._consume, 1000, 0.0)
-                    if extra:
-                        held.append(extra)  # fetched before the pause took effect
-        finally:
-            self._want_paused = False  # the next consume() resumes fetching
-            self.metrics.kafka_paused.set(0)
+        now = trio.current_time()
+        if self._blocked_since is None:
+            self._blocked_since = now
+        deadline = now + POLL_WHILE_PAUSED if self._paused else self._blocked_since + PAUSE_AFTER
+        if not self._commits:
+            with trio.move_on_at(deadline):
+                await self._wake.wait()
+        if not self._outbox:
+            self._blocked_since = None
+            self._set_paused(False)
+        elif trio.current_time() >= self._blocked_since + PAUSE_AFTER:
+            self._set_paused(True)
+
+    def _set_paused(self, paused: bool) -> None:
+        if paused == self._paused:
+            return
+        self._paused = paused
+        self.metrics.kafka_paused.set(int(paused))
+        if paused:
+            log.info("kafka: pipeline full, consumption paused")
+        else:
             log.info("kafka: consumption resumed")
 
-    def commit(self, offsets: dict[int, int], asynchronous: bool = False) -> None:
-        """Commit next-offsets. Synchronous by default (call it through to_thread).
+    def _answered(self, answered: list[CommitRequest]) -> None:
+        for request in answered:
+            if request.error is None:
+                self.metrics.kafka_commits.inc()
+                for p, off in request.offsets.items():
+                    self.committed[p] = off
+                    self.metrics.kafka_committed_offset.labels(str(p)).set(off)
+            elif request.on_revoke:  # lost assignment: the ledger rebuilds instead
+                self.metrics.kafka_errors.labels("commit").inc()
+                log.warning("commit on revoke failed: %s", request.error)
+            request.done.set()
 
-        The rebalance callback commits asynchronously: the request is queued on the
-        coordinator connection ahead of the JoinGroup that follows the callback, so the
-        next owner sees it, and a lost assignment (session timeout, coordinator gone)
-        cannot block the callback and with it the whole consumer.
-        """
-        tps = [
-            TopicPartition(self.cfg.topic, p, off)
-            for p, off in offsets.items()
-            if p in self.assigned
-        ]
-        if not tps:
-            return
-        if asynchronous:
-            self._consumer.commit(offsets=tps, asynchronous=True)
+    # -- SourceHooks: called while a poll runs ------------------------------------------
+    def assigned(self, partitions: set[int], committed: dict[int, int]) -> None:
+        self.owned |= partitions
+        self.ever_assigned = True
+        self._hooks.assigned(partitions, committed)
+
+    async def revoking(self, partitions: set[int]) -> CommitRequest | None:
+        barrier = Barrier(revoked=frozenset(partitions))
+        if self._stopping:
+            barrier.sealed.set()
         else:
-            self._consumer.commit(offsets=tps, asynchronous=False)
-        self.metrics.kafka_commits.inc()
-        for tp in tps:
-            self.committed[tp.partition] = tp.offset
-            self.metrics.kafka_committed_offset.labels(str(tp.partition)).set(tp.offset)
+            self._outbox.put(barrier)
+        offsets = await self._hooks.revoking(partitions, barrier)
+        todo = {
+            p: off
+            for p, off in offsets.items()
+            if p in partitions and self.committed.get(p) != off
+        }
+        return CommitRequest(todo, on_revoke=True) if todo else None
 
-    def _update_lag(self) -> None:
-        """Refresh the consumer-lag gauge from cached high watermarks (consume thread)."""
-        for p in list(self.assigned):
-            try:
-                _, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(self.cfg.topic, p), cached=True
-                )
-            except KafkaException:
-                continue
-            if high is None or high < 0:
-                continue
-            base = self.committed.get(p, self.committed_at_assign.get(p, 0))
-            self.metrics.kafka_lag.labels(str(p)).set(max(0, high - base))
+    def revoked(self, partitions: set[int]) -> None:
+        self.owned -= partitions
+        self._hooks.revoked(partitions)
 
-    def close(self) -> None:
-        self._consumer.close()
+
+class KafkaCommitError(Exception):
+    """The broker refused an offset commit."""

@@ -18,6 +18,12 @@ were sent with the version-1 token of their ranges, and are rebuilt with it.
 
 A torn last line (SIGKILL mid-append) is ignored: that batch had not been inserted
 anywhere yet, because the seal is durable before its first insert starts.
+
+``BatchLedger`` is the interface the sealer (record) and the rebuild planner (pending)
+use; ``LocalLedger`` is that interface over the local file (``Ledger``, blocking I/O in
+worker threads). Another store (issue 12: the sealed ranges kept in Kafka's offset-commit
+metadata, readable by whichever group member gets the partition) implements the same
+three methods.
 """
 
 from __future__ import annotations
@@ -25,11 +31,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import trio
 
 from outlet.tokens import Ranges, make_token_v1, token_cluster_id
+
+RunSync = Callable[..., Awaitable[Any]]  # trio.to_thread.run_sync, or inline in tests
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +56,48 @@ class LedgerEntry:
     token: str
 
 
+# (the batch as sealed: ranges and token, ranges still to rebuild), in seal order
+Pending = list[tuple[LedgerEntry, Ranges]]
+
+
+class BatchLedger(Protocol):
+    """Where the boundaries of sealed batches live until Kafka has their commit."""
+
+    async def record(self, ranges: Ranges, token: str) -> None:
+        """Durably keep a sealed batch; returns before its first insert may start."""
+        ...
+
+    def pending(
+        self,
+        committed: Mapping[int, int],
+        partitions: set[int] | None = None,
+        cluster_id: str | None = None,
+    ) -> Pending:
+        """Batches with records past `committed` (see Ledger.pending)."""
+        ...
+
+    async def compact(self, committed: Mapping[int, int]) -> None:
+        """Forget batches Kafka has committed (may do nothing until it is worth it)."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Ledger:
-    """Append-only record of sealed batches, compacted against committed offsets."""
+    """Append-only record of sealed batches, compacted against committed offsets.
+
+    Thread-safe: the sealer records and the committer compacts from two worker threads;
+    a lock makes each call atomic, so a seal recorded while a compaction rewrites the
+    file is never lost (a lost seal means other batch boundaries after a crash, hence
+    duplicates).
+    """
 
     def __init__(self, directory: Path, topic: str, group: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         safe = f"{group}-{topic}".replace("/", "_")
         self.path = directory / f"ledger-{safe}.jsonl"
         self.topic = topic
+        self._lock = threading.Lock()
         self._lines = 0
         self._entries: list[LedgerEntry] = self._read()
         self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for appends
@@ -64,7 +110,7 @@ class Ledger:
             for raw in f:
                 try:
                     entry = self._parse(json.loads(raw))
-                except (ValueError, KeyError, TypeError, IndexError):
+                except (ValueError, KeyError, TypeError, IndexError, AttributeError):
                     log.warning("ledger %s: ignoring a torn or corrupt line", self.path)
                     continue
                 entries.append(entry)
@@ -84,10 +130,10 @@ class Ledger:
 
     def pending(
         self,
-        committed: dict[int, int],
+        committed: Mapping[int, int],
         partitions: set[int] | None = None,
         cluster_id: str | None = None,
-    ) -> list[tuple[LedgerEntry, Ranges]]:
+    ) -> Pending:
         """Recorded batches with records not yet committed, in seal order.
 
         Returns (entry, ranges still to rebuild) pairs. Part of a batch can be committed
@@ -99,9 +145,11 @@ class Ledger:
         another id: a re-created cluster, whose offsets hold other records) are left out:
         rebuilt under their old tokens, different flows would be dropped as duplicates.
         """
-        plans: list[tuple[LedgerEntry, Ranges]] = []
+        plans: Pending = []
         foreign = 0
-        for entry in self._entries:
+        with self._lock:
+            entries = list(self._entries)
+        for entry in entries:
             sealed_on = token_cluster_id(entry.token)
             if cluster_id is not None and sealed_on is not None and sealed_on != cluster_id:
                 foreign += 1
@@ -123,16 +171,20 @@ class Ledger:
     def record(self, ranges: Ranges, token: str) -> None:
         """Durably append a sealed batch before it is inserted anywhere."""
         entry = LedgerEntry(dict(ranges), token)
-        self._file.write(_line(entry))
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._entries.append(entry)
-        self._lines += 1
+        with self._lock:
+            self._file.write(_line(entry))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._entries.append(entry)
+            self._lines += 1
 
-    def compact(self, committed: dict[int, int]) -> None:
+    def compact(self, committed: Mapping[int, int]) -> None:
         """Drop batches fully below the committed offsets (atomic rewrite)."""
-        if self._lines < COMPACT_AFTER_LINES:
-            return
+        with self._lock:
+            if self._lines >= COMPACT_AFTER_LINES:
+                self._rewrite(committed)
+
+    def _rewrite(self, committed: Mapping[int, int]) -> None:
         keep = [
             e
             for e in self._entries
@@ -151,9 +203,35 @@ class Ledger:
         self._lines = len(keep)
 
     def close(self) -> None:
-        self._file.close()
+        with self._lock:
+            self._file.close()
 
 
 def _line(entry: LedgerEntry) -> bytes:
     ranges = {str(p): list(r) for p, r in entry.ranges.items()}
     return json.dumps({"ranges": ranges, "token": entry.token}).encode() + b"\n"
+
+
+class LocalLedger:
+    """BatchLedger over the local file: its blocking calls run in worker threads."""
+
+    def __init__(self, ledger: Ledger, run_sync: RunSync = trio.to_thread.run_sync) -> None:
+        self.ledger = ledger
+        self._run_sync = run_sync
+
+    async def record(self, ranges: Ranges, token: str) -> None:
+        await self._run_sync(self.ledger.record, ranges, token)
+
+    def pending(
+        self,
+        committed: Mapping[int, int],
+        partitions: set[int] | None = None,
+        cluster_id: str | None = None,
+    ) -> Pending:
+        return self.ledger.pending(committed, partitions, cluster_id)
+
+    async def compact(self, committed: Mapping[int, int]) -> None:
+        await self._run_sync(self.ledger.compact, dict(committed))
+
+    def close(self) -> None:
+        self.ledger.close()

@@ -1,12 +1,14 @@
 """Every metric the outlet exports, in one place (names are part of our interface).
 
 Each outlet instance owns a registry so that tests can run several outlets in one
-process without their counters bleeding into each other.
+process without their counters bleeding into each other. The registry also carries the
+standard ``process_*`` metrics (CPU, memory): CPU per flow is the outlet's capacity signal
+(docs/operations.md).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 PREFIX = "outlet"
 
@@ -33,6 +35,7 @@ DECODE_ERRORS_TOTAL = "outlet_decode_errors_total"
 BATCH_SIZE_FLOWS = "outlet_batch_size_flows"
 BATCHES_SEALED_TOTAL = "outlet_batches_sealed_total"
 ENCODE_SECONDS = "outlet_encode_seconds"
+CODEC_ERRORS_TOTAL = "outlet_codec_errors_total"
 # destinations
 DESTINATION_FLOWS_WRITTEN_TOTAL = "outlet_destination_flows_written_total"
 DESTINATION_BATCHES_WRITTEN_TOTAL = "outlet_destination_batches_written_total"
@@ -54,6 +57,7 @@ DESTINATION_DEDUPLICATION_UNVERIFIED_BATCHES_TOTAL = (
 # spool and circuit breaker (additional destinations)
 SPOOL_BYTES = "outlet_spool_bytes"
 SPOOL_BATCHES = "outlet_spool_batches"
+SPOOL_MAX_BYTES = "outlet_spool_max_bytes"
 SPOOL_OLDEST_AGE_SECONDS = "outlet_spool_oldest_age_seconds"
 SPOOL_APPENDED_FLOWS_TOTAL = "outlet_spool_appended_flows_total"
 SPOOL_APPENDED_BATCHES_TOTAL = "outlet_spool_appended_batches_total"
@@ -77,6 +81,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
         # configuration from an orchestrator: see enable_config_refresh
         self.config_last_refresh: Gauge | None = None
         self.config_refresh_errors: Counter | None = None
@@ -126,6 +131,13 @@ class Metrics:
         )
         self.batches_sealed = Counter(
             BATCHES_SEALED_TOTAL, "Sealed batches by trigger.", ["reason"], registry=r
+        )
+        self.codec_errors = Counter(
+            CODEC_ERRORS_TOTAL,
+            "Codec (engine) failures on a batch, by outcome: retried, or quarantined "
+            "(the batch's records skipped, counted in decode_errors{reason=quarantined}).",
+            ["outcome"],
+            registry=r,
         )
         self.encode_seconds = Histogram(
             ENCODE_SECONDS,
@@ -217,6 +229,9 @@ class Metrics:
         # spool and circuit breaker (additional destinations)
         self.spool_bytes = Gauge(
             SPOOL_BYTES, "Bytes of batches waiting in the on-disk spool.", d, registry=r
+        )
+        self.spool_max_bytes = Gauge(
+            SPOOL_MAX_BYTES, "Configured spool capacity (spool.max-bytes).", d, registry=r
         )
         self.spool_batches = Gauge(
             SPOOL_BATCHES, "Batches waiting in the on-disk spool.", d, registry=r

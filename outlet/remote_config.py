@@ -255,7 +255,7 @@ async def load_at_startup(
     """(configuration, from_cache). Raises StartupAborted on a permanent failure."""
     import trio  # local, as below: the command line parses without Trio or the ClickHouse client
 
-    from outlet.destination import backoff_delay
+    from outlet.retry import backoff_delay
 
     cached = remote.load_cache()
     started = trio.current_time()

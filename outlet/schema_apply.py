@@ -13,7 +13,7 @@ from typing import Any
 
 from outlet import schema
 from outlet.config import OutletConfig
-from outlet.destination import ClickHouseWriter
+from outlet.writer import ClickHouseWriter
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from teststack import prometheus as prom
 from teststack import stack as stk
 
 
@@ -67,6 +68,15 @@ def multi_dc_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stk.Mul
     finally:
         leftovers = stk.stop_stack(sdir)
         assert not leftovers, f"could not stop: {leftovers}"
+
+
+@pytest.fixture(scope="session")
+def prometheus(stack: stk.Endpoints) -> prom.Prometheus:
+    """The session stack's Prometheus (teststack/prometheus.py), stopped with the stack."""
+    try:
+        return prom.start(stack.stack_dir)
+    except stk.StackError as e:
+        pytest.fail(f"prometheus start failed: {e}\n{e.log_tail(20)}", pytrace=False)
 
 
 @pytest.fixture(autouse=True)

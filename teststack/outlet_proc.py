@@ -22,6 +22,7 @@ import yaml
 
 from outlet.config import PRIMARY_NAME
 from teststack.chserver_proc import free_port as free_port  # re-exported for the harnesses
+from teststack.prometheus import ScrapeTargets
 from teststack.promtext import Scrape, metric_value, parse_metrics
 from teststack.stack import Endpoints
 
@@ -50,9 +51,10 @@ def outlet_config(
     database: str = "flows",
     additional_extra: dict[str, Any] | None = None,
     grace_period: str = "30s",
-    compression: str = "none",
+    compression: str | None = None,
 ) -> dict[str, Any]:
-    """An outlet config dict: the first destination is the primary."""
+    """An outlet config dict: the first destination is the primary. ``compression``
+    None keeps the outlet's default (``clickhouse.compression``)."""
 
     def connection(name: str, max_retries: int) -> dict[str, Any]:
         ch = ep.clickhouse[name]
@@ -80,7 +82,7 @@ def outlet_config(
             "maximum-batch-size": batch_size,
             "maximum-wait-time": wait_time,
             "grace-period": grace_period,
-            "compression": compression,
+            **({"compression": compression} if compression is not None else {}),
         },
         "http": {"listen": f"127.0.0.1:{http_port}"},
         "state": {"path": state_path},
@@ -115,6 +117,9 @@ class OutletProcess:
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     env: dict[str, str] = field(default_factory=dict)
+    # The stack's Prometheus scrapes the outlet while it runs: registered on start, removed
+    # on a graceful stop, kept on a kill (a crash is what OutletDown is for).
+    scrape_targets: ScrapeTargets | None = None
 
     @property
     def config_path(self) -> Path:
@@ -146,6 +151,8 @@ class OutletProcess:
         log.close()
         if wait_ready:
             self.wait_http(timeout)
+        if self.scrape_targets is not None:
+            self.scrape_targets.add(self.name, str(self.config["http"]["listen"]))
 
     def wait_http(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -196,6 +203,8 @@ class OutletProcess:
 
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM and wait: the graceful case. Returns the exit code."""
+        if self.scrape_targets is not None:
+            self.scrape_targets.remove(self.name)
         if self.proc is None:
             return 0
         if self.proc.poll() is None:

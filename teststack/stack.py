@@ -1160,6 +1160,8 @@ def stack_status(stack_dir: str | os.PathLike[str] = ".stack") -> list[Component
                     rec.ports["proxied"] = ch["proxied_port"]
                 for dc, port in (ch.get("proxied_ports") or {}).items():
                     rec.ports[f"proxied-{dc}"] = port
+            else:  # optional components (teststack/prometheus.py): their ports answer
+                healthy = bool(rec.ports) and all(port_open(p) for p in rec.ports.values())
         result.append(ComponentStatus(name, rec.pid, alive, rec.ports, healthy, detail))
     return result
 

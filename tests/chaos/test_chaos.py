@@ -349,7 +349,8 @@ CI_SCENARIOS = [
 @pytest.mark.stack
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(("name", "scale"), CI_SCENARIOS, ids=[n for n, _ in CI_SCENARIOS])
-def test_scenario_end_to_end(stack: Any, tmp_path: Path, name: str, scale: float) -> None:
+def test_scenario_end_to_end(stack: Any, prometheus: Any, tmp_path: Path, name: str,
+                             scale: float) -> None:
     from chaos.runner import run_scenario
 
     sc = load_scenario(name).scaled(scale)
@@ -369,8 +370,43 @@ def test_scenario_end_to_end(stack: Any, tmp_path: Path, name: str, scale: float
             k.startswith(names.DESTINATION_INSERT_ERRORS_TOTAL) and "azure" in k and v > 0
             for k, v in data["metrics"].items()
         )
-    assert yaml.safe_load((report / "outlet" / "outlet.yaml").read_text())["kafka"]["topic"] \
-        == data["info"]["topic"]
+    outlet_cfg = yaml.safe_load((report / "outlet" / "outlet.yaml").read_text())
+    assert outlet_cfg["kafka"]["topic"] == data["info"]["topic"]
+    observed = data["info"]["alerts"]  # every CI scenario records its alert timeline
+    assert observed["run"] == data["info"]["topic"]
+    if name == "azure-partition":
+        # `alerts:` in the scenario: the additional-destination alert fired and resolved
+        checks = {c["name"]: c for c in data["checks"]}
+        fired = 'alert OutletAdditionalDestinationDown{destination="azure"} fires'
+        assert checks[fired]["passed"] and checks["no other alert fires"]["passed"]
+        assert "| OutletAdditionalDestinationDown |" in (report / "report.md").read_text()
+        print("alert timeline:", json.dumps(observed["timeline"]))
+        _dashboard_returns_data(prometheus, observed, outlet_cfg["http"]["listen"])
+
+
+def _dashboard_returns_data(prometheus: Any, observed: dict[str, Any], instance: str) -> None:
+    """Every dashboard query parses and returns data for this run's outlet."""
+    import re
+
+    from chaos.scenario import known_metric_names
+    from tests.deploy.conftest import NOT_YET_EXPORTED, ORCHESTRATOR_ONLY, metric_names
+    from tests.deploy.dashboard import evaluate, variable_values
+
+    # Grafana escapes regex characters of a variable's value for PromQL's strings
+    instance_re = re.escape(instance).replace("\\", "\\\\")
+    offered = variable_values(prometheus, {"datacenter": "dc1"})
+    assert "dc1" in offered["datacenter"] and instance in offered["instance"], offered
+    results = evaluate(prometheus, {"datacenter": "dc1", "instance": instance_re},
+                       observed["start"], observed["end"])
+    absent = NOT_YET_EXPORTED | ORCHESTRATOR_ONLY
+    assert not absent & (known_metric_names() or set()) - ORCHESTRATOR_ONLY
+    for r in results:
+        print(f"dashboard: {r.series:3d} series {r.points:5d} points  {r.where}")
+    assert not [r for r in results if r.error], [(r.where, r.error) for r in results if r.error]
+    empty = [r.where for r in results if not r.points and not metric_names(r.expr) & absent]
+    assert not empty, f"panels without data: {empty}"
+    # what the outlet does not export here must really be absent (not a broken query)
+    assert all(not r.points for r in results if metric_names(r.expr) & absent)
 
 
 # `make test` runs one multi-dc scenario (the others join `make chaos-all`): datacenter a's

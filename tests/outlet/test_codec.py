@@ -50,8 +50,8 @@ from outlet.config import (
     NetworkInfo,
     Secret,
 )
-from outlet.destination import ClickHouseWriter
 from outlet.pb.flow_pb2 import FlowMessage
+from outlet.writer import ClickHouseWriter
 from teststack.chserver_proc import start_chserver
 
 NOW = 1_800_000_000

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
+import trio.testing
 
+import outlet.ledger
 from outlet.batch import BatchBuilder
 from outlet.commit import CommitTracker
 from outlet.ledger import Ledger, LedgerEntry
@@ -97,6 +103,34 @@ def test_pending_in_and_revoked_partitions() -> None:
     assert t.committable() == {0: 10}
 
 
+async def test_waits_are_driven_by_settlement(autojump_clock: trio.testing.MockClock) -> None:
+    t = CommitTracker()
+    t.register(1, {0: (0, 9)}, 10, DESTS)
+    t.register(2, {1: (0, 9)}, 0, DESTS, sealed=False)  # a rebuild not sealed yet
+    done: list[str] = []
+
+    async def wait(name: str, partitions: set[int] | None) -> None:
+        await t.wait_settled(partitions)
+        done.append(name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait, "all sealed", None)
+        nursery.start_soon(wait, "partition 1", {1})
+        await trio.sleep(1)
+        assert done == []
+        t.settle(1, "primary")
+        t.settle(1, "azure")
+        await trio.testing.wait_all_tasks_blocked()
+        assert done == ["all sealed"], "shutdown does not wait for an unsealed rebuild"
+        assert await t.wait_moved(0) == 1
+        t.register(2, {1: (0, 9)}, 10, DESTS)  # sealed now
+        assert t.in_flight()
+        t.settle(2, "primary")
+        t.settle(2, "azure")
+    assert done == ["all sealed", "partition 1"]
+    assert t.committable() == {0: 10, 1: 10}
+
+
 def test_ledger_survives_restart_and_torn_line(tmp_path: Path) -> None:
     led = Ledger(tmp_path, "flows", "g")
     first, second = {0: (0, 9), 1: (0, 4)}, {0: (10, 19)}
@@ -135,8 +169,6 @@ def test_ledger_written_by_an_older_outlet_keeps_its_tokens(tmp_path: Path) -> N
 
 def test_ledger_compaction_keeps_every_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                              ) -> None:
-    import outlet.ledger
-
     monkeypatch.setattr(outlet.ledger, "COMPACT_AFTER_LINES", 2)
     path = Ledger(tmp_path, "flows", "g").path
     path.write_text('{"ranges": {"0": [0, 9]}}\n{"ranges": {"0": [10, 19]}}\n')
@@ -157,13 +189,13 @@ def test_no_cluster_id_no_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     import logging
     import socket
 
-    import outlet.kafka_input
+    import outlet.kafka_client
     from outlet.cli import main
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setattr(outlet.kafka_input, "CLUSTER_ID_TIMEOUT", 1.0)
+    monkeypatch.setattr(outlet.kafka_client, "CLUSTER_ID_TIMEOUT", 1.0)
     config = tmp_path / "outlet.yaml"
     config.write_text(f"kafka: {{brokers: ['127.0.0.1:{port}']}}\n"
                       f"state: {{path: '{tmp_path / 'state'}'}}\nhttp: {{listen: '127.0.0.1:0'}}\n")
@@ -197,3 +229,42 @@ def test_batches_of_another_cluster_are_not_rebuilt(tmp_path: Path) -> None:
     assert token_cluster_id(make_token(writer_identity("a/b", "x"), "t", {0: (1, 1)})) == "a/b"
     assert token_cluster_id("flows/0:1-2") is None
     again.close()
+
+
+def test_ledger_record_racing_compact_loses_no_seal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sealer records and the committer compacts from two worker threads. Without a
+    lock, a seal appended while compaction rewrites the file went to the replaced file
+    and out of memory (or failed with "write to closed file"): other boundaries after a
+    crash, hence duplicates."""
+    monkeypatch.setattr(outlet.ledger, "COMPACT_AFTER_LINES", 2)
+    led = Ledger(tmp_path, "flows", "g")
+    led.record({0: (0, 9)}, "t1")
+    led.record({0: (10, 19)}, "t2")
+    in_compact, release = threading.Event(), threading.Event()
+    real_replace = os.replace
+
+    def slow_replace(src: Any, dst: Any) -> None:
+        in_compact.set()
+        release.wait(5)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", slow_replace)
+    compact = threading.Thread(target=led.compact, args=({0: 10},))
+    compact.start()
+    assert in_compact.wait(5)
+    record = threading.Thread(target=led.record, args=({0: (20, 29)}, "t3"))
+    record.start()
+    record.join(0.3)  # an unsynchronised record would finish inside the compaction here
+    release.set()
+    compact.join(5)
+    record.join(5)
+    monkeypatch.setattr(os, "replace", real_replace)
+    expected = [
+        (LedgerEntry({0: (10, 19)}, "t2"), {0: (10, 19)}),
+        (LedgerEntry({0: (20, 29)}, "t3"), {0: (20, 29)}),
+    ]
+    assert led.pending({0: 10}) == expected, "the seal recorded during compaction is lost"
+    led.close()
+    assert Ledger(tmp_path, "flows", "g").pending({0: 10}) == expected

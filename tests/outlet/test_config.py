@@ -566,7 +566,7 @@ def test_redacted_dump_is_normalized_and_round_trips() -> None:
         "maximum-batch-size": 50000,
         "maximum-wait-time": "5s",
         "grace-period": "1m",
-        "compression": "none",
+        "compression": "lz4",
         "maximum-flows-per-record": 1000,
     }
     assert d["kafka"]["fetch-max-wait"] == "100ms"

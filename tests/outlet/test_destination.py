@@ -1,10 +1,10 @@
 """A destination's writer, probe and deduplication audit, in-process against a fake server.
 
-The fake stands in for ClickHouse behind `ClickHouseWriter` (inserts with tokens, a
-deduplication log, the part and query logs the audit reads, a link that can be cut);
-Trio's mock clock makes the circuit breaker's seconds pass instantly (it jumps once every
-task has waited 5 ms of real time, so calls running in worker threads finish first). The same
-behaviour is proven against the real stack by the multi-datacenter chaos scenarios.
+The fake stands in for ClickHouse behind the ``Writer`` interface (inserts with tokens, a
+deduplication log, the part and query logs the audit reads, a link that can be cut); the
+spool is the real one (its disk calls inline), and Trio's mock clock makes the circuit
+breaker's seconds pass instantly. The same behaviour is proven against the real stack by
+the multi-datacenter chaos scenarios.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import pytest
 import trio
 import trio.testing
 
-from outlet import destination as dest_mod
 from outlet.batch import EncodedJob
 from outlet.config import (
     BatchConfig,
@@ -27,8 +26,12 @@ from outlet.config import (
     DestinationConfig,
     SpoolConfig,
 )
-from outlet.destination import Destination, InsertResult
+from outlet.destination import Destination
+from outlet.fallback import SpoolLane
 from outlet.metrics import Metrics
+from outlet.spool import Spool
+from outlet.writer import InsertResult
+from tests.outlet.fakes import inline
 
 
 @dataclass
@@ -45,8 +48,7 @@ class FakeServer:
 
     @staticmethod
     def now() -> float:
-        """Trio's (mock) clock, read from the worker thread the writer runs in."""
-        return trio.from_thread.run_sync(trio.current_time)
+        return trio.current_time()
 
     def insert(self, job: EncodedJob) -> InsertResult:
         if not self.up:
@@ -69,29 +71,32 @@ class FakeServer:
         return [(c, *self.log[c]) for c in params["comments"] if c in self.log]
 
 
-def fake_writer(server: FakeServer) -> type:
-    class FakeWriter:
-        def __init__(self, conn: ConnectionConfig, timeout: float | None = None) -> None:
-            self.server = conn.servers[0]
+class FakeWriter:
+    """A Writer of the FakeServer (one per connection, as the pipeline makes them)."""
 
-        def insert(self, job: EncodedJob) -> InsertResult:
-            return server.insert(job)
+    def __init__(self, server: FakeServer) -> None:
+        self._server = server
+        self.server = "http://central:8123"
 
-        def ping(self) -> None:
-            server.pings.append(server.now())
-            if not server.up:
-                raise ConnectionRefusedError("connection refused")
+    async def write(self, job: EncodedJob) -> InsertResult:
+        await trio.lowlevel.checkpoint()
+        return self._server.insert(job)
 
-        def query(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
-            return server.query(sql, parameters)
+    async def ping(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self._server.pings.append(self._server.now())
+        if not self._server.up:
+            raise ConnectionRefusedError("connection refused")
 
-        def redact(self, text: str) -> str:
-            return text
+    async def query(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+        await trio.lowlevel.checkpoint()
+        return self._server.query(sql, parameters)
 
-        def close(self) -> None:
-            pass
+    def redact(self, text: str) -> str:
+        return text
 
-    return FakeWriter
+    async def aclose(self) -> None:
+        pass
 
 
 def destination_config(tmp_path: Path, *, primary: bool = False) -> DestinationConfig:
@@ -117,10 +122,27 @@ def job(seq: int, token: str | None = None, repeat: bool = False) -> EncodedJob:
                       repeat=repeat)
 
 
+def make_destination(
+    cfg: DestinationConfig, server: FakeServer, metrics: Metrics,
+    settled: list[tuple[int, bool]],
+) -> tuple[Destination, Spool]:
+    """As the pipeline builds an additional destination with a spool."""
+
+    def settle(j: EncodedJob, name: str, stored: bool) -> None:
+        settled.append((j.seq, stored))
+
+    spool = Spool(cfg.spool, cfg.name)
+    lane = SpoolLane(cfg, metrics, spool, FakeWriter(server), settle, inline)
+    d = Destination(cfg, metrics, FakeWriter(server), lane, settle,
+                    probe=FakeWriter(server), audit_writer=FakeWriter(server))
+    return d, spool
+
+
 @dataclass
 class Harness:
     server: FakeServer
     dest: Destination
+    spool: Spool
     metrics: Metrics
     settled: list[tuple[int, bool]]
 
@@ -130,23 +152,18 @@ class Harness:
 
 
 @pytest.fixture
-def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Harness:
+def harness(tmp_path: Path) -> Harness:
     server = FakeServer()
-    monkeypatch.setattr(dest_mod, "ClickHouseWriter", fake_writer(server))
     settled: list[tuple[int, bool]] = []
-
-    async def settle(j: EncodedJob, name: str, stored: bool) -> None:
-        settled.append((j.seq, stored))
-
     metrics = Metrics()
-    return Harness(server, Destination(destination_config(tmp_path), metrics, settle), metrics,
-                   settled)
+    d, spool = make_destination(destination_config(tmp_path), server, metrics, settled)
+    return Harness(server, d, spool, metrics, settled)
 
 
 @pytest.fixture
 def clock() -> trio.testing.MockClock:
-    """pytest-trio runs the test on this clock."""
-    return trio.testing.MockClock(autojump_threshold=0.005)
+    """pytest-trio runs the test on this clock (no threads here: jump at once)."""
+    return trio.testing.MockClock(autojump_threshold=0)
 
 
 async def wait_for(predicate: Any, timeout: float = 60.0) -> None:
@@ -166,7 +183,7 @@ async def test_link_back_flows_again_within_the_probe_cap(
             await d.submit(job(i))
         await wait_for(lambda: len(harness.settled) == 3)
         assert harness.settled == [(1, False), (2, False), (3, False)]
-        assert d.spool is not None and d.spool.batches == 3
+        assert harness.spool.batches == 3
         await trio.sleep(60)  # a minute-long outage: cheap probes, no batch
         probes_during_outage = len(server.pings)
         assert 28 <= probes_during_outage <= 33  # 0.5 s, 1 s, then every 2 s
@@ -175,7 +192,7 @@ async def test_link_back_flows_again_within_the_probe_cap(
         server.up = True
         await wait_for(lambda: bool(server.inserts))
         assert server.inserts[0][0] - link_back <= 2.5  # probe cap + one insert
-        await wait_for(lambda: d.spool is not None and d.spool.batches == 0)
+        await wait_for(lambda: harness.spool.batches == 0)
         await d.submit(job(4))  # live traffic flows again
         await wait_for(lambda: server.rows == 400)
         assert len(server.tokens) == 4
@@ -245,8 +262,11 @@ def test_audit_waits_for_every_part_of_an_insert() -> None:
     """part_log rows of one insert can land in two flushes: count only complete inserts."""
     from outlet.dedup_audit import DedupAudit
 
+    async def no_rows(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return []
+
     m = Metrics()
-    audit = DedupAudit("central", "flows", "flows", lambda s, p: [], m, clock=lambda: 0.0)
+    audit = DedupAudit("central", "flows", "flows", no_rows, m, clock=lambda: 0.0)
     audit.note("c1", "tok", 100, "first")
     audit.account([("c1", 0, 40)])  # one of two parts flushed
     assert audit.pending == 1
@@ -282,29 +302,21 @@ async def test_audit_keeps_waiting_while_the_server_is_unreachable(
 
 
 async def test_spooled_batch_of_an_older_outlet_replays_under_its_stored_token(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: trio.testing.MockClock
+    tmp_path: Path, clock: trio.testing.MockClock
 ) -> None:
     """Spool records carry their token: a batch an outlet before token version 2 spooled
     is replayed with that (version-1) token, so a destination that already has it drops it."""
-    from outlet.spool import Spool
-
     cfg = destination_config(tmp_path)
     old = Spool(cfg.spool, cfg.name)
     assert old.append("flows/0:0-99", 100, b"\x01" * 10).accepted
     assert old.append("flows/0:100-199", 100, b"\x01" * 10).accepted
     old.close()
     server = FakeServer(tokens={"flows/0:0-99"})  # stored before the outage ended
-    monkeypatch.setattr(dest_mod, "ClickHouseWriter", fake_writer(server))
     metrics = Metrics()
-
-    async def settle(j: EncodedJob, name: str, stored: bool) -> None:
-        pass
-
-    d = Destination(cfg, metrics, settle)
+    d, spool = make_destination(cfg, server, metrics, [])
     async with trio.open_nursery() as nursery:
         nursery.start_soon(d.run)
-        await wait_for(lambda: d.spool is not None and d.spool.batches == 0
-                       and d.audit.pending == 0)
+        await wait_for(lambda: spool.batches == 0 and d.audit.pending == 0)
         d.close_queue()
     assert [t for _, t in server.inserts] == ["flows/0:0-99", "flows/0:100-199"]
     assert server.rows == 100

@@ -1,0 +1,198 @@
+"""The transport of a destination: one insert of one encoded batch, nothing more.
+
+Retries, circuit breaking and spooling live elsewhere (outlet/retry.py,
+outlet/destination.py, outlet/fallback.py), as in Vector's sinks. ``Writer`` is the
+interface a destination depends on: the ClickHouse writer below in production, fakes in
+the in-process tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import clickhouse_connect
+import trio
+
+from outlet import schema
+from outlet.batch import EncodedJob
+from outlet.config import ConnectionConfig
+from outlet.retry import classify
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    """What one successful insert attempt reported."""
+
+    comment: str  # its log_comment (and query_id): finds it in the server's logs
+    written_rows: int  # X-ClickHouse-Summary: rows sent, deduplicated or not
+
+
+class Writer(Protocol):
+    """Inserts encoded batches into one destination (any server of it)."""
+
+    @property
+    def server(self) -> str:
+        """The server the next insert goes to (for logs)."""
+        ...
+
+    async def write(self, job: EncodedJob) -> InsertResult:
+        """Insert the batch under its deduplication token.
+
+        Raises on failure; outlet/retry.py classifies the exception. The result's
+        ``comment`` names the attempt in the server's logs (outlet/dedup_audit.py).
+        """
+        ...
+
+    async def ping(self) -> None:
+        """A query that costs the server nothing but needs the link and the credentials
+        (the circuit breaker's probe). Raises on failure, as write does."""
+        ...
+
+    async def query(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """A read query's rows (the deduplication audit's)."""
+        ...
+
+    def redact(self, text: str) -> str:
+        """`text` without the destination's secrets (error messages go to logs)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections (also when cancelled)."""
+        ...
+
+
+def _redact(text: str, secret: str) -> str:
+    return text.replace(secret, "******") if secret else text
+
+
+class ClickHouseWriter:
+    """Inserts with clickhouse-connect (blocking, so in a worker thread).
+
+    Several servers mean failover in order: a connection failure moves to the next.
+    """
+
+    def __init__(self, conn: ConnectionConfig) -> None:
+        self.conn = conn
+        self._clients: dict[str, Any] = {}
+        self._current = 0
+
+    @property
+    def server(self) -> str:
+        return self.conn.servers[self._current]
+
+    def redact(self, text: str) -> str:
+        return _redact(text, self.conn.password.reveal())
+
+    def client(self) -> Any:
+        """The client for the current server (created on first use)."""
+        url = self.server
+        client = self._clients.get(url)
+        if client is None:
+            tls = self.conn.tls
+            parsed = urlsplit(url)
+            secure = parsed.scheme == "https"
+            kwargs: dict[str, Any] = {
+                # Explicit host/port/interface: a dsn alone does not select HTTPS.
+                "host": parsed.hostname,
+                "port": parsed.port or (8443 if secure else 8123),
+                "interface": "https" if secure else "http",
+                "secure": secure,
+                "username": self.conn.username,
+                "password": self.conn.password.reveal(),
+                "database": self.conn.database,
+                "connect_timeout": self.conn.dial_timeout,
+                "send_receive_timeout": self.conn.insert_timeout,
+                "compress": False,
+                "autogenerate_session_id": False,
+                "verify": tls.verify,
+            }
+            if tls.ca_file:
+                kwargs["ca_cert"] = tls.ca_file
+            if tls.cert_file:
+                kwargs["client_cert"] = tls.cert_file
+            if tls.key_file:
+                kwargs["client_cert_key"] = tls.key_file
+            client = clickhouse_connect.get_client(**kwargs)
+            self._clients[url] = client
+        return client
+
+    async def write(self, job: EncodedJob) -> InsertResult:
+        return await trio.to_thread.run_sync(self.insert, job, abandon_on_cancel=True)
+
+    async def ping(self) -> None:
+        await trio.to_thread.run_sync(self.ping_sync, abandon_on_cancel=True)
+
+    async def query(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = await trio.to_thread.run_sync(
+            self.query_sync, sql, parameters, abandon_on_cancel=True
+        )
+        return rows
+
+    def insert(self, job: EncodedJob) -> InsertResult:
+        """Insert one encoded batch under its deduplication token (blocking).
+
+        Each attempt gets a unique ``log_comment`` (also its ``query_id``), which finds it
+        in ``system.query_log`` and its parts in ``system.part_log``.
+        """
+        comment = f"outlet-{uuid.uuid4().hex}"
+        summary = self._call(
+            lambda client: client.raw_insert(
+                f"{self.conn.database}.{schema.TABLE}",
+                column_names=schema.COLUMN_NAMES,
+                insert_block=job.native,
+                settings={
+                    **schema.INSERT_SETTINGS,
+                    "insert_deduplication_token": job.token,
+                    "insert_deduplicate": 1,
+                    "log_comment": comment,
+                    "query_id": comment,
+                },
+                fmt="Native",
+                compression=job.compression,
+            )
+        )
+        written = getattr(summary, "written_rows", None)
+        return InsertResult(comment, int(written) if written is not None else job.rows)
+
+    def ping_sync(self) -> None:
+        self._call(lambda client: client.command("SELECT 1"))
+
+    def query_sync(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = self._call(
+            lambda client: client.query(sql, parameters=parameters).result_rows
+        )
+        return rows
+
+    def _call(self, fn: Callable[[Any], Any]) -> Any:
+        try:
+            return fn(self.client())
+        except Exception as exc:
+            failure = classify(exc)
+            if failure.kind in ("connect", "timeout"):
+                self._drop_client()
+                self._current = (self._current + 1) % len(self.conn.servers)
+            raise
+
+    def _drop_client(self) -> None:
+        client = self._clients.pop(self.server, None)
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # closing a broken client must not mask the real error
+                log.debug("closing client failed", exc_info=True)
+
+    def close(self) -> None:
+        for url in list(self._clients):
+            self._current = self.conn.servers.index(url)
+            self._drop_client()
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self.close)

@@ -1,0 +1,84 @@
+"""The Kafka input over a fake librdkafka consumer, in real worker threads.
+
+tests/outlet/kafka_fake.py behaves like librdkafka where it matters here (rebalance
+callbacks and commit answers inside consume(), in the calling thread) and records which
+thread makes every call, so these tests check the thread rule of outlet/kafka_client.py
+and the rebalance barrier across the real thread boundary. Real clock, short waits.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from outlet import metrics as names
+from outlet.kafka_client import KafkaClient
+from outlet.metrics import Metrics
+from outlet.pipeline import Outlet
+from tests.outlet.fakes import World, config
+from tests.outlet.kafka_fake import FakeBroker
+
+
+def outlet_over(broker: FakeBroker, world: World, state: Path) -> Outlet:
+    def source(cfg: Any, metrics: Metrics) -> KafkaClient:
+        return KafkaClient(cfg, metrics, consumer_factory=broker.consumer_factory())
+
+    backends = world.backends(source=source, disk=trio.to_thread.run_sync)
+    return Outlet(config(state, clickhouse={"maximum-wait-time": "200ms"}), backends=backends)
+
+
+@asynccontextmanager
+async def running(outlet: Outlet) -> AsyncIterator[Outlet]:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(outlet.run)
+        yield outlet
+        outlet.request_stop()
+
+
+async def until(cond: Callable[[], bool], timeout: float = 20) -> None:
+    with trio.fail_after(timeout):
+        while not cond():
+            await trio.sleep(0.02)
+
+
+async def test_every_consumer_call_from_one_worker_thread_at_a_time(tmp_path: Path) -> None:
+    broker = FakeBroker(partitions=2)
+    broker.produce(0, 30)
+    broker.produce(1, 12)
+    o = outlet_over(broker, World(), tmp_path)
+    async with running(o):
+        await until(lambda: broker.committed == {0: 30, 1: 12})
+    consumer = broker.consumers[0]
+    assert consumer.closed
+    assert consumer.overlaps == [], "a call was made while another thread was inside"
+    trio_thread = threading.get_ident()
+    assert [name for name, thread in consumer.calls if thread == trio_thread] == []
+    assert any(name == "commit" for name, _ in consumer.calls)
+    assert o.parts is not None and o.parts.kafka.committed == {0: 30, 1: 12}
+
+
+async def test_revoke_under_backpressure_commits_after_the_held_chunks(tmp_path: Path) -> None:
+    broker = FakeBroker(partitions=2)
+    for p in (0, 1):
+        broker.produce(p, 50)
+    w = World()
+    w.primary.stop()
+    o = outlet_over(broker, w, tmp_path)
+    async with running(o):
+        await until(lambda: o.metrics.registry.get_sample_value(names.KAFKA_PAUSED) == 1)
+        broker.revoke({1})
+        consumer = broker.consumers[0]
+        await until(consumer.revoke_started.is_set)
+        await trio.sleep(0.3)  # the callback waits for its barrier behind the held chunks
+        w.primary.start()
+        await until(lambda: 1 not in consumer.assignment and broker.committed.get(0) == 50)
+    revoke_commit = broker.committed[1]
+    p1 = sorted(int(r.split(":")[1]) for r in w.primary.rows if r.startswith("1:"))
+    assert revoke_commit > 0
+    assert p1 == list(range(revoke_commit)), "records past the revoke commit were stored"
+    assert broker.consumers[0].overlaps == []
