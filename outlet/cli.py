@@ -25,7 +25,7 @@ def _load(path: str) -> OutletConfig:
     try:
         return load_config(path)
     except ConfigError as exc:
-        print(f"outlet: invalid configuration {path}:\n{exc}", file=sys.stderr)
+        print(f"outlet: {exc}", file=sys.stderr)  # names the file; never quotes a value
         raise SystemExit(2) from None
     except OSError as exc:
         print(f"outlet: cannot read configuration {path}: {exc.strerror}", file=sys.stderr)

@@ -74,7 +74,8 @@ class Outcomes:
         self.metrics.dest_up.labels(self.name).set(0)
         self.healthy = False
         message = self._writer.redact(failure.message)
-        self.last_error = (message.splitlines() or [""])[0][:300]
+        # /readyz shows this to anyone who reaches the port: the class and the code only.
+        self.last_error = failure.kind + (f" (code {failure.code})" if failure.code else "")
         level = logging.ERROR if not failure.retriable else logging.WARNING
         self._outage.failed(what, failure.kind, attempt, self._writer.server,
                             short_cause(message), level, self.state)

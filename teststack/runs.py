@@ -13,11 +13,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from teststack import stack as stk
 from teststack import verify
-from teststack.outlet_proc import apply_schema, outlet_config
+from teststack.outlet_proc import apply_schema, outlet_config, write_config
 from teststack.stack import Endpoints
 
 
@@ -89,7 +87,6 @@ def prepare_tables(ep: Endpoints, workdir: Path, destinations: Sequence[str], to
     cfg = outlet_config(ep, state_path=str(workdir / "schema-state"), http_port=0,
                         destinations=destinations, proxied=False, topic=topic)
     path = workdir / "schema.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    apply_schema(path)
+    apply_schema(path, write_config(path, cfg))
     for d in destinations:
         verify.reset_table(ep.clickhouse[d])
