@@ -56,7 +56,7 @@ def old_outlet_insert(config: dict[str, Any], workdir: str, topic: str,
     from outlet.batch import EncodedJob
     from outlet.codec import FlowCodec
     from outlet.config import parse_config
-    from outlet.destination import ClickHouseWriter
+    from outlet.writer import ClickHouseWriter
 
     cfg = parse_config(config)
     codec = FlowCodec(cfg.metadata, Path(workdir))
