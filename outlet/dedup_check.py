@@ -170,9 +170,9 @@ class DedupCheck:
         """Whether every server's log holds queries from before `since` (it was not
         rotated past it). A positive answer holds for COVERAGE_REFRESH seconds."""
         now = self._clock()
-        if self._reach is not None and now - self._reach[1] < COVERAGE_REFRESH:
-            if self._reach[0] <= since:
-                return True
+        if (self._reach is not None and now - self._reach[1] < COVERAGE_REFRESH
+                and self._reach[0] <= since):
+            return True
         hosts = {str(r[0]) for r in await self._query(self._hosts_sql, {})}
         rows = await self._query(self._reach_sql, {"since": int(since)})
         reach = {str(r[0]): float(r[1]) for r in rows}

@@ -6,7 +6,8 @@ under trio-asyncio: measured on our machines, `consume(num_messages=...)` with
 `getmany`, and it releases the GIL while it waits, so the Trio loop keeps running.
 
 Thread rule: the consumer is used by one thread at a time, never by the Trio thread.
-``open()`` subscribes (before the poll task starts), every later call happens inside
+``open()`` subscribes (in one worker thread, before the poll task starts), every later
+call happens inside
 ``poll()`` (one worker thread at a time, from the input's poll task: consume, pause and
 resume, watermarks, commits) or inside the rebalance callbacks librdkafka runs from it,
 and ``aclose()`` closes after the poll task ended. Why: a librdkafka call can block behind
@@ -40,14 +41,21 @@ import trio
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
 from outlet.config import KafkaConfig
-from outlet.kafka_input import Chunk, CommitRequest, Polled, PollRequest, SourceHooks
+from outlet.kafka_input import (
+    Chunk,
+    ClusterIdError,
+    CommitRequest,
+    Polled,
+    PollRequest,
+    SourceHooks,
+)
 from outlet.logs import librdkafka_logger
 from outlet.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 LAG_EVERY = 1.0  # seconds between consumer-lag gauge refreshes
-CLUSTER_TIMEOUT = 30.0  # seconds for the brokers to describe the cluster at start-up
+CLUSTER_ID_TIMEOUT = 30.0  # seconds for the brokers to describe the cluster at start-up
 METADATA_CAP = "offset.metadata.max.bytes"
 
 
@@ -99,10 +107,6 @@ class ClusterFacts:
     metadata_max_bytes: int | None  # offset.metadata.max.bytes (None: not readable)
 
 
-class ClusterError(RuntimeError):
-    """The brokers cannot tell what the outlet needs to start (named in the message)."""
-
-
 AdminFactory = Callable[[dict[str, Any]], Any]
 
 
@@ -111,7 +115,7 @@ def describe_cluster(
 ) -> ClusterFacts:
     """The cluster id and the brokers' metadata cap (blocking; before consuming).
 
-    Raises ClusterError naming the brokers when none answers within CLUSTER_TIMEOUT or
+    Raises ClusterIdError naming the brokers when none answers within CLUSTER_ID_TIMEOUT or
     they report no cluster id (Kafka before 0.10.1). The cap is read with DescribeConfigs
     (the smallest over the brokers); without that permission it is None and the outlet
     relies on ``kafka.offset-metadata-max-bytes`` (an over-large value is then reported
@@ -120,15 +124,16 @@ def describe_cluster(
     brokers = ",".join(cfg.brokers)
     admin = admin_factory({**connection_settings(cfg), "logger": librdkafka_logger()})
     try:
-        metadata = admin.list_topics(timeout=CLUSTER_TIMEOUT)
+        metadata = admin.list_topics(timeout=CLUSTER_ID_TIMEOUT)
     except KafkaException as exc:
-        raise ClusterError(
+        raise ClusterIdError(
             f"cannot read the Kafka cluster id from kafka.brokers {brokers} within "
-            f"{CLUSTER_TIMEOUT:g} s ({exc.args[0] if exc.args else exc})"
+            f"{CLUSTER_ID_TIMEOUT:g} s ({exc.args[0] if exc.args else exc}); the outlet scopes "
+            "its deduplication tokens with it and does not start without it"
         ) from None
     cluster_id = metadata.cluster_id
     if not cluster_id:
-        raise ClusterError(
+        raise ClusterIdError(
             f"the Kafka brokers {brokers} report no cluster id (Kafka older than 0.10.1, or a "
             "Kafka-compatible service without one); the outlet scopes its deduplication "
             "tokens with it and does not start without it"
@@ -142,7 +147,7 @@ def _metadata_cap(admin: Any, broker_ids: list[int]) -> int | None:
     caps: list[int] = []
     try:
         for future in admin.describe_configs(resources).values():
-            entry = future.result(timeout=CLUSTER_TIMEOUT).get(METADATA_CAP)
+            entry = future.result(timeout=CLUSTER_ID_TIMEOUT).get(METADATA_CAP)
             if entry is not None and entry.value is not None:
                 caps.append(int(entry.value))
     except Exception as exc:  # no DescribeConfigs permission, old broker

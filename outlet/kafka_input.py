@@ -52,6 +52,12 @@ POLL_WHILE_PAUSED = 0.5  # seconds between polls while paused (rebalances, commi
 COMMIT_ANSWER_TIMEOUT = 30.0  # seconds to wait for the broker's answer to a commit
 
 
+class ClusterIdError(RuntimeError):
+    """The Kafka cluster id (part of every deduplication token) cannot be determined, or
+    the brokers would refuse the ledger's metadata (read at start-up: outlet/kafka_client.py
+    ``describe_cluster``); the outlet does not start."""
+
+
 @dataclass
 class Chunk:
     """Records from one poll, as parallel lists (cheap to build)."""

@@ -23,6 +23,7 @@ upgrade (outlet/ledger.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import signal
@@ -41,15 +42,15 @@ from outlet.committer import Committer
 from outlet.config import ConnectionConfig, DestinationConfig, KafkaConfig, OutletConfig
 from outlet.destination import Destination, Fallback
 from outlet.fallback import GiveUp, SpoolLane
-from outlet.kafka_client import ClusterError, ClusterFacts, KafkaClient, describe_cluster
-from outlet.kafka_input import Chunk, KafkaInput, RecordSource
+from outlet.kafka_client import ClusterFacts, KafkaClient, describe_cluster
+from outlet.kafka_input import Chunk, ClusterIdError, KafkaInput, RecordSource
 from outlet.ledger import LegacyLedger, RunSync
 from outlet.metrics import Metrics
 from outlet.offset_ledger import KafkaLedger
 from outlet.rebuild import plans_for
 from outlet.sealer import BatchEncoder, Encoder, Sealer
 from outlet.spool import Spool
-from outlet.tokens import writer_identity
+from outlet.tokens import WriterIdentity
 from outlet.writer import ClickHouseWriter, Writer
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def check_cluster(cfg: KafkaConfig, facts: ClusterFacts) -> None:
     """Refuse to start when the brokers would refuse our ledger metadata."""
     cap = facts.metadata_max_bytes
     if cap is not None and cap < cfg.offset_metadata_max_bytes:
-        raise ClusterError(
+        raise ClusterIdError(
             f"kafka.offset-metadata-max-bytes is {cfg.offset_metadata_max_bytes} but the "
             f"brokers accept at most {cap} bytes of offset-commit metadata "
             f"(offset.metadata.max.bytes): set kafka.offset-metadata-max-bytes to {cap} or "
@@ -247,15 +248,14 @@ class Outlet:
         Path(cfg.state_path).mkdir(parents=True, exist_ok=True)
         facts = await b.cluster(cfg.kafka)
         check_cluster(cfg.kafka, facts)
-        identity = writer_identity(facts.cluster_id)
-        log.info("deduplication tokens scoped to Kafka cluster %s", facts.cluster_id)
+        identity = self._scope_tokens(facts.cluster_id)
         legacy = LegacyLedger(Path(cfg.state_path), cfg.kafka.topic, cfg.kafka.consumer_group,
                               facts.cluster_id, b.disk)
         encoder = await b.encoder(cfg)
         stack.push_async_callback(encoder.aclose)
         kafka = KafkaInput(cfg.kafka, metrics, b.source(cfg.kafka, metrics))
         stack.push_async_callback(kafka.aclose)
-        ledger = KafkaLedger(cfg.kafka.topic, identity, facts.cluster_id,
+        ledger = KafkaLedger(cfg.kafka.topic, identity.token_identity, facts.cluster_id,
                              cfg.kafka.offset_metadata_max_bytes, kafka, metrics)
         dest_cfgs = cfg.destinations()
         committer = Committer((d.name for d in dest_cfgs), legacy, metrics, ledger.epoch)
@@ -274,12 +274,31 @@ class Outlet:
         channel = trio.open_memory_channel[Chunk](cfg.kafka.queue_size)
         return Parts(kafka, batcher, committer, destinations, channel, ledger)
 
+    def _scope_tokens(self, cluster_id: str) -> WriterIdentity:
+        """Every token names the Kafka cluster (read before the consumer joins the group:
+        the ledger in the commit metadata names it too) and kafka.cluster-identity."""
+        identity = WriterIdentity(alias=self.cfg.kafka.cluster_identity, cluster_id=cluster_id)
+        alias = self.cfg.kafka.cluster_identity
+        log.info(
+            "deduplication tokens scoped to Kafka cluster %s%s (token identity %s)",
+            cluster_id, f" + cluster-identity {alias}" if alias else "",
+            identity.token_identity,
+        )
+        return identity
+
     def _destination(
         self, cfg: DestinationConfig, committer: Committer, stack: contextlib.AsyncExitStack
     ) -> Destination:
         b = self.backends
         writer = b.writer(cfg.connection)
         stack.push_async_callback(writer.aclose)
+        audit_writer = b.writer(cfg.connection)  # the deduplication audit's queries
+        stack.push_async_callback(audit_writer.aclose)
+        probe: Writer | None = None
+        if cfg.connection.max_retries > 0:  # gated: the circuit's probes (SELECT 1)
+            conn = cfg.connection
+            probe = b.writer(dataclasses.replace(conn, insert_timeout=conn.dial_timeout))
+            stack.push_async_callback(probe.aclose)
         fallback: Fallback
         if cfg.spool.enable and cfg.connection.max_retries > 0:
             spool = Spool(cfg.spool, cfg.name)
@@ -289,8 +308,10 @@ class Outlet:
             fallback = SpoolLane(cfg, self.metrics, spool, replay, committer.settled, b.disk)
         else:
             fallback = GiveUp(cfg.name, self.metrics, committer.settled)
-        return Destination(cfg, self.metrics, writer, fallback, committer.settled,
-                           committer.wanted)
+        return Destination(
+            cfg, self.metrics, writer, fallback, committer.settled, committer.wanted,
+            probe=probe, audit_writer=audit_writer,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -34,6 +34,7 @@ sent with, or a destination that stored them would store them twice.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 Ranges = dict[int, tuple[int, int]]  # partition -> (first offset, last offset), inclusive
@@ -48,6 +49,24 @@ def writer_identity(cluster_id: str, alias: str = "") -> str:
         raise ValueError("a Kafka cluster id is required")
     ident = quote(cluster_id, safe="")
     return f"{ident}+{quote(alias, safe='')}" if alias else ident
+
+
+@dataclass
+class WriterIdentity:
+    """Who seals batches: the Kafka cluster (known once connected) and the optional alias.
+
+    The pipeline creates it from ``kafka.cluster-identity`` and sets ``cluster_id`` from
+    the broker metadata before the first record is consumed; no token is made before.
+    """
+
+    alias: str = ""
+    cluster_id: str | None = None
+
+    @property
+    def token_identity(self) -> str:
+        if self.cluster_id is None:
+            raise RuntimeError("the Kafka cluster id is not known yet")
+        return writer_identity(self.cluster_id, self.alias)
 
 
 def _ranges(ranges: Ranges) -> str:

@@ -6,14 +6,67 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
 from outlet.batch import BatchBuilder
 from outlet.commit import CommitTracker
 from outlet.ledger import LegacyLedger
+from outlet.tokens import (
+    make_token,
+    make_token_v1,
+    token_cluster_id,
+    token_version,
+    writer_identity,
+)
 
 DESTS = {"primary", "azure"}
+CLUSTER = "9pPv-rJJSdakfHT0ptqtUQ"  # what Kafka 4's storage tool generates (URL-safe base64)
+ID = writer_identity(CLUSTER)
+
+
+def test_token_is_derived_from_cluster_topic_and_offsets_only() -> None:
+    a = make_token(ID, "flows", {1: (10, 20), 0: (5, 9)})
+    b = make_token(ID, "flows", {0: (5, 9), 1: (10, 20)})
+    assert a == b == f"v2:{CLUSTER}/flows/0:5-9,1:10-20"
+    assert make_token(ID, "flows", {0: (5, 10)}) != make_token(ID, "flows", {0: (5, 9)})
+    assert make_token(ID, "flows", {0: (5, 9)}) != make_token(ID, "flows2", {0: (5, 9)})
+
+
+def test_tokens_of_two_clusters_with_the_same_topic_and_offsets_differ() -> None:
+    """Issue 10: two datacenters, topic `flows` everywhere, the same offsets."""
+    ranges = {0: (0, 49_999)}
+    dc_a = make_token(writer_identity("clusterA"), "flows", ranges)
+    dc_b = make_token(writer_identity("clusterB"), "flows", ranges)
+    assert dc_a != dc_b
+    # clusters restored from one backup share an id: kafka.cluster-identity tells them apart
+    restored_1 = make_token(writer_identity(CLUSTER, "paris"), "flows", ranges)
+    restored_2 = make_token(writer_identity(CLUSTER, "london"), "flows", ranges)
+    assert len({restored_1, restored_2, make_token(ID, "flows", ranges)}) == 3
+    assert restored_1 == f"v2:{CLUSTER}+paris/flows/0:0-49999"
+
+
+def test_identity_escapes_delimiters_so_tokens_cannot_be_confused() -> None:
+    # "a/b" + topic "c" must not read like identity "a" + topic "b/c"
+    t1 = make_token(writer_identity("a/b"), "c", {0: (1, 2)})
+    t2 = make_token(writer_identity("a"), "b", {0: (1, 2)})
+    assert t1 == "v2:a%2Fb/c/0:1-2" and t1 != t2
+    assert writer_identity("x+y", "z") == "x%2By+z"
+    with pytest.raises(ValueError):
+        writer_identity("")
+    with pytest.raises(ValueError):
+        make_token("", "flows", {0: (1, 2)})
+    with pytest.raises(ValueError):
+        make_token(ID, "flows", {})
+
+
+def test_token_versions_are_told_apart() -> None:
+    old = make_token_v1("flows", {1: (10, 20), 0: (5, 9)})
+    assert old == "flows/0:5-9,1:10-20"  # the format before issue 10, unchanged
+    assert token_version(old) == 1
+    assert token_version(make_token(ID, "flows", {0: (5, 9)})) == 2
+    assert token_version(make_token_v1("v2", {0: (5, 9)})) == 1  # a topic named v2
 
 
 def test_batch_builder_extend_tracks_ranges_per_partition() -> None:
@@ -110,3 +163,38 @@ def test_legacy_ledger_is_read_for_the_upgrade_and_goes_once_committed(tmp_path:
 
 async def _inline(fn: Any, *args: Any) -> Any:
     return fn(*args)
+
+
+def test_no_cluster_id_no_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Tokens without the cluster id collide between datacenters: the outlet refuses to
+    start when Kafka cannot tell it, and says which brokers it asked."""
+    import logging
+    import socket
+
+    import outlet.kafka_client
+    from outlet.cli import main
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(outlet.kafka_client, "CLUSTER_ID_TIMEOUT", 1.0)
+    config = tmp_path / "outlet.yaml"
+    config.write_text(f"kafka: {{brokers: ['127.0.0.1:{port}']}}\n"
+                      f"state: {{path: '{tmp_path / 'state'}'}}\nhttp: {{listen: '127.0.0.1:0'}}\n")
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        assert main(["run", "--config", str(config)]) == 1
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert (f"outlet cannot start: cannot read the Kafka cluster id from kafka.brokers "
+            f"127.0.0.1:{port} within 1 s") in err
+
+
+def test_only_the_cluster_id_names_where_a_batch_was_sealed() -> None:
+    # the alias (kafka.cluster-identity) may change: only the cluster id counts
+    assert token_cluster_id(make_token(writer_identity("a/b", "x"), "t", {0: (1, 1)})) == "a/b"
+    assert token_cluster_id("flows/0:1-2") is None
