@@ -164,14 +164,16 @@ class OutletRun:
 def outlet_run(
     stack: stk.Endpoints, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., OutletRun]]:
-    """Factory: `outlet_run(destinations=("local", "azure"), **outlet_config_kwargs)`."""
+    """Factory: `outlet_run(destinations=("local", "azure"), partitions=None (the stack's),
+    **outlet_config_kwargs)`."""
     runs: list[OutletRun] = []
     toxi = stack.toxiproxy.client()
 
-    def make(destinations: tuple[str, ...] = ("local", "azure"), **kwargs: Any) -> OutletRun:
+    def make(destinations: tuple[str, ...] = ("local", "azure"), partitions: int | None = None,
+             **kwargs: Any) -> OutletRun:
         n = next(_counter)
         slug = re.sub(r"[^a-z0-9]", "_", request.node.name.lower())[:40]
-        topic = create_topic(stack, f"t{int(time.time())}_{n}_{slug}")
+        topic = create_topic(stack, f"t{int(time.time())}_{n}_{slug}", partitions)
         database = f"db_{slug}_{n}"
         workdir = tmp_path / f"run{n}"
         workdir.mkdir()

@@ -15,7 +15,7 @@ import pytest
 
 from outlet import metrics as names
 from tests.conftest import OutletRun
-from teststack.kafka import Watermarks
+from teststack.kafka import Watermarks, group_assignment
 from teststack.toxiproxy import Toxiproxy
 
 pytestmark = pytest.mark.stack
@@ -312,3 +312,53 @@ def test_two_outlets_rebalance_without_loss_or_duplicates(outlet_run: RunFactory
         stats = run.stats(name)
         assert (stats.rows, stats.duplicates, stats.bytes_sum) == (300_000, 0, run.bytes_sum), name
     assert first.stop() == 0
+
+
+def test_group_crash_reassign_without_loss_or_duplicates(outlet_run: RunFactory) -> None:
+    """Issue 12's reproduction: three outlets in one consumer group, dual-write, azure
+    slowed (batches stay stored on local and uncommitted), one outlet SIGKILLed mid-stream
+    and never restarted. Its partitions move to the two others, which rebuild the batches
+    it had sealed from the offset-commit metadata, under the same tokens: local drops what
+    the dead process had stored, azure stores what it lacked. On main before issue 12
+    (a local file ledger) the same run stored 359,103 rows on local and 306,603 on azure
+    for 300,000 flows."""
+    n = 300_000
+    run = outlet_run(batch_size=10_000, wait_time="500ms", partitions=6)
+    toxi = Toxiproxy(run.ep.toxiproxy.api, timeout=120)
+    toxi.add_toxic(run.ch("azure").proxy, "latency", {"latency": 300}, name="slow")
+    outlets = [run.outlet(name) for name in ("a", "b", "c")]
+    for o in outlets:
+        o.start()
+    group = run.config["kafka"]["consumer-group"]
+    deadline = time.monotonic() + 60
+    while len(group_assignment(run.ep, group)) < 3:  # every member got partitions
+        assert time.monotonic() < deadline, group_assignment(run.ep, group)
+        time.sleep(0.5)
+    producer = background(lambda: run.produce(n, rate=20_000))
+    victim = outlets[1]
+    deadline = time.monotonic() + 60
+    while victim.metric(names.COMMIT_PENDING_FLOWS) == 0:  # sealed, not committed
+        assert time.monotonic() < deadline, "the victim never had a batch in flight"
+        time.sleep(0.2)
+    time.sleep(2)
+    pending = victim.metric(names.COMMIT_PENDING_FLOWS)
+    victim.kill()  # not restarted: its partitions go to a and c
+    producer.join()
+    survivors = [outlets[0], outlets[2]]
+    deadline = time.monotonic() + 60
+    while sorted(p for m in group_assignment(run.ep, group) for p in m) != list(range(6)) \
+            or len(group_assignment(run.ep, group)) != 2:
+        assert time.monotonic() < deadline, group_assignment(run.ep, group)
+        time.sleep(0.5)
+    toxi.remove_toxic(run.ch("azure").proxy, "slow")
+    for name in ("local", "azure"):
+        assert run.wait_rows(name, n, timeout=180) >= n
+        run.wait_stable(name)
+        stats = run.stats(name)
+        assert (stats.rows, stats.duplicates, stats.bytes_sum) == (n, 0, run.bytes_sum), name
+    rebuilt = sum(o.metric(names.BATCHES_SEALED_TOTAL, reason="rebuild") for o in survivors)
+    print(f"victim had {pending:g} flows pending at SIGKILL; survivors rebuilt {rebuilt:g} "
+          "batches")
+    assert pending > 0 and rebuilt > 0, "the crash must leave batches for the others to rebuild"
+    for o in survivors:
+        assert o.stop() == 0
