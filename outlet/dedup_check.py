@@ -79,6 +79,14 @@ class Outcome(enum.Enum):
     UNKNOWN = "unknown"
 
 
+class Verdict(enum.Enum):
+    """What to do with a batch about to be sent (again): see DedupCheck.verify."""
+
+    SEND = "send"
+    STORED = "stored"  # settle it as stored, without an insert
+    SKIP = "skip"  # give it up: cannot tell, and dedup-check.when-unknown is skip
+
+
 def token_prefix(token: str) -> str:
     """The part of a token every batch of one writer and topic shares (outlet/tokens.py:
     everything before the ranges)."""
@@ -124,10 +132,30 @@ class DedupCheck:
             metrics.dest_dedup_checks.labels(destination, outcome)
 
     def due(self, sealed_at: float, may_be_stored: bool = True) -> bool:
-        """Whether a batch must be looked up before it is sent (again)."""
-        if self.cfg.after <= 0 or not may_be_stored:
+        """Whether a batch must be looked up before it is sent (again). A batch without a
+        seal time (0: a batch of an older outlet's file ledger) is not looked up."""
+        if self.cfg.after <= 0 or not may_be_stored or sealed_at <= 0:
             return False
         return self._clock() - sealed_at >= self.cfg.after
+
+    async def verify(self, token: str, sealed_at: float, may_be_stored: bool) -> Verdict:
+        """Before an attempt: look the batch up if due, count the outcome, say what to do.
+        Raises when the server cannot be reached (a failed attempt: retry it)."""
+        if not self.due(sealed_at, may_be_stored):
+            return Verdict.SEND
+        outcome = await self.check(token, sealed_at)
+        if outcome is Outcome.STORED:
+            self.count(outcome, replayed=False)
+            log.info("destination %s: batch %s, sealed %.0f s ago, is stored already: not "
+                     "sent again", self.destination, token, self._clock() - sealed_at)
+            return Verdict.STORED
+        if outcome is Outcome.UNKNOWN and self.skips_unknown:
+            self.count(outcome, replayed=False)
+            log.warning("destination %s: batch %s given up (cannot tell whether it is stored;"
+                        " dedup-check.when-unknown is skip)", self.destination, token)
+            return Verdict.SKIP
+        self.count(outcome, replayed=True)
+        return Verdict.SEND
 
     async def check(self, token: str, sealed_at: float) -> Outcome:
         """Look the batch up; raises when the server cannot be reached (retry it)."""

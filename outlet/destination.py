@@ -25,6 +25,11 @@ dropped before its next attempt: the partition's next owner rebuilds it from the
 metadata under the same token, and an insert of our copy much later (after a long
 pause of this process) could fall outside the table's deduplication window.
 
+A batch that may be stored already (an earlier attempt had an ambiguous outcome, a
+rebuild, a replay) and was sealed longer ago than ``dedup-check.after`` is looked up in the
+server's query log before it is sent again (outlet/dedup_check.py): the table may have
+forgotten its token by then.
+
 Every destination audits its inserts (outlet/dedup_audit.py, through ``audit_writer``):
 what the server deduplicated is counted by attempt (``first``: a freshly sealed batch,
 logged as a collision; ``repeat``: a retry, rebuild or replay, as intended).
@@ -32,6 +37,7 @@ logged as a collision; ``repeat``: a retry, rebuild or replay, as intended).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -45,6 +51,7 @@ from outlet.batch import EncodedJob
 from outlet.breaker import CircuitBreaker, State
 from outlet.config import DestinationConfig
 from outlet.dedup_audit import DedupAudit
+from outlet.dedup_check import DedupCheck, Verdict
 from outlet.metrics import Metrics
 from outlet.notify import Notifier
 from outlet.outage import OutageLog, short_cause
@@ -110,6 +117,7 @@ class LivePath:
     outcomes: Outcomes
     queued: Callable[[], int]  # batches waiting in the live queue
     audit: DedupAudit  # notes what a replay stored (outlet/dedup_audit.py)
+    dedup: DedupCheck  # looks a late replay up first (outlet/dedup_check.py)
 
 
 class Fallback(Protocol):
@@ -142,9 +150,13 @@ class Destination:
         *,
         probe: Writer | None = None,
         audit_writer: Writer | None = None,
+        check_writer: Writer | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        """`probe` and `audit_writer` are connections of their own (default: `writer`,
-        for fakes; a ClickHouseWriter must not be used by two threads at once)."""
+        """`probe`, `audit_writer` and `check_writer` (the dedup checks' lookups) are
+        connections of their own (default: `writer`, for fakes; a ClickHouseWriter must
+        not be used by two threads at once). `wall_clock`: Unix time, which seal times
+        are in."""
         self.cfg = cfg
         self.name = cfg.name
         self.metrics = metrics
@@ -176,6 +188,8 @@ class Destination:
             clock=trio.current_time, redact=writer.redact,
             reachable=lambda: self.breaker.state is not State.OPEN,
         )
+        self.dedup = DedupCheck(self.name, cfg.connection.dedup_check,
+                                (check_writer or writer).query, metrics, clock=wall_clock)
 
     def _outage_state(self) -> str:
         """What the destination does while down, for the periodic summary."""
@@ -217,7 +231,7 @@ class Destination:
 
     async def run(self) -> None:
         """Insert queued batches until the queue is closed and drained."""
-        live = LivePath(self.breaker, self.outcomes, self._queued, self.audit)
+        live = LivePath(self.breaker, self.outcomes, self._queued, self.audit, self.dedup)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.fallback.run, live)
             nursery.start_soon(self.audit.run)
@@ -245,9 +259,15 @@ class Destination:
                 self.metrics.dest_retries.labels(self.name).inc()
             started = time.perf_counter()
             try:
+                verdict = await self.dedup.verify(job.token, job.sealed_at, job.repeat)
+                if verdict is not Verdict.SEND:
+                    self._settle_unsent(job, verdict)
+                    return
                 result = await self.writer.write(job)
             except Exception as exc:
                 failure = classify(exc)
+                if failure.ambiguous and not job.repeat:  # it may be stored from now on
+                    job = dataclasses.replace(job, repeat=True)
                 self.outcomes.failed(failure, attempt)
                 if not failure.retriable and self._gated:
                     self.breaker.trip()
@@ -267,6 +287,15 @@ class Destination:
             self.audit.note(result.comment, job.token, job.rows, "repeat" if repeat else "first")
             self._settled(job, self.name, True)
             return
+
+    def _settle_unsent(self, job: EncodedJob, verdict: Verdict) -> None:
+        """A batch the dedup check found stored already, or gave up on (unverified)."""
+        if verdict is Verdict.STORED:
+            self._settled(job, self.name, True)
+            return
+        self.metrics.dest_retries_exceeded_batches.labels(self.name, "unverified").inc()
+        self.metrics.dest_retries_exceeded_flows.labels(self.name, "unverified").inc(job.rows)
+        self._settled(job, self.name, False)
 
     async def _probe(self) -> None:
         """While the circuit is open, probe the server cheaply until it answers.

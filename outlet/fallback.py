@@ -15,7 +15,12 @@ Both settle the batch (the commit watermark may pass it: it is handed over, not 
   interval), never a polling loop. While the circuit is open the drain waits for it to
   move: the destination's probes (outlet/destination.py) turn it half-open, and the
   drain's next replay is then the one attempt that closes it. Replays are repeats: what
-  the server deduplicates of them counts as ``attempt="repeat"``.
+  the server deduplicates of them counts as ``attempt="repeat"``. A spooled batch keeps
+  its seal time and whether an attempt may have stored it (the record's AMBIGUOUS flag,
+  set when the live path had such an attempt; a replay of this process with such an
+  outcome, and any record an earlier process left, count as ambiguous too): an ambiguous
+  one sealed longer ago than ``dedup-check.after`` is looked up first
+  (outlet/dedup_check.py), and not sent if it is stored already.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import trio
 
 from outlet.batch import EncodedJob
 from outlet.config import DestinationConfig
+from outlet.dedup_check import Verdict
 from outlet.destination import LivePath, Settled
 from outlet.ledger import RunSync
 from outlet.metrics import Metrics
@@ -40,8 +46,9 @@ log = logging.getLogger(__name__)
 # Why a batch could not be inserted live: given up (no spool) or spooled (spool).
 SPOOL_REASONS = ("retries_exceeded", "queue_full", "permanent_error", "circuit_open")
 # retries_exceeded flows by reason = what a destination lost; spool_full = dropped from a
-# full spool (drop-oldest).
-GIVE_UP_REASONS = (*SPOOL_REASONS, "spool_full")
+# full spool (drop-oldest); unverified = a late resend the dedup check could not clear
+# (dedup-check.when-unknown: skip).
+GIVE_UP_REASONS = (*SPOOL_REASONS, "spool_full", "unverified")
 
 
 def _init_give_up_metrics(metrics: Metrics, name: str) -> None:
@@ -101,6 +108,8 @@ class SpoolLane:
         self._waiting_for_room = 0
         self._corrupt_seen = 0
         self._replay_failures = 0
+        self._opened_at = time.time()  # records appended before: an earlier process's
+        self._tried: set[str] = set()  # tokens whose replay had an ambiguous outcome
         _init_give_up_metrics(metrics, self.name)
         m, name = metrics, self.name
         m.spool_bytes.labels(name).set_function(lambda: spool.bytes)
@@ -127,7 +136,9 @@ class SpoolLane:
         was_empty = spool.batches == 0
         warned = False
         while True:
-            result = await self._run_sync(spool.append, job.token, job.rows, job.native)
+            result = await self._run_sync(
+                spool.append, job.token, job.rows, job.native, job.sealed_at or None, job.repeat
+            )
             if result.accepted:
                 break
             # when-full: block. Hold the batch (no settle) until the drain frees room.
@@ -213,13 +224,22 @@ class SpoolLane:
     async def _replay(self, live: LivePath, batch: SpooledBatch) -> None:
         spool = self.spool
         job = EncodedJob(
-            seq=-1, token=batch.token, native=batch.native, rows=batch.rows, ranges={}, repeat=True
+            seq=-1, token=batch.token, native=batch.native, rows=batch.rows, ranges={},
+            sealed_at=batch.sealed_at, repeat=True,
         )
+        ambiguous = (batch.ambiguous or batch.token in self._tried
+                     or batch.appended_at < self._opened_at)
         started = time.perf_counter()
         try:
+            verdict = await live.dedup.verify(batch.token, batch.sealed_at, ambiguous)
+            if verdict is not Verdict.SEND:
+                await self._settle_unsent(live, batch, verdict)
+                return
             result = await self._writer.write(job)
         except Exception as exc:
             failure = classify(exc)
+            if failure.ambiguous:
+                self._tried.add(batch.token)
             self._replay_failures += 1
             live.outcomes.failed(failure, self._replay_failures, "replay")
             if failure.retriable:
@@ -234,10 +254,27 @@ class SpoolLane:
         self._replay_failures = 0
         live.outcomes.stored(job, time.perf_counter() - started, 1)
         live.audit.note(result.comment, job.token, job.rows, "repeat")
+        await self._acked(batch, replayed=True)
+
+    async def _settle_unsent(self, live: LivePath, batch: SpooledBatch, verdict: Verdict
+                             ) -> None:
+        """The dedup check found the batch stored already, or gave up on it (unverified)."""
+        live.breaker.record_success()  # the server answered
+        self._replay_failures = 0
+        if verdict is Verdict.SKIP:
+            m, name = self.metrics, self.name
+            m.dest_retries_exceeded_batches.labels(name, "unverified").inc()
+            m.dest_retries_exceeded_flows.labels(name, "unverified").inc(batch.rows)
+        await self._acked(batch, replayed=False)
+
+    async def _acked(self, batch: SpooledBatch, replayed: bool) -> None:
+        """The oldest record is done with (stored by the replay, found stored, or given up)."""
+        spool = self.spool
         await self._run_sync(spool.ack_oldest, batch)
-        m = self.metrics
-        m.spool_replayed_batches.labels(self.name).inc()
-        m.spool_replayed_flows.labels(self.name).inc(batch.rows)
+        self._tried.discard(batch.token)
+        if replayed:
+            self.metrics.spool_replayed_batches.labels(self.name).inc()
+            self.metrics.spool_replayed_flows.labels(self.name).inc(batch.rows)
         self._room.notify()
         if spool.batches == 0:
             log.info("destination %s: spool drained", self.name)

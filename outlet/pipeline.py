@@ -294,6 +294,8 @@ class Outlet:
         stack.push_async_callback(writer.aclose)
         audit_writer = b.writer(cfg.connection)  # the deduplication audit's queries
         stack.push_async_callback(audit_writer.aclose)
+        check_writer = b.writer(cfg.connection)  # the dedup checks' lookups (dedup_check.py)
+        stack.push_async_callback(check_writer.aclose)
         probe: Writer | None = None
         if cfg.connection.max_retries > 0:  # gated: the circuit's probes (SELECT 1)
             conn = cfg.connection
@@ -310,7 +312,7 @@ class Outlet:
             fallback = GiveUp(cfg.name, self.metrics, committer.settled)
         return Destination(
             cfg, self.metrics, writer, fallback, committer.settled, committer.wanted,
-            probe=probe, audit_writer=audit_writer,
+            probe=probe, audit_writer=audit_writer, check_writer=check_writer,
         )
 
     # -- lifecycle -------------------------------------------------------------------------
