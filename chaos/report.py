@@ -27,7 +27,7 @@ def actual_windows(result: RunResult) -> list[tuple[float, float | None, str]]:
     """Fault windows from the executed timeline (actual times): a fault starts when its
     action started and ends when the healing action finished; restarts that took time
     (Kafka, ClickHouse, outlet) are windows from start to end."""
-    starts = ("disable_proxy", "add_toxic", "kill_outlet", "stop_outlet")
+    starts = ("disable_proxy", "add_toxic", "kill_outlet", "stop_outlet", "pause_outlet")
     instant = ("restart_clickhouse", "restart_kafka", "restart_outlet")
     acts = [Action(e.started if e.action in starts else e.ended, e.action, dict(e.params),
                    e.label, "") for e in result.events if e.action not in instant]

@@ -26,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import signal
 import threading
 import time
 import traceback
@@ -89,6 +91,7 @@ class Outlet:
         self.carry: dict[str, float] = {}
         self.last: dict[str, float] = {}
         self.exit_codes: list[int] = []
+        self.paused = False
         self._lock = threading.Lock()
 
     def scrape(self) -> dict[str, float] | None:
@@ -134,6 +137,77 @@ class Outlet:
         rc = self.proc.stop(timeout=90)
         self.exit_codes.append(rc)
         return rc
+
+    def pause(self) -> None:
+        """SIGSTOP (a process frozen past its session timeout: a lost assignment)."""
+        self.scrape()
+        with self._lock:
+            self.paused = True
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+        with self._lock:
+            self.paused = False
+
+    def _signal(self, signum: int) -> None:
+        proc = self.proc.proc
+        if proc is None or proc.poll() is not None:
+            raise HarnessError(f"{self.proc.name} is not running")
+        os.killpg(proc.pid, signum)
+
+
+class Group:
+    """The run's outlet processes: one, or the members of one consumer group
+    (``outlet.processes``). Outlet actions address a member (``member: 1..N``, default
+    1); metrics are the sums over the members (counters over their incarnations)."""
+
+    def __init__(self, members: list[Outlet]) -> None:
+        self.members = members
+        self.down: set[int] = set()  # members stopped or killed (1-based)
+
+    def member(self, number: int | None) -> Outlet:
+        return self.members[(number or 1) - 1]
+
+    @property
+    def running(self) -> bool:
+        return not self.down
+
+    def scrape(self) -> dict[str, float] | None:
+        """Every running member's metrics, summed (None: none answered)."""
+        scrapes = [m.scrape() if not m.paused else m.last for m in self.members]
+        answered = [x for x in scrapes if x]
+        return _summed(answered) if answered else None
+
+    def totals(self) -> dict[str, float]:
+        return _summed([m.totals() for m in self.members])
+
+    def start(self) -> None:
+        for m in self.members:
+            m.start()
+
+    def wait_ready(self, timeout: float = 60) -> bool:
+        return all(m.wait_ready(timeout) for m in self.members)
+
+    def stop_all(self) -> list[int | None]:
+        """The final SIGTERM of every member still running (None: it was not); a member
+        left paused by a failed run is resumed first."""
+        for m in self.members:
+            if m.paused and m.proc.alive():
+                m.resume()
+        return [m.stop() if m.proc.alive() else None for m in self.members]
+
+    @property
+    def log_paths(self) -> list[Path]:
+        return [m.proc.log_path for m in self.members]
+
+
+def _summed(scrapes: list[dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for sc in scrapes:
+        for k, v in sc.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -204,14 +278,13 @@ class Run:
     ep: Endpoints
     stack_dir: Path
     report_dir: Path
-    outlet: Outlet
+    outlet: Group
     topic: str
     group: str
     run_id: int
     t0: float = 0.0
     load: LoadThread | None = None
     events: list[Event] = field(default_factory=list)
-    outlet_running: bool = True
 
     # -- timeline ---------------------------------------------------------------------------
     def execute(self, a: Action) -> None:
@@ -228,27 +301,8 @@ class Run:
             tp.disable(a.proxy or "")
         elif name == "enable_proxy":
             tp.enable(a.proxy or "")
-        elif name == "kill_outlet":
-            self.outlet.kill()
-            self.outlet_running = False
-        elif name == "stop_outlet":
-            rc = self.outlet.stop()
-            self.outlet_running = False
-            if rc != 0:
-                raise HarnessError(f"outlet exited with {rc} on SIGTERM")
-        elif name == "start_outlet":
-            self.outlet.start()
-            self.outlet_running = True
-        elif name == "restart_outlet":
-            if p.get("graceful", True):
-                rc = self.outlet.stop()
-                if rc != 0:
-                    raise HarnessError(f"outlet exited with {rc} on SIGTERM")
-            else:
-                self.outlet.kill()
-            self.outlet_running = False
-            self.outlet.start()
-            self.outlet_running = True
+        elif name.endswith("_outlet"):
+            self._outlet_action(name, p)
         elif name == "restart_clickhouse":
             stk.restart_clickhouse(self.stack_dir, p["target"])
         elif name == "restart_kafka":
@@ -256,6 +310,37 @@ class Run:
         elif name == "set_rate":
             if self.load is not None:
                 self.load.rate = float(p["rate"])
+        else:  # validated earlier
+            raise HarnessError(f"unknown action {name}")
+
+    def _outlet_action(self, name: str, p: dict[str, Any]) -> None:
+        number = int(p.get("member") or 1)
+        o = self.outlet.member(number)
+        if name == "pause_outlet":
+            o.pause()
+        elif name == "resume_outlet":
+            o.resume()
+        elif name == "kill_outlet":
+            o.kill()
+            self.outlet.down.add(number)
+        elif name == "stop_outlet":
+            rc = o.stop()
+            self.outlet.down.add(number)
+            if rc != 0:
+                raise HarnessError(f"outlet exited with {rc} on SIGTERM")
+        elif name == "start_outlet":
+            o.start()
+            self.outlet.down.discard(number)
+        elif name == "restart_outlet":
+            self.outlet.down.add(number)
+            if p.get("graceful", True):
+                rc = o.stop()
+                if rc != 0:
+                    raise HarnessError(f"outlet exited with {rc} on SIGTERM")
+            else:
+                o.kill()
+            o.start()
+            self.outlet.down.discard(number)
         else:  # validated earlier
             raise HarnessError(f"unknown action {name}")
 
@@ -464,6 +549,20 @@ def _reuse_or_start(stack_dir: Path, topology: str) -> bool:
     return reuse_or_start(stack_dir)[1]
 
 
+def member_names(processes: int) -> list[str]:
+    """Process names (their config and log files): ``outlet`` (member 1), then
+    ``outlet-2`` .. ``outlet-N`` in a group."""
+    return ["outlet", *(f"outlet-{i}" for i in range(2, processes + 1))]
+
+
+def member_config(cfg: dict[str, Any], workdir: Path, index: int) -> dict[str, Any]:
+    """A member's config: the run's, with a state directory and HTTP port of its own."""
+    if index == 0:
+        return cfg
+    return {**cfg, "state": {**cfg["state"], "path": str(workdir / f"state-{index + 1}")},
+            "http": {**cfg["http"], "listen": f"127.0.0.1:{free_port()}"}}
+
+
 def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
                  reports_dir: str | Path = REPORTS_DIR, *,
                  progress: Callable[[str], None] = print,
@@ -488,14 +587,16 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
         azure_max_retries=sc.outlet.azure_max_retries)
     cfg = merge_overrides(cfg, sc.outlet_overrides)
     scrape = prom.targets(run=topic, datacenter="dc1") if prom else None
-    outlet = Outlet(OutletProcess(workdir, cfg, scrape_targets=scrape))
+    outlet = Group([Outlet(OutletProcess(workdir, member_config(cfg, workdir, i), name=name,
+                                         scrape_targets=scrape))
+                    for i, name in enumerate(member_names(sc.outlet.processes))])
     run = Run(sc, ep, sdir, report_dir, outlet, topic, group, run_id)
     info: dict[str, Any] = {
         "topic": topic, "consumer_group": group, "run_id": run_id,
         "time_scale": sc.time_scale, "rate": sc.load.rate,
         "load_duration": sc.load.duration, "stack_dir": str(sdir),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "outlet_log": str(outlet.proc.log_path), "source": sc.source,
+        "outlet_log": ", ".join(str(p) for p in outlet.log_paths), "source": sc.source,
         "description": sc.description,
     }
     checks: list[Check] = []
@@ -509,7 +610,8 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
     try:
         outlet.start()
         if not outlet.wait_ready(60):
-            raise HarnessError(f"outlet not ready after 60 s:\n{outlet.proc.log_tail(20)}")
+            tails = "\n".join(m.proc.log_tail(20) for m in outlet.members)
+            raise HarnessError(f"outlet not ready after 60 s:\n{tails}")
         info["outlet_ready_s"] = round(time.monotonic() - t_wall, 1)
         run.t0 = time.monotonic()
         run.load = LoadThread(ep.kafka.bootstrap, topic, sc.load.rate, sc.load.duration,
@@ -532,9 +634,9 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
         leftover = [p.name for p in tp.proxies().values() if p.toxics or not p.enabled]
         tp.reset()
         info["healed_at_end"] = leftover
-        if not run.outlet_running:
-            outlet.start()
-            run.outlet_running = True
+        if len(outlet.down) == len(outlet.members):  # a failed timeline step: start one
+            outlet.members[0].start()
+            outlet.down.discard(1)
         progress(f"  load done: {n} flows in {info['load_end_s']}s; waiting for quiet ...")
         quiet, waited, state = wait_quiet(run, sc.expect.quiesce_timeout)
         info["quiesce_s"] = round(waited, 1)
@@ -557,7 +659,7 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
             run.load.stop()
             run.load.join(150)
         sampler.stop()
-        rc = outlet.stop() if outlet.proc.alive() else None
+        codes = outlet.stop_all()
         with contextlib.suppress(Exception):
             tp.reset()
         delete_topic(ep, topic)
@@ -571,13 +673,15 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
                 checks.append(Check(f"timeline: {ev.action} at {ev.started:.0f}s",
                                     "action succeeds", ev.error, False))
         secrets = _passwords(cfg)
-        leaked = _leaked_secrets(outlet.proc.log_path, secrets)
+        leaked = [x for path in outlet.log_paths for x in _leaked_secrets(path, secrets)]
         checks.append(Check("no password in outlet log", f"none of {len(secrets)} passwords",
                             f"{len(leaked)} found" + (f" ({', '.join(leaked)})" if leaked else ""),
                             not leaked))
         if sc.expect.clean_shutdown:
+            ran = [rc for rc in codes if rc is not None]
+            shown = ", ".join(str(rc) for rc in ran) or "no outlet running"
             checks.append(Check("outlet clean shutdown", "SIGTERM -> exit 0",
-                                f"exit {rc}", rc == 0))
+                                f"exit {shown}", bool(ran) and all(rc == 0 for rc in ran)))
     if error:
         lines = [ln.strip(" |") for ln in error.splitlines() if ln.strip(" |+-")]
         short = lines[0][:160] + (f" ... {lines[-1][:200]}" if len(lines) > 1 else "")

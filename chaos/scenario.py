@@ -128,6 +128,8 @@ def _one_of(choices: Mapping[str, Any] | tuple[str, ...], what: str) -> Str:
 DESTINATION = _one_of((*DESTINATIONS, *MULTI_DC_VIEWS), "destination")
 PROXY = _one_of(PROXIES, "proxy")
 DATACENTER = _one_of(DATACENTERS, "datacenter")
+MAX_PROCESSES = 6
+MEMBER = Int(1, MAX_PROCESSES)
 TOPOLOGY = _one_of((SINGLE_DC, MULTI_DC), "topology")
 
 
@@ -243,7 +245,7 @@ class Action:
                 bits.append(",".join(f"{k}={v}" for k, v in attrs.items()))
         if self.action in ("restart_clickhouse",):
             bits.append(str(self.params.get("target")))
-        for key in ("outlet", "datacenter"):  # multi-dc: whose outlet / Kafka
+        for key in ("outlet", "datacenter", "member"):  # whose outlet / Kafka
             if key in self.params:
                 bits.append(f"{key} {self.params[key]}")
         if self.action == "set_rate":
@@ -279,6 +281,9 @@ class OutletSettings:
     wait_time: str = setting("500ms", _DurationText())
     azure_max_retries: int = setting(3, Int(0),
                                      doc="max-retries of the additional destinations")
+    processes: int = setting(1, Int(1, MAX_PROCESSES),
+                             doc="outlet processes in one consumer group (single-dc); "
+                                 "outlet actions name one with `member: 1..N`")
 
 
 @dataclass(frozen=True)
@@ -475,17 +480,23 @@ ACTIONS: dict[str, dict[str, Key]] = {
     "remove_toxic": _params("remove_toxic", {"proxy": PROXY, "name": _NAME}),
     "disable_proxy": _params("disable_proxy", {"proxy": PROXY}, {"for": POSITIVE}),
     "enable_proxy": _params("enable_proxy", {"proxy": PROXY}),
-    "kill_outlet": _params("kill_outlet", {}, {"for": POSITIVE, "outlet": DATACENTER}),
-    "stop_outlet": _params("stop_outlet", {}, {"for": POSITIVE, "outlet": DATACENTER}),
-    "start_outlet": _params("start_outlet", {}, {"outlet": DATACENTER}),
-    "restart_outlet": _params("restart_outlet", {}, {"graceful": BOOL, "outlet": DATACENTER}),
+    "kill_outlet": _params("kill_outlet", {}, {"for": POSITIVE, "outlet": DATACENTER,
+                                              "member": MEMBER}),
+    "stop_outlet": _params("stop_outlet", {}, {"for": POSITIVE, "outlet": DATACENTER,
+                                              "member": MEMBER}),
+    "start_outlet": _params("start_outlet", {}, {"outlet": DATACENTER, "member": MEMBER}),
+    "restart_outlet": _params("restart_outlet", {}, {"graceful": BOOL, "outlet": DATACENTER,
+                                                     "member": MEMBER}),
+    "pause_outlet": _params("pause_outlet", {}, {"for": POSITIVE, "member": MEMBER}),
+    "resume_outlet": _params("resume_outlet", {}, {"member": MEMBER}),
     "restart_clickhouse": _params(
         "restart_clickhouse", {"target": _one_of((*DESTINATIONS, *MULTI_DC_SERVERS), "target")}),
     "restart_kafka": _params("restart_kafka", {}, {"datacenter": DATACENTER}),
     "set_rate": _params("set_rate", {"rate": Number(lo=0)}),
 }
 """action -> its parameters (besides ``COMMON_ACTION_KEYS``). Multi-dc: outlet actions
-name the outlet (``outlet: a|b``), ``restart_kafka`` the datacenter."""
+name the outlet (``outlet: a|b``), ``restart_kafka`` the datacenter. A group
+(``outlet.processes`` > 1): outlet actions name the member (``member: 1..N``, default 1)."""
 
 
 def _toxic_attributes(ttype: str, raw: object, at: Where) -> None:
@@ -549,18 +560,35 @@ def _undo(a: Action, at: float, path: str) -> Action:
                                            "name": a.params["name"]}, a.label, path)
     if a.action == "disable_proxy":
         return Action(at, "enable_proxy", {"proxy": a.params["proxy"]}, a.label, path)
-    whose = {"outlet": a.params["outlet"]} if "outlet" in a.params else {}
+    whose: dict[str, Any] = {k: a.params[k] for k in ("outlet", "member") if k in a.params}
+    if a.action == "pause_outlet":
+        return Action(at, "resume_outlet", whose, a.label, path)
     return Action(at, "start_outlet", whose, a.label, path)  # kill/stop_outlet
 
 
-def _check_timeline(actions: list[Action], problems: Problems) -> None:
-    """The outlets, proxies and toxics must be in a state each action can apply to."""
-    down: set[str] = set()  # outlets not running ("" single-dc, or a datacenter)
+def _check_timeline(actions: list[Action], problems: Problems, processes: int = 1) -> None:
+    """The outlets, proxies and toxics must be in a state each action can apply to. In a
+    group (``processes`` > 1) members may stay down at the end (a crash not restarted:
+    their partitions move), as long as one runs."""
+    down: set[str] = set()  # outlets not running ("" single-dc, a datacenter, a member)
+    paused: set[str] = set()
     toxics: dict[tuple[str, str], str] = {}
     for a in sorted(actions, key=lambda a: a.at):
-        who = str(a.params.get("outlet", ""))
-        if a.action in ("kill_outlet", "stop_outlet", "restart_outlet"):
-            if who in down:
+        who = str(a.params.get("outlet", a.params.get("member", "")))
+        if processes > 1 and not who:
+            who = "1"
+        if a.action == "pause_outlet":
+            if who in down or who in paused:
+                problems.add(a.path, f"pause_outlet at {format_duration(a.at)}: the outlet is "
+                                     "not running then")
+            paused.add(who)
+        elif a.action == "resume_outlet":
+            if who not in paused:
+                problems.add(a.path, f"resume_outlet at {format_duration(a.at)}: the outlet "
+                                     "is not paused")
+            paused.discard(who)
+        elif a.action in ("kill_outlet", "stop_outlet", "restart_outlet"):
+            if who in down or who in paused:
                 problems.add(a.path, f"{a.action} at {format_duration(a.at)}: the outlet is "
                                      "not running then")
             if a.action != "restart_outlet":
@@ -581,7 +609,10 @@ def _check_timeline(actions: list[Action], problems: Problems) -> None:
             if toxics.pop(key, None) is None:
                 problems.add(a.path, f"remove_toxic: no toxic {key[1]!r} on {key[0]} at "
                                      f"{format_duration(a.at)}")
-    if down:
+    if paused:
+        problems.add("timeline", "an outlet is paused at the end of the timeline: add a "
+                                 "resume_outlet step (or use 'for:')")
+    if down and (processes == 1 or len(down) >= processes):
         problems.add("timeline", "the outlet is stopped at the end of the timeline: add a "
                                  "start_outlet step (or use 'for:')")
 
@@ -632,7 +663,16 @@ class _Timeline(Kind[tuple[Action, ...]]):
             if a.action == "restart_clickhouse" and a.params.get("target") not in dests:
                 at.problems.add(a.path, f"target {a.params.get('target')!r} is not a "
                                         "destination of this run")
-        _check_timeline(actions, at.problems)
+        processes = at.sibling("outlet").processes
+        for a in actions:
+            member = a.params.get("member")
+            if member is not None and (multi_dc or member > processes):
+                where = ", single-dc only" if multi_dc else ""
+                at.problems.add(f"{a.path}.member",
+                                f"no member {member} (outlet.processes: {processes}{where})")
+            if a.action in ("pause_outlet", "resume_outlet") and multi_dc:
+                at.problems.add(a.path, f"{a.action}: single-dc only")
+        _check_timeline(actions, at.problems, processes)
         return tuple(sorted(actions, key=lambda a: a.at))
 
 
@@ -859,6 +899,11 @@ class Scenario:
         return planned_windows(self.timeline)
 
 
+def _whose(a: Action) -> str:
+    """The outlet an outlet action is about ("" for the only one)."""
+    return str(a.params.get("outlet", a.params.get("member", "")))
+
+
 def planned_windows(timeline: tuple[Action, ...] | list[Action]
                     ) -> list[tuple[float, float | None, str]]:
     """Pair fault starts with their ends: disable/enable per proxy, add/remove per toxic,
@@ -878,10 +923,10 @@ def planned_windows(timeline: tuple[Action, ...] | list[Action]
             start = open_.pop(("toxic", f"{a.proxy}/{a.params.get('name')}"), None)
             if start:
                 out.append((start[0], a.at, start[1]))
-        elif a.action in ("kill_outlet", "stop_outlet"):
-            open_[("outlet", str(a.params.get("outlet", "")))] = (a.at, a.label)
-        elif a.action == "start_outlet":
-            start = open_.pop(("outlet", str(a.params.get("outlet", ""))), None)
+        elif a.action in ("kill_outlet", "stop_outlet", "pause_outlet"):
+            open_[("outlet", _whose(a))] = (a.at, a.label)
+        elif a.action in ("start_outlet", "resume_outlet"):
+            start = open_.pop(("outlet", _whose(a)), None)
             if start:
                 out.append((start[0], a.at, start[1]))
         elif a.action != "set_rate":

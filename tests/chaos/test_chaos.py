@@ -121,6 +121,26 @@ def test_timeline_consistency() -> None:
     assert any("no toxic 'x' on clickhouse-azure" in p for p in ps)
 
 
+def test_group_members_and_pauses() -> None:
+    group = {**MINIMAL, "outlet": {"processes": 3}}
+    killed = {**group, "timeline": [{"at": "5s", "action": "kill_outlet", "member": 2}]}
+    parse_scenario(killed)  # valid: a member may stay down, its partitions move
+    everyone = {**group, "timeline": [{"at": "5s", "action": "kill_outlet", "member": m}
+                                      for m in (1, 2, 3)]}
+    assert any("stopped at the end" in p for p in problems(everyone))
+    ps = problems({**group, "timeline": [{"at": "5s", "action": "kill_outlet", "member": 4}]})
+    assert any("member: no member 4 (outlet.processes: 3)" in p for p in ps)
+    alone = {**MINIMAL, "timeline": [{"at": "5s", "action": "kill_outlet", "member": 1}]}
+    assert any("stopped at the end" in p for p in problems(alone))
+    paused = {**group, "timeline": [{"at": "5s", "action": "pause_outlet", "member": 1}]}
+    assert any("paused at the end" in p for p in problems(paused))
+    sc = parse_scenario({**group, "timeline": [
+        {"at": "5s", "action": "pause_outlet", "member": 1, "for": "15s"}]})
+    assert [(a.at, a.action, a.params) for a in sc.timeline] == [
+        (5.0, "pause_outlet", {"member": 1}), (20.0, "resume_outlet", {"member": 1})]
+    assert sc.outlet.processes == 3
+
+
 def test_expectation_validation() -> None:
     doc = json.loads(json.dumps(MINIMAL))
     doc["expect"] = {
@@ -343,6 +363,7 @@ CI_SCENARIOS = [
     ("outlet-crash", 0.5),
     ("kafka-restart", 1.0),
     ("kafka-partition", 1.0),
+    ("group-crash-reassign", 1.0),  # issue 12: three processes in a group, one SIGKILLed
 ]
 
 
