@@ -29,10 +29,16 @@ Each outcome counts in ``outlet_destination_dedup_checks_total{destination, outc
 (``stored``, ``absent``, ``unknown_replayed``, ``unknown_skipped``). A lookup that fails
 because the server cannot be reached is an attempt that failed: retried like an insert.
 
+The log is written in the background (every 7.5 s by default): a lookup is only
+meaningful ``LOG_DELAY`` seconds after the batch's last attempt that may have stored it
+(``attempted_at``), so ``check`` waits until then, and an answer cached before then is not
+used for that batch.
+
 Cost: one query returns every token of this writer's batches (the token's prefix: cluster
 identity and topic) that finished since the oldest batch asked about; it is reused for
-``REFRESH`` seconds, so a replay of thousands of spooled batches costs a query every few
-seconds, not one per batch. Whether the log reaches back far enough is asked once an hour.
+``REFRESH`` seconds (for batches last attempted before it was made), so a replay of
+thousands of spooled batches costs a query every few seconds, not one per batch. Whether
+the log reaches back far enough is asked once an hour.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import trio
+
 from outlet.config import DedupCheckConfig
 from outlet.metrics import Metrics
 from outlet.retry import PERMANENT_CODES, classify
@@ -51,6 +59,7 @@ from outlet.retry import PERMANENT_CODES, classify
 log = logging.getLogger(__name__)
 
 REFRESH = 10.0  # seconds a lookup of finished tokens is reused for
+LOG_DELAY = 8.5  # seconds for a finished query to reach system.query_log (7.5 s flushes)
 COVERAGE_REFRESH = 3600.0  # seconds between two lookups of how far the log reaches back
 SLACK = 60.0  # seconds before a seal time also searched (clocks of two machines)
 OUTCOMES = ("stored", "absent", "unknown_replayed", "unknown_skipped")
@@ -138,12 +147,15 @@ class DedupCheck:
             return False
         return self._clock() - sealed_at >= self.cfg.after
 
-    async def verify(self, token: str, sealed_at: float, may_be_stored: bool) -> Verdict:
+    async def verify(self, token: str, sealed_at: float, may_be_stored: bool,
+                     attempted_at: float) -> Verdict:
         """Before an attempt: look the batch up if due, count the outcome, say what to do.
-        Raises when the server cannot be reached (a failed attempt: retry it)."""
+        `attempted_at`: Unix time of the batch's last attempt that may have stored it (or
+        a later time). Raises when the server cannot be reached (a failed attempt: retry
+        it)."""
         if not self.due(sealed_at, may_be_stored):
             return Verdict.SEND
-        outcome = await self.check(token, sealed_at)
+        outcome = await self.check(token, sealed_at, attempted_at)
         if outcome is Outcome.STORED:
             self.count(outcome, replayed=False)
             log.info("destination %s: batch %s, sealed %.0f s ago, is stored already: not "
@@ -157,13 +169,18 @@ class DedupCheck:
         self.count(outcome, replayed=True)
         return Verdict.SEND
 
-    async def check(self, token: str, sealed_at: float) -> Outcome:
-        """Look the batch up; raises when the server cannot be reached (retry it)."""
+    async def check(self, token: str, sealed_at: float, attempted_at: float = 0.0) -> Outcome:
+        """Look the batch up, once its last attempt had time to reach the log; raises
+        when the server cannot be reached (retry it)."""
         since = sealed_at - SLACK
+        logged_by = attempted_at + LOG_DELAY
+        wait = logged_by - self._clock()
+        if wait > 0:
+            await trio.sleep(wait)
         try:
             if not await self._log_reaches(since):
                 return self._cannot_tell(token, "the query log does not reach back to its seal")
-            finished = await self._finished_since(token_prefix(token), since)
+            finished = await self._finished_since(token_prefix(token), since, logged_by)
         except Exception as exc:
             failure = classify(exc)
             if failure.code in PERMANENT_CODES or failure.code == 497:  # access denied
@@ -178,15 +195,19 @@ class DedupCheck:
             label = "unknown_replayed" if replayed else "unknown_skipped"
         self.metrics.dest_dedup_checks.labels(self.destination, label).inc()
 
+    def now(self) -> float:
+        """Unix time, as seal and attempt times are kept (injectable for tests)."""
+        return self._clock()
+
     @property
     def skips_unknown(self) -> bool:
         return self.cfg.when_unknown == "skip"
 
-    async def _finished_since(self, prefix: str, since: float) -> set[str]:
+    async def _finished_since(self, prefix: str, since: float, logged_by: float) -> set[str]:
         now = self._clock()
         cached = self._finished
         if (cached is not None and cached.prefix == prefix and cached.since <= since
-                and now - cached.at < REFRESH):
+                and now - cached.at < REFRESH and cached.at >= logged_by):
             return cached.tokens
         since = min(since, cached.since) if cached is not None and cached.prefix == prefix \
             and now - cached.at < COVERAGE_REFRESH else since

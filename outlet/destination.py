@@ -188,6 +188,7 @@ class Destination:
             clock=trio.current_time, redact=writer.redact,
             reachable=lambda: self.breaker.state is not State.OPEN,
         )
+        self._wall = wall_clock
         self.dedup = DedupCheck(self.name, cfg.connection.dedup_check,
                                 (check_writer or writer).query, metrics, clock=wall_clock)
 
@@ -246,6 +247,9 @@ class Destination:
 
     async def _deliver(self, job: EncodedJob) -> None:
         attempt = 0
+        # The last attempt that may have stored the batch (for the dedup check): ours, or
+        # its previous owner's, which ended before the batch was queued here.
+        attempted_at = self._wall()
         while True:
             if not self._wanted(job):
                 log.debug("destination %s: batch %s handed over to its partition's next owner",
@@ -259,15 +263,18 @@ class Destination:
                 self.metrics.dest_retries.labels(self.name).inc()
             started = time.perf_counter()
             try:
-                verdict = await self.dedup.verify(job.token, job.sealed_at, job.repeat)
+                verdict = await self.dedup.verify(job.token, job.sealed_at, job.repeat,
+                                                  attempted_at)
                 if verdict is not Verdict.SEND:
                     self._settle_unsent(job, verdict)
                     return
                 result = await self.writer.write(job)
             except Exception as exc:
                 failure = classify(exc)
-                if failure.ambiguous and not job.repeat:  # it may be stored from now on
-                    job = dataclasses.replace(job, repeat=True)
+                if failure.ambiguous:  # it may be stored from now on
+                    attempted_at = self._wall()
+                    if not job.repeat:
+                        job = dataclasses.replace(job, repeat=True)
                 self.outcomes.failed(failure, attempt)
                 if not failure.retriable and self._gated:
                     self.breaker.trip()

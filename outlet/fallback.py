@@ -109,7 +109,7 @@ class SpoolLane:
         self._corrupt_seen = 0
         self._replay_failures = 0
         self._opened_at = time.time()  # records appended before: an earlier process's
-        self._tried: set[str] = set()  # tokens whose replay had an ambiguous outcome
+        self._tried: dict[str, float] = {}  # token -> when its replay was ambiguous
         _init_give_up_metrics(metrics, self.name)
         m, name = metrics, self.name
         m.spool_bytes.labels(name).set_function(lambda: spool.bytes)
@@ -231,7 +231,9 @@ class SpoolLane:
                      or batch.appended_at < self._opened_at)
         started = time.perf_counter()
         try:
-            verdict = await live.dedup.verify(batch.token, batch.sealed_at, ambiguous)
+            attempted_at = self._tried.get(batch.token, batch.appended_at)
+            verdict = await live.dedup.verify(batch.token, batch.sealed_at, ambiguous,
+                                              attempted_at)
             if verdict is not Verdict.SEND:
                 await self._settle_unsent(live, batch, verdict)
                 return
@@ -239,7 +241,7 @@ class SpoolLane:
         except Exception as exc:
             failure = classify(exc)
             if failure.ambiguous:
-                self._tried.add(batch.token)
+                self._tried[batch.token] = live.dedup.now()
             self._replay_failures += 1
             live.outcomes.failed(failure, self._replay_failures, "replay")
             if failure.retriable:
@@ -271,7 +273,7 @@ class SpoolLane:
         """The oldest record is done with (stored by the replay, found stored, or given up)."""
         spool = self.spool
         await self._run_sync(spool.ack_oldest, batch)
-        self._tried.discard(batch.token)
+        self._tried.pop(batch.token, None)
         if replayed:
             self.metrics.spool_replayed_batches.labels(self.name).inc()
             self.metrics.spool_replayed_flows.labels(self.name).inc(batch.rows)

@@ -26,7 +26,7 @@ from outlet.config import (
     DestinationConfig,
     SpoolConfig,
 )
-from outlet.dedup_check import REFRESH, DedupCheck, Outcome, token_prefix
+from outlet.dedup_check import LOG_DELAY, REFRESH, DedupCheck, Outcome, token_prefix
 from outlet.destination import Destination
 from outlet.fallback import SpoolLane
 from outlet.metrics import Metrics
@@ -343,3 +343,20 @@ async def test_a_log_rotated_since_the_seal_cannot_tell(clock: trio.testing.Mock
                        clock=wall)
     assert await check.check("v2:c/flows/0:0-9", NOW - 3600) is Outcome.UNKNOWN
     assert await check.check("v2:c/flows/0:0-9", NOW - 400) is Outcome.STORED
+
+
+async def test_an_answer_from_before_the_attempt_is_not_reused(
+    clock: trio.testing.MockClock,
+) -> None:
+    """A lookup made for one batch must not clear another whose ambiguous attempt ended
+    after it: that attempt was not in the log yet. The check waits until the attempt can
+    be in the log (LOG_DELAY) and asks again."""
+    wall = Wall()
+    server = LoggedServer(wall, finished=[(NOW - 5000, "v2:c/flows/1:0-9")])
+    check = DedupCheck("central", DedupCheckConfig(), Writer(server).query, Metrics(),
+                       clock=wall)
+    assert await check.check("v2:c/flows/0:0-9", NOW - 3000, NOW - 100) is Outcome.ABSENT
+    server.finished.append((NOW, "v2:c/flows/0:10-19"))  # stored, its response lost now
+    before = trio.current_time()
+    assert await check.check("v2:c/flows/0:10-19", NOW - 2990, NOW) is Outcome.STORED
+    assert trio.current_time() - before >= LOG_DELAY  # waited for the log's flush
