@@ -13,7 +13,8 @@ SETUP_STAMP := .tools/.setup.stamp
 SETUP_INPUTS := pyproject.toml harness/pyproject.toml uv.lock ci/setup.sh ci/install-system.sh ci/install-kafka.sh ci/install-toxiproxy.sh \
 	ci/install-goflow2.sh ci/go-tools.sh ci/kafka/pom.xml
 
-.PHONY: setup up down status test test-all lint demo bench-outlet bench-dualwrite bench-codec chaos \
+.PHONY: setup up down status test test-all lint demo bench-outlet bench-dualwrite bench-ledger \
+	bench-codec chaos \
 	chaos-all load capacity bench-overhead-load
 
 # Idempotent; the stamp makes it instant when nothing changed. A missing venv, missing
@@ -74,6 +75,13 @@ bench-outlet: setup
 bench-dualwrite: setup
 	$(UV) run loadtest bench dualwrite --rounds 2 --stack-dir $(STACK_DIR) $(JSON_FLAG) \
 	    $(BENCH_ARGS)
+
+# The cost of the cross-process ledger (issue 12): this outlet against BASELINE (default:
+# main before issue 12), a 2M-flow backlog drain alternated twice and a 2000 flows/s stream.
+BASELINE ?=
+bench-ledger: setup
+	$(UV) run loadtest bench ledger --rounds 2 --stack-dir $(STACK_DIR) \
+	    $(if $(BASELINE),--baseline $(BASELINE)) $(JSON_FLAG) $(BENCH_ARGS)
 
 # The codec alone (in-process, no stack): clean and 1%-garbage batches, isolation bound.
 # `make bench-codec BENCH_ARGS="--baseline main"` runs main's codec alongside.

@@ -1,5 +1,6 @@
 """Backlog-drain benchmarks: ``loadtest bench outlet|dualwrite`` (``make bench-outlet``,
-``make bench-dualwrite``).
+``make bench-dualwrite``); ``loadtest bench ledger`` (``make bench-ledger``: the cost of
+the cross-process ledger against a baseline revision, loadtest/bench_ledger.py).
 
 Both pre-produce one backlog of unique flows into a fresh topic, then let a real
 outlet process (a subprocess, through the Toxiproxy addresses like production) drain
@@ -24,6 +25,7 @@ import psutil
 
 from flowgen.generator import FlowGenerator, GeneratorConfig
 from flowgen.producer import produce
+from loadtest import bench_ledger
 from loadtest import harness as h
 from teststack import clikit, verify
 from teststack.clikit import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, RunVerdict, Verdict
@@ -120,15 +122,18 @@ DESCRIPTION = ("Backlog-drain benchmarks: a real outlet process drains a pre-pro
 
 def configure(ap: argparse.ArgumentParser) -> None:
     ap.description = DESCRIPTION
-    ap.add_argument("mode", choices=["outlet", "dualwrite", "codec"],
+    ap.add_argument("mode", choices=["outlet", "dualwrite", "ledger", "codec"],
                     help="outlet: one destination; dualwrite: single and dual alternated; "
+                         "ledger: this outlet against --baseline at a high and a low rate; "
                          "codec: the codec alone, in-process (its options: 'loadtest bench "
                          "codec --help', loadtest/bench_codec.py)")
     ap.add_argument("--flows", type=int, default=2_000_000,
                     help="backlog size in flows (default: 2000000)")
     ap.add_argument("--rounds", type=int, default=1,
-                    help="dualwrite: alternate single/dual N times (default: 1; make uses 2)")
+                    help="dualwrite: alternate single/dual N times, ledger: baseline/this "
+                         "(default: 1; make uses 2)")
     h.add_outlet_options(ap, wait_time=False, partitions=False)
+    bench_ledger.configure(ap)
     clikit.add_stack_dir(ap)
     clikit.add_json(ap, "the results")
     ap.epilog = ("No report file: the numbers are printed (and in --json). Exit status: 0 "
@@ -137,6 +142,8 @@ def configure(ap: argparse.ArgumentParser) -> None:
 
 def _bench(args: argparse.Namespace) -> dict[str, Any]:
     with stack_for_run(args.stack_dir) as ep:
+        if args.mode == "ledger":
+            return bench_ledger.bench(ep, args)
         topic = create_topic(ep, f"bench-{int(time.time())}")
         try:
             return _drains(ep, topic, args)
