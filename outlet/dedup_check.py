@@ -17,9 +17,7 @@ reached ``QueryFinish`` stored it (or was itself deduplicated against an earlier
 did). Outcomes:
 
 - ``stored``: not sent; settled as stored;
-- ``absent``: sent (an insert of it that finished too recently to be in the log, which
-  ClickHouse flushes every 7.5 s by default, is recent enough for the table's own
-  deduplication);
+- ``absent``: sent;
 - ``unknown``: the lookup cannot tell (no access to ``system.query_log``, logging disabled,
   the log rotated since the batch was sealed): ``dedup-check.when-unknown`` decides,
   ``replay`` (risk a duplicate) or ``skip`` (risk a loss, counted as given up with reason

@@ -15,6 +15,7 @@ import pytest
 
 from outlet import metrics as names
 from tests.conftest import OutletRun
+from teststack import verify
 from teststack.kafka import Watermarks, group_assignment
 from teststack.toxiproxy import Toxiproxy
 
@@ -362,3 +363,67 @@ def test_group_crash_reassign_without_loss_or_duplicates(outlet_run: RunFactory)
     assert pending > 0 and rebuilt > 0, "the crash must leave batches for the others to rebuild"
     for o in survivors:
         assert o.stop() == 0
+
+
+def _log_age(run: OutletRun, name: str) -> float:
+    """Seconds the server's query log reaches back."""
+    c = verify.client(run.ch(name))
+    try:
+        return float(c.query("SELECT now() - min(event_time) FROM system.query_log")
+                     .result_rows[0][0])
+    finally:
+        c.close()
+
+
+def test_dedup_check_reads_the_real_query_log(outlet_run: RunFactory) -> None:
+    """Issue 12, item 4, on the real server: azure's table deduplicates nothing (window 0:
+    what a resend past `non_replicated_deduplication_window` meets). Three times, azure's
+    responses are cut after the insert ran (the outcome is ambiguous) and the link then
+    goes down for 5 s. Once it is back, each cut batch is looked up in azure's
+    system.query_log (dedup-check after 10 ms) and not sent again: azure holds every flow
+    once. Without the check each cut batch is stored twice. (The spool takes what the full
+    queue cannot hold meanwhile: those batches were never sent, their replay is not looked
+    up.)"""
+    n = 40_000
+    run = outlet_run(batch_size=2_000, wait_time="500ms")
+    run.config["additional-clickhouses"][0]["connection"].update({
+        "max-retries": 50, "retry-initial-backoff": "500ms", "retry-max-backoff": "2s",
+        "dedup-check": {"after": "10ms"},
+    })
+    run.config["additional-clickhouses"][0]["circuit-breaker"] = {"failure-threshold": 1000}
+    c = verify.client(run.ch("azure"))
+    try:
+        c.command(f"ALTER TABLE {run.database}.flows "
+                  "MODIFY SETTING non_replicated_deduplication_window = 0")
+    finally:
+        c.close()
+    deadline = time.monotonic() + 120  # a fresh server's log must reach back past SLACK
+    while _log_age(run, "azure") < 70:
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    outlet = run.outlet()
+    outlet.start()
+    producer = background(lambda: run.produce(n, rate=2_000))
+    proxy = run.ch("azure").proxy
+    toxi = Toxiproxy(run.ep.toxiproxy.api, timeout=120)
+    for _ in range(3):
+        time.sleep(3)
+        toxi.add_toxic(proxy, "limit_data", {"bytes": 1}, name="cut")  # responses cut
+        time.sleep(1)
+        toxi.disable(proxy)  # ... then the link is down: retries refused meanwhile
+        toxi.remove_toxic(proxy, "cut")
+        time.sleep(5)
+        toxi.enable(proxy)
+    producer.join()
+    assert run.wait_rows("local", n) == n
+    assert run.wait_rows("azure", n) >= n
+    run.wait_stable("azure")
+    stats = run.stats("azure")
+    checks = {o: outlet.metric(names.DESTINATION_DEDUP_CHECKS_TOTAL, destination="azure",
+                               outcome=o) for o in ("stored", "absent", "unknown_replayed")}
+    print(f"azure: {stats.rows} rows, {stats.duplicates} duplicates; dedup checks {checks}")
+    assert (stats.rows, stats.duplicates, stats.bytes_sum) == (n, 0, run.bytes_sum)
+    assert checks["stored"] >= 1, "no cut insert was looked up: the fault did not bite"
+    assert checks["unknown_replayed"] == 0
+    assert lost(outlet, "azure") == 0
+    assert outlet.stop() == 0
