@@ -120,7 +120,7 @@ class Run:
     def __init__(self, ep: Endpoints, workdir: Path, topic: str, label: str, batch_size: int,
                  wait_time: str, baseline: Path | None) -> None:
         self.ep, self.label = ep, label
-        self.database = f"bench_ledger_{label}_{time.time_ns()}"
+        self.database = f"bench_ledger_{label.replace('-', '_')}_{time.time_ns()}"
         cfg = outlet_config(ep, state_path=str(workdir / label / "state"),
                             http_port=free_port(), destinations=("local",), proxied=False,
                             topic=topic, consumer_group=f"bench-{label}-{time.time_ns()}",
