@@ -8,15 +8,16 @@ under trio-asyncio: measured on our machines, `consume(num_messages=...)` with
 Thread rule: the consumer is used by one thread at a time, never by the Trio thread.
 ``open()`` creates the consumer, reads the cluster id from the broker metadata and
 subscribes (worker threads one after another, before the poll task starts), every later
-call happens inside ``poll()`` (one worker thread at a time, from the input's poll task: consume, pause and
-resume, watermarks, commits) or inside the rebalance callbacks librdkafka runs from it,
-and ``aclose()`` closes after the poll task ended. Why: a librdkafka call can block behind
-a rebalance callback, and our callbacks wait for the Trio thread (to settle revoked
-partitions), so a call from the Trio thread deadlocks and a call from a second thread
-races the callback's state. Commits are therefore asynchronous requests issued at the
-start of a poll (``on_commit`` answers them in a later one); a sync commit would also hold
-up the consumer during a Kafka outage. State of this class is touched only from that
-thread; the Trio side learns results from what ``poll()`` returns.
+call happens inside ``poll()`` (one worker thread at a time, from the input's poll task:
+consume, pause and resume, watermarks, commits) or inside the rebalance callbacks
+librdkafka runs from it, and ``aclose()`` closes after the poll task ended. Why: a
+librdkafka call can block behind a rebalance callback, and our callbacks wait for the
+Trio thread (to settle revoked partitions), so a call from the Trio thread deadlocks and
+a call from a second thread races the callback's state. Commits are therefore
+asynchronous requests issued at the start of a poll (``on_commit`` answers them in a
+later one); a sync commit would also hold up the consumer during a Kafka outage. State
+of this class is touched only from that thread; the Trio side learns results from what
+``poll()`` returns.
 """
 
 from __future__ import annotations
