@@ -22,9 +22,10 @@ overtake a later commit). A synchronous commit holds the poll thread for one rou
 there is nothing to consume). State of this class is touched only from that thread; the
 Trio side learns results from what ``poll()`` returns.
 
-``describe_cluster(cfg)`` (at start-up, before the consumer exists, with an admin client
-of its own) reads the cluster id, which scopes every deduplication token, and the
-brokers' ``offset.metadata.max.bytes``, which bounds the ledger.
+``wait_cluster(cfg, metrics)`` (at start-up, before the consumer exists, with an admin
+client of its own) reads the cluster id, which scopes every deduplication token, and the
+brokers' ``offset.metadata.max.bytes``, which bounds the ledger; it waits, backing off,
+while the brokers cannot be reached.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ from outlet.metrics import Metrics
 log = logging.getLogger(__name__)
 
 LAG_EVERY = 1.0  # seconds between consumer-lag gauge refreshes
-CLUSTER_ID_TIMEOUT = 30.0  # seconds for the brokers to describe the cluster at start-up
+CLUSTER_ID_TIMEOUT = 10.0  # seconds one metadata request for the cluster id may take
+CLUSTER_ID_BACKOFF = (1.0, 30.0)  # first and longest wait between two such requests
 METADATA_CAP = "offset.metadata.max.bytes"
 
 
@@ -113,32 +115,57 @@ AdminFactory = Callable[[dict[str, Any]], Any]
 def describe_cluster(
     cfg: KafkaConfig, admin_factory: AdminFactory = kafka_admin.AdminClient
 ) -> ClusterFacts:
-    """The cluster id and the brokers' metadata cap (blocking; before consuming).
-
-    Raises ClusterIdError naming the brokers when none answers within CLUSTER_ID_TIMEOUT or
-    they report no cluster id (Kafka before 0.10.1). The cap is read with DescribeConfigs
-    (the smallest over the brokers); without that permission it is None and the outlet
-    relies on ``kafka.offset-metadata-max-bytes`` (an over-large value is then reported
-    by the first commit: OFFSET_METADATA_TOO_LARGE).
+    """The cluster id and the brokers' metadata cap: one attempt (blocking; before
+    consuming). Raises KafkaException when no broker answers within CLUSTER_ID_TIMEOUT
+    (``wait_cluster`` retries), ClusterIdError naming the brokers when they report no
+    cluster id (Kafka before 0.10.1): retrying cannot help there. The cap is read with
+    DescribeConfigs (the smallest over the brokers); without that permission it is None
+    and the outlet relies on ``kafka.offset-metadata-max-bytes`` (an over-large value is
+    then reported by the first commit: OFFSET_METADATA_TOO_LARGE).
     """
-    brokers = ",".join(cfg.brokers)
     admin = admin_factory({**connection_settings(cfg), "logger": librdkafka_logger()})
-    try:
-        metadata = admin.list_topics(timeout=CLUSTER_ID_TIMEOUT)
-    except KafkaException as exc:
-        raise ClusterIdError(
-            f"cannot read the Kafka cluster id from kafka.brokers {brokers} within "
-            f"{CLUSTER_ID_TIMEOUT:g} s ({exc.args[0] if exc.args else exc}); the outlet scopes "
-            "its deduplication tokens with it and does not start without it"
-        ) from None
+    metadata = admin.list_topics(timeout=CLUSTER_ID_TIMEOUT)
     cluster_id = metadata.cluster_id
     if not cluster_id:
         raise ClusterIdError(
-            f"the Kafka brokers {brokers} report no cluster id (Kafka older than 0.10.1, or a "
-            "Kafka-compatible service without one); the outlet scopes its deduplication "
-            "tokens with it and does not start without it"
+            f"the Kafka brokers {','.join(cfg.brokers)} report no cluster id (Kafka older "
+            "than 0.10.1, or a Kafka-compatible service without one); the outlet scopes its "
+            "deduplication tokens with it and does not start without it"
         )
     return ClusterFacts(str(cluster_id), _metadata_cap(admin, list(metadata.brokers)))
+
+
+async def wait_cluster(
+    cfg: KafkaConfig,
+    metrics: Metrics,
+    describe: Callable[[KafkaConfig], ClusterFacts] = describe_cluster,
+) -> ClusterFacts:
+    """``describe_cluster`` until the brokers answer, backing off: unreachable brokers, a
+    refused login or a TLS failure can heal (the outlet waits, /readyz says why, one log
+    line per distinct failure); brokers that report no id cannot (ClusterIdError)."""
+    wait, longest = CLUSTER_ID_BACKOFF
+    last = ""
+    while True:
+        try:
+            facts = await trio.to_thread.run_sync(describe, cfg)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            name = err.name() if isinstance(err, KafkaError) else type(exc).__name__
+            metrics.kafka_errors.labels(name).inc()
+            if name != last:
+                last = name
+                log.warning(
+                    "cannot read the Kafka cluster id from kafka.brokers %s (%s); the outlet "
+                    "scopes its deduplication tokens with it and consumes nothing until the "
+                    "brokers answer; retrying with backoff up to %g s",
+                    ",".join(cfg.brokers), name, longest,
+                )
+            await trio.sleep(wait)
+            wait = min(wait * 2, longest)
+            continue
+        if last:
+            log.info("Kafka cluster id read from kafka.brokers after retries")
+        return facts
 
 
 def _metadata_cap(admin: Any, broker_ids: list[int]) -> int | None:

@@ -42,7 +42,7 @@ from outlet.committer import Committer
 from outlet.config import ConnectionConfig, DestinationConfig, KafkaConfig, OutletConfig
 from outlet.destination import Destination, Fallback
 from outlet.fallback import GiveUp, SpoolLane
-from outlet.kafka_client import ClusterFacts, KafkaClient, describe_cluster
+from outlet.kafka_client import ClusterFacts, KafkaClient, wait_cluster
 from outlet.kafka_input import Chunk, ClusterIdError, KafkaInput, RecordSource
 from outlet.ledger import LegacyLedger, RunSync
 from outlet.metrics import Metrics
@@ -80,10 +80,6 @@ async def _chdb_encoder(cfg: OutletConfig) -> Encoder:
     return BatchEncoder(codec, cfg.clickhouse.compression)
 
 
-async def _describe_cluster(cfg: KafkaConfig) -> ClusterFacts:
-    return await trio.to_thread.run_sync(describe_cluster, cfg)
-
-
 def check_cluster(cfg: KafkaConfig, facts: ClusterFacts) -> None:
     """Refuse to start when the brokers would refuse our ledger metadata."""
     cap = facts.metadata_max_bytes
@@ -107,7 +103,7 @@ class Backends:
     (trio.testing.MockClock). ``cluster`` tells the Kafka cluster id and metadata cap.
     """
 
-    cluster: Callable[[KafkaConfig], Awaitable[ClusterFacts]] = _describe_cluster
+    cluster: Callable[[KafkaConfig, Metrics], Awaitable[ClusterFacts]] = wait_cluster
     source: Callable[[KafkaConfig, Metrics], RecordSource] = KafkaClient
     encoder: Callable[[OutletConfig], Awaitable[Encoder]] = _chdb_encoder
     writer: Callable[[ConnectionConfig], Writer] = ClickHouseWriter
@@ -120,6 +116,7 @@ class RunState:
     """What /readyz and the shutdown path look at."""
 
     stopping: bool = False
+    opening: str = "starting"  # what start-up waits for, until the pipeline runs
 
 
 class FanOut:
@@ -246,7 +243,9 @@ class Outlet:
     async def _open(self, stack: contextlib.AsyncExitStack) -> Parts:
         cfg, metrics, b = self.cfg, self.metrics, self.backends
         Path(cfg.state_path).mkdir(parents=True, exist_ok=True)
-        facts = await b.cluster(cfg.kafka)
+        self.state.opening = "waiting for the Kafka cluster id (see the log)"
+        facts = await b.cluster(cfg.kafka, metrics)  # waits; ClusterIdError: no start
+        self.state.opening = "starting"
         check_cluster(cfg.kafka, facts)
         identity = self._scope_tokens(facts.cluster_id)
         legacy = LegacyLedger(Path(cfg.state_path), cfg.kafka.topic, cfg.kafka.consumer_group,
@@ -319,21 +318,23 @@ class Outlet:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until SIGTERM/SIGINT, request_stop() or cancellation; flush and commit on
         the way out (not on cancellation: uncommitted batches are rebuilt next time)."""
-        async with contextlib.AsyncExitStack() as stack:
-            parts = await self._open(stack)
-            self.parts = parts
-            try:
-                await self._run(parts, task_status)
-            finally:
-                self.state.stopping = True
+        async with trio.open_nursery() as http:
+            if self.backends.http is not None:  # from the start: /readyz says what we wait for
+                http.start_soon(
+                    self.backends.http, self.cfg.http_listen, self.metrics.registry, self.ready
+                )
+            async with contextlib.AsyncExitStack() as stack:
+                parts = await self._open(stack)
+                self.parts = parts
+                try:
+                    await self._run(parts, task_status)
+                finally:
+                    self.state.stopping = True
+            http.cancel_scope.cancel()
 
     async def _run(self, parts: Parts, task_status: trio.TaskStatus[None]) -> None:
         send, recv = parts.channel
         async with trio.open_nursery() as services:
-            if self.backends.http is not None:
-                services.start_soon(
-                    self.backends.http, self.cfg.http_listen, self.metrics.registry, self.ready
-                )
             await services.start(parts.kafka.run, send)
             services.start_soon(parts.committer.run, parts.ledger)
             services.start_soon(self._watch_signals)
@@ -370,7 +371,7 @@ class Outlet:
     def ready(self) -> tuple[bool, str]:
         """Ready when assigned partitions and the primary's last attempt succeeded."""
         if self.parts is None:
-            return False, "starting"
+            return False, self.state.opening
         primary = self.parts.destinations[0]
         if not self.parts.kafka.ever_assigned:
             return False, "waiting for Kafka partition assignment"

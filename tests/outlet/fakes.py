@@ -449,7 +449,7 @@ class World:
             await trio.lowlevel.checkpoint()
             return self.encoder
 
-        async def cluster(cfg: KafkaConfig) -> ClusterFacts:
+        async def cluster(cfg: KafkaConfig, metrics: Metrics) -> ClusterFacts:
             await trio.lowlevel.checkpoint()
             return ClusterFacts(self.topic.cluster_id, self.metadata_max_bytes)
 
