@@ -101,6 +101,11 @@ class Batcher:
     # -- rebalances --------------------------------------------------------------------------
     def _assigned(self, marker: Assigned) -> None:
         for p in marker.assigned:
+            # Assigned again without a revoke first: the partition is read again from its
+            # committed offset, so what the open batch holds would come twice.
+            builder = self.open.pop(p, None)
+            if builder is not None:
+                self.dropped_records += len(builder)
             self.epochs[p] = marker.epoch
         plans = [p for p in marker.plans if isinstance(p, RebuildPlan)]
         self.rebuilds.assign(set(marker.assigned), plans)

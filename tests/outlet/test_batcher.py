@@ -162,3 +162,16 @@ async def test_a_revoked_partition_is_dropped_not_sealed() -> None:
     assert barrier.sealed.is_set()
     assert [(c.ranges, c.reason) for c in fake.cuts] == [({0: (0, 3)}, "shutdown")]
     assert b.dropped_records == 5, "three held and two read before the revoke was handled"
+
+
+async def test_an_assignment_without_revoke_first_drops_the_open_batch() -> None:
+    """A partition assigned again while its batch is open (no revoke before) is read again
+    from its committed offset: the open batch is dropped, or its records would be in the
+    next batch twice (found in test_group's graceful moves: one batch held 1:34-38 twice,
+    5 duplicate rows)."""
+    b, fake = batcher(size=100)
+    again = Assigned(epoch=2, assigned=frozenset({0}), plans=())
+    await run(b, assigned(), chunk([frames(1)] * 5), again, chunk([frames(1)] * 10))
+    assert [c.ranges for c in fake.cuts] == [{0: (0, 9)}]
+    assert [len(c.records) for c in fake.cuts] == [10]
+    assert b.dropped_records == 5
