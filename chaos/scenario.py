@@ -968,7 +968,8 @@ def parse_scenario(data: Any, source: str = "<string>", default_name: str = "sce
                                                 "server (primary) and to central")
         sc = replace(sc, outlet=replace(sc.outlet, destinations=MULTI_DC_DESTINATIONS))
     for a in sc.timeline:
-        if a.action in ("fill_disk", "free_disk") and sc.outlet.spool_tmpfs is None:
+        explicit = "+for" not in a.path  # not the undo of a fill_disk's `for:`
+        if a.action in ("fill_disk", "free_disk") and explicit and sc.outlet.spool_tmpfs is None:
             problems.add(f"{a.path}.disk", "the spool disk is a tmpfs only with "
                                            "outlet.spool_tmpfs (e.g. 4MiB)")
     if sc.outlet.spool_tmpfs is not None and sc.topology == MULTI_DC:
