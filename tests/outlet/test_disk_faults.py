@@ -234,9 +234,13 @@ async def test_spool_disk_full_block_holds_the_destination_then_loses_nothing(
 # -- the pipeline: the state disk ----------------------------------------------------------
 
 
+@pytest.mark.parametrize("error", [ENOSPC, errno.EIO, errno.EROFS],
+                         ids=["ENOSPC", "EIO", "EROFS"])
 async def test_state_disk_failing_pauses_consumption_and_resumes_when_it_recovers(
-    autojump_clock: trio.testing.MockClock, tmp_path: Path, disk: FailingDisk
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, disk: FailingDisk, error: int
 ) -> None:
+    disk.error = error
+    name = errno.errorcode[error]
     w = World()
     w.topic.produce(0, 20)
     o = Outlet(config(tmp_path / "faulty"), backends=w.backends())
@@ -250,8 +254,8 @@ async def test_state_disk_failing_pauses_consumption_and_resumes_when_it_recover
         assert metric(o, names.KAFKA_PAUSED) == 1, "consumption is paused"
         assert w.source.read < 100
         assert metric(o, names.STATE_DISK_FAILING) == 1
-        assert metric(o, names.STATE_DISK_ERRORS_TOTAL, operation="ledger", error="ENOSPC") > 5
-        assert o.ready() == (False, "consumption paused: state disk failing (ENOSPC)")
+        assert metric(o, names.STATE_DISK_ERRORS_TOTAL, operation="ledger", error=name) > 5
+        assert o.ready() == (False, f"consumption paused: state disk failing ({name})")
         before = len(w.primary.inserts)
         disk.failing = False
         healed = trio.current_time()
