@@ -23,8 +23,9 @@ Both settle the batch (the commit watermark may pass it: it is handed over, not 
   given up with reason ``spool_error``), ``block`` holds it and tries again when the
   drain frees room or after the destination's retry backoff. The first failure is logged
   with the path; ``outlet_spool_write_errors_total{error}`` counts each one,
-  ``outlet_spool_write_failing`` is 1 and /readyz names it until an append succeeds (or
-  the spool drains empty); then the recovery is logged.
+  ``outlet_spool_write_failing`` is 1 and /readyz names it until an append succeeds (or,
+  with nothing to replay while live inserts succeed, a small write of the cursor does:
+  tried each time the live path moves); then the recovery is logged.
 """
 
 from __future__ import annotations
@@ -266,6 +267,12 @@ class SpoolLane:
         while True:
             self._count_corrupt()
             if spool.batches == 0:
+                # Nothing to replay and live inserts succeed (no batch needs the spool): a
+                # spool that failed is tried with one small write each time the live path
+                # moves, so its state clears without an append.
+                if (self.write_error is not None and live.outcomes.healthy
+                        and await self._run_sync(spool.check_writable)):
+                    self._write_ok()
                 await self._changed.wait()
                 continue
             if live.queued() >= half and not self._waiting_for_room:

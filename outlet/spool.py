@@ -352,10 +352,9 @@ class Spool:
         pre = _CURSOR.pack(_CURSOR_MAGIC, seg, off, 0)[: _CURSOR.size - 4]
         raw = pre + struct.pack("<I", zlib.crc32(pre))
         tmp = self.dir / "cursor.tmp"
-        with open(tmp, "wb") as f:
-            f.write(raw)
+        with open(tmp, "wb", buffering=0) as f:
+            diskio.write_all(f.fileno(), raw)
             if self.cfg.fsync != "never":
-                f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, self.dir / "cursor")
         if self.cfg.fsync != "never":
@@ -473,18 +472,7 @@ class Spool:
     def _write(self, record: bytes) -> int:
         """Write one record at the end of the active segment (fsynced if 'batch'); its
         offset. On failure nothing of it stays for the next append to follow."""
-        if self.open_error is not None:  # a spool that failed to open: scan it now
-            try:
-                self.dir.mkdir(parents=True, exist_ok=True)
-                self._open()
-            except OSError as exc:
-                self._not_opened(exc)
-                raise
-            self.open_error = None
-        self._check_vanished()
-        if self._active is None:  # a failed roll, reset or cut-back: start a segment
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._open_active()
+        self._ensure_active()
         if self._active_size > 0 and self._active_size + len(record) > self.segment_bytes:
             self._roll()
         assert self._active is not None
@@ -498,6 +486,34 @@ class Spool:
             self._cut_back(off)
             raise
         return off
+
+    def _ensure_active(self) -> None:
+        """Opened, and a segment open for appends (after a failed open, roll or cut-back)."""
+        if self.open_error is not None:  # a spool that failed to open: scan it now
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                self._open()
+            except OSError as exc:
+                self._not_opened(exc)
+                raise
+            self.open_error = None
+        self._check_vanished()
+        if self._active is None:  # a failed roll, reset or cut-back: start a segment
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._open_active()
+
+    def check_writable(self) -> bool:
+        """Whether the spool can write now, proven by a small real write (the cursor);
+        for a spool that failed and has nothing to append. A failure is reported."""
+        with self._lock:
+            self._check_open()
+            try:
+                self._ensure_active()
+            except OSError as exc:
+                self.on_error("probe", exc)
+                return False
+            self._head_moved()
+            return self.healthy
 
     def _check_vanished(self) -> None:
         """The active segment deleted under us (the directory removed): its records, and

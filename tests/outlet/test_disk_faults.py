@@ -200,6 +200,32 @@ async def test_spool_disk_full_drop_oldest_never_stops_the_outlet_and_counts_its
     assert len(w.azure.rows) >= 100, "what came after the disk recovered is stored"
 
 
+async def test_spool_disk_state_clears_when_the_destination_is_back_with_nothing_to_spool(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, disk: FailingDisk
+) -> None:
+    w = World()
+    w.topic.produce(0, 50)
+    w.azure.stop()
+    disk.failing = True
+    azure = {"queue-size": 2, "spool": {"path": str(tmp_path / "faulty" / "azure")}}
+    o = Outlet(config(tmp_path / "state", azure=azure), backends=w.backends())
+    async with running(o):
+        await until(lambda: w.topic.committed == {0: 50})
+        assert spool_metric(o, names.SPOOL_BATCHES) == 0, "every batch was dropped"
+        assert spool_metric(o, names.SPOOL_WRITE_FAILING) == 1
+        disk.failing = False
+        w.azure.start()  # live again: no batch needs the spool, so no append tells
+        await until(lambda: spool_metric(o, names.DESTINATION_CIRCUIT_STATE) == 2)  # probed
+        w.topic.produce(0, 50)
+        await until(lambda: len(w.azure.rows) == 50)
+        await until(lambda: spool_metric(o, names.SPOOL_WRITE_FAILING) == 0, timeout=30)
+        assert o.ready() == (True, "ok")
+        appended = sum(spool_metric(o, names.SPOOL_APPENDED_FLOWS_TOTAL, reason=r)
+                       for r in ("retries_exceeded", "queue_full", "circuit_open"))
+        assert appended == 0, "cleared by the spool's own check, not by an append"
+    assert azure_lost(o) == 50
+
+
 async def test_spool_disk_full_block_holds_the_destination_then_loses_nothing(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, disk: FailingDisk
 ) -> None:
