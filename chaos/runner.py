@@ -59,6 +59,7 @@ from chaos.scenario import (
 from flowgen.producer import UniqueFlowsThread
 from outlet import metrics as names
 from teststack import stack as stk
+from teststack import tmpfs
 from teststack.kafka import consumer_lag, create_topic, delete_topic
 from teststack.outlet_proc import OutletProcess, free_port, outlet_config
 from teststack.paths import REPORTS_DIR as _ALL_REPORTS
@@ -285,6 +286,7 @@ class Run:
     t0: float = 0.0
     load: LoadThread | None = None
     events: list[Event] = field(default_factory=list)
+    spool_disk: Path | None = None  # the spools' tmpfs (outlet.spool_tmpfs)
 
     # -- timeline ---------------------------------------------------------------------------
     def execute(self, a: Action) -> None:
@@ -310,6 +312,12 @@ class Run:
         elif name == "set_rate":
             if self.load is not None:
                 self.load.rate = float(p["rate"])
+        elif name == "fill_disk":
+            assert self.spool_disk is not None  # validated: needs outlet.spool_tmpfs
+            tmpfs.fill(self.spool_disk, int(p.get("leave", 0)))
+        elif name == "free_disk":
+            assert self.spool_disk is not None
+            tmpfs.release(self.spool_disk)
         else:  # validated earlier
             raise HarnessError(f"unknown action {name}")
 
@@ -556,11 +564,18 @@ def member_names(processes: int) -> list[str]:
 
 
 def member_config(cfg: dict[str, Any], workdir: Path, index: int) -> dict[str, Any]:
-    """A member's config: the run's, with a state directory and HTTP port of its own."""
+    """A member's config: the run's, with a state directory (and spool paths, when set),
+    and an HTTP port of its own."""
     if index == 0:
         return cfg
+    extras = [
+        {**x, "spool": {**x["spool"], "path": f"{x['spool']['path']}-{index + 1}"}}
+        if "path" in (x.get("spool") or {}) else x
+        for x in cfg.get("additional-clickhouses") or []
+    ]
     return {**cfg, "state": {**cfg["state"], "path": str(workdir / f"state-{index + 1}")},
-            "http": {**cfg["http"], "listen": f"127.0.0.1:{free_port()}"}}
+            "http": {**cfg["http"], "listen": f"127.0.0.1:{free_port()}"},
+            **({"additional-clickhouses": extras} if extras else {})}
 
 
 def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
@@ -585,12 +600,17 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
         destinations=sc.outlet.destinations, consumer_group=group, topic=topic,
         batch_size=sc.outlet.batch_size, wait_time=sc.outlet.wait_time,
         azure_max_retries=sc.outlet.azure_max_retries)
+    spool_disk = workdir / "spool-disk" if sc.outlet.spool_tmpfs is not None else None
+    if spool_disk is not None:
+        for extra in cfg.get("additional-clickhouses") or []:
+            extra.setdefault("spool", {})["path"] = str(spool_disk / extra["name"])
     cfg = merge_overrides(cfg, sc.outlet_overrides)
     scrape = prom.targets(run=topic, datacenter="dc1") if prom else None
     outlet = Group([Outlet(OutletProcess(workdir, member_config(cfg, workdir, i), name=name,
                                          scrape_targets=scrape))
                     for i, name in enumerate(member_names(sc.outlet.processes))])
-    run = Run(sc, ep, sdir, report_dir, outlet, topic, group, run_id)
+    run = Run(sc, ep, sdir, report_dir, outlet, topic, group, run_id, spool_disk=spool_disk)
+    disks = contextlib.ExitStack()  # unmounted once the outlet has stopped
     info: dict[str, Any] = {
         "topic": topic, "consumer_group": group, "run_id": run_id,
         "time_scale": sc.time_scale, "rate": sc.load.rate,
@@ -608,6 +628,8 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
     metrics: dict[str, float] = {}
     t_wall = time.monotonic()
     try:
+        if spool_disk is not None and sc.outlet.spool_tmpfs is not None:
+            disks.enter_context(tmpfs.mounted(spool_disk, sc.outlet.spool_tmpfs))
         outlet.start()
         if not outlet.wait_ready(60):
             tails = "\n".join(m.proc.log_tail(20) for m in outlet.members)
@@ -633,6 +655,9 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
         # Heal whatever the timeline left broken, then wait for the pipeline to settle.
         leftover = [p.name for p in tp.proxies().values() if p.toxics or not p.enabled]
         tp.reset()
+        if spool_disk is not None and (spool_disk / tmpfs.BALLAST).exists():
+            tmpfs.release(spool_disk)
+            leftover.append("spool disk full")
         info["healed_at_end"] = leftover
         if len(outlet.down) == len(outlet.members):  # a failed timeline step: start one
             outlet.members[0].start()
@@ -660,6 +685,7 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
             run.load.join(150)
         sampler.stop()
         codes = outlet.stop_all()
+        disks.close()
         with contextlib.suppress(Exception):
             tp.reset()
         delete_topic(ep, topic)

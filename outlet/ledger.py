@@ -57,11 +57,15 @@ class LegacyLedger:
         group: str,
         cluster_id: str | None = None,
         run_sync: RunSync = trio.to_thread.run_sync,
+        on_compact_error: Callable[[OSError], None] = lambda exc: None,
     ) -> None:
+        """`on_compact_error`: a failed rewrite of the file (a failing state disk) costs
+        only disk space: reported there (outlet/statedisk.py), tried again next time."""
         safe = f"{group}-{topic}".replace("/", "_")
         self.path = directory / f"ledger-{safe}.jsonl"
         self.topic = topic
         self._run_sync = run_sync
+        self._on_compact_error = on_compact_error
         self._lock = threading.Lock()
         self._entries = self._read(cluster_id)
         if self._entries:
@@ -126,7 +130,10 @@ class LegacyLedger:
         """Forget batches every partition of which Kafka committed past; the file goes
         with the last one."""
         if self._entries:
-            await self._run_sync(self._compact, dict(committed))
+            try:
+                await self._run_sync(self._compact, dict(committed))
+            except OSError as exc:
+                self._on_compact_error(exc)
 
     def _compact(self, committed: Mapping[int, int]) -> None:
         with self._lock:

@@ -50,6 +50,7 @@ from outlet.offset_ledger import KafkaLedger
 from outlet.rebuild import plans_for
 from outlet.sealer import BatchEncoder, Encoder, Sealer
 from outlet.spool import Spool
+from outlet.statedisk import StateDisk
 from outlet.tokens import WriterIdentity
 from outlet.writer import ClickHouseWriter, Writer
 
@@ -239,6 +240,8 @@ class Outlet:
         self.backends = backends or Backends()
         self.state = RunState()
         self.parts: Parts | None = None
+        self.state_disk = StateDisk(cfg.state_path, self.metrics, self._abandon_if_stopping)
+        self._sealing = trio.CancelScope()  # the batcher; cancelled only by _abandon_if_stopping
 
     async def _open(self, stack: contextlib.AsyncExitStack) -> Parts:
         cfg, metrics, b = self.cfg, self.metrics, self.backends
@@ -249,7 +252,7 @@ class Outlet:
         check_cluster(cfg.kafka, facts)
         identity = self._scope_tokens(facts.cluster_id)
         legacy = LegacyLedger(Path(cfg.state_path), cfg.kafka.topic, cfg.kafka.consumer_group,
-                              facts.cluster_id, b.disk)
+                              facts.cluster_id, b.disk, self.state_disk.compact_failed)
         encoder = await b.encoder(cfg)
         stack.push_async_callback(encoder.aclose)
         kafka = KafkaInput(cfg.kafka, metrics, b.source(cfg.kafka, metrics))
@@ -344,7 +347,8 @@ class Outlet:
                 if self.state.stopping:
                     parts.kafka.stop()
                 task_status.started()
-                await parts.batcher.run(recv)  # returns once stopped and flushed
+                with self._sealing:
+                    await parts.batcher.run(recv)  # returns once stopped and flushed
                 for d in parts.destinations:
                     d.close_queue()
                 with trio.move_on_after(self.cfg.clickhouse.grace_period) as grace:
@@ -367,6 +371,17 @@ class Outlet:
         self.state.stopping = True
         if self.parts is not None:
             self.parts.kafka.stop()
+        self._abandon_if_stopping()
+
+    def _abandon_if_stopping(self) -> None:
+        """Stopping while the ledger cannot be written: the batch waiting for its seal
+        cannot be flushed; abandon it (nothing of it was inserted or committed)."""
+        if self.state.stopping and self.state_disk.failing and not self._sealing.cancel_called:
+            log.warning(
+                "stopping while the state disk fails: the open batch is not sealed; its "
+                "records are read again from Kafka after the restart"
+            )
+            self._sealing.cancel()
 
     def ready(self) -> tuple[bool, str]:
         """Ready when assigned partitions and the primary's last attempt succeeded."""
@@ -375,6 +390,17 @@ class Outlet:
         primary = self.parts.destinations[0]
         if not self.parts.kafka.ever_assigned:
             return False, "waiting for Kafka partition assignment"
+        if self.state_disk.failing:
+            return False, f"consumption paused: state disk failing ({self.state_disk.failing})"
         if not primary.healthy:
             return False, f"primary destination failing: {primary.last_error}"
+        failing = [
+            (d.name, lane.write_error)
+            for d in self.parts.destinations
+            if isinstance(lane := d.fallback, SpoolLane) and lane.write_error
+        ]
+        if len(failing) == 1:
+            return True, f"ok, degraded: spool write failing on {failing[0][0]} ({failing[0][1]})"
+        if failing:
+            return True, f"ok, degraded: spool write failing on {len(failing)} destinations"
         return True, "ok"
