@@ -96,6 +96,7 @@ def test_batches_sealed_by_an_older_outlet_keep_their_old_tokens(
     # ...and its ledger, in the format before token version 2: ranges only.
     state = Path(run.config["state"]["path"])
     led = LegacyLedger(state, run.topic, run.config["kafka"]["consumer-group"])
+    led.path.parent.mkdir(parents=True, exist_ok=True)
     led.path.write_text("".join(
         json.dumps({"ranges": {str(p): [a, b] for p, (a, b) in r.items()}}) + "\n"
         for r in (first, second)))
