@@ -21,6 +21,7 @@ circuit never opens and it never falls back.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from outlet.breaker import CircuitBreaker, State
 from outlet.config import DestinationConfig
 from outlet.metrics import Metrics
 from outlet.outage import OutageLog, short_cause
+from outlet.notify import Notifier
 from outlet.retry import ERROR_KINDS, InsertFailure, RetryPolicy, classify
 from outlet.writer import Writer
 
@@ -110,6 +112,10 @@ class Fallback(Protocol):
         """The live queue shrank or the circuit changed state."""
         ...
 
+    def update(self, cfg: DestinationConfig) -> None:
+        """New settings of the same destination (live reconfiguration)."""
+        ...
+
 
 class Destination:
     """A destination's queue and writer loop; its fallback runs beside it."""
@@ -141,6 +147,8 @@ class Destination:
         )
         metrics.circuit_state.labels(self.name).set(0)
         self.outcomes.state = self._outage_state
+        self._retire_at = math.inf  # removed from the configuration: drain until then
+        self._retiring = Notifier()
 
     def _outage_state(self) -> str:
         """What the destination does while down, for the periodic summary."""
@@ -177,8 +185,42 @@ class Destination:
         """No more batches: the writer drains the queue and returns."""
         self._send.close()
 
+    def update(self, cfg: DestinationConfig) -> None:
+        """New settings of this destination (live reconfiguration, outlet/reconfig.py): the
+        retry policy from the next attempt, circuit thresholds from the next failure. The
+        writers are replaced by whoever made them (outlet/fanout.py)."""
+        self.cfg = cfg
+        self.retry = RetryPolicy.of(cfg.connection)
+        self.breaker.failure_threshold = cfg.circuit_breaker.failure_threshold
+        self.breaker.cool_down = cfg.circuit_breaker.cool_down
+        self.fallback.update(cfg)
+
+    def retire(self, within: float) -> None:
+        """Removed from the configuration: no more batches; the queued ones are inserted
+        for ``within`` seconds, then each batch not stored yet goes to the fallback
+        (reason ``removed``) instead of another attempt. An attempt in flight at the
+        deadline ends as usual (its ``insert-timeout`` bounds it)."""
+        self._retire_at = trio.current_time() + within
+        self._send.close()
+        self._retiring.notify()
+
+    def _retired(self) -> bool:
+        return trio.current_time() >= self._retire_at
+
+    async def _backoff(self, delay: float) -> None:
+        """Sleep ``delay`` between attempts, or until the retirement deadline."""
+        with trio.move_on_after(delay):
+            while not self._retired():
+                with trio.move_on_at(self._retire_at):
+                    await self._retiring.wait()
+
     def _queued(self) -> int:
         return self._send.statistics().current_buffer_used
+
+    @property
+    def queued(self) -> int:
+        """Batches waiting in the queue."""
+        return self._queued()
 
     async def run(self) -> None:
         """Insert queued batches until the queue is closed and drained."""
@@ -195,6 +237,9 @@ class Destination:
     async def _deliver(self, job: EncodedJob) -> None:
         attempt = 0
         while True:
+            if self._retired():
+                await self.fallback.take(job, "removed")
+                return
             if self._gated and not self.breaker.allow():
                 await self.fallback.take(job, "circuit_open")
                 return
@@ -216,7 +261,7 @@ class Destination:
                 if self.retry.exhausted(attempt):
                     await self.fallback.take(job, "retries_exceeded")
                     return
-                await trio.sleep(self.retry.delay(attempt))
+                await self._backoff(self.retry.delay(attempt))
                 continue
             if self._gated:
                 self.breaker.record_success()

@@ -146,3 +146,41 @@ class ClickHouseWriter:
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self.close)
+
+
+class ReplaceableWriter:
+    """A Writer whose transport can be replaced between two inserts (live reconfiguration:
+    new credentials, TLS files, servers). ``replace`` takes effect at the next ``write``;
+    the old writer is closed then, never while one of its inserts runs (one user at a
+    time: a destination's loop, or its spool replay)."""
+
+    def __init__(self, writer: Writer) -> None:
+        self._current = writer
+        self._next: Writer | None = None
+
+    @property
+    def server(self) -> str:
+        return (self._next or self._current).server
+
+    async def replace(self, writer: Writer) -> None:
+        pending, self._next = self._next, writer
+        if pending is not None:  # replaced again before it was used
+            await pending.aclose()
+
+    async def write(self, job: EncodedJob) -> int:
+        if self._next is not None:
+            old, self._current, self._next = self._current, self._next, None
+            await old.aclose()
+        return await self._current.write(job)
+
+    def redact(self, text: str) -> str:
+        """Both transports' secrets (an error of the old one may still be reported)."""
+        text = self._current.redact(text)
+        return self._next.redact(text) if self._next is not None else text
+
+    async def aclose(self) -> None:
+        try:
+            if self._next is not None:
+                await self._next.aclose()
+        finally:
+            await self._current.aclose()

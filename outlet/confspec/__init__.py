@@ -35,6 +35,9 @@ another field of the same mapping (parsed on demand), :meth:`Where.report` recor
 problem and goes on. :func:`parse_mapping` checks a mapping against ``{key: Key}`` when the
 keys depend on a value (the parameters of an action).
 
+:func:`changed_keys` lists the key paths where two parsed documents differ (live
+reconfiguration decides per key what it can apply).
+
 Also here: the one duration grammar (:func:`parse_duration`, :func:`format_duration`),
 sizes, YAML loading (:func:`load_yaml`: duplicate keys as problems; syntax errors as a line,
 a column and a problem, never the text) and ``${VAR}`` expansion (:func:`expand_env`).
@@ -76,6 +79,7 @@ from outlet.confspec.core import (
     show,
     unknown_key_message,
 )
+from outlet.confspec.diff import changed_keys
 from outlet.confspec.kinds import (
     AnyMapping,
     Bool,
@@ -132,6 +136,7 @@ __all__ = [
     "StrList",
     "Where",
     "YAMLSyntaxError",
+    "changed_keys",
     "describe",
     "dump",
     "expand_env",

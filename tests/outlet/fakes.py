@@ -204,6 +204,7 @@ class FakeEncoder:
     """Native bytes = JSON list of the records; records starting with b"bad" are skipped."""
 
     def __init__(self) -> None:
+        self.compression = "none"  # not applied: the fake's bytes are always JSON
         self.fail: deque[BaseException] = deque()  # raised by the next encode() calls
         self.fail_if: Callable[[Sequence[bytes]], BaseException | None] | None = None
         self.calls = 0
@@ -282,11 +283,15 @@ class FakeWriter:
 
     def __init__(self, server: FakeClickHouse, conn: ConnectionConfig) -> None:
         self._server = server
+        self.conn = conn
         self.server = conn.servers[0]
         self.timeout = conn.insert_timeout
         self.closed = False
+        self.writes = 0
 
     async def write(self, job: EncodedJob) -> int:
+        assert not self.closed, "a write on a closed writer"
+        self.writes += 1
         with trio.fail_after(self.timeout):
             return await self._server.insert(job)
 
