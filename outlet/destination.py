@@ -33,8 +33,8 @@ from outlet.batch import EncodedJob
 from outlet.breaker import CircuitBreaker, State
 from outlet.config import DestinationConfig
 from outlet.metrics import Metrics
-from outlet.outage import OutageLog, short_cause
 from outlet.notify import Notifier
+from outlet.outage import OutageLog, short_cause
 from outlet.retry import ERROR_KINDS, InsertFailure, RetryPolicy, classify
 from outlet.writer import Writer
 

@@ -21,7 +21,8 @@ profiles; meant for any component that reads YAML::
 
 Keys are kebab-case by default (``max_retries`` -> ``max-retries``); a spec sets
 ``__key_style__ = "snake"`` to keep Python names. ``setting(yaml="http.listen")`` places a
-field under a sub-mapping. A spec may also define ``__hints__`` (``{key path: hint}`` shown
+field under a sub-mapping; :func:`reuse` declares a field exactly as another spec's.
+A spec may also define ``__hints__`` (``{key path: hint}`` shown
 for an unknown key), ``__inputs__`` (``{key: Key}``: accepted, handed to the check, never
 stored or dumped, e.g. an alias) and a classmethod ``__check__(cls, s: Section)`` for
 rules across fields.
@@ -72,6 +73,7 @@ from outlet.confspec.core import (
     locate,
     parse,
     parse_mapping,
+    reuse,
     secret_named,
     secret_paths,
     section,
@@ -151,6 +153,7 @@ __all__ = [
     "parse_duration",
     "parse_mapping",
     "parse_size",
+    "reuse",
     "secret_named",
     "secret_paths",
     "section",
