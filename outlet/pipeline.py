@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from outlet.httpapi import ReadyCheck
 
 log = logging.getLogger(__name__)
+config_log = logging.getLogger("outlet.config")  # with the configuration's other lines
 
 HttpServer = Callable[[str, CollectorRegistry, "ReadyCheck"], Awaitable[None]]
 
@@ -310,9 +311,9 @@ class Outlet:
 
     def _reload_requested(self) -> None:
         if self.source is None:
-            log.warning("received SIGHUP: this outlet has no configuration to reload")
+            config_log.warning("received SIGHUP: this outlet has no configuration to reload")
             return
-        log.info("received SIGHUP: checking the configuration now")
+        config_log.info("received SIGHUP: checking the configuration now")
         self.source.poke()
 
     # -- live reconfiguration (outlet/reconfig.py) ------------------------------------------
@@ -335,14 +336,14 @@ class Outlet:
             if refused:
                 m.config_reloads.labels("refused").inc()
                 m.config_outdated.set(1)
-                log.error("configuration change refused, the running configuration is kept: "
-                          "%s", "; ".join(str(c) for c in refused))
+                config_log.error("configuration change refused, the running configuration is "
+                                 "kept: %s", "; ".join(str(c) for c in refused))
                 return "refused"
             assert self.parts is not None
             await self._apply(self.parts, plan, new)
             m.config_reloads.labels("applied").inc()
             m.config_outdated.set(0)
-            log.info("configuration applied live: %s", plan.summary())
+            config_log.info("configuration applied live: %s", plan.summary())
             return "applied"
 
     async def _apply(self, parts: Parts, plan: reconfig.Plan, new: OutletConfig) -> None:

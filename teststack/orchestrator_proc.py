@@ -27,6 +27,7 @@ from teststack.promtext import parse_metrics
 from teststack.stack import ClickHouseEndpoints
 
 _LISTENING = re.compile(r"api: listening on (https?://\S+?)[, ]")
+_RELOADED = re.compile(r"configuration reload(?:ed)? (from|invalid|refused)")
 
 
 @dataclass
@@ -83,6 +84,21 @@ class OrchestratorProcess:
                                    f"{self.log_tail()}")  # fmt: skip
             time.sleep(0.1)
         raise TimeoutError(f"orchestrator did not listen in {timeout}s:\n{self.log_tail()}")
+
+    def reload(self, timeout: float = 30) -> str:
+        """Write ``config`` and SIGHUP the running orchestrator; returns its outcome
+        (``applied``, ``refused`` or ``invalid``) once the reload is logged."""
+        assert self.proc is not None and self.proc.poll() is None, "not running"
+        offset = self.log_path.stat().st_size
+        self.write_config()
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = _RELOADED.search(self.log_text()[offset:])
+            if m:
+                return "applied" if m.group(1) == "from" else m.group(1)
+            time.sleep(0.1)
+        raise TimeoutError(f"orchestrator did not reload in {timeout}s:\n{self.log_tail()}")
 
     def get(self, path: str, token: str | None = None, etag: str | None = None) -> HTTPReply:
         request = urllib.request.Request(self.url + path)
