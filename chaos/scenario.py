@@ -19,6 +19,7 @@ import difflib
 import operator
 import re
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -69,7 +70,9 @@ PROXIES = {
 }
 """Accepted proxy names -> Toxiproxy proxy name."""
 
-ROW_EXPECTATIONS = ("all", "all_minus_reported_loss")
+ROW_EXPECTATIONS = ("all", "all_minus_reported_loss", "given")
+"""``given``: a destination added by the timeline stores exactly the flows the outlet
+reports written there (what it was given while configured)."""
 COMPARATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne,
     ">": operator.gt, "<": operator.lt,
@@ -158,7 +161,7 @@ class _Window(Kind[tuple[float, float]]):
 
 
 class _Rows(Kind["str | int | None"]):
-    type_doc = "all, all_minus_reported_loss or a count"
+    type_doc = "all, all_minus_reported_loss, given or a count"
 
     def convert(self, raw: object) -> str | int:
         if raw in ROW_EXPECTATIONS or (isinstance(raw, int) and not isinstance(raw, bool)
@@ -227,6 +230,8 @@ class Action:
             bits.append(str(self.params.get("target")))
         if self.action == "set_rate":
             bits.append(f"{self.params.get('rate')}/s")
+        if self.action in ("add_destination", "remove_destination"):
+            bits.append(str(self.params.get("name")))
         return " ".join(bits)
 
 
@@ -258,6 +263,11 @@ class OutletSettings:
     wait_time: str = setting("500ms", _DurationText())
     azure_max_retries: int = setting(3, Int(0),
                                      doc="max-retries of the additional destinations")
+    orchestrator: bool = setting(
+        False, BOOL, doc="the outlet runs from an orchestrator's URL (add_destination and "
+                         "remove_destination change what the orchestrator serves)")
+    config_refresh: str = setting("1s", _DurationText(),
+                                  doc="the outlet's --config-refresh-interval (orchestrator)")
 
 
 @dataclass(frozen=True)
@@ -343,10 +353,15 @@ def _operand(text: str) -> MetricSelector | float:
         raise Invalid(f"unknown metric {m.group(1)!r} (not exported by the outlet; see "
                       "outlet/metrics.py)")
     for k, v in labels:
-        if k == "destination" and v not in ("primary", *DESTINATIONS[1:]):
+        if k == "destination" and v not in ("primary", *DESTINATIONS[1:], *_ADDED.get()):
             raise Invalid(f'unknown destination label {v!r} (the primary is "primary", '
                           f'additional ones by name: {", ".join(DESTINATIONS[1:])})')
     return MetricSelector(name, tuple(labels))
+
+
+#: Destinations the timeline adds (add_destination), while ``expect`` is parsed: they may
+#: be expected and named in metric labels like the stack's destinations.
+_ADDED: ContextVar[tuple[str, ...]] = ContextVar("added_destinations", default=())
 
 
 class _DestinationExpectations(Kind[tuple[DestinationExpectation, ...]]):
@@ -359,7 +374,8 @@ class _DestinationExpectations(Kind[tuple[DestinationExpectation, ...]]):
         for name, spec in raw.items():
             where = at.child(name)
             try:
-                DESTINATION.parse(name, where, "")
+                if name not in _ADDED.get():
+                    DESTINATION.parse(name, where, "")
             except Invalid as e:
                 where.report(str(e))
                 continue
@@ -396,6 +412,10 @@ class Repeat:
 
 
 STREAM = Str(choices=STREAMS, problem="must be upstream or downstream, got {got}")
+DESTINATION_NAME = Str(pattern=r"[a-z0-9_]{1,40}",
+                       pattern_msg="expected a destination name ([a-z0-9_], at most 40)")
+SERVER = _one_of(DESTINATIONS, "server")
+IDENTIFIER = Str(pattern=r"[A-Za-z_][A-Za-z0-9_]*", pattern_msg="expected a database name")
 TOXIC_TYPE = _one_of(TOXIC_ATTRIBUTES, "toxic type")
 _NAME = Str(nonempty=True, problem="expected a non-empty string, got {got}")
 
@@ -428,6 +448,9 @@ ACTIONS: dict[str, dict[str, Key]] = {
                                   {"target": _one_of(DESTINATIONS, "target")}),
     "restart_kafka": _params("restart_kafka", {}),
     "set_rate": _params("set_rate", {"rate": Number(lo=0)}),
+    "add_destination": _params("add_destination", {"name": DESTINATION_NAME, "server": SERVER},
+                               {"database": IDENTIFIER}),
+    "remove_destination": _params("remove_destination", {"name": DESTINATION_NAME}),
 }
 """action -> its parameters (besides ``COMMON_ACTION_KEYS``)."""
 
@@ -500,7 +523,20 @@ def _check_timeline(actions: list[Action], problems: Problems) -> None:
     """The outlet, proxies and toxics must be in a state each action can apply to."""
     outlet_up = True
     toxics: dict[tuple[str, str], str] = {}
+    configured: set[str] = set()
     for a in sorted(actions, key=lambda a: a.at):
+        if a.action == "add_destination":
+            name = str(a.params["name"])
+            if name in configured or name in ("primary", *DESTINATIONS):
+                problems.add(a.path, f"destination {name!r} is already configured at "
+                                     f"{format_duration(a.at)}")
+            configured.add(name)
+        elif a.action == "remove_destination":
+            name = str(a.params["name"])
+            if name not in configured:
+                problems.add(a.path, f"remove_destination: no destination {name!r} added "
+                                     f"before {format_duration(a.at)}")
+            configured.discard(name)
         if a.action in ("kill_outlet", "stop_outlet", "restart_outlet"):
             if not outlet_up:
                 problems.add(a.path, f"{a.action} at {format_duration(a.at)}: the outlet is "
@@ -536,6 +572,10 @@ class _Timeline(Kind[tuple[Action, ...]]):
         actions = [a for i, item in enumerate(raw) for a in _actions(item, at.child(i))]
         dests = at.sibling("outlet").destinations
         for a in actions:
+            if a.action in ("add_destination", "remove_destination") and not at.sibling(
+                    "outlet").orchestrator:
+                at.problems.add(a.path, f"{a.action} needs outlet.orchestrator: true (the "
+                                        "destination is added through the orchestrator)")
             if a.proxy and a.proxy != "kafka" and a.proxy.removeprefix("clickhouse-") not in dests:
                 at.problems.add(a.path, f"proxy {a.proxy} is not in front of a destination of "
                                         f"this run (outlet.destinations: {list(dests)})")
@@ -553,22 +593,36 @@ class _Expect(Kind[Expectations]):
     type_doc = "mapping"
 
     def parse(self, raw: object, at: Where, default: Expectations) -> Expectations:
-        return self._in_context(parse(Expectations, raw, at.problems, path=at.path), at)
+        return self._in_context(self._parse(raw, at), at)
 
     def missing(self, default: Expectations, at: Where) -> Expectations:
-        return self._in_context(parse(Expectations, None, at.problems, path=at.path), at)
+        return self._in_context(self._parse(None, at), at)
+
+    def _parse(self, raw: object, at: Where) -> Expectations:
+        token = _ADDED.set(tuple(added_destinations(at.sibling("timeline"))))
+        try:
+            return parse(Expectations, raw, at.problems, path=at.path)
+        finally:
+            _ADDED.reset(token)
 
     def _in_context(self, exp: Expectations, at: Where) -> Expectations:
         dests = at.sibling("outlet").destinations
         load: Load = at.sibling("load")
         actions: tuple[Action, ...] = at.sibling("timeline")
+        added = added_destinations(actions)
         primary = dests[0]
         kept: list[DestinationExpectation] = []
         for e in exp.destinations:
             where = at.child("destinations").child(e.destination)
-            if e.destination not in dests:
+            if e.destination not in dests and e.destination not in added:
                 where.report(f"not a destination of this run (outlet.destinations: {list(dests)})")
                 continue
+            if e.rows == "given" and e.destination not in added:
+                where.child("rows").report("given is for a destination the timeline adds")
+            if e.destination in added and (e.rows not in (None, "given") or e.no_loss):
+                where.child("rows").report("a destination the timeline adds receives only "
+                                           "the batches sealed while configured: expect "
+                                           "rows: given")
             if e.destination == primary and (e.rows == "all_minus_reported_loss"
                                              or e.loss_equals_metric):
                 where.report("the primary never gives up on a batch: expect rows: all")
@@ -720,6 +774,11 @@ class Scenario:
         return planned_windows(self.timeline)
 
 
+def added_destinations(timeline: tuple[Action, ...] | list[Action]) -> list[str]:
+    """Names of the destinations the timeline adds (add_destination), in order."""
+    return [str(a.params["name"]) for a in timeline if a.action == "add_destination"]
+
+
 def planned_windows(timeline: tuple[Action, ...] | list[Action]
                     ) -> list[tuple[float, float | None, str]]:
     """Pair fault starts with their ends: disable/enable per proxy, add/remove per toxic,
@@ -737,6 +796,12 @@ def planned_windows(timeline: tuple[Action, ...] | list[Action]
             open_[("toxic", f"{a.proxy}/{a.params.get('name')}")] = (a.at, a.label)
         elif a.action == "remove_toxic":
             start = open_.pop(("toxic", f"{a.proxy}/{a.params.get('name')}"), None)
+            if start:
+                out.append((start[0], a.at, start[1]))
+        elif a.action == "add_destination":
+            open_[("destination", str(a.params.get("name")))] = (a.at, a.label)
+        elif a.action == "remove_destination":
+            start = open_.pop(("destination", str(a.params.get("name"))), None)
             if start:
                 out.append((start[0], a.at, start[1]))
         elif a.action in ("kill_outlet", "stop_outlet"):
