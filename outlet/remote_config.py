@@ -290,9 +290,9 @@ async def load_at_startup(
             if cached is not None and waited >= wait:
                 age = time.time() - cached.fetched_at
                 log.warning("orchestrator unreachable for %.0fs (%s): starting from the"
-                            " configuration cached %s (%.0fs old); it will not change until"
-                            " the outlet restarts", waited, e.kind, remote.cache_path,
-                            age)  # fmt: skip
+                            " configuration cached %s (%.0fs old); it keeps asking and"
+                            " applies what the orchestrator serves once it answers", waited,
+                            e.kind, remote.cache_path, age)  # fmt: skip
                 return cached, True
             delay = backoff_delay(attempt, initial_backoff, max_backoff)
             if e.kind != last_kind or attempt % REMINDER_EVERY == 0:
