@@ -46,6 +46,7 @@ def _remote(load: Callable[[], T], source: str) -> T:
 def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
+    from outlet.kafka_input import ClusterIdError
     from outlet.logs import setup_logging
     from outlet.metrics import Metrics
     from outlet.pipeline import ConfigSource, Outlet
@@ -66,7 +67,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     _tune_gc()
     names = ", ".join(d.name for d in cfg.destinations())
     log.info("outlet %s starting: topic %s, destinations: %s", _version(), cfg.kafka.topic, names)
-    trio.run(Outlet(cfg, metrics, source=source).run)
+    try:
+        trio.run(Outlet(cfg, metrics, source=source).run)
+    except ClusterIdError as exc:
+        log.error("outlet cannot start: %s", exc)
+        return 1
     log.info("outlet stopped cleanly")
     return 0
 

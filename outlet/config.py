@@ -512,6 +512,19 @@ class KafkaConfig:
     tls: TLSConfig = section(TLSConfig, doc="TLS to the brokers.", type_doc=_TLS_TYPE,
                              default_doc="disabled")
     sasl: SASLConfig = section(SASLConfig)
+    cluster_identity: str = setting(  # added to the cluster id in deduplication tokens
+        "", Str(pattern=r"[A-Za-z0-9._-]{0,64}",
+                pattern_msg="must match [A-Za-z0-9._-]+ (at most 64 characters)"),
+        type_doc="`[A-Za-z0-9._-]`, at most 64", default_doc='`""` (none)',
+        doc="Added to the Kafka cluster id in every deduplication token "
+            "(`v2:<cluster-id>+<cluster-identity>/...`). **Set it, different in each "
+            "datacenter, when Kafka clusters share a cluster id**: clusters restored from one "
+            "backup or disk snapshot, cloned VMs or volumes, a cluster re-created from "
+            "another's storage. Leave it empty otherwise: the cluster id, read from the "
+            "brokers at start-up, already tells clusters apart. Changing it changes the "
+            "tokens of new batches only (batches in the ledger and the spool keep theirs), so "
+            "it is safe to set during an outage. See [dual-write.md](dual-write.md#"
+            "deduplication-tokens-and-why-they-cannot-collide).")
 
 
 @dataclass(frozen=True)
@@ -603,10 +616,26 @@ class SpoolConfig:
 @dataclass(frozen=True)
 class CircuitBreakerConfig:
     failure_threshold: int = setting(
-        5, Int(1), doc="Consecutive failures that open the breaker.")
+        5, Int(1), doc="Consecutive failures that open the breaker. While it is open no batch "
+                       "is sent (they go to the spool).")
+    probe_interval: float = setting(
+        0.5, Duration(positive=True, at_most=HOUR),
+        doc="First probe of an open breaker: a `SELECT 1` (bounded by `dial-timeout`), never a "
+            "batch. Each failed probe doubles the wait...")
+    probe_max_interval: float = setting(
+        2.0, Duration(positive=True, at_least="probe_interval", at_most=HOUR),
+        type_doc="duration >= `probe-interval`, <= 1h",
+        doc="...up to this. Once a probe answers, one batch decides (half-open): a link that "
+            "comes back carries flows again within about this long plus one insert; a dead "
+            "destination costs one cheap request per interval.")
     cool_down: float = setting(
         30.0, Duration(positive=True, at_most=HOUR),
-        doc="Time before a probe is allowed through an open breaker.")
+        doc="**Changed meaning:** before probes existed this was the wait after *any* opening; "
+            "it is now the wait between attempts after a *permanent* error only "
+            "(authentication 516, unknown table or column, type mismatch), which a probe "
+            "cannot see getting fixed. Existing configs keep working; a `cool-down` set to "
+            "slow down connectivity recovery now has no effect there (use "
+            "`probe-max-interval`).")
 
 
 @dataclass(frozen=True)

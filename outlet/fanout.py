@@ -84,10 +84,10 @@ class FanOut:
 
 @dataclass
 class Opened:
-    """A destination with the writers it owns (live path, spool replay)."""
+    """A destination with the writers it owns (live path, audit, probes, spool replay)."""
 
     destination: Destination
-    writers: Sequence[ReplaceableWriter]
+    writers: Sequence[ReplaceableWriter]  # every user of its connection
 
 
 #: Builds a destination; its resources go into the stack (closed when it is done).
@@ -232,7 +232,7 @@ class DestinationSet:
         dest.update(cfg)
         if reconnect:
             for writer in running.opened.writers:
-                await writer.replace(self._writer(cfg.connection))
+                await writer.replace(self._writer(writer.connection(cfg.connection)))
             log.info("destination %s: new connection settings, used from its next insert",
                      cfg.name)
 

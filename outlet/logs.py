@@ -79,5 +79,8 @@ def set_level(level: str) -> None:
     """The root level (live reconfiguration changes it); chatty libraries stay at warning."""
     root = logging.getLogger()
     root.setLevel(level.upper())
-    for noisy in ("hypercorn.error", "urllib3", "clickhouse_connect"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("hypercorn.error").setLevel(max(logging.WARNING, root.level))
+    # Their warnings repeat each failed request (every probe of a dead destination); the
+    # destination logs every failure itself, with its kind, attempt and server.
+    for noisy in ("urllib3", "clickhouse_connect"):
+        logging.getLogger(noisy).setLevel(max(logging.ERROR, root.level))

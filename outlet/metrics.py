@@ -50,6 +50,13 @@ DESTINATION_RETRIES_EXCEEDED_FLOWS_TOTAL = "outlet_destination_retries_exceeded_
 DESTINATION_QUEUED_BATCHES = "outlet_destination_queued_batches"
 DESTINATION_LAST_SUCCESS_TIMESTAMP_SECONDS = "outlet_destination_last_success_timestamp_seconds"
 DESTINATION_UP = "outlet_destination_up"
+# deduplication the servers did (outlet/dedup_audit.py), label attempt: first | repeat
+DESTINATION_DEDUPLICATED_BATCHES_TOTAL = "outlet_destination_deduplicated_batches_total"
+DESTINATION_DEDUPLICATED_FLOWS_TOTAL = "outlet_destination_deduplicated_flows_total"
+DESTINATION_DEDUPLICATION_PENDING_BATCHES = "outlet_destination_deduplication_pending_batches"
+DESTINATION_DEDUPLICATION_UNVERIFIED_BATCHES_TOTAL = (
+    "outlet_destination_deduplication_unverified_batches_total"
+)
 # spool and circuit breaker (additional destinations)
 SPOOL_BYTES = "outlet_spool_bytes"
 SPOOL_BATCHES = "outlet_spool_batches"
@@ -197,6 +204,33 @@ class Metrics:
             ["destination", "reason"],
             registry=r,
         )
+        # deduplication seen by the server (outlet/dedup_audit.py); attempt: first | repeat
+        self.dest_dedup_batches = Counter(
+            DESTINATION_DEDUPLICATED_BATCHES_TOTAL,
+            "Inserts the server deduplicated (first: a collision or foreign writer; "
+            "repeat: a retry, rebuild or replay, as intended).",
+            ["destination", "attempt"],
+            registry=r,
+        )
+        self.dest_dedup_flows = Counter(
+            DESTINATION_DEDUPLICATED_FLOWS_TOTAL,
+            "Flows the server dropped as duplicates, by attempt (first | repeat).",
+            ["destination", "attempt"],
+            registry=r,
+        )
+        self.dest_dedup_unverified = Counter(
+            DESTINATION_DEDUPLICATION_UNVERIFIED_BATCHES_TOTAL,
+            "Inserts whose outcome the server's part/query logs never showed (logs off or "
+            "not readable): deduplication on them is not counted.",
+            d,
+            registry=r,
+        )
+        self.dest_dedup_pending = Gauge(
+            DESTINATION_DEDUPLICATION_PENDING_BATCHES,
+            "Inserts whose outcome the deduplication audit has not read back yet.",
+            d,
+            registry=r,
+        )
         self.dest_queued = Gauge(
             DESTINATION_QUEUED_BATCHES,
             "Encoded batches waiting for this destination.",
@@ -290,7 +324,8 @@ class Metrics:
         stale state forever); its counters stay (totals over the outlet's life)."""
         for gauge in (
             self.dest_queued, self.dest_last_success, self.dest_up, self.circuit_state,
-            self.spool_bytes, self.spool_batches, self.spool_oldest_age,
+            self.spool_bytes, self.spool_max_bytes, self.spool_batches, self.spool_oldest_age,
+            self.dest_dedup_pending,
         ):
             with contextlib.suppress(KeyError):
                 gauge.remove(name)

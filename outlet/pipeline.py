@@ -44,7 +44,14 @@ from outlet.logs import set_level, setup_logging
 from outlet.metrics import Metrics
 from outlet.sealer import BatchEncoder, Encoder, Sealer
 from outlet.spool import Spool
-from outlet.writer import ClickHouseWriter, ReplaceableWriter, Writer
+from outlet.tokens import WriterIdentity
+from outlet.writer import (
+    ClickHouseWriter,
+    ConnectionFor,
+    ReplaceableWriter,
+    Writer,
+    probe_connection,
+)
 
 if TYPE_CHECKING:
     from outlet.httpapi import ReadyCheck
@@ -113,12 +120,14 @@ class Rebalance:
         ledger: BatchLedger,
         grace_period: float,
         state: RunState,
+        identity: WriterIdentity,
     ) -> None:
         self.batcher = batcher
         self.committer = committer
         self.ledger = ledger
         self.grace_period = grace_period
         self.state = state
+        self.identity = identity
 
     def assigned(self, partitions: set[int], committed: dict[int, int]) -> None:
         """Plan the rebuild of batches sealed before and not committed.
@@ -127,9 +136,10 @@ class Rebalance:
         assignment (session timeout): the re-read records go into batches with the
         original boundaries and tokens, so destinations deduplicate them. Plans are
         reserved with the commit tracker now, before any new batch of those partitions,
-        so the commit watermark cannot pass them while they are rebuilt.
+        so the commit watermark cannot pass them while they are rebuilt. Batches sealed
+        on another Kafka cluster (a re-created one) are not rebuilt (see Ledger.pending).
         """
-        pending = self.ledger.pending(committed, partitions)
+        pending = self.ledger.pending(committed, partitions, self.identity.cluster_id)
         plans = self.batcher.plan_rebuilds(partitions, pending)
         for plan in plans:
             self.committer.reserve(plan.seq, plan.ranges)
@@ -222,7 +232,8 @@ class Outlet:
             metrics,
             cfg.clickhouse.grace_period,
         )
-        sealer = Sealer(cfg.kafka.topic, ledger, encoder, fanout, metrics)
+        identity = WriterIdentity(alias=cfg.kafka.cluster_identity)
+        sealer = Sealer(cfg.kafka.topic, ledger, encoder, fanout, metrics, identity)
         batch = cfg.clickhouse
         batcher = Batcher(
             batch.maximum_batch_size,
@@ -230,35 +241,60 @@ class Outlet:
             sealer.seal,
             batch.maximum_flows_per_record,
         )
-        rebalance = Rebalance(batcher, committer, ledger, batch.grace_period, self.state)
+        rebalance = Rebalance(batcher, committer, ledger, batch.grace_period, self.state, identity)
         kafka = KafkaInput(cfg.kafka, metrics, b.source(cfg.kafka, metrics), rebalance)
         stack.push_async_callback(kafka.aclose)
-        await kafka.open()
+        await kafka.open()  # ClusterIdError: the outlet does not start
+        self._scope_tokens(identity, kafka.cluster_id)
         channel = trio.open_memory_channel[Chunk](cfg.kafka.queue_size)
         return Parts(kafka, batcher, committer, destinations, encoder, rebalance, channel)
+
+    def _scope_tokens(self, identity: WriterIdentity, cluster_id: str | None) -> None:
+        """Every token names the Kafka cluster; known before the first record is read
+        (rebalance callbacks, hence reads, only run inside polls, after open)."""
+        if not cluster_id:
+            raise RuntimeError("the record source opened without a Kafka cluster id")
+        identity.cluster_id = cluster_id
+        alias = self.cfg.kafka.cluster_identity
+        log.info(
+            "deduplication tokens scoped to Kafka cluster %s%s (token identity %s)",
+            cluster_id, f" + cluster-identity {alias}" if alias else "",
+            identity.token_identity,
+        )
 
     def _open_destination(
         self, committer: Committer, cfg: DestinationConfig, stack: contextlib.AsyncExitStack
     ) -> Opened:
-        """One destination and its resources (closed by ``stack``, when it is done)."""
+        """One destination and its resources (closed by ``stack``, when it is done). Each
+        user of a connection gets its own writer (a ClickHouseWriter is not shared between
+        threads): the live inserts, the deduplication audit's queries, the circuit's
+        probes (SELECT 1 bounded by dial-timeout) and the spool replay; each is
+        replaceable (live reconfiguration: outlet/fanout.py)."""
         b = self.backends
+        writers: list[ReplaceableWriter] = []
 
-        def writer() -> ReplaceableWriter:
-            w = ReplaceableWriter(b.writer(cfg.connection))
+        def writer(connection: ConnectionFor | None = None) -> ReplaceableWriter:
+            w = ReplaceableWriter.of(b.writer, cfg.connection, connection)
             stack.push_async_callback(w.aclose)
+            writers.append(w)
             return w
 
-        live = writer()
-        writers = [live]
+        live, audit = writer(), writer()
+        probe = writer(probe_connection) if cfg.connection.max_retries > 0 else None
         fallback: Fallback
         if cfg.spool.enable and cfg.connection.max_retries > 0:
             spool = Spool(cfg.spool, cfg.name)
             stack.callback(spool.close)
-            writers.append(writer())
-            fallback = SpoolLane(cfg, self.metrics, spool, writers[1], committer.settled, b.disk)
+            fallback = SpoolLane(cfg, self.metrics, spool, writer(), committer.settled, b.disk)
         else:
             fallback = GiveUp(cfg.name, self.metrics, committer.settled)
-        return Opened(Destination(cfg, self.metrics, live, fallback, committer.settled), writers)
+        return Opened(
+            Destination(
+                cfg, self.metrics, live, fallback, committer.settled,
+                probe=probe, audit_writer=audit,
+            ),
+            writers,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

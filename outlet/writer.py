@@ -8,7 +8,11 @@ the in-process tests.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -23,6 +27,14 @@ from outlet.retry import classify
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class InsertResult:
+    """What one successful insert attempt reported."""
+
+    comment: str  # its log_comment (and query_id): finds it in the server's logs
+    written_rows: int  # X-ClickHouse-Summary: rows sent, deduplicated or not
+
+
 class Writer(Protocol):
     """Inserts encoded batches into one destination (any server of it)."""
 
@@ -31,11 +43,21 @@ class Writer(Protocol):
         """The server the next insert goes to (for logs)."""
         ...
 
-    async def write(self, job: EncodedJob) -> int:
-        """Insert the batch under its deduplication token; rows written, as reported.
+    async def write(self, job: EncodedJob) -> InsertResult:
+        """Insert the batch under its deduplication token.
 
-        Raises on failure; outlet/retry.py classifies the exception.
+        Raises on failure; outlet/retry.py classifies the exception. The result's
+        ``comment`` names the attempt in the server's logs (outlet/dedup_audit.py).
         """
+        ...
+
+    async def ping(self) -> None:
+        """A query that costs the server nothing but needs the link and the credentials
+        (the circuit breaker's probe). Raises on failure, as write does."""
+        ...
+
+    async def query(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """A read query's rows (the deduplication audit's)."""
         ...
 
     def redact(self, text: str) -> str:
@@ -102,14 +124,27 @@ class ClickHouseWriter:
             self._clients[url] = client
         return client
 
-    async def write(self, job: EncodedJob) -> int:
+    async def write(self, job: EncodedJob) -> InsertResult:
         return await trio.to_thread.run_sync(self.insert, job, abandon_on_cancel=True)
 
-    def insert(self, job: EncodedJob) -> int:
-        """Insert one encoded batch (blocking); rows written as reported by the server."""
-        try:
-            client = self.client()
-            summary = client.raw_insert(
+    async def ping(self) -> None:
+        await trio.to_thread.run_sync(self.ping_sync, abandon_on_cancel=True)
+
+    async def query(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = await trio.to_thread.run_sync(
+            self.query_sync, sql, parameters, abandon_on_cancel=True
+        )
+        return rows
+
+    def insert(self, job: EncodedJob) -> InsertResult:
+        """Insert one encoded batch under its deduplication token (blocking).
+
+        Each attempt gets a unique ``log_comment`` (also its ``query_id``), which finds it
+        in ``system.query_log`` and its parts in ``system.part_log``.
+        """
+        comment = f"outlet-{uuid.uuid4().hex}"
+        summary = self._call(
+            lambda client: client.raw_insert(
                 f"{self.conn.database}.{schema.TABLE}",
                 column_names=schema.COLUMN_NAMES,
                 insert_block=job.native,
@@ -117,18 +152,34 @@ class ClickHouseWriter:
                     **schema.INSERT_SETTINGS,
                     "insert_deduplication_token": job.token,
                     "insert_deduplicate": 1,
+                    "log_comment": comment,
+                    "query_id": comment,
                 },
                 fmt="Native",
                 compression=job.compression,
             )
+        )
+        written = getattr(summary, "written_rows", None)
+        return InsertResult(comment, int(written) if written is not None else job.rows)
+
+    def ping_sync(self) -> None:
+        self._call(lambda client: client.command("SELECT 1"))
+
+    def query_sync(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = self._call(
+            lambda client: client.query(sql, parameters=parameters).result_rows
+        )
+        return rows
+
+    def _call(self, fn: Callable[[Any], Any]) -> Any:
+        try:
+            return fn(self.client())
         except Exception as exc:
             failure = classify(exc)
             if failure.kind in ("connect", "timeout"):
                 self._drop_client()
                 self._current = (self._current + 1) % len(self.conn.servers)
             raise
-        written = getattr(summary, "written_rows", None)
-        return int(written) if written is not None else job.rows
 
     def _drop_client(self) -> None:
         client = self._clients.pop(self.server, None)
@@ -148,15 +199,33 @@ class ClickHouseWriter:
             await trio.to_thread.run_sync(self.close)
 
 
-class ReplaceableWriter:
-    """A Writer whose transport can be replaced between two inserts (live reconfiguration:
-    new credentials, TLS files, servers). ``replace`` takes effect at the next ``write``;
-    the old writer is closed then, never while one of its inserts runs (one user at a
-    time: a destination's loop, or its spool replay)."""
+#: The connection one user of a destination's connection gets from the destination's own.
+ConnectionFor = Callable[[ConnectionConfig], ConnectionConfig]
 
-    def __init__(self, writer: Writer) -> None:
+
+def probe_connection(conn: ConnectionConfig) -> ConnectionConfig:
+    """The circuit's probes (``SELECT 1``): bounded by dial-timeout, not insert-timeout."""
+    return dataclasses.replace(conn, insert_timeout=conn.dial_timeout)
+
+
+class ReplaceableWriter:
+    """A Writer whose transport can be replaced between two calls (live reconfiguration:
+    new credentials, TLS files, servers). ``replace`` takes effect at the next call; the
+    old writer is closed then, never while one of its calls runs (one user each: a
+    destination's loop, its probes, its audit, or its spool replay). ``connection`` maps
+    the destination's connection to this user's (the probes' shorter timeout)."""
+
+    def __init__(self, writer: Writer, connection: ConnectionFor | None = None) -> None:
         self._current = writer
         self._next: Writer | None = None
+        self.connection: ConnectionFor = connection or _same
+
+    @classmethod
+    def of(cls, make: Callable[[ConnectionConfig], Writer], conn: ConnectionConfig,
+           connection: ConnectionFor | None = None) -> ReplaceableWriter:
+        """A writer made by ``make`` for this user's view of ``conn``."""
+        connection = connection or _same
+        return cls(make(connection(conn)), connection)
 
     @property
     def server(self) -> str:
@@ -167,11 +236,20 @@ class ReplaceableWriter:
         if pending is not None:  # replaced again before it was used
             await pending.aclose()
 
-    async def write(self, job: EncodedJob) -> int:
+    async def _use(self) -> Writer:
         if self._next is not None:
             old, self._current, self._next = self._current, self._next, None
             await old.aclose()
-        return await self._current.write(job)
+        return self._current
+
+    async def write(self, job: EncodedJob) -> InsertResult:
+        return await (await self._use()).write(job)
+
+    async def ping(self) -> None:
+        await (await self._use()).ping()
+
+    async def query(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return await (await self._use()).query(sql, parameters)
 
     def redact(self, text: str) -> str:
         """Both transports' secrets (an error of the old one may still be reported)."""
@@ -184,3 +262,7 @@ class ReplaceableWriter:
                 await self._next.aclose()
         finally:
             await self._current.aclose()
+
+
+def _same(conn: ConnectionConfig) -> ConnectionConfig:
+    return conn

@@ -26,11 +26,23 @@ class HarnessError(RuntimeError):
 def reuse_or_start(stack_dir: str | Path) -> tuple[Endpoints, bool]:
     """A healthy stack in ``stack_dir``, or one started there; (endpoints, started here)."""
     sdir = Path(stack_dir).resolve()
-    if stk.is_healthy(sdir):
+    if stk.is_healthy(sdir, stk.SINGLE_DC):
         return Endpoints.load(sdir), False
     print(f"starting the stack in {sdir} ...", flush=True)
     try:
         return stk.start_stack(sdir), True
+    except stk.StackError as e:
+        raise HarnessError(f"stack start failed: {e}\n{e.log_tail(30)}") from None
+
+
+def reuse_or_start_multi_dc(stack_dir: str | Path) -> tuple[stk.MultiDCEndpoints, bool]:
+    """:func:`reuse_or_start` for the multi-dc stack (``chaos stack up --topology multi-dc``)."""
+    sdir = Path(stack_dir).resolve()
+    if stk.is_healthy(sdir, stk.MULTI_DC):
+        return stk.MultiDCEndpoints.load(sdir), False
+    print(f"starting the multi-dc stack in {sdir} ...", flush=True)
+    try:
+        return stk.start_multi_dc_stack(sdir), True
     except stk.StackError as e:
         raise HarnessError(f"stack start failed: {e}\n{e.log_tail(30)}") from None
 
