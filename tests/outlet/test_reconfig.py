@@ -282,19 +282,25 @@ async def test_new_credentials_replace_the_writers_between_inserts(
         async with trio.open_nursery() as load:
             load.start_soon(produce, w, 200)
             await until(lambda: len(w.azure.rows) >= 40)
-            old = list(w.writers)  # primary, azure live, azure replay (spool)
+            # primary: live, audit; azure: live, audit, probe (circuit), replay (spool)
+            old = list(w.writers)
+            assert len(old) == 6
             doc["clickhousedb"]["password"] = "p2"
             doc["additional-clickhouses"][0]["connection"]["password"] = "a2"
             assert await o.reconfigure(parsed(doc)) == "applied"
             writes = [wr.writes for wr in old]
             await until(lambda: len(w.primary.rows) >= 120 and len(w.azure.rows) >= 120)
             assert [wr.writes for wr in old] == writes, "no insert through an old writer"
-            assert [wr.closed for wr in old] == [True, True, False], (
-                "closed once replaced (the unused replay writer at its next replay)")
+            assert [wr.closed for wr in old] == [True, True, True, True, False, False], (
+                "closed once replaced, at their next use (the unused probe and replay "
+                "writers at their next probe or replay)")
         await until(lambda: w.topic.committed == {0: 100, 1: 100})
     new = w.writers[len(old):]
-    assert sorted(wr.conn.password.reveal() for wr in new) == ["a2", "a2", "p2"]
-    assert all(wr.writes > 0 for wr in new if wr.conn.password.reveal() == "p2")
+    assert sorted(wr.conn.password.reveal() for wr in new) == ["a2"] * 4 + ["p2"] * 2
+    live, probe = new[2], new[4]  # primary's writers first, then azure's, in that order
+    assert probe.timeout == probe.conn.dial_timeout != live.timeout, (
+        "the probe's replacement keeps its dial-timeout bound")
+    assert new[0].writes > 0 and new[2].writes > 0, "the new live writers insert"
     assert all(wr.closed for wr in w.writers)
     everything_once(w, w.primary)
     everything_once(w, w.azure)
