@@ -73,6 +73,7 @@ DESTINATION_CIRCUIT_STATE = "outlet_destination_circuit_state"
 # configuration from an orchestrator (only after Metrics.enable_config_refresh)
 CONFIG_LAST_REFRESH_TIMESTAMP_SECONDS = "outlet_config_last_refresh_timestamp_seconds"
 CONFIG_REFRESH_ERRORS_TOTAL = "outlet_config_refresh_errors_total"
+CONFIG_REFRESH_INTERVAL_SECONDS = "outlet_config_refresh_interval_seconds"
 # live reconfiguration (orchestrator polls, SIGHUP): outlet/reconfig.py
 CONFIG_RELOADS_TOTAL = "outlet_config_reloads_total"
 CONFIG_OUTDATED = "outlet_config_outdated"
@@ -91,6 +92,7 @@ class Metrics:
         # configuration from an orchestrator: see enable_config_refresh
         self.config_last_refresh: Gauge | None = None
         self.config_refresh_errors: Counter | None = None
+        self.config_refresh_interval: Gauge | None = None
         # live reconfiguration
         self.config_reloads = Counter(
             CONFIG_RELOADS_TOTAL,
@@ -338,12 +340,19 @@ class Metrics:
             return
         self.config_last_refresh = Gauge(
             CONFIG_LAST_REFRESH_TIMESTAMP_SECONDS,
-            "Unix time of the last successful configuration fetch from the orchestrator"
-            " (when started from the cache: the time that cached configuration was fetched).",
+            "Unix time of the last answer of the orchestrator (a configuration, or 304 to a"
+            " poll; when started from the cache: the time that cached configuration was"
+            " fetched).",
             registry=self.registry,
         )
         self.config_refresh_errors = Counter(
             CONFIG_REFRESH_ERRORS_TOTAL,
             "Failed configuration fetches from the orchestrator.",
+            registry=self.registry,
+        )
+        self.config_refresh_interval = Gauge(
+            CONFIG_REFRESH_INTERVAL_SECONDS,
+            "How often the running outlet polls the orchestrator (--config-refresh-interval;"
+            " 0: only on SIGHUP): how old the last refresh may normally be.",
             registry=self.registry,
         )

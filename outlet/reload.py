@@ -72,6 +72,8 @@ class OrchestratorPoller:
         self.etag = etag  # of the last configuration looked at
         self.metrics = metrics
         metrics.enable_config_refresh()
+        assert metrics.config_refresh_interval is not None
+        metrics.config_refresh_interval.set(interval)
         self._wake = _Wake()
         self._failures = 0
         self._last_kind = ""

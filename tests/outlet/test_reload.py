@@ -83,6 +83,7 @@ async def test_poller_applies_each_served_configuration_once(
     await polls(poller, apply, 35)
     assert orch.requests == [orch.etag] * 3 and apply.configs == [], "304s: nothing to apply"
     assert time.time() - (value(m, names.CONFIG_LAST_REFRESH_TIMESTAMP_SECONDS) or 0) < 60
+    assert value(m, names.CONFIG_REFRESH_INTERVAL_SECONDS) == 10, "what OutletConfigStale uses"
     orch.body = body("g2")
     await polls(poller, apply, 30)
     assert [c.kafka.consumer_group for c in apply.configs] == ["g2"], "once, though refused"
