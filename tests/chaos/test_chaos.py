@@ -462,3 +462,9 @@ def test_multi_dc_scenario_end_to_end(multi_dc_stack: Any, tmp_path: Path) -> No
     for dc in ("a", "b"):
         cfg = yaml.safe_load((tmp_path / sc.name / f"outlet-{dc}" / "outlet.yaml").read_text())
         assert cfg["kafka"]["topic"] == data["info"]["topic"]  # the same topic name in both
+
+
+def test_destinations_are_added_in_single_dc_scenarios_only() -> None:
+    doc = multi_dc(at="5s", action="add_destination", name="extra", server="local")
+    doc["outlet"] = {"orchestrator": True}
+    assert any("add_destination: single-dc scenarios only" in p for p in problems(doc))
