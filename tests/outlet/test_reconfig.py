@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from outlet.config import OutletConfig, parse_config
 from outlet.pipeline import Outlet
 from outlet.spool import Spool
 from tests.outlet.fakes import AZURE_URL, PRIMARY_URL, FakeClickHouse, World
+from tests.outlet.test_pipeline import running, until
 
 EXTRA_URL = "http://127.0.0.1:38123"
 
@@ -58,20 +58,6 @@ def world() -> World:
     w = World()
     w.servers[EXTRA_URL] = FakeClickHouse("extra")
     return w
-
-
-@asynccontextmanager
-async def running(outlet: Outlet) -> AsyncIterator[Outlet]:
-    async with trio.open_nursery() as nursery:
-        await nursery.start(outlet.run)
-        yield outlet
-        outlet.request_stop()
-
-
-async def until(cond: Callable[[], bool], timeout: float = 600) -> None:
-    with trio.fail_after(timeout):
-        while not cond():
-            await trio.sleep(0.01)
 
 
 def metric(o: Outlet, name: str, **labels: str) -> float | None:
