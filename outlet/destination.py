@@ -215,10 +215,12 @@ class Destination:
     def update(self, cfg: DestinationConfig) -> None:
         """New settings of this destination (live reconfiguration, outlet/reconfig.py): the
         retry policy from the next attempt, circuit thresholds and probe intervals from the
-        next failure; the deduplication audit follows a new server or database. The
-        writers are replaced by whoever made them (outlet/fanout.py)."""
-        moved = (cfg.connection.servers, cfg.connection.database) != (
-            self.cfg.connection.servers, self.cfg.connection.database)
+        next failure; the deduplication audit follows a new server or database; an open
+        circuit probes at once with new connection settings (new credentials may fix
+        what tripped it). The writers are replaced by whoever made them, before this
+        (outlet/fanout.py)."""
+        old = self.cfg.connection
+        moved = (cfg.connection.servers, cfg.connection.database) != (old.servers, old.database)
         self.cfg = cfg
         self.retry = RetryPolicy.of(cfg.connection)
         cb = cfg.circuit_breaker
@@ -229,6 +231,9 @@ class Destination:
         self.fallback.update(cfg)
         if moved:
             self.audit.retarget(cfg.connection.database)
+        if cfg.connection != old:  # what opened the circuit may be fixed: probe now
+            self.breaker.connection_changed()
+            self._circuit_moved.notify()
 
     def retire(self, within: float) -> None:
         """Removed from the configuration: no more batches; the queued ones are inserted

@@ -229,12 +229,12 @@ class DestinationSet:
     async def _update(self, running: _Running, cfg: DestinationConfig) -> None:
         dest = running.destination
         reconnect = dest.cfg.connection != cfg.connection
-        dest.update(cfg)
-        if reconnect:
+        if reconnect:  # first: the probe update() may start must use the new settings
             for writer in running.opened.writers:
                 await writer.replace(self._writer(writer.connection(cfg.connection)))
             log.info("destination %s: new connection settings, used from its next insert",
                      cfg.name)
+        dest.update(cfg)
 
     async def _retire(self, name: str, dest: Destination, mark: int) -> None:
         """Close the removed destination's queue once no fan-out call can still use it."""

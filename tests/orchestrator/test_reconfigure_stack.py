@@ -14,6 +14,7 @@ import pytest
 
 from outlet import metrics as names
 from tests.orchestrator.conftest import Site, outlet_run_of, site_entry
+from teststack import stack as stk
 from teststack import verify
 from teststack.kafka import create_topic
 from teststack.orchestrator_proc import OrchestratorProcess, RemoteOutletProcess, site_config
@@ -65,6 +66,15 @@ def _central(site: Site, database: str) -> OrchestratorProcess:
     return central
 
 
+def _central_destination(azure: stk.ClickHouseEndpoints, database: str, password_var: str
+                         ) -> dict[str, Any]:
+    """The additional destination ``central`` (the azure server, through its proxy)."""
+    return {"name": "central", "connection": {
+        "servers": [azure.proxied_url], "database": database, "username": azure.username,
+        "password": f"${{{password_var}}}", "max-retries": 3, "dial-timeout": "2s",
+        "retry-initial-backoff": "100ms", "retry-max-backoff": "2s"}}  # fmt: skip
+
+
 def _reloads(outlet: RemoteOutletProcess, outcome: str) -> float:
     return outlet.metric(names.CONFIG_RELOADS_TOTAL, outcome=outcome)
 
@@ -85,11 +95,7 @@ def test_additional_destination_added_then_removed_live_under_load(site: Site) -
     producer.start()
     until(lambda: run.rows("local") >= 15_000, 60, "local rows", outlet.log_tail)
 
-    central = {"name": "central", "connection": {
-        "servers": [azure.proxied_url], "database": central_db, "username": azure.username,
-        "password": f"${{{AZ_VAR}}}", "max-retries": 3, "dial-timeout": "2s",
-        "retry-initial-backoff": "100ms", "retry-max-backoff": "2s"}}  # fmt: skip
-    entry["additional-clickhouses"] = [central]
+    entry["additional-clickhouses"] = [_central_destination(azure, central_db, AZ_VAR)]
     assert o.reload() == "applied"
     until(lambda: _reloads(outlet, "applied") == 1, 30, "the outlet applying it", outlet.log_tail)
     until(lambda: verify.count_rows(azure, central_db) >= 20_000, 60, "central rows",
@@ -160,3 +166,49 @@ def test_orchestrator_restarted_under_load_the_outlet_keeps_running(site: Site) 
     assert outlet.stop() == 0
     cache = Path(site.workdir / "state" / "orchestrator-config" / "outlet-0.yaml").read_text()
     assert f"other_{topic}" in cache, "a restart applies what the orchestrator serves"
+
+
+def test_credentials_changed_live_under_load(site: Site) -> None:
+    """Central configured with a wrong password: every insert fails authentication and
+    goes to the spool. The orchestrator then serves the right one: the outlet replaces
+    the writers between inserts, its open circuit probes at once, the spool replays, and
+    central ends with every flow once, without a restart."""
+    azure = site.ep.clickhouse["azure"]
+    central_db = f"{site.database}_central"
+    _central(site, central_db)
+    topic = create_topic(site.ep, f"orch_creds_{int(time.time())}")
+    port, http_port = free_port(), free_port()
+    entry = site_entry(site, topic, http_port, batch_size=2000)
+    entry["additional-clickhouses"] = [_central_destination(azure, central_db, "OLD_PW")]
+    o = _site_orchestrator(site, topic, port, entry)
+    wrong = "not-the-password-8d1f"
+    outlet = _outlet(site, port, http_port, env={AZ_VAR: azure.password, "OLD_PW": wrong})
+    outlet.start()
+    assert outlet.proc is not None
+    pid = outlet.proc.pid
+    run = outlet_run_of(site, topic, entry)
+    total = 60_000
+    producer = threading.Thread(target=run.produce, args=(total, 4000), daemon=True)
+    producer.start()
+    until(lambda: outlet.metric(names.SPOOL_APPENDED_FLOWS_TOTAL, destination="central")
+          >= 10_000, 60, "batches spooled on authentication failures", outlet.log_tail)
+    assert outlet.metric(names.DESTINATION_INSERT_ERRORS_TOTAL, destination="central",
+                         error="auth") > 0  # fmt: skip
+    assert verify.count_rows(azure, central_db) == 0
+    entry["additional-clickhouses"][0]["connection"]["password"] = f"${{{AZ_VAR}}}"
+    assert o.reload() == "applied"
+    until(lambda: _reloads(outlet, "applied") == 1, 30, "the new password", outlet.log_tail)
+    producer.join()
+    assert run.wait_rows("local", total) == total
+    assert verify.wait_rows(azure, total, 90, central_db) == total
+    until(lambda: outlet.metric(names.SPOOL_BATCHES, destination="central") == 0, 60,
+          "the spool replayed", outlet.log_tail)  # fmt: skip
+    for ch, db in ((site.ch, site.database), (azure, central_db)):
+        stats = verify.table_stats(ch, db)
+        assert (stats.rows, stats.duplicates, stats.bytes_sum) == (total, 0, run.bytes_sum)
+    assert outlet.metric(names.DESTINATION_RETRIES_EXCEEDED_FLOWS_TOTAL,
+                         destination="central") == 0  # fmt: skip
+    assert outlet.alive() and outlet.proc.pid == pid, "no restart"
+    assert wrong not in outlet.log_tail(100_000)
+    assert not any(wrong in sample for sample in outlet.metrics())
+    assert outlet.stop() == 0

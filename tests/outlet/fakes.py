@@ -258,6 +258,7 @@ class FakeClickHouse:
         self.inserts: list[Insert] = []
         self.attempts = 0
         self.pings = 0
+        self.password: str | None = None  # set: writers with another one fail auth (516)
         self._comments = 0
 
     def stop(self) -> None:
@@ -316,13 +317,21 @@ class FakeWriter:
         self.closed = False
         self.writes = 0
 
+    def _authenticate(self) -> None:
+        wanted = self._server.password
+        if wanted is not None and self.conn.password.reveal() != wanted:
+            raise RuntimeError(f"Code: 516. DB::Exception: {self._server.name}: Authentication"
+                               " failed: password is incorrect")
+
     async def write(self, job: EncodedJob) -> InsertResult:
         assert not self.closed, "a write on a closed writer"
         self.writes += 1
+        self._authenticate()
         with trio.fail_after(self.timeout):
             return await self._server.insert(job)
 
     async def ping(self) -> None:
+        self._authenticate()
         with trio.fail_after(self.timeout):
             await self._server.ping()
 

@@ -292,6 +292,34 @@ async def test_new_credentials_replace_the_writers_between_inserts(
     everything_once(w, w.azure)
 
 
+async def test_fixed_credentials_end_an_authentication_outage_at_once(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A wrong password trips azure's circuit (a permanent error: probes would wait
+    cool-down, 60 s here). Serving the right one live makes it probe at once: azure
+    stores again within a second or two, its spool replays, every record once."""
+    w = world()
+    w.azure.password = "right"
+    azure = additional("azure", AZURE_URL, connection={"password": "wrong"},
+                       **{"circuit-breaker": {"cool-down": "60s"}})
+    doc = base(tmp_path, **{"additional-clickhouses": [azure]})
+    o = Outlet(parsed(doc), backends=w.backends())
+    async with running(o):
+        w.topic.produce(0, 50)
+        await until(lambda: w.topic.committed.get(0) == 50)  # spooled: auth failed
+        assert w.azure.rows == [] and metric(o, names.DESTINATION_CIRCUIT_STATE,
+                                             destination="azure") == 1  # fmt: skip
+        await trio.sleep(5)  # well inside the cool-down
+        doc["additional-clickhouses"][0]["connection"]["password"] = "right"
+        assert await o.reconfigure(parsed(doc)) == "applied"
+        fixed_at = trio.current_time()
+        w.topic.produce(0, 50)
+        await until(lambda: len(w.azure.rows) == 100)
+        assert trio.current_time() - fixed_at < 5, "not after the rest of the cool-down"
+    everything_once(w, w.primary)
+    everything_once(w, w.azure)
+
+
 async def test_refused_change_keeps_the_running_configuration(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
