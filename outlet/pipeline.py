@@ -108,6 +108,7 @@ class RunState:
     """What /readyz and the shutdown path look at."""
 
     stopping: bool = False
+    opening: str = "starting"  # what start-up waits for, until the pipeline runs
 
 
 class Rebalance:
@@ -244,7 +245,8 @@ class Outlet:
         rebalance = Rebalance(batcher, committer, ledger, batch.grace_period, self.state, identity)
         kafka = KafkaInput(cfg.kafka, metrics, b.source(cfg.kafka, metrics), rebalance)
         stack.push_async_callback(kafka.aclose)
-        await kafka.open()  # ClusterIdError: the outlet does not start
+        self.state.opening = "waiting for the Kafka cluster id (see the log)"
+        await kafka.open()  # waits for the brokers; ClusterIdError: the outlet does not start
         self._scope_tokens(identity, kafka.cluster_id)
         channel = trio.open_memory_channel[Chunk](cfg.kafka.queue_size)
         return Parts(kafka, batcher, committer, destinations, encoder, rebalance, channel)
@@ -300,21 +302,23 @@ class Outlet:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until SIGTERM/SIGINT, request_stop() or cancellation; flush and commit on
         the way out (not on cancellation: uncommitted batches are rebuilt next time)."""
-        async with contextlib.AsyncExitStack() as stack:
-            parts = await self._open(stack)
-            self.parts = parts
-            try:
-                await self._run(parts, task_status)
-            finally:
-                self.state.stopping = True
+        async with trio.open_nursery() as http:
+            if self.backends.http is not None:  # from the start: /readyz says what we wait for
+                http.start_soon(
+                    self.backends.http, self.cfg.http_listen, self.metrics.registry, self.ready
+                )
+            async with contextlib.AsyncExitStack() as stack:
+                parts = await self._open(stack)
+                self.parts = parts
+                try:
+                    await self._run(parts, task_status)
+                finally:
+                    self.state.stopping = True
+            http.cancel_scope.cancel()
 
     async def _run(self, parts: Parts, task_status: trio.TaskStatus[None]) -> None:
         send, recv = parts.channel
         async with trio.open_nursery() as services:
-            if self.backends.http is not None:
-                services.start_soon(
-                    self.backends.http, self.cfg.http_listen, self.metrics.registry, self.ready
-                )
             await services.start(parts.kafka.run, send)
             services.start_soon(parts.committer.run, parts.kafka)
             services.start_soon(self._watch_signals)
@@ -407,7 +411,7 @@ class Outlet:
     def ready(self) -> tuple[bool, str]:
         """Ready when assigned partitions and the primary's last attempt succeeded."""
         if self.parts is None:
-            return False, "starting"
+            return False, self.state.opening
         primary = self.parts.destinations.primary
         if not self.parts.kafka.ever_assigned:
             return False, "waiting for Kafka partition assignment"
