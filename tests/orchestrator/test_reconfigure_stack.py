@@ -14,10 +14,14 @@ import pytest
 
 from outlet import metrics as names
 from tests.orchestrator.conftest import Site, outlet_run_of, site_entry
-from teststack import stack as stk
 from teststack import verify
 from teststack.kafka import create_topic
-from teststack.orchestrator_proc import OrchestratorProcess, RemoteOutletProcess, site_config
+from teststack.orchestrator_proc import (
+    OrchestratorProcess,
+    RemoteOutletProcess,
+    central_destination,
+    site_config,
+)
 from teststack.outlet_proc import free_port
 
 pytestmark = pytest.mark.stack
@@ -66,15 +70,6 @@ def _central(site: Site, database: str) -> OrchestratorProcess:
     return central
 
 
-def _central_destination(azure: stk.ClickHouseEndpoints, database: str, password_var: str
-                         ) -> dict[str, Any]:
-    """The additional destination ``central`` (the azure server, through its proxy)."""
-    return {"name": "central", "connection": {
-        "servers": [azure.proxied_url], "database": database, "username": azure.username,
-        "password": f"${{{password_var}}}", "max-retries": 3, "dial-timeout": "2s",
-        "retry-initial-backoff": "100ms", "retry-max-backoff": "2s"}}  # fmt: skip
-
-
 def _reloads(outlet: RemoteOutletProcess, outcome: str) -> float:
     return outlet.metric(names.CONFIG_RELOADS_TOTAL, outcome=outcome)
 
@@ -95,7 +90,7 @@ def test_additional_destination_added_then_removed_live_under_load(site: Site) -
     producer.start()
     until(lambda: run.rows("local") >= 15_000, 60, "local rows", outlet.log_tail)
 
-    entry["additional-clickhouses"] = [_central_destination(azure, central_db, AZ_VAR)]
+    entry["additional-clickhouses"] = [central_destination(azure, central_db, AZ_VAR)]
     assert o.reload() == "applied"
     until(lambda: _reloads(outlet, "applied") == 1, 30, "the outlet applying it", outlet.log_tail)
     until(lambda: verify.count_rows(azure, central_db) >= 20_000, 60, "central rows",
@@ -179,7 +174,7 @@ def test_credentials_changed_live_under_load(site: Site) -> None:
     topic = create_topic(site.ep, f"orch_creds_{int(time.time())}")
     port, http_port = free_port(), free_port()
     entry = site_entry(site, topic, http_port, batch_size=2000)
-    entry["additional-clickhouses"] = [_central_destination(azure, central_db, "OLD_PW")]
+    entry["additional-clickhouses"] = [central_destination(azure, central_db, "OLD_PW")]
     o = _site_orchestrator(site, topic, port, entry)
     wrong = "not-the-password-8d1f"
     outlet = _outlet(site, port, http_port, env={AZ_VAR: azure.password, "OLD_PW": wrong})
