@@ -39,6 +39,7 @@ from outlet.confspec import (
     Number,
     Problems,
     Section,
+    Size,
     SpecError,
     Str,
     Where,
@@ -253,6 +254,8 @@ class Action:
             bits.append(f"{self.params.get('rate')}/s")
         if self.action in ("add_destination", "remove_destination"):
             bits.append(str(self.params.get("name")))
+        if self.action in ("fill_disk", "free_disk"):
+            bits.append(str(self.params.get("disk")))
         return " ".join(bits)
 
 
@@ -289,6 +292,10 @@ class OutletSettings:
                          "remove_destination change what the orchestrator serves)")
     config_refresh: str = setting("1s", _DurationText(),
                                   doc="the outlet's --config-refresh-interval (orchestrator)")
+    spool_tmpfs: int | None = setting(
+        None, Size(), default_doc="none: the spools live under the state directory",
+        doc="the additional destinations' spools on a tmpfs of this size (root only), which "
+            "fill_disk fills")
 
 
 @dataclass(frozen=True)
@@ -474,6 +481,9 @@ SERVER = _one_of(DESTINATIONS, "server")
 IDENTIFIER = Str(pattern=r"[A-Za-z_][A-Za-z0-9_]*", pattern_msg="expected a database name")
 TOXIC_TYPE = _one_of(TOXIC_ATTRIBUTES, "toxic type")
 _NAME = Str(nonempty=True, problem="expected a non-empty string, got {got}")
+DISKS = ("spool",)  # what fill_disk can fill: the spools' tmpfs (outlet.spool_tmpfs)
+DISK = Str(choices=DISKS, problem="must be spool (the tmpfs of outlet.spool_tmpfs), got {got}")
+_LEAVE = Size()
 
 COMMON_ACTION_KEYS: dict[str, Key] = {
     "at": Key(DURATION, required=True, doc="seconds since the load started"),
@@ -507,6 +517,8 @@ ACTIONS: dict[str, dict[str, Key]] = {
     "add_destination": _params("add_destination", {"name": DESTINATION_NAME, "server": SERVER},
                                {"database": IDENTIFIER}),
     "remove_destination": _params("remove_destination", {"name": DESTINATION_NAME}),
+    "fill_disk": _params("fill_disk", {"disk": DISK}, {"leave": _LEAVE, "for": POSITIVE}),
+    "free_disk": _params("free_disk", {"disk": DISK}),
 }
 """action -> its parameters (besides ``COMMON_ACTION_KEYS``). Multi-dc: outlet actions
 name the outlet (``outlet: a|b``), ``restart_kafka`` the datacenter."""
@@ -573,6 +585,8 @@ def _undo(a: Action, at: float, path: str) -> Action:
                                            "name": a.params["name"]}, a.label, path)
     if a.action == "disable_proxy":
         return Action(at, "enable_proxy", {"proxy": a.params["proxy"]}, a.label, path)
+    if a.action == "fill_disk":
+        return Action(at, "free_disk", {"disk": a.params["disk"]}, a.label, path)
     whose = {"outlet": a.params["outlet"]} if "outlet" in a.params else {}
     return Action(at, "start_outlet", whose, a.label, path)  # kill/stop_outlet
 
@@ -948,6 +962,12 @@ def planned_windows(timeline: tuple[Action, ...] | list[Action]
             start = open_.pop(("destination", str(a.params.get("name"))), None)
             if start:
                 out.append((start[0], a.at, start[1]))
+        elif a.action == "fill_disk":
+            open_[("disk", str(a.params.get("disk")))] = (a.at, a.label)
+        elif a.action == "free_disk":
+            start = open_.pop(("disk", str(a.params.get("disk"))), None)
+            if start:
+                out.append((start[0], a.at, start[1]))
         elif a.action in ("kill_outlet", "stop_outlet"):
             open_[("outlet", str(a.params.get("outlet", "")))] = (a.at, a.label)
         elif a.action == "start_outlet":
@@ -1017,6 +1037,13 @@ def parse_scenario(data: Any, source: str = "<string>", default_name: str = "sce
             problems.add("outlet.destinations", "multi-dc outlets always write to their local "
                                                 "server (primary) and to central")
         sc = replace(sc, outlet=replace(sc.outlet, destinations=MULTI_DC_DESTINATIONS))
+    for a in sc.timeline:
+        explicit = "+for" not in a.path  # not the undo of a fill_disk's `for:`
+        if a.action in ("fill_disk", "free_disk") and explicit and sc.outlet.spool_tmpfs is None:
+            problems.add(f"{a.path}.disk", "the spool disk is a tmpfs only with "
+                                           "outlet.spool_tmpfs (e.g. 4MiB)")
+    if sc.outlet.spool_tmpfs is not None and sc.topology == MULTI_DC:
+        problems.add("outlet.spool_tmpfs", "single-dc scenarios only")
     if problems:
         raise ScenarioError(source, problems.errors)
     return sc

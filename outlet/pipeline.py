@@ -12,7 +12,9 @@ one way:
 the production ones, or fakes in the in-process tests), opens every resource in an
 ``AsyncExitStack`` so each closes on every path, runs the tasks in nurseries and stops
 in order on SIGTERM/SIGINT (``request_stop``): stop reading, flush the open batch, let
-destinations drain within the grace period, commit, close.
+destinations drain within the grace period, commit, close. While the state disk fails
+(outlet/statedisk.py: the ledger cannot be written, consumption paused), a stop abandons
+the open batch instead of flushing it: unsealed, it is read again after the restart.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from outlet.logs import set_level, setup_logging
 from outlet.metrics import Metrics
 from outlet.sealer import BatchEncoder, Encoder, Sealer
 from outlet.spool import Spool
+from outlet.statedisk import GuardedLedger, StateDisk
 from outlet.tokens import WriterIdentity
 from outlet.writer import (
     ClickHouseWriter,
@@ -214,11 +217,13 @@ class Outlet:
         self.state = RunState()
         self.parts: Parts | None = None
         self._reconfiguring = trio.Lock()
+        self.state_disk = StateDisk(cfg.state_path, self.metrics, self._abandon_if_stopping)
+        self._sealing = trio.CancelScope()  # the batcher; cancelled only by _abandon_if_stopping
 
     async def _open(self, stack: contextlib.AsyncExitStack) -> Parts:
         cfg, metrics, b = self.cfg, self.metrics, self.backends
         Path(cfg.state_path).mkdir(parents=True, exist_ok=True)
-        ledger = b.ledger(cfg, b.disk)
+        ledger = GuardedLedger(b.ledger(cfg, b.disk), self.state_disk)
         stack.callback(ledger.close)
         encoder = await b.encoder(cfg)
         stack.push_async_callback(encoder.aclose)
@@ -329,7 +334,8 @@ class Outlet:
                 if self.state.stopping:
                     parts.kafka.stop()
                 task_status.started()
-                await parts.batcher.run(recv)  # returns once stopped and flushed
+                with self._sealing:
+                    await parts.batcher.run(recv)  # returns once stopped and flushed
                 parts.destinations.close()
                 with trio.move_on_after(self.cfg.clickhouse.grace_period) as grace:
                     await parts.committer.tracker.wait_settled()
@@ -407,6 +413,17 @@ class Outlet:
         self.state.stopping = True
         if self.parts is not None:
             self.parts.kafka.stop()
+        self._abandon_if_stopping()
+
+    def _abandon_if_stopping(self) -> None:
+        """Stopping while the ledger cannot be written: the batch waiting for its seal
+        cannot be flushed; abandon it (nothing of it was inserted or committed)."""
+        if self.state.stopping and self.state_disk.failing and not self._sealing.cancel_called:
+            log.warning(
+                "stopping while the state disk fails: the open batch is not sealed; its "
+                "records are read again from Kafka after the restart"
+            )
+            self._sealing.cancel()
 
     def ready(self) -> tuple[bool, str]:
         """Ready when assigned partitions and the primary's last attempt succeeded."""
@@ -415,6 +432,17 @@ class Outlet:
         primary = self.parts.destinations.primary
         if not self.parts.kafka.ever_assigned:
             return False, "waiting for Kafka partition assignment"
+        if self.state_disk.failing:
+            return False, f"consumption paused: state disk failing ({self.state_disk.failing})"
         if not primary.healthy:
             return False, f"primary destination failing: {primary.last_error}"
+        failing = [
+            (d.name, lane.write_error)
+            for d in self.parts.destinations.destinations
+            if isinstance(lane := d.fallback, SpoolLane) and lane.write_error
+        ]
+        if len(failing) == 1:
+            return True, f"ok, degraded: spool write failing on {failing[0][0]} ({failing[0][1]})"
+        if failing:
+            return True, f"ok, degraded: spool write failing on {len(failing)} destinations"
         return True, "ok"
