@@ -62,7 +62,7 @@ class Committer:
         metrics: Metrics,
         epoch_of: EpochOf = lambda p: 0,
     ) -> None:
-        self.names = frozenset(destinations)
+        self.names = frozenset(destinations)  # the fan-out's, kept current by it
         self.legacy = legacy
         self.metrics = metrics
         self.tracker = CommitTracker()
@@ -93,9 +93,10 @@ class Committer:
         self.tracker.register(seq, ranges, 0, self.names, sealed=False)
         self._update_gauges()
 
-    def register(self, job: EncodedJob) -> None:
-        """A sealed batch about to be queued on every destination."""
-        self.tracker.register(job.seq, job.ranges, job.rows, self.names)
+    def register(self, job: EncodedJob, destinations: Iterable[str] | None = None) -> None:
+        """A sealed batch about to be queued on ``destinations`` (default: every one)."""
+        names = self.names if destinations is None else frozenset(destinations)
+        self.tracker.register(job.seq, job.ranges, job.rows, names)
         self._update_gauges()
 
     def settled(self, job: EncodedJob, destination: str, stored: bool) -> None:
