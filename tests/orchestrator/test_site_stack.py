@@ -235,14 +235,24 @@ def test_aggregates_equal_raw_sums_after_cut_responses(site: Site) -> None:
     outlet.start()
     run.produce(10_000)
     assert run.wait_rows("local", 10_000, timeout=30) == 10_000
-    # bytes 0: the request goes through, the response is dropped (a larger limit lets a
-    # one-chunk insert response through whole and only closes the connection after it).
-    toxi.add_toxic(site.ch.proxy, "limit_data", {"bytes": 0}, name="cut")
+    # timeout 0 on the responses: each request reaches the server whole and is stored, its
+    # response never comes back, so the outlet's insert-timeout (10 s) fails the attempt
+    # and it is sent again. (limit_data 0 closes the link at the server's first byte, which
+    # on a loaded machine can come before the body is read: nothing stored, nothing proven.)
+    toxi.add_toxic(site.ch.proxy, "timeout", {"timeout": 0}, name="cut")
     toxi.disable(site.ch.proxy)  # pooled connections predate the toxic: drop them
     toxi.enable(site.ch.proxy)
     run.produce(40_000)
-    time.sleep(4)
+    # wait (bounded) for an insert stored behind a cut response and retried: on a loaded
+    # machine the first batch after the cut may take longer than any fixed pause
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not (
+            run.rows("local") > 10_000
+            and outlet.metric(names.DESTINATION_RETRIES_TOTAL, destination="primary") > 0):
+        time.sleep(0.2)
     stored_during_cut = run.rows("local")
+    retried_during_cut = outlet.metric(names.DESTINATION_RETRIES_TOTAL, destination="primary")
+    failed = [line for line in outlet.log_path.read_text().splitlines() if "failed (" in line]
     toxi.remove_toxic(site.ch.proxy, "cut")
     assert run.wait_rows("local", 50_000) >= 50_000
     run.wait_stable("local")
@@ -250,7 +260,9 @@ def test_aggregates_equal_raw_sums_after_cut_responses(site: Site) -> None:
     assert (stats.rows, stats.duplicates, stats.bytes_sum) == (50_000, 0, run.bytes_sum)
     # Inserts reached the server while every response was cut, and were sent again: the
     # raw table and every view dropped the repeats.
-    assert stored_during_cut > 10_000, "inserts reached the server while responses were cut"
+    assert stored_during_cut > 10_000, (
+        f"inserts reached the server while responses were cut ({retried_during_cut} retries;"
+        f" {failed[-3:]})")
     assert outlet.metric(names.DESTINATION_RETRIES_TOTAL, destination="primary") > 0
     _no_mismatch(site)
     assert outlet.stop() == 0
