@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos import alerts
+from chaos.rates import summary_figures
 from chaos.results import RunResult, Sample, metric_value, reported_loss
 from chaos.scenario import MULTI_DC, Action, Scenario, format_duration, planned_windows
 from outlet import metrics as names
@@ -144,6 +145,7 @@ def render_markdown(result: RunResult, sc: Scenario) -> str:
         *([f"- outlet log: `{info.get('outlet_log')}`"] if "outlet_log" in info else
           [f"- outlet log ({dc}): `{path}`" for dc, path in info.get("outlet_logs", {}).items()]),
     ]
+    lines += _rate_lines(info)
     if info.get("healed_at_end"):
         lines.append(f"- still faulty when the load ended, healed by the runner: "
                      f"{', '.join(info['healed_at_end'])}")
@@ -186,6 +188,41 @@ def render_markdown(result: RunResult, sc: Scenario) -> str:
     lines += alerts.render_markdown(info.get("alerts"))
     lines += ["", "![timeline](timeline.png)", ""]
     return "\n".join(lines)
+
+
+def _rate_lines(info: dict[str, Any]) -> list[str]:
+    """Where the load rate came from and what the producer really offered."""
+    origin = info.get("rate_origin") or {}
+    offered = info.get("offered_flows_per_s")
+    out = []
+    if origin.get("capacity_flows_per_s"):
+        out.append(f"- rate: {origin['fraction']:g} x {origin['capacity_flows_per_s']:,} "
+                   f"flows/s (the calibration drain's steady rate, make bench-outlet's drain) "
+                   f"instead of the file's {origin['file_rate']:g}")
+    elif origin:
+        out.append(f"- rate: {origin.get('rate')} flows/s ({origin.get('source')}) instead "
+                   f"of the file's {origin.get('file_rate')}")
+    if offered and info.get("rate"):
+        out.append(f"- offered: {offered:,} flows/s ({100 * offered / info['rate']:.1f}% of "
+                   "the target rate)")
+    return out
+
+
+def summary(result: RunResult, sc: Scenario) -> dict[str, Any]:
+    """The scenario's figures for ``docs/results/`` (teststack/summary.py): verdict, rates,
+    per-destination counts and the invariants; no samples, logs or paths."""
+    info = result.info
+    return {
+        "scenario": sc.name, "passed": result.passed, "time_scale": sc.time_scale,
+        **summary_figures(info),
+        "produced": info.get("produced"), "load_duration_s": info.get("load_end_s"),
+        "wall_s": info.get("wall_s"),
+        "destinations": {d: {k: t.get(k) for k in ("rows", "duplicates", "missing")}
+                         for d, t in result.destinations.items()},
+        "checks": [{"check": c.name, "expected": c.expected, "observed": c.observed,
+                    "passed": c.passed} for c in result.checks],
+        "error": result.error,
+    }
 
 
 KEY_METRICS = {
