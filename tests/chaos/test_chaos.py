@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -337,26 +338,78 @@ def test_report_rendering(tmp_path: Path) -> None:
 # -- one real run -----------------------------------------------------------------------
 
 # The representative set `make test` runs (docs/chaos.md): a cloud partition, an outlet
-# crash under load and a broker restart, each about 40-70 s with set-up and drain.
+# crash under load, a broker restart and a lost assignment, each at half the drain rate
+# this machine's outlet reaches in the same session (the `chaos_rate` fixture). An outlet
+# back from a crash catches up in about as long as it was down at half its capacity: the
+# crash runs at full length so that its lag window comes after the catch-up.
 CI_SCENARIOS = [
     ("azure-partition", 0.5),
-    ("outlet-crash", 0.5),
+    ("outlet-crash", 1.0),
     ("kafka-restart", 1.0),
     ("kafka-partition", 1.0),
 ]
+CI_RATE_FRACTION = 0.5
+
+
+@pytest.fixture(scope="session")
+def chaos_rate(stack: Any) -> Any:
+    """The calibration of the CI chaos set: a short drain of make bench-outlet's kind
+    (1M flows, tens of seconds) on the session stack, once per session."""
+    from chaos.rates import measure
+
+    cal = measure(stack)
+    assert cal.capacity > 0 and cal.drain.flows == 1_000_000
+    return cal
+
+
+def test_at_rate_scales_the_load_and_the_batches() -> None:
+    sc = parse_scenario(with_action(at="5s", action="set_rate", rate=500))
+    fast = sc.at_rate(100_000, {"source": "test"})
+    assert fast.load.rate == 100_000 and sc.load.rate == 1000
+    assert fast.timeline[0].params["rate"] == 50_000  # set_rate keeps its proportion
+    assert fast.outlet.batch_size == 50_000  # grows with the rate, capped at the default
+    assert sc.at_rate(2000).outlet.batch_size == 10_000
+    assert sc.at_rate(500).outlet.batch_size == sc.outlet.batch_size  # never shrinks
+    assert fast.rate_origin == {"file_rate": 1000, "source": "test"}
+    assert fast.scaled(0.5).load.rate == 100_000  # a time scale keeps the rate
+
+
+def test_throughput_against_offered() -> None:
+    from chaos.runner import throughput_check
+
+    doc = json.loads(json.dumps(MINIMAL))
+    doc["expect"]["throughput"] = [{"window": ["12s", "15s"], "against": "offered",
+                                    "min_percent": 95}]
+    [tp] = parse_scenario(doc).expect.throughput
+    assert tp.destination == "local" and tp.against == "offered"
+    # a baseline that fell behind as much no longer excuses the window
+    c = throughput_check(tp, (90_000.0, 100_000.0), (90_000.0, 100_000.0))
+    assert not c.passed and c.observed.startswith("90.0% (stored 90000/offered 100000")
+    assert throughput_check(tp, (96_000.0, 100_000.0), (None, None)).passed
+    relative = replace(tp, against="baseline")
+    assert throughput_check(relative, (90_000.0, 100_000.0), (90_000.0, 100_000.0)).passed
+    doc["expect"]["throughput"][0]["against"] = "produced"
+    assert any(p.startswith("expect.throughput[0].against: unknown throughput reference")
+               for p in problems(doc))
 
 
 @pytest.mark.stack
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 @pytest.mark.parametrize(("name", "scale"), CI_SCENARIOS, ids=[n for n, _ in CI_SCENARIOS])
-def test_scenario_end_to_end(stack: Any, prometheus: Any, tmp_path: Path, name: str,
-                             scale: float) -> None:
+def test_scenario_end_to_end(stack: Any, prometheus: Any, chaos_rate: Any, tmp_path: Path,
+                             name: str, scale: float) -> None:
+    from chaos.rates import at_calibrated_rate
     from chaos.runner import run_scenario
 
-    sc = load_scenario(name).scaled(scale)
+    [sc] = at_calibrated_rate([load_scenario(name).scaled(scale)], chaos_rate,
+                              CI_RATE_FRACTION)
     t0 = time.monotonic()
     res = run_scenario(sc, stack.stack_dir, tmp_path)
-    print(f"{name} at time scale {scale}: {time.monotonic() - t0:.0f} s")
+    offered = res.info.get("offered_flows_per_s") or 0
+    print(f"{name} at time scale {scale}: {time.monotonic() - t0:.0f} s; rate "
+          f"{sc.load.rate:,.0f} flows/s = {CI_RATE_FRACTION} x {chaos_rate.capacity:,.0f} "
+          f"(calibration drain), offered {offered:,} flows/s = "
+          f"{offered / chaos_rate.capacity:.2f} of it")
     failures = [f"{c.name}: expected {c.expected}, observed {c.observed}"
                 for c in res.failures]
     assert res.passed, "\n".join(failures) + f"\n{res.error}"
@@ -364,6 +417,11 @@ def test_scenario_end_to_end(stack: Any, prometheus: Any, tmp_path: Path, name: 
     assert (report / "timeline.png").exists()
     data = json.loads((report / "report.json").read_text())
     assert data["passed"] and data["info"]["produced"] > 0
+    origin = data["info"]["rate_origin"]  # both numbers recorded in the report
+    assert origin["fraction"] == CI_RATE_FRACTION
+    assert origin["rate"] == round(CI_RATE_FRACTION * chaos_rate.capacity) == sc.load.rate
+    assert origin["capacity_flows_per_s"] == round(chaos_rate.capacity)
+    assert data["info"]["offered_flows_per_s"] == offered > 0
     if name.startswith("azure"):
         # the partition really bit (azure's data itself is kept by the spool)
         assert any(
@@ -372,11 +430,15 @@ def test_scenario_end_to_end(stack: Any, prometheus: Any, tmp_path: Path, name: 
         )
     outlet_cfg = yaml.safe_load((report / "outlet" / "outlet.yaml").read_text())
     assert outlet_cfg["kafka"]["topic"] == data["info"]["topic"]
+    assert outlet_cfg["clickhouse"]["maximum-batch-size"] == sc.outlet.batch_size
     observed = data["info"]["alerts"]  # every CI scenario records its alert timeline
     assert observed["run"] == data["info"]["topic"]
     if name == "azure-partition":
-        # `alerts:` in the scenario: the additional-destination alert fired and resolved
         checks = {c["name"]: c for c in data["checks"]}
+        # the primary judged against the rate really offered during the partition
+        [during] = [c for n, c in checks.items() if n.startswith("local: throughput")]
+        assert during["passed"] and "of offered" in during["expected"]
+        # `alerts:` in the scenario: the additional-destination alert fired and resolved
         fired = 'alert OutletAdditionalDestinationDown{destination="azure"} fires'
         assert checks[fired]["passed"] and checks["no other alert fires"]["passed"]
         assert "| OutletAdditionalDestinationDown |" in (report / "report.md").read_text()
