@@ -202,6 +202,10 @@ def _rate_lines(info: dict[str, Any]) -> list[str]:
     elif origin:
         out.append(f"- rate: {origin.get('rate')} flows/s ({origin.get('source')}) instead "
                    f"of the file's {origin.get('file_rate')}")
+    if origin.get("lag_not_checked"):
+        out.append("- not checked at this rate (the fault stops the primary; its catch-up "
+                   "takes about as long as the fault at half capacity): lag "
+                   + "; ".join(origin["lag_not_checked"]))
     if offered and info.get("rate"):
         out.append(f"- offered: {offered:,} flows/s ({100 * offered / info['rate']:.1f}% of "
                    "the target rate)")

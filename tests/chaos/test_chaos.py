@@ -372,6 +372,16 @@ def test_at_rate_scales_the_load_and_the_batches() -> None:
     assert sc.at_rate(500).outlet.batch_size == sc.outlet.batch_size  # never shrinks
     assert fast.rate_origin == {"file_rate": 1000, "source": "test"}
     assert fast.scaled(0.5).load.rate == 100_000  # a time scale keeps the rate
+    # a fault that stops the primary: its catch-up at this rate is not the file's lag bound
+    crash = load_scenario("outlet-crash")
+    assert crash.stops_the_primary() and crash.expect.lags
+    fast_crash = crash.at_rate(100_000)
+    assert not fast_crash.expect.lags
+    assert fast_crash.rate_origin and fast_crash.rate_origin["lag_not_checked"] == [
+        "local: <= 5 s after 35s"]
+    assert crash.at_rate(1000).expect.lags  # slower than the file: kept
+    partition = load_scenario("azure-partition")  # the primary must not lag at all
+    assert not partition.stops_the_primary() and partition.at_rate(100_000).expect.lags
 
 
 def test_throughput_against_offered() -> None:
