@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -65,3 +67,33 @@ def add_summary_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summary-dir", default=None, metavar="DIR",
                         help="also write a small result summary per run to DIR/NAME.json "
                              "(docs/results/ holds the committed ones: make results)")
+
+
+def count_tests() -> dict[str, Any]:
+    """What ``make test`` runs: ``pytest --collect-only -q -m "not slow"``'s last line."""
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m",
+                          "not slow", "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, check=False)
+    last = (out.stdout.strip().splitlines() or [""])[-1]
+    m = re.match(r"(\d+)(?:/(\d+))? tests? collected(?: \((\d+) deselected\))?", last)
+    if not m:
+        raise RuntimeError(f"pytest --collect-only: unexpected output {last!r}")
+    selected, total = int(m[1]), int(m[2] or m[1])
+    return {"make_test_tests": selected, "all_tests": total, "slow_tests": total - selected,
+            "collect_output": last.split(" in ")[0]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m teststack.summary",
+                                 description="write docs/results/make-test.json: the count of "
+                                             "tests `make test` runs")
+    ap.add_argument("--summary-dir", default="docs/results", metavar="DIR")
+    args = ap.parse_args(argv)
+    path = write_summary(args.summary_dir, "make-test",
+                         'pytest --collect-only -q -m "not slow"', count_tests())
+    print(f"summary: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -339,12 +339,10 @@ def test_report_rendering(tmp_path: Path) -> None:
 
 # The representative set `make test` runs (docs/chaos.md): a cloud partition, an outlet
 # crash under load, a broker restart and a lost assignment, each at half the drain rate
-# this machine's outlet reaches in the same session (the `chaos_rate` fixture). An outlet
-# back from a crash catches up in about as long as it was down at half its capacity: the
-# crash runs at full length so that its lag window comes after the catch-up.
+# this machine's outlet reaches in the same session (the `chaos_rate` fixture).
 CI_SCENARIOS = [
     ("azure-partition", 0.5),
-    ("outlet-crash", 1.0),
+    ("outlet-crash", 0.5),
     ("kafka-restart", 1.0),
     ("kafka-partition", 1.0),
 ]
