@@ -85,6 +85,7 @@ link to central, ``kafka-b`` datacenter b's outlet's link to its Kafka)."""
 MULTI_DC_PROXIES = frozenset(v for v in PROXIES.values() if v[-2:] in ("-a", "-b"))
 
 MAX_SCALED_BATCH = 50_000  # the outlet's default clickhouse.maximum-batch-size
+SCALED_BATCH_SECONDS = 0.25  # at_rate(): batches of a quarter of a second of load
 ROW_EXPECTATIONS = ("all", "all_minus_reported_loss")
 COMPARATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne,
@@ -864,9 +865,11 @@ class Scenario:
 
     def at_rate(self, rate: float, origin: dict[str, Any] | None = None) -> Scenario:
         """The scenario with its load at ``rate`` flows/s: ``set_rate`` steps keep their
-        proportion to the load, and ``outlet.batch_size`` grows with the rate up to the
-        outlet's default maximum-batch-size (the size ``make bench-outlet`` measures the
-        capacity with), so a faster run is not an insert storm of small batches."""
+        proportion to the load, and ``outlet.batch_size`` grows to a quarter of a second
+        of load, at most the outlet's default maximum-batch-size (the size ``make
+        bench-outlet`` measures the capacity with): a faster run is not an insert storm
+        of small batches, and the row counts sampled once a second still move in steps
+        small enough for a throughput judged within 5% over a few seconds."""
         if rate <= 0:
             raise ValueError("rate must be > 0")
         factor = rate / self.load.rate
@@ -874,7 +877,7 @@ class Scenario:
             replace(a, params={**a.params, "rate": float(a.params["rate"]) * factor})
             if a.action == "set_rate" else a for a in self.timeline)
         batch = max(self.outlet.batch_size,
-                    min(MAX_SCALED_BATCH, round(self.outlet.batch_size * factor)))
+                    min(MAX_SCALED_BATCH, round(rate * SCALED_BATCH_SECONDS)))
         origin = {"file_rate": self.load.rate, **(origin or {})}
         exp = self.expect
         if factor > 1 and self.stops_the_primary() and exp.lags:
