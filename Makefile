@@ -110,11 +110,11 @@ CHAOS_ARGS ?=
 chaos: setup
 	@if [ -z "$(SCENARIO)" ]; then echo "usage: make chaos SCENARIO=name [TIME_SCALE=F]" \
 	    "(see scenarios/)"; ls scenarios | sed 's/\.yaml$$//'; exit 2; fi
-	-$(UV) run chaos run $(SCENARIO) $(HARNESS_FLAGS) --multi-dc-stack-dir $(MULTI_DC_STACK_DIR) \
+	$(UV) run chaos run $(SCENARIO) $(HARNESS_FLAGS) --multi-dc-stack-dir $(MULTI_DC_STACK_DIR) \
 	    $(CHAOS_ARGS)
 
 chaos-all: setup
-	-$(UV) run chaos run --all $(HARNESS_FLAGS) --multi-dc-stack-dir $(MULTI_DC_STACK_DIR) \
+	$(UV) run chaos run --all $(HARNESS_FLAGS) --multi-dc-stack-dir $(MULTI_DC_STACK_DIR) \
 	    $(CHAOS_ARGS)
 
 # Load tests (docs/loadtest.md): `make load PROFILE=steady [TIME_SCALE=0.5] [RATE_SCALE=0.5]`
