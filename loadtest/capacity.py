@@ -795,9 +795,17 @@ def _run(args: argparse.Namespace, verdict: Verdict) -> int:
         name = "capacity" + ("" if len(ran) == len(PARTS) else "-" + "-".join(ran))
         cmd = (f"loadtest capacity --only {','.join(ran)} --time-scale {ts:g} "
                f"--scaleout-rate {args.scaleout_rate:g}")
-        figures = {"passed": run.passed, **{k: v for k, v in report.items() if k != "box"}}
+        figures = {"passed": run.passed, **{k: _without_samples(v) for k, v in report.items()
+                                            if k != "box"}}
         print(f"summary: {write_summary(args.summary_dir, name, cmd, figures)}")
     return EXIT_PASSED if run.passed else EXIT_FAILED
+
+
+def _without_samples(part: Any) -> Any:
+    """A report part for a summary: the 1 Hz samples stay in reports/capacity/."""
+    if isinstance(part, dict):
+        return {k: v for k, v in part.items() if k != "samples"}
+    return part
 
 
 def command(args: argparse.Namespace) -> int:
