@@ -81,5 +81,6 @@ def summary_figures(info: dict[str, Any]) -> dict[str, Any]:
         out["capacity_flows_per_s"] = capacity
         out["fraction_target"] = origin.get("fraction")
         out["fraction_offered"] = round(info["offered_flows_per_s"] / capacity, 3)
+        out["calibration_load_average"] = origin.get("load_average")
     return out
 
