@@ -13,6 +13,7 @@ figures.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from chaos.scenario import MULTI_DC, Scenario
@@ -58,7 +59,7 @@ def at_calibrated_rate(scenarios: list[Scenario], cal: Calibration, fraction: fl
 
 
 def measure(ep: Endpoints, flows: int = CALIBRATION_FLOWS,
-            progress: Any = print) -> Calibration:
+            progress: Callable[[str], None] = print) -> Calibration:
     """Run the calibration drain on the single-dc stack and say what it measured."""
     progress(f"calibration: draining a backlog of {flows:,} flows (make bench-outlet's drain)")
     cal = calibrate(ep, flows)

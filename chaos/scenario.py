@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import yaml
 
+from outlet.config import BatchConfig
 from outlet.confspec import (
     AnyMapping,
     Bool,
@@ -84,7 +85,7 @@ PROXIES = {
 link to central, ``kafka-b`` datacenter b's outlet's link to its Kafka)."""
 MULTI_DC_PROXIES = frozenset(v for v in PROXIES.values() if v[-2:] in ("-a", "-b"))
 
-MAX_SCALED_BATCH = 50_000  # the outlet's default clickhouse.maximum-batch-size
+MAX_SCALED_BATCH = BatchConfig().maximum_batch_size  # the outlet's default (50,000)
 SCALED_BATCH_SECONDS = 0.25  # at_rate(): batches of a quarter of a second of load
 ROW_EXPECTATIONS = ("all", "all_minus_reported_loss")
 COMPARATORS: dict[str, Callable[[float, float], bool]] = {

@@ -29,6 +29,7 @@ import psutil
 
 from flowgen.generator import FlowGenerator, GeneratorConfig
 from flowgen.producer import produce
+from outlet.config import BatchConfig
 from teststack import verify
 from teststack.kafka import create_topic, delete_topic
 from teststack.outlet_proc import (
@@ -161,7 +162,8 @@ class Calibration:
         return self.drain.steady_flows_per_s
 
 
-def calibrate(ep: Endpoints, flows: int = 1_000_000, batch_size: int = 50_000) -> Calibration:
+def calibrate(ep: Endpoints, flows: int = 1_000_000,
+              batch_size: int = BatchConfig().maximum_batch_size) -> Calibration:
     """Produce a backlog of ``flows`` and drain it into ``local`` (the settings of ``make
     bench-outlet``, a shorter backlog): tens of seconds on a 2-core machine."""
     backlog = make_backlog(ep, flows, prefix="calibrate")
