@@ -384,6 +384,24 @@ def test_at_rate_scales_the_load_and_the_batches() -> None:
     assert not partition.stops_the_primary() and partition.at_rate(100_000).expect.lags
 
 
+def test_calibrated_rate_applies_to_single_dc_scenarios_only() -> None:
+    from chaos.rates import at_calibrated_rate, at_fixed_rate
+    from teststack.drain import Calibration, DrainResult
+
+    drain = DrainResult("calibrate", ["local"], 1_000_000, 12.0, 83_333.0, 3.0, 3.0, 0.9,
+                        startup_s=4.0, steady_flows_per_s=120_000.0)
+    cal = Calibration(drain, 200_000.0, (3.0, 2.0, 1.0))
+    single, multi = load_scenario("azure-partition"), load_scenario(MULTI_DC_CI[0])
+    fast, same = at_calibrated_rate([single, multi], cal, 0.5)
+    assert fast.load.rate == 60_000 and same is multi
+    assert fast.rate_origin is not None
+    assert (fast.rate_origin["capacity_flows_per_s"], fast.rate_origin["fraction"],
+            fast.rate_origin["drain"]["startup_s"]) == (120_000, 0.5, 4.0)
+    [fixed] = at_fixed_rate([single], 10_000)
+    assert fixed.load.rate == 10_000 and fixed.rate_origin == {
+        "file_rate": 2000, "source": "--rate", "rate": 10_000}
+
+
 def test_throughput_against_offered() -> None:
     from chaos.runner import throughput_check
 
