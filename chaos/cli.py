@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from teststack import clikit, prometheus, stack
-from teststack.runs import HarnessError, stack_for_run
+from teststack.runs import HarnessError
 from teststack.summary import add_summary_dir, write_summary
 
 if TYPE_CHECKING:
@@ -177,8 +177,8 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
                            "file's rate (set_rate steps keep their proportion)")
     rate.add_argument("--rate-fraction", type=clikit.positive_float, default=None,
                       metavar="F",
-                      help="first drain a backlog as make bench-outlet does (tens of "
-                           "seconds), then play every single-dc scenario at F times the "
+                      help="before each single-dc scenario, drain a backlog as make "
+                           "bench-outlet does (tens of seconds), then play it at F times the "
                            "measured drain rate (CI: 0.5; docs/chaos.md)")
     run.add_argument("--calibration-flows", type=int, default=CALIBRATION_FLOWS, metavar="N",
                      help=f"backlog of the --rate-fraction calibration (default: "
@@ -241,10 +241,11 @@ def _run(args: argparse.Namespace, verdict: clikit.Verdict) -> int:
 
 
 def _run_scenarios(scenarios: list[Scenario], args: argparse.Namespace) -> list[RunResult]:
-    """Run them (chaos/multidc.py's run_all), after the calibration of ``--rate-fraction``
-    (on the single-dc stack, which is then reused) or at ``--rate``."""
+    """Run them (chaos/multidc.py's run_all) at ``--rate``, or with ``--rate-fraction``
+    each single-dc one after its own calibration (chaos/rates.py)."""
     from chaos import rates
     from chaos.multidc import run_all
+    from chaos.runner import run_many
 
     def run(some: list[Scenario]) -> list[RunResult]:
         return run_all(some, args.stack_dir, args.multi_dc_stack_dir, args.reports_dir,
@@ -256,9 +257,10 @@ def _run_scenarios(scenarios: list[Scenario], args: argparse.Namespace) -> list[
     if args.rate_fraction is None or not single:
         return run(scenarios)
     multi = [sc for sc in scenarios if sc.topology == stack.MULTI_DC]
-    with stack_for_run(args.stack_dir, keep=args.keep_stack) as ep:
-        cal = rates.measure(ep, args.calibration_flows)
-        results = run(rates.at_calibrated_rate(single, cal, args.rate_fraction))
+    results = run_many(single, args.stack_dir, args.reports_dir, args.keep_stack,
+                       run_one=rates.calibrated_runner(args.rate_fraction,
+                                                       args.calibration_flows,
+                                                       with_prometheus=args.with_prometheus))
     return results + run(multi) if multi else results
 
 

@@ -6,7 +6,8 @@ and the CI set (tests/chaos/test_chaos.py) therefore first run a short backlog d
 one ``make bench-outlet`` runs (teststack/drain.py; 1M flows, tens of seconds), and play
 every single-datacenter scenario at ``F`` times its steady drain rate; the primary is judged
 against the rate the producer really offered (``against: offered`` in the scenario's
-``throughput``). Both numbers, and the rate offered, go into every report (``info.
+``throughput``). The calibration runs right before each scenario, so that the rate
+follows the machine's load. Both numbers, and the rate offered, go into every report (``info.
 rate_origin``, ``info.offered_flows_per_s``). docs/chaos.md has the decision and the
 figures.
 """
@@ -14,8 +15,11 @@ figures.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from chaos.results import RunResult
+from chaos.runner import RunOne, run_scenario
 from chaos.scenario import MULTI_DC, Scenario
 from teststack.drain import Calibration, calibrate
 from teststack.stack import Endpoints
@@ -72,16 +76,15 @@ def measure(ep: Endpoints, flows: int = CALIBRATION_FLOWS,
     return cal
 
 
-def summary_figures(info: dict[str, Any]) -> dict[str, Any]:
-    """The rate part of a scenario summary: target, offered, and the share of capacity."""
-    origin = info.get("rate_origin") or {}
-    out: dict[str, Any] = {"rate_target": info.get("rate"),
-                           "offered_flows_per_s": info.get("offered_flows_per_s")}
-    capacity = origin.get("capacity_flows_per_s")
-    if capacity and info.get("offered_flows_per_s"):
-        out["capacity_flows_per_s"] = capacity
-        out["fraction_target"] = origin.get("fraction")
-        out["fraction_offered"] = round(info["offered_flows_per_s"] / capacity, 3)
-        out["calibration_load_average"] = origin.get("load_average")
-    return out
+def calibrated_runner(fraction: float, flows: int = CALIBRATION_FLOWS, *,
+                      with_prometheus: bool = False) -> RunOne:
+    """A ``run_many`` runner that calibrates right before each single-dc scenario (the
+    machine's load moves within minutes: a capacity measured for the previous scenario
+    can be twice what this one gets) and plays it at ``fraction`` of that."""
 
+    def run_one(sc: Scenario, stack_dir: Path, reports_dir: Path) -> RunResult:
+        cal = measure(Endpoints.load(stack_dir), flows)
+        [at_rate] = at_calibrated_rate([sc], cal, fraction)
+        return run_scenario(at_rate, stack_dir, reports_dir, with_prometheus=with_prometheus)
+
+    return run_one

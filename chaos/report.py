@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from chaos import alerts
-from chaos.rates import summary_figures
 from chaos.results import RunResult, Sample, metric_value, reported_loss
 from chaos.scenario import MULTI_DC, Action, Scenario, format_duration, planned_windows
 from outlet import metrics as names
@@ -209,6 +208,20 @@ def _rate_lines(info: dict[str, Any]) -> list[str]:
     if offered and info.get("rate"):
         out.append(f"- offered: {offered:,} flows/s ({100 * offered / info['rate']:.1f}% of "
                    "the target rate)")
+    return out
+
+
+def summary_figures(info: dict[str, Any]) -> dict[str, Any]:
+    """The rate part of a scenario summary: target, offered, and the share of capacity."""
+    origin = info.get("rate_origin") or {}
+    out: dict[str, Any] = {"rate_target": info.get("rate"),
+                           "offered_flows_per_s": info.get("offered_flows_per_s")}
+    capacity = origin.get("capacity_flows_per_s")
+    if capacity and info.get("offered_flows_per_s"):
+        out["capacity_flows_per_s"] = capacity
+        out["fraction_target"] = origin.get("fraction")
+        out["fraction_offered"] = round(info["offered_flows_per_s"] / capacity, 3)
+        out["calibration_load_average"] = origin.get("load_average")
     return out
 
 
