@@ -38,6 +38,8 @@ from typing import Any
 import trio
 
 from outlet.metrics import Metrics
+from outlet.outage import short_cause
+from outlet.retry import classify
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,17 @@ class DedupAudit:
     def pending(self) -> int:
         return len(self._pending)
 
+    def retarget(self, database: str) -> None:
+        """The destination moved (new servers or database, live reconfiguration): the
+        inserts still pending were made on the old one, whose logs the audit no longer
+        reads: counted unverified now (not after ``timeout``, with a misleading warning)."""
+        self.params["database"] = database
+        if self._pending:
+            self.metrics.dest_dedup_unverified.labels(self.destination).inc(len(self._pending))
+            log.info("destination %s moved: %d insert(s) made before are not checked for "
+                     "deduplication (counted unverified)", self.destination, len(self._pending))
+            self._pending.clear()
+
     def note(self, comment: str, token: str, rows: int, attempt: str) -> None:
         """A successful insert (Trio thread; never blocks)."""
         self._pending[comment] = SentInsert(comment, token, rows, attempt, self._clock())
@@ -187,7 +200,8 @@ class DedupAudit:
         now = self._clock()
         if now - self._last_error_log >= 300:
             self._last_error_log = now
+            failure = classify(exc)  # one short line, as the destination logs its inserts
             log.warning(
-                "destination %s: deduplication audit query failed (will retry): %s",
-                self.destination, (self._redact(str(exc)).splitlines() or [""])[0][:300],
+                "destination %s: deduplication audit query failed (%s, will retry): %s",
+                self.destination, failure.kind, short_cause(self._redact(failure.message)),
             )

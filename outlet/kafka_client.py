@@ -6,17 +6,18 @@ under trio-asyncio: measured on our machines, `consume(num_messages=...)` with
 `getmany`, and it releases the GIL while it waits, so the Trio loop keeps running.
 
 Thread rule: the consumer is used by one thread at a time, never by the Trio thread.
-``open()`` reads the cluster id from the broker metadata and subscribes (in one worker
-thread, before the poll task starts), every later call happens inside
-``poll()`` (one worker thread at a time, from the input's poll task: consume, pause and
-resume, watermarks, commits) or inside the rebalance callbacks librdkafka runs from it,
-and ``aclose()`` closes after the poll task ended. Why: a librdkafka call can block behind
-a rebalance callback, and our callbacks wait for the Trio thread (to settle revoked
-partitions), so a call from the Trio thread deadlocks and a call from a second thread
-races the callback's state. Commits are therefore asynchronous requests issued at the
-start of a poll (``on_commit`` answers them in a later one); a sync commit would also hold
-up the consumer during a Kafka outage. State of this class is touched only from that
-thread; the Trio side learns results from what ``poll()`` returns.
+``open()`` creates the consumer, reads the cluster id from the broker metadata and
+subscribes (worker threads one after another, before the poll task starts), every later
+call happens inside ``poll()`` (one worker thread at a time, from the input's poll task:
+consume, pause and resume, watermarks, commits) or inside the rebalance callbacks
+librdkafka runs from it, and ``aclose()`` closes after the poll task ended. Why: a
+librdkafka call can block behind a rebalance callback, and our callbacks wait for the
+Trio thread (to settle revoked partitions), so a call from the Trio thread deadlocks and
+a call from a second thread races the callback's state. Commits are therefore
+asynchronous requests issued at the start of a poll (``on_commit`` answers them in a
+later one); a sync commit would also hold up the consumer during a Kafka outage. State
+of this class is touched only from that thread; the Trio side learns results from what
+``poll()`` returns.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ from outlet.metrics import Metrics
 log = logging.getLogger(__name__)
 
 LAG_EVERY = 1.0  # seconds between consumer-lag gauge refreshes
-CLUSTER_ID_TIMEOUT = 30.0  # seconds to get the cluster id at start-up
+CLUSTER_ID_TIMEOUT = 10.0  # seconds one metadata request for the cluster id may take
+CLUSTER_ID_BACKOFF = (1.0, 30.0)  # first and longest wait between two such requests
 
 
 def consumer_settings(cfg: KafkaConfig) -> dict[str, Any]:
@@ -112,42 +114,68 @@ class KafkaClient:
     # -- lifecycle ------------------------------------------------------------------------
     async def open(self, hooks: SourceHooks) -> None:
         self._hooks = hooks
-        await trio.to_thread.run_sync(self._subscribe)
-
-    def _subscribe(self) -> None:
-        settings = {**consumer_settings(self.cfg), "on_commit": self._on_commit}
-        self._consumer = self._factory(settings, logger=librdkafka_logger())
+        await trio.to_thread.run_sync(self._create)
         try:
-            self._cluster_id = self._read_cluster_id(CLUSTER_ID_TIMEOUT)
+            self._cluster_id = await self._wait_cluster_id()
         except ClusterIdError:
-            self._consumer.close()
+            await self.aclose()
             self._consumer = None
             raise
+        await trio.to_thread.run_sync(self._subscribe)
+
+    def _create(self) -> None:
+        settings = {**consumer_settings(self.cfg), "on_commit": self._on_commit}
+        self._consumer = self._factory(settings, logger=librdkafka_logger())
+
+    def _subscribe(self) -> None:
         self._consumer.subscribe(
             [self.cfg.topic], on_assign=self._assign_cb, on_revoke=self._revoke_cb
         )
 
+    async def _wait_cluster_id(self) -> str:
+        """Asks the brokers until they answer, backing off: unreachable brokers, a refused
+        login or a TLS failure can heal (the outlet waits, /readyz says why, one log line
+        per distinct failure); brokers that report no id cannot (ClusterIdError)."""
+        wait, longest = CLUSTER_ID_BACKOFF
+        last = ""
+        while True:
+            try:
+                cluster_id = await trio.to_thread.run_sync(
+                    self._read_cluster_id, CLUSTER_ID_TIMEOUT
+                )
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                name = err.name() if isinstance(err, KafkaError) else type(exc).__name__
+                self.metrics.kafka_errors.labels(name).inc()
+                if name != last:
+                    last = name
+                    log.warning(
+                        "cannot read the Kafka cluster id from kafka.brokers %s (%s); the "
+                        "outlet scopes its deduplication tokens with it and consumes nothing "
+                        "until the brokers answer; retrying with backoff up to %g s",
+                        ",".join(self.cfg.brokers), name, longest,
+                    )
+                await trio.sleep(wait)
+                wait = min(wait * 2, longest)
+                continue
+            if last:
+                log.info("Kafka cluster id read from kafka.brokers after retries")
+            return cluster_id
+
     def _read_cluster_id(self, timeout: float) -> str:
         """The cluster id from the broker metadata, before anything is consumed.
 
-        Raises ClusterIdError, naming the brokers, when no broker answers within `timeout`
-        or the brokers report no id (Kafka before 0.10.1, some Kafka-compatible services).
+        KafkaException when no broker answers within `timeout`; ClusterIdError, naming the
+        brokers, when they report no id (Kafka before 0.10.1, some Kafka-compatible
+        services): retrying cannot help there.
         """
-        brokers = ",".join(self.cfg.brokers)
-        try:
-            metadata = self._consumer.list_topics(timeout=timeout)
-        except KafkaException as exc:
-            raise ClusterIdError(
-                f"cannot read the Kafka cluster id from kafka.brokers {brokers} within "
-                f"{timeout:g} s ({exc.args[0] if exc.args else exc}); the outlet scopes its "
-                "deduplication tokens with it and does not start without it"
-            ) from None
+        metadata = self._consumer.list_topics(timeout=timeout)
         cluster_id = metadata.cluster_id
         if not cluster_id:
             raise ClusterIdError(
-                f"the Kafka brokers {brokers} report no cluster id (Kafka older than 0.10.1, "
-                "or a Kafka-compatible service without one); the outlet scopes its "
-                "deduplication tokens with it and does not start without it"
+                f"the Kafka brokers {','.join(self.cfg.brokers)} report no cluster id (Kafka "
+                "older than 0.10.1, or a Kafka-compatible service without one); the outlet "
+                "scopes its deduplication tokens with it and does not start without it"
             )
         return str(cluster_id)
 

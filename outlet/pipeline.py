@@ -12,44 +12,55 @@ one way:
 the production ones, or fakes in the in-process tests), opens every resource in an
 ``AsyncExitStack`` so each closes on every path, runs the tasks in nurseries and stops
 in order on SIGTERM/SIGINT (``request_stop``): stop reading, flush the open batch, let
-destinations drain within the grace period, commit, close.
+destinations drain within the grace period, commit, close. While the state disk fails
+(outlet/statedisk.py: the ledger cannot be written, consumption paused), a stop abandons
+the open batch instead of flushing it: unsealed, it is read again after the restart.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 from prometheus_client import CollectorRegistry
 
-from outlet.batch import EncodedJob
+from outlet import reconfig
 from outlet.batcher import Batcher
 from outlet.codec import FlowCodec
 from outlet.committer import Committer
 from outlet.config import ConnectionConfig, DestinationConfig, KafkaConfig, OutletConfig
 from outlet.destination import Destination, Fallback
 from outlet.fallback import GiveUp, SpoolLane
+from outlet.fanout import DestinationSet, FanOut, Opened
 from outlet.kafka_client import KafkaClient
 from outlet.kafka_input import Barrier, Chunk, KafkaInput, RecordSource
 from outlet.ledger import BatchLedger, Ledger, LocalLedger, RunSync
+from outlet.logs import set_level, setup_logging
 from outlet.metrics import Metrics
 from outlet.sealer import BatchEncoder, Encoder, Sealer
 from outlet.spool import Spool
+from outlet.statedisk import GuardedLedger, StateDisk
 from outlet.tokens import WriterIdentity
-from outlet.writer import ClickHouseWriter, Writer
+from outlet.writer import (
+    ClickHouseWriter,
+    ConnectionFor,
+    ReplaceableWriter,
+    Writer,
+    probe_connection,
+)
 
 if TYPE_CHECKING:
     from outlet.httpapi import ReadyCheck
 
 log = logging.getLogger(__name__)
+config_log = logging.getLogger("outlet.config")  # with the configuration's other lines
 
 HttpServer = Callable[[str, CollectorRegistry, "ReadyCheck"], Awaitable[None]]
 
@@ -100,25 +111,7 @@ class RunState:
     """What /readyz and the shutdown path look at."""
 
     stopping: bool = False
-
-
-class FanOut:
-    """Hands the same encoded batch to every destination's queue, after registering it."""
-
-    def __init__(self, destinations: Sequence[Destination], committer: Committer) -> None:
-        # Additional destinations never block (their fallback takes a batch when their
-        # queue is full); the primary, last, blocks when full: the backpressure we want.
-        self.destinations = sorted(destinations, key=lambda d: d.cfg.primary)
-        self.committer = committer
-
-    async def __call__(self, job: EncodedJob) -> None:
-        self.committer.register(job)
-        if job.rows == 0:
-            for d in self.destinations:
-                self.committer.settled(job, d.name, True)
-            return
-        for d in self.destinations:
-            await d.submit(job)
+    opening: str = "starting"  # what start-up waits for, until the pipeline runs
 
 
 class Rebalance:
@@ -182,43 +175,71 @@ class Rebalance:
 
 @dataclass
 class Parts:
-    """The running chain (what ready() and tests look at)."""
+    """The running chain (what ready(), reconfigure() and tests look at)."""
 
     kafka: KafkaInput
     batcher: Batcher
     committer: Committer
-    destinations: list[Destination]
+    destinations: DestinationSet
+    encoder: Encoder
+    rebalance: Rebalance
     channel: tuple[trio.MemorySendChannel[Chunk], trio.MemoryReceiveChannel[Chunk]] = field(
         repr=False
     )
+
+
+class ConfigSource(Protocol):
+    """Where new configurations come from while the outlet runs (outlet/reload.py):
+    ``run(apply)`` hands each one to ``apply``; ``poke()`` asks for a check now (SIGHUP)."""
+
+    async def run(self, apply: Apply) -> None: ...
+
+    def poke(self) -> None: ...
+
+
+Apply = Callable[[OutletConfig], Awaitable[str]]
 
 
 class Outlet:
     """Builds the chain, owns its nurseries and closes what it opened."""
 
     def __init__(
-        self, cfg: OutletConfig, metrics: Metrics | None = None, backends: Backends | None = None
+        self,
+        cfg: OutletConfig,
+        metrics: Metrics | None = None,
+        backends: Backends | None = None,
+        source: ConfigSource | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics or Metrics()
         self.backends = backends or Backends()
+        self.source = source
         self.state = RunState()
         self.parts: Parts | None = None
+        self._reconfiguring = trio.Lock()
+        self.state_disk = StateDisk(cfg.state_path, self.metrics, self._abandon_if_stopping)
+        self._sealing = trio.CancelScope()  # the batcher; cancelled only by _abandon_if_stopping
 
     async def _open(self, stack: contextlib.AsyncExitStack) -> Parts:
         cfg, metrics, b = self.cfg, self.metrics, self.backends
         Path(cfg.state_path).mkdir(parents=True, exist_ok=True)
-        ledger = b.ledger(cfg, b.disk)
+        ledger = GuardedLedger(b.ledger(cfg, b.disk), self.state_disk)
         stack.callback(ledger.close)
         encoder = await b.encoder(cfg)
         stack.push_async_callback(encoder.aclose)
         dest_cfgs = cfg.destinations()
         committer = Committer((d.name for d in dest_cfgs), ledger, metrics)
-        destinations = [self._destination(d, committer, stack) for d in dest_cfgs]
-        identity = WriterIdentity(alias=cfg.kafka.cluster_identity)
-        sealer = Sealer(
-            cfg.kafka.topic, ledger, encoder, FanOut(destinations, committer), metrics, identity
+        fanout = FanOut(committer)
+        destinations = DestinationSet(
+            dest_cfgs,
+            functools.partial(self._open_destination, committer),
+            b.writer,
+            fanout,
+            metrics,
+            cfg.clickhouse.grace_period,
         )
+        identity = WriterIdentity(alias=cfg.kafka.cluster_identity)
+        sealer = Sealer(cfg.kafka.topic, ledger, encoder, fanout, metrics, identity)
         batch = cfg.clickhouse
         batcher = Batcher(
             batch.maximum_batch_size,
@@ -229,10 +250,11 @@ class Outlet:
         rebalance = Rebalance(batcher, committer, ledger, batch.grace_period, self.state, identity)
         kafka = KafkaInput(cfg.kafka, metrics, b.source(cfg.kafka, metrics), rebalance)
         stack.push_async_callback(kafka.aclose)
-        await kafka.open()  # ClusterIdError: the outlet does not start
+        self.state.opening = "waiting for the Kafka cluster id (see the log)"
+        await kafka.open()  # waits for the brokers; ClusterIdError: the outlet does not start
         self._scope_tokens(identity, kafka.cluster_id)
         channel = trio.open_memory_channel[Chunk](cfg.kafka.queue_size)
-        return Parts(kafka, batcher, committer, destinations, channel)
+        return Parts(kafka, batcher, committer, destinations, encoder, rebalance, channel)
 
     def _scope_tokens(self, identity: WriterIdentity, cluster_id: str | None) -> None:
         """Every token names the Kafka cluster; known before the first record is read
@@ -247,64 +269,74 @@ class Outlet:
             identity.token_identity,
         )
 
-    def _destination(
-        self, cfg: DestinationConfig, committer: Committer, stack: contextlib.AsyncExitStack
-    ) -> Destination:
+    def _open_destination(
+        self, committer: Committer, cfg: DestinationConfig, stack: contextlib.AsyncExitStack
+    ) -> Opened:
+        """One destination and its resources (closed by ``stack``, when it is done). Each
+        user of a connection gets its own writer (a ClickHouseWriter is not shared between
+        threads): the live inserts, the deduplication audit's queries, the circuit's
+        probes (SELECT 1 bounded by dial-timeout) and the spool replay; each is
+        replaceable (live reconfiguration: outlet/fanout.py)."""
         b = self.backends
-        writer = b.writer(cfg.connection)
-        stack.push_async_callback(writer.aclose)
-        audit_writer = b.writer(cfg.connection)  # the deduplication audit's queries
-        stack.push_async_callback(audit_writer.aclose)
-        probe: Writer | None = None
-        if cfg.connection.max_retries > 0:  # gated: the circuit's probes (SELECT 1)
-            conn = cfg.connection
-            probe = b.writer(dataclasses.replace(conn, insert_timeout=conn.dial_timeout))
-            stack.push_async_callback(probe.aclose)
+        writers: list[ReplaceableWriter] = []
+
+        def writer(connection: ConnectionFor | None = None) -> ReplaceableWriter:
+            w = ReplaceableWriter.of(b.writer, cfg.connection, connection)
+            stack.push_async_callback(w.aclose)
+            writers.append(w)
+            return w
+
+        live, audit = writer(), writer()
+        probe = writer(probe_connection) if cfg.connection.max_retries > 0 else None
         fallback: Fallback
         if cfg.spool.enable and cfg.connection.max_retries > 0:
             spool = Spool(cfg.spool, cfg.name)
             stack.callback(spool.close)
-            replay = b.writer(cfg.connection)
-            stack.push_async_callback(replay.aclose)
-            fallback = SpoolLane(cfg, self.metrics, spool, replay, committer.settled, b.disk)
+            fallback = SpoolLane(cfg, self.metrics, spool, writer(), committer.settled, b.disk)
         else:
             fallback = GiveUp(cfg.name, self.metrics, committer.settled)
-        return Destination(
-            cfg, self.metrics, writer, fallback, committer.settled,
-            probe=probe, audit_writer=audit_writer,
+        return Opened(
+            Destination(
+                cfg, self.metrics, live, fallback, committer.settled,
+                probe=probe, audit_writer=audit,
+            ),
+            writers,
         )
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until SIGTERM/SIGINT, request_stop() or cancellation; flush and commit on
         the way out (not on cancellation: uncommitted batches are rebuilt next time)."""
-        async with contextlib.AsyncExitStack() as stack:
-            parts = await self._open(stack)
-            self.parts = parts
-            try:
-                await self._run(parts, task_status)
-            finally:
-                self.state.stopping = True
+        async with trio.open_nursery() as http:
+            if self.backends.http is not None:  # from the start: /readyz says what we wait for
+                http.start_soon(
+                    self.backends.http, self.cfg.http_listen, self.metrics.registry, self.ready
+                )
+            async with contextlib.AsyncExitStack() as stack:
+                parts = await self._open(stack)
+                self.parts = parts
+                try:
+                    await self._run(parts, task_status)
+                finally:
+                    self.state.stopping = True
+            http.cancel_scope.cancel()
 
     async def _run(self, parts: Parts, task_status: trio.TaskStatus[None]) -> None:
         send, recv = parts.channel
         async with trio.open_nursery() as services:
-            if self.backends.http is not None:
-                services.start_soon(
-                    self.backends.http, self.cfg.http_listen, self.metrics.registry, self.ready
-                )
             await services.start(parts.kafka.run, send)
             services.start_soon(parts.committer.run, parts.kafka)
             services.start_soon(self._watch_signals)
             async with trio.open_nursery() as writers:
-                for d in parts.destinations:
-                    writers.start_soon(d.run)
+                await writers.start(parts.destinations.run)
+                if self.source is not None:
+                    services.start_soon(self.source.run, self.reconfigure)
                 if self.state.stopping:
                     parts.kafka.stop()
                 task_status.started()
-                await parts.batcher.run(recv)  # returns once stopped and flushed
-                for d in parts.destinations:
-                    d.close_queue()
+                with self._sealing:
+                    await parts.batcher.run(recv)  # returns once stopped and flushed
+                parts.destinations.close()
                 with trio.move_on_after(self.cfg.clickhouse.grace_period) as grace:
                     await parts.committer.tracker.wait_settled()
                 if grace.cancelled_caught:
@@ -314,25 +346,103 @@ class Outlet:
             services.cancel_scope.cancel()
 
     async def _watch_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self._reload_requested()
+                    continue
                 log.info("received %s: stop consuming, flush, commit", signal.Signals(signum).name)
                 self.request_stop()
                 return
+
+    def _reload_requested(self) -> None:
+        if self.source is None:
+            config_log.warning("received SIGHUP: this outlet has no configuration to reload")
+            return
+        config_log.info("received SIGHUP: checking the configuration now")
+        self.source.poke()
+
+    # -- live reconfiguration (outlet/reconfig.py) ------------------------------------------
+    async def reconfigure(self, new: OutletConfig) -> str:
+        """Apply ``new`` live if every change can be; else keep running the current one.
+
+        Returns ``applied``, ``refused`` or ``unchanged`` (counted in
+        ``outlet_config_reloads_total``; ``outlet_config_outdated`` says whether the outlet
+        now runs the configuration it was given).
+        """
+        async with self._reconfiguring:
+            plan = reconfig.plan(self.cfg, new)
+            m = self.metrics
+            if plan.unchanged:
+                m.config_outdated.set(0)
+                return "unchanged"
+            refused = plan.refused
+            if not refused and (self.parts is None or self.state.stopping):
+                refused = (reconfig.Change("", False, "the outlet is stopping"),)
+            if refused:
+                m.config_reloads.labels("refused").inc()
+                m.config_outdated.set(1)
+                config_log.error("configuration change refused, the running configuration is "
+                                 "kept: %s", "; ".join(str(c) for c in refused))
+                return "refused"
+            assert self.parts is not None
+            await self._apply(self.parts, plan, new)
+            m.config_reloads.labels("applied").inc()
+            m.config_outdated.set(0)
+            config_log.info("configuration applied live: %s", plan.summary())
+            return "applied"
+
+    async def _apply(self, parts: Parts, plan: reconfig.Plan, new: OutletConfig) -> None:
+        old, batch = self.cfg, new.clickhouse
+        if new.log_format != old.log_format:
+            setup_logging(new.log_level, new.log_format)
+        elif new.log_level != old.log_level:
+            set_level(new.log_level)
+        parts.batcher.max_size = batch.maximum_batch_size
+        parts.batcher.max_wait = batch.maximum_wait_time
+        parts.rebalance.grace_period = batch.grace_period
+        parts.destinations.grace_period = batch.grace_period
+        parts.encoder.compression = batch.compression
+        primary = reconfig.primary_changes(old, new)
+        updated = (primary, *plan.updated) if primary is not None else plan.updated
+        await parts.destinations.change(plan.added, plan.removed, updated)
+        self.cfg = new
 
     def request_stop(self) -> None:
         """Stop consuming; the batch in progress is flushed and committed (like SIGTERM)."""
         self.state.stopping = True
         if self.parts is not None:
             self.parts.kafka.stop()
+        self._abandon_if_stopping()
+
+    def _abandon_if_stopping(self) -> None:
+        """Stopping while the ledger cannot be written: the batch waiting for its seal
+        cannot be flushed; abandon it (nothing of it was inserted or committed)."""
+        if self.state.stopping and self.state_disk.failing and not self._sealing.cancel_called:
+            log.warning(
+                "stopping while the state disk fails: the open batch is not sealed; its "
+                "records are read again from Kafka after the restart"
+            )
+            self._sealing.cancel()
 
     def ready(self) -> tuple[bool, str]:
         """Ready when assigned partitions and the primary's last attempt succeeded."""
         if self.parts is None:
-            return False, "starting"
-        primary = self.parts.destinations[0]
+            return False, self.state.opening
+        primary = self.parts.destinations.primary
         if not self.parts.kafka.ever_assigned:
             return False, "waiting for Kafka partition assignment"
+        if self.state_disk.failing:
+            return False, f"consumption paused: state disk failing ({self.state_disk.failing})"
         if not primary.healthy:
             return False, f"primary destination failing: {primary.last_error}"
+        failing = [
+            (d.name, lane.write_error)
+            for d in self.parts.destinations.destinations
+            if isinstance(lane := d.fallback, SpoolLane) and lane.write_error
+        ]
+        if len(failing) == 1:
+            return True, f"ok, degraded: spool write failing on {failing[0][0]} ({failing[0][1]})"
+        if failing:
+            return True, f"ok, degraded: spool write failing on {len(failing)} destinations"
         return True, "ok"

@@ -524,7 +524,7 @@ def test_a_running_outlet_shows_no_secret(stack: Endpoints, tmp_path: Path) -> N
                   if line.startswith("{")]
     assert json_lines and all("message" in line for line in json_lines)
     assert json.loads(seen["sasl"]["/readyz"])["reason"] == (
-        "waiting for Kafka partition assignment")
+        "waiting for the Kafka cluster id (see the log)")
     assert codes["human"] == 0 and codes["json"] == 0, codes
 
 
