@@ -23,8 +23,11 @@ $(SETUP_STAMP): $(SETUP_INPUTS)
 	bash ci/setup.sh
 	@mkdir -p $(dir $@) && touch $@
 
+# SECURE=1 adds Kafka's SASL_SSL/SSL/SASL_PLAINTEXT listeners and ClickHouse mTLS ports
+# (docs/security.md); the tests start them only when a `secure` test is selected.
+SECURE ?=
 up: setup
-	$(UV) run chaos stack up --dir $(STACK_DIR)
+	$(UV) run chaos stack up --dir $(STACK_DIR) $(if $(SECURE),--secure)
 
 down: setup
 	$(UV) run chaos stack down --dir $(STACK_DIR)

@@ -25,7 +25,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
     try:
         endpoints = stack.start_stack(sdir, partitions=args.partitions, topic=args.topic,
-                                      timings=timings)
+                                      timings=timings, secure=args.secure)
     except stack.StackError as e:
         print(f"stack up FAILED: component {e.component}: {e.message}", file=sys.stderr)
         if e.log_file is not None:
@@ -41,7 +41,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
     print(f"  toxiproxy  {endpoints.toxiproxy.api}")
     for name, ch in endpoints.clickhouse.items():
         print(f"  clickhouse {name:<6} {ch.url}  proxied {ch.proxied_url}  {ch.https_url}  "
-              f"user {ch.username}")
+              f"user {ch.username}" + (f"  mTLS {ch.mtls_url}" if ch.mtls_url else ""))
+    if endpoints.secure is not None:
+        s = endpoints.secure
+        print(f"  kafka      SASL_SSL {s.kafka_sasl_ssl} ({', '.join(s.users)})  SSL "
+              f"{s.kafka_ssl} (client certificate)  SASL_PLAINTEXT {s.kafka_sasl_plaintext}")
     ready = ", ".join(f"{k} {v:.1f}s" for k, v in timings.items() if k != "total")
     print(f"  ready after: {ready}")
     print(f"endpoints: {sdir / 'endpoints.json'}")
@@ -97,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--partitions", type=int, default=4,
                     help="flows topic partitions (default: 4)")
     up.add_argument("--topic", default="flows", help="Kafka topic to create (default: flows)")
+    up.add_argument("--secure", action="store_true",
+                    help="also start Kafka's SASL_SSL, SSL and SASL_PLAINTEXT listeners and "
+                         "ClickHouse HTTPS ports requiring client certificates")
     up.set_defaults(func=_cmd_up)
     down = st_sub.add_parser("down", help="stop every process of the stack")
     common(down)

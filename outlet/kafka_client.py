@@ -32,11 +32,14 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 
 from outlet.config import KafkaConfig
 from outlet.kafka_input import Chunk, CommitRequest, Polled, PollRequest, SourceHooks
+from outlet.kafka_link import BACKOFF, KafkaLink, quiet_connection_failures
 from outlet.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 LAG_EVERY = 1.0  # seconds between consumer-lag gauge refreshes
+# Consume errors that are connection failures: reported once per class by the link.
+LINK_ERRORS = frozenset({"_AUTHENTICATION", "_SSL", "_TRANSPORT"})
 
 
 def consumer_settings(cfg: KafkaConfig) -> dict[str, Any]:
@@ -93,6 +96,7 @@ class KafkaClient:
         self._answered: list[CommitRequest] = []
         self._lag_base: dict[int, int] = {}  # committed offset per partition
         self._last_lag = 0.0
+        self.link = KafkaLink(cfg, metrics, assigned=lambda: bool(self._assigned))
 
     # -- lifecycle ------------------------------------------------------------------------
     async def open(self, hooks: SourceHooks) -> None:
@@ -100,8 +104,11 @@ class KafkaClient:
         await trio.to_thread.run_sync(self._subscribe)
 
     def _subscribe(self) -> None:
-        settings = {**consumer_settings(self.cfg), "on_commit": self._on_commit}
-        self._consumer = self._factory(settings, logger=logging.getLogger("librdkafka"))
+        settings = {**consumer_settings(self.cfg), "on_commit": self._on_commit,
+                    "error_cb": self.link.on_error}
+        self._consumer = self._factory(
+            settings, logger=quiet_connection_failures(logging.getLogger("librdkafka")))
+        self._paused = False
         self._consumer.subscribe(
             [self.cfg.topic], on_assign=self._assign_cb, on_revoke=self._revoke_cb
         )
@@ -112,8 +119,34 @@ class KafkaClient:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._consumer.close)
 
+    def failure_reason(self) -> str:
+        return self.link.failure_reason()
+
+    async def _restart(self, reason: str) -> None:
+        """Recreate the consumer: after a failure that needs action, once a backoff delay
+        passed; after a rotation of kafka.tls files, at once (outlet/kafka_link.py).
+        Closing revokes our partitions first (settled and committed, as in any rebalance)."""
+        self.metrics.kafka_consumer_restarts.labels(reason).inc()
+        await trio.to_thread.run_sync(self._consumer.close)  # the revoke callback commits
+        self._consumer = None
+        for request in self._in_flight:  # the old consumer will never answer them
+            request.error = f"the consumer was recreated ({reason}) before the broker answered"
+            self._answered.append(request)
+        self._in_flight.clear()
+        if reason == BACKOFF:
+            delay = self.link.backoff()
+            log.debug("kafka: consumer closed, next attempt in %.1fs (backoff)", delay)
+            await trio.sleep(delay)
+        else:
+            log.info("kafka: reconnecting with the new TLS files (the consumer rejoins "
+                     "its group)")
+        await trio.to_thread.run_sync(self._subscribe)
+
     # -- poll (worker thread) -------------------------------------------------------------
     async def poll(self, request: PollRequest) -> Polled:
+        reason = self.link.restart_due()
+        if reason is not None:
+            await self._restart(reason)
         return await trio.to_thread.run_sync(self._poll, request)
 
     def _poll(self, request: PollRequest) -> Polled:
@@ -133,7 +166,10 @@ class KafkaClient:
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     self.metrics.kafka_errors.labels(err.name()).inc()
-                    log.warning("kafka error: %s", err)
+                    if err.name() in LINK_ERRORS:
+                        self.link.on_error(err)
+                    else:
+                        log.warning("kafka error: %s", err)
                 continue
             value = msg.value() or b""
             parts.append(msg.partition())
@@ -142,6 +178,8 @@ class KafkaClient:
             nbytes += len(value)
         self.metrics.kafka_messages.inc(len(vals))
         self.metrics.kafka_bytes.inc(nbytes)
+        if vals:
+            self.link.working("receiving records")
         answered, self._answered = self._answered, []
         return Polled(chunk, answered)
 
@@ -221,6 +259,7 @@ class KafkaClient:
         if self._paused:
             consumer.pause(partitions)
         log.info("kafka: assigned partitions %s", sorted(parts))
+        self.link.working("partitions assigned")
         assert self._hooks is not None
         with contextlib.suppress(trio.RunFinishedError):
             trio.from_thread.run_sync(self._hooks.assigned, parts, committed)

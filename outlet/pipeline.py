@@ -42,7 +42,7 @@ from outlet.ledger import BatchLedger, Ledger, LocalLedger, RunSync
 from outlet.metrics import Metrics
 from outlet.sealer import BatchEncoder, Encoder, Sealer
 from outlet.spool import Spool
-from outlet.writer import ClickHouseWriter, Writer
+from outlet.writer import ClickHouseWriter, TLSMetrics, Writer
 
 if TYPE_CHECKING:
     from outlet.httpapi import ReadyCheck
@@ -229,14 +229,17 @@ class Outlet:
         self, cfg: DestinationConfig, committer: Committer, stack: contextlib.AsyncExitStack
     ) -> Destination:
         b = self.backends
+        tls = TLSMetrics(cfg.name, self.metrics)
         writer = b.writer(cfg.connection)
         stack.push_async_callback(writer.aclose)
+        tls.follow(writer)
         fallback: Fallback
         if cfg.spool.enable and cfg.connection.max_retries > 0:
             spool = Spool(cfg.spool, cfg.name)
             stack.callback(spool.close)
             replay = b.writer(cfg.connection)
             stack.push_async_callback(replay.aclose)
+            tls.follow(replay)
             fallback = SpoolLane(cfg, self.metrics, spool, replay, committer.settled, b.disk)
         else:
             fallback = GiveUp(cfg.name, self.metrics, committer.settled)
@@ -300,7 +303,8 @@ class Outlet:
             return False, "starting"
         primary = self.parts.destinations[0]
         if not self.parts.kafka.ever_assigned:
-            return False, "waiting for Kafka partition assignment"
+            why = self.parts.kafka.link_problem()
+            return False, "waiting for Kafka partition assignment" + (f" ({why})" if why else "")
         if not primary.healthy:
             return False, f"primary destination failing: {primary.last_error}"
         return True, "ok"

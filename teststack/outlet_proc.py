@@ -115,6 +115,7 @@ class OutletProcess:
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     env: dict[str, str] = field(default_factory=dict)
+    split_output: bool = False  # stdout to <name>.stdout, stderr (the log) to <name>.log
 
     @property
     def config_path(self) -> Path:
@@ -123,6 +124,10 @@ class OutletProcess:
     @property
     def log_path(self) -> Path:
         return self.workdir / f"{self.name}.log"
+
+    @property
+    def stdout_path(self) -> Path:
+        return self.workdir / f"{self.name}.stdout"
 
     @property
     def http(self) -> str:
@@ -135,15 +140,17 @@ class OutletProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        out = open(self.stdout_path, "ab") if self.split_output else log  # noqa: SIM115
         env = dict(os.environ, **self.env)
         self.proc = subprocess.Popen(
             self.command(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            stdout=out,
+            stderr=log,
             env=env,
             start_new_session=True,
         )
         log.close()
+        out.close()
         if wait_ready:
             self.wait_http(timeout)
 

@@ -132,6 +132,9 @@ class FakeSource:
         self.hooks = hooks
         self.events.append(("assign", set(range(self.topic.partitions))))
 
+    def failure_reason(self) -> str:
+        return ""
+
     def revoke(self, partitions: set[int]) -> None:
         self.events.append(("revoke", set(partitions)))
         self.topic.grown.notify()

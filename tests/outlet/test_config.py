@@ -24,6 +24,7 @@ from outlet.config import (
     parse_size,
     redacted_dict,
 )
+from teststack.certs import Authority
 
 # The seed-style example of the dual-write issue (issue 4), verbatim.
 SEED_EXAMPLE = """
@@ -304,7 +305,7 @@ def test_server_entries() -> None:
 
 def test_tls_files_and_skip_verify(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
-    ca.write_text("x")
+    Authority.create("test CA").write(ca, tmp_path / "ca-key.pem")
     cfg = parse_config(
         {"kafka": {"tls": {"enable": True, "skip-verify": True, "ca-file": str(ca)}}}, {}
     )
@@ -615,7 +616,7 @@ def test_docs_example_parses() -> None:
     if not doc.exists():
         pytest.skip("docs/configuration.md not present")
     text = doc.read_text()
-    example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    example = text.split("\n## Example\n", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
     cfg = parse_config(yaml.safe_load(example), {"AZURE_PASSWORD": PASSWORD})
     assert [d.name for d in cfg.destinations()] == ["primary", "azure"]
 
