@@ -16,8 +16,9 @@ SCRAM credentials are created when the storage is formatted (``kafka-storage for
 certificate names 127.0.0.1 only (not ``localhost``): connecting as ``localhost`` is the
 host-name-mismatch case. The broker authorizes with ACLs (StandardAuthorizer; allowed when
 a resource has none; the plaintext listeners' ANONYMOUS is a super user), so a test can
-deny one certificate's principal and see whether a client still uses it. Each ClickHouse server gets an HTTPS port that requires and
-verifies client certificates (``mtls_url``, ClickHouse's ``verificationMode: strict``).
+deny one certificate's principal and see whether a client still uses it. Each ClickHouse
+server gets an HTTPS port that requires and verifies client certificates (``mtls_url``,
+ClickHouse's ``verificationMode: strict``).
 ``tls/client.pem`` + ``tls/client-key.pem`` (CN ``outlet``) is a client certificate the
 stack's CA signed.
 

@@ -211,7 +211,13 @@ def test_tls_only_kafka_with_client_certificate_rotated_under_load(
     # The denial bites: a consumer with the old certificate is refused.
     assert _consume_error(s.kafka_ssl, run.topic, old_files) == "TOPIC_AUTHORIZATION_FAILED"
     assert outlet.metric(restarts, reason="tls-files-changed") == 1
-    assert "reconnecting with the new TLS files" in outlet.log_path.read_text()
+    log = outlet.log_path.read_text()
+    assert "reconnecting with the new TLS files" in log
+    stamps = [dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f") for line in
+              log.splitlines() if "reconnecting with the new TLS" in line
+              or "kafka: assigned partitions" in line]
+    print(f"kafka: partitions assigned again {(stamps[-1] - stamps[-2]).total_seconds():.2f}s "
+          "after the consumer was recreated")
     assert time.monotonic() - rotated < 120
     assert outlet.stop() == 0
 
