@@ -3,19 +3,25 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.local/bin:$(PATH)
 UV ?= uv
 STACK_DIR ?= .stack
+MULTI_DC_STACK_DIR ?= .stack-multi-dc
+# `make up TOPOLOGY=multi-dc`: datacenters a and b (Kafka + local ClickHouse each) and a
+# central ClickHouse, in $(MULTI_DC_STACK_DIR) (docs/chaos.md).
+TOPOLOGY ?= single-dc
+TOPOLOGY_DIR = $(if $(filter multi-dc,$(TOPOLOGY)),$(MULTI_DC_STACK_DIR),$(STACK_DIR))
 PYTEST_ARGS ?=
 SETUP_STAMP := .tools/.setup.stamp
-SETUP_INPUTS := pyproject.toml harness/pyproject.toml uv.lock ci/setup.sh ci/install-kafka.sh ci/install-toxiproxy.sh \
+SETUP_INPUTS := pyproject.toml harness/pyproject.toml uv.lock ci/setup.sh ci/install-system.sh ci/install-kafka.sh ci/install-toxiproxy.sh \
 	ci/install-goflow2.sh ci/go-tools.sh ci/kafka/pom.xml
 
 .PHONY: setup up down status test test-all lint demo bench-outlet bench-dualwrite bench-codec chaos \
 	chaos-all load capacity bench-overhead-load
 
-# Idempotent; the stamp makes it instant when nothing changed. A missing venv or missing
-# tools invalidate the stamp.
+# Idempotent; the stamp makes it instant when nothing changed. A missing venv, missing
+# tools or missing system prerequisites (ci/install-system.sh) invalidate the stamp.
 setup:
 	@if [ ! -x .venv/bin/python ] || [ ! -x .tools/bin/toxiproxy-server ] \
-	    || ! compgen -G '.tools/kafka/libs/kafka_2.13-*.jar' >/dev/null; then \
+	    || ! compgen -G '.tools/kafka/libs/kafka_2.13-*.jar' >/dev/null \
+	    || ! (for t in java mvn go prometheus promtool; do command -v $$t >/dev/null || exit 1; done); then \
 	    rm -f $(SETUP_STAMP); fi
 	@$(MAKE) --no-print-directory $(SETUP_STAMP)
 
@@ -24,16 +30,19 @@ $(SETUP_STAMP): $(SETUP_INPUTS)
 	@mkdir -p $(dir $@) && touch $@
 
 # SECURE=1 adds Kafka's SASL_SSL/SSL/SASL_PLAINTEXT listeners and ClickHouse mTLS ports
-# (docs/security.md); the tests start them only when a `secure` test is selected.
+# (docs/security.md; single-dc only); the tests start them only when a `secure` test is selected.
 SECURE ?=
+# `make up PROMETHEUS=1` adds Prometheus with the shipped alert rules (docs/operations.md).
+PROMETHEUS ?=
 up: setup
-	$(UV) run chaos stack up --dir $(STACK_DIR) $(if $(SECURE),--secure)
+	$(UV) run chaos stack up --topology $(TOPOLOGY) --dir $(TOPOLOGY_DIR) \
+	    $(if $(SECURE),--secure) $(if $(PROMETHEUS),--with-prometheus)
 
 down: setup
-	$(UV) run chaos stack down --dir $(STACK_DIR)
+	$(UV) run chaos stack down --dir $(TOPOLOGY_DIR)
 
 status: setup
-	$(UV) run chaos stack status --dir $(STACK_DIR)
+	$(UV) run chaos stack status --dir $(TOPOLOGY_DIR)
 
 # The CI suite (README): unit tests, the native stack, the outlet, dual-write, spool and a
 # representative chaos set. `make test-all` adds the slow tests (every chaos scenario, load).
@@ -78,17 +87,20 @@ lint: setup
 	$(UV) run ruff check . && $(UV) run mypy outlet orchestrator flowgen teststack chaos loadtest
 
 # Chaos harness (docs/chaos.md): `make chaos SCENARIO=azure-partition [TIME_SCALE=2]`,
-# `make chaos-all`. Reuses a healthy stack in $(STACK_DIR) or starts one (and stops it after).
+# `make chaos-all`. Reuses a healthy stack in $(STACK_DIR) (multi-dc scenarios: in
+# $(MULTI_DC_STACK_DIR)) or starts one, and stops it after; one stack at a time.
 SCENARIO ?=
 CHAOS_ARGS ?=
 
 chaos: setup
 	@if [ -z "$(SCENARIO)" ]; then echo "usage: make chaos SCENARIO=name [TIME_SCALE=F]" \
 	    "(see scenarios/)"; ls scenarios | sed 's/\.yaml$$//'; exit 2; fi
-	$(UV) run chaos run $(SCENARIO) $(HARNESS_FLAGS) $(CHAOS_ARGS)
+	$(UV) run chaos run $(SCENARIO) $(HARNESS_FLAGS) --multi-dc-stack-dir $(MULTI_DC_STACK_DIR) \
+	    $(CHAOS_ARGS)
 
 chaos-all: setup
-	$(UV) run chaos run --all $(HARNESS_FLAGS) $(CHAOS_ARGS)
+	$(UV) run chaos run --all $(HARNESS_FLAGS) --multi-dc-stack-dir $(MULTI_DC_STACK_DIR) \
+	    $(CHAOS_ARGS)
 
 # Load tests (docs/loadtest.md): `make load PROFILE=steady [TIME_SCALE=0.5] [RATE_SCALE=0.5]`
 # replays a profile (loadtest/profiles/) with Locust against the stack, the outlet in

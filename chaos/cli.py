@@ -12,20 +12,30 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from teststack import clikit, stack
+from teststack import clikit, prometheus, stack
 from teststack.runs import HarnessError
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
     sdir = Path(args.dir).resolve()
-    if stack.is_healthy(sdir):
-        print(f"stack already running and healthy in {sdir} (endpoints: {sdir / 'endpoints.json'})")
-        return 0
+    if stack.is_healthy(sdir, args.topology):
+        print(f"{args.topology} stack already running and healthy in {sdir} "
+              f"(endpoints: {sdir / 'endpoints.json'})")
+        return _up_prometheus(sdir) if args.with_prometheus else 0
     t0 = time.monotonic()
     timings: dict[str, float] = {}
+    multi = args.topology == stack.MULTI_DC
+    partitions = args.partitions or (2 if multi else 4)
     try:
-        endpoints = stack.start_stack(sdir, partitions=args.partitions, topic=args.topic,
-                                      timings=timings, secure=args.secure)
+        if multi:
+            if args.secure:
+                print("--secure starts with the single-dc topology only", file=sys.stderr)
+                return 2
+            views = stack.start_multi_dc_stack(sdir, partitions=partitions, topic=args.topic,
+                                               timings=timings).datacenters
+        else:
+            views = {"": stack.start_stack(sdir, partitions=partitions, topic=args.topic,
+                                           timings=timings, secure=args.secure)}
     except stack.StackError as e:
         print(f"stack up FAILED: component {e.component}: {e.message}", file=sys.stderr)
         if e.log_file is not None:
@@ -34,22 +44,38 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print("everything that had started was stopped", file=sys.stderr)
         return 1
     elapsed = time.monotonic() - t0
-    print(f"stack up in {sdir}")
-    print(f"  kafka      bootstrap {endpoints.kafka.bootstrap}  proxied "
-          f"{endpoints.kafka.bootstrap_proxied}  topic {endpoints.kafka.topic} "
-          f"({endpoints.kafka.partitions} partitions)")
-    print(f"  toxiproxy  {endpoints.toxiproxy.api}")
-    for name, ch in endpoints.clickhouse.items():
-        print(f"  clickhouse {name:<6} {ch.url}  proxied {ch.proxied_url}  {ch.https_url}  "
-              f"user {ch.username}" + (f"  mTLS {ch.mtls_url}" if ch.mtls_url else ""))
-    if endpoints.secure is not None:
-        s = endpoints.secure
-        print(f"  kafka      SASL_SSL {s.kafka_sasl_ssl} ({', '.join(s.users)})  SSL "
-              f"{s.kafka_ssl} (client certificate)  SASL_PLAINTEXT {s.kafka_sasl_plaintext}")
+    print(f"{args.topology} stack up in {sdir}")
+    for dc, endpoints in views.items():
+        if dc:
+            print(f"  datacenter {dc}")
+        print(f"  kafka      bootstrap {endpoints.kafka.bootstrap}  proxied "
+              f"{endpoints.kafka.bootstrap_proxied}  topic {endpoints.kafka.topic} "
+              f"({endpoints.kafka.partitions} partitions)")
+        for name, ch in endpoints.clickhouse.items():
+            print(f"  clickhouse {name:<7} {ch.url}  proxied {ch.proxied_url} "
+                  f"(proxy {ch.proxy})  {ch.https_url}  user {ch.username}"
+                  + (f"  mTLS {ch.mtls_url}" if ch.mtls_url else ""))
+        if endpoints.secure is not None:
+            s = endpoints.secure
+            print(f"  kafka      SASL_SSL {s.kafka_sasl_ssl} ({', '.join(s.users)})  SSL "
+                  f"{s.kafka_ssl} (client certificate)  SASL_PLAINTEXT "
+                  f"{s.kafka_sasl_plaintext}")
+    print(f"  toxiproxy  {next(iter(views.values())).toxiproxy.api}")
     ready = ", ".join(f"{k} {v:.1f}s" for k, v in timings.items() if k != "total")
     print(f"  ready after: {ready}")
     print(f"endpoints: {sdir / 'endpoints.json'}")
     print(f"start-up time: {elapsed:.1f} s")
+    return _up_prometheus(sdir) if args.with_prometheus else 0
+
+
+def _up_prometheus(sdir: Path) -> int:
+    try:
+        prom = prometheus.start(sdir)
+    except stack.StackError as e:
+        print(f"prometheus FAILED: {e.message}\n{e.log_tail(20)}", file=sys.stderr)
+        return 1
+    print(f"  prometheus {prom.url}  (rules: {prometheus.RULES_FILE.name}, every `for:` / "
+          f"{prometheus.TIME_COMPRESSION}; targets: {prom.directory / 'targets'})")
     return 0
 
 
@@ -89,7 +115,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chaos", description="Flow outlet chaos harness")
     sub = parser.add_subparsers(dest="command", required=True)
-    st = sub.add_parser("stack", help="native test stack (Kafka, Toxiproxy, ClickHouse x2)")
+    st = sub.add_parser("stack", help="native test stack (Kafka, Toxiproxy, ClickHouse)")
     st_sub = st.add_subparsers(dest="action", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -98,12 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = st_sub.add_parser("up", help="start the stack (no-op when already healthy)")
     common(up)
-    up.add_argument("--partitions", type=int, default=4,
-                    help="flows topic partitions (default: 4)")
+    up.add_argument("--topology", choices=stack.TOPOLOGIES, default=stack.SINGLE_DC,
+                    help="single-dc (default: kafka, local, azure) or multi-dc (datacenters "
+                         "a and b, each with its Kafka and local ClickHouse, one central)")
+    up.add_argument("--partitions", type=int, default=0,
+                    help="flows topic partitions (default: 4; 2 per Kafka in multi-dc)")
     up.add_argument("--topic", default="flows", help="Kafka topic to create (default: flows)")
     up.add_argument("--secure", action="store_true",
                     help="also start Kafka's SASL_SSL, SSL and SASL_PLAINTEXT listeners and "
-                         "ClickHouse HTTPS ports requiring client certificates")
+                         "ClickHouse HTTPS ports requiring client certificates (single-dc)")
+    up.add_argument("--with-prometheus", action="store_true",
+                    help="also run Prometheus with the shipped alert rules (docs/operations.md)")
     up.set_defaults(func=_cmd_up)
     down = st_sub.add_parser("down", help="stop every process of the stack")
     common(down)
@@ -134,12 +165,17 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
                           + ") or paths")
     run.add_argument("--all", action="store_true", help="run every scenarios/*.yaml")
     clikit.add_common(run, time_scale="every timeline time and duration (load, windows)")
+    run.add_argument("--multi-dc-stack-dir", default=".stack-multi-dc", metavar="DIR",
+                     help="stack directory of multi-dc scenarios (default: .stack-multi-dc)")
     run.add_argument("--keep-stack", action="store_true",
                      help="leave a stack this command started running")
     run.add_argument("--reports-dir", default=str(REPORTS_DIR), metavar="DIR",
                      help="reports go to DIR/SCENARIO/ (default: reports/chaos)")
     run.add_argument("--validate", action="store_true",
                      help="only validate the scenario files")
+    run.add_argument("--with-prometheus", action="store_true",
+                     help="record alerts for every scenario (started anyway for scenarios "
+                          "with an `alerts:` expectation)")
     run.epilog = ("Report: DIR/SCENARIO/report.md (and report.json, timeline.png, outlet/ with "
                   "the outlet's config, state and log). Exit status: 0 every invariant held, 1 "
                   "an invariant failed or a run could not complete, 2 invalid scenario, "
@@ -148,7 +184,7 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _run(args: argparse.Namespace, verdict: clikit.Verdict) -> int:
-    from chaos.runner import run_many
+    from chaos.multidc import run_all
     from chaos.scenario import ScenarioError, list_scenarios, load_scenario
 
     names = list_scenarios() if args.all else list(args.scenarios)
@@ -169,7 +205,7 @@ def _run(args: argparse.Namespace, verdict: clikit.Verdict) -> int:
         return clikit.EXIT_USAGE
     if args.validate:
         for sc in scenarios:
-            print(f"{sc.name}: ok ({len(sc.timeline)} timeline steps, load "
+            print(f"{sc.name}: ok ({sc.topology}, {len(sc.timeline)} timeline steps, load "
                   f"{sc.load.duration:g}s at {sc.load.rate:g} flows/s)")
             verdict.runs.append(clikit.RunVerdict(sc.name, True, details={"validated": True}))
         return clikit.EXIT_PASSED
@@ -179,8 +215,8 @@ def _run(args: argparse.Namespace, verdict: clikit.Verdict) -> int:
         verdict.error = "refused: the run would last more than an hour (--yes)"
         return clikit.EXIT_USAGE
     try:
-        results = run_many(scenarios, args.stack_dir, args.reports_dir,
-                           keep_stack=args.keep_stack)
+        results = run_all(scenarios, args.stack_dir, args.multi_dc_stack_dir, args.reports_dir,
+                          keep_stack=args.keep_stack, with_prometheus=args.with_prometheus)
     except HarnessError as e:
         verdict.error = str(e)
         print(f"chaos run: {e}", file=sys.stderr)

@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from chaos import alerts
 from chaos.results import RunResult, Sample, metric_value, reported_loss
-from chaos.scenario import Action, Scenario, format_duration, planned_windows
+from chaos.scenario import MULTI_DC, Action, Scenario, format_duration, planned_windows
 from outlet import metrics as names
 from teststack.series import rate_series
 
@@ -70,10 +71,10 @@ def plot_timeline(result: RunResult, sc: Scenario, path: Path) -> None:
                 ax.axvline(a, color=color, linestyle="--", linewidth=1.5)
             else:
                 ax.axvspan(a, b, color=color, alpha=0.12)
-    # Rates stored per destination.
-    for d in sc.outlet.destinations:
+    # Rates stored per destination (multi-dc: per view).
+    for d in sc.views:
         ts, rs = _rates(samples, d)
-        role = "primary" if d == sc.outlet.destinations[0] else "additional"
+        role = "primary" if sc.metric_destination(d) == "primary" else "additional"
         ax1.plot(ts, rs, label=f"{d} ({role}) stored flows/s (3 s avg)", color=COLORS.get(d),
                  linewidth=2.6 if role == "primary" else 1.6,
                  linestyle="-" if role == "primary" else "--")
@@ -94,12 +95,15 @@ def plot_timeline(result: RunResult, sc: Scenario, path: Path) -> None:
     lag_v = [s.lag for s in samples if s.lag is not None]
     ax2.plot(lag_t, lag_v, ".-", color="tab:red", label="consumer lag (outlet metric, msgs)",
              linewidth=1.2, markersize=3)
-    primary = sc.outlet.destinations[0]
-    backlog = [(s.t, max(0, s.produced - (s.rows.get(primary) or 0))) for s in samples
-               if s.rows.get(primary) is not None]
-    if backlog:
-        ax2.plot([b[0] for b in backlog], [b[1] for b in backlog], color="tab:blue",
-                 alpha=0.6, label=f"end-to-end backlog on {primary} (produced - stored)")
+    primaries = ([(f"local-{dc}", dc) for dc in sc.view_datacenters("central")]
+                 if sc.topology == MULTI_DC else [(sc.outlet.destinations[0], "")])
+    for primary, dc in primaries:
+        backlog = [(s.t, max(0, (s.produced_by.get(dc, 0) if dc else s.produced)
+                             - (s.rows.get(primary) or 0)))
+                   for s in samples if s.rows.get(primary) is not None]
+        if backlog:
+            ax2.plot([b[0] for b in backlog], [b[1] for b in backlog], alpha=0.6,
+                     label=f"end-to-end backlog on {primary} (produced - stored)")
     down = [s.t for s in samples if not s.outlet_up]
     if down:
         ax2.plot(down, [0] * len(down), "x", color="black", label="outlet down (no metrics)")
@@ -134,10 +138,11 @@ def render_markdown(result: RunResult, sc: Scenario) -> str:
         f"- load: {sc.load.rate:g} flows/s for {format_duration(sc.load.duration)} "
         f"(time scale {sc.time_scale:g}); produced {info.get('produced', '?')} unique flows",
         f"- topic `{info.get('topic')}`, consumer group `{info.get('consumer_group')}`, "
-        f"run id {info.get('run_id')}",
+        f"run id {info.get('run_id', info.get('run_ids'))}",
         f"- wall time {info.get('wall_s')} s; quiet {info.get('quiesce_s', '?')} s after "
         "the load stopped",
-        f"- outlet log: `{info.get('outlet_log')}`",
+        *([f"- outlet log: `{info.get('outlet_log')}`"] if "outlet_log" in info else
+          [f"- outlet log ({dc}): `{path}`" for dc, path in info.get("outlet_logs", {}).items()]),
     ]
     if info.get("healed_at_end"):
         lines.append(f"- still faulty when the load ended, healed by the runner: "
@@ -157,9 +162,11 @@ def render_markdown(result: RunResult, sc: Scenario) -> str:
 
     for d, t in result.destinations.items():
         label = sc.metric_destination(d)
-        lost = reported_loss(result.metrics, label)
-        written = metric_value(result.metrics, names.DESTINATION_FLOWS_WRITTEN_TOTAL,
-                               destination=label)
+        whose = [{"dc": dc} for dc in sc.view_datacenters(d)] if sc.topology == MULTI_DC \
+            else [{}]
+        lost = sum(reported_loss(result.metrics, label, **w) for w in whose)
+        written = sum(metric_value(result.metrics, names.DESTINATION_FLOWS_WRITTEN_TOTAL,
+                                   destination=label, **w) for w in whose)
         lines.append(f"| {d} ({label}) | {t['rows']} | {t['distinct_flows']} | "
                      f"{t['duplicates']} | {t['missing']} | {lost:g} | {written:g} |")
     lines += ["", "## Key metrics (summed over outlet restarts)", ""]
@@ -176,12 +183,15 @@ def render_markdown(result: RunResult, sc: Scenario) -> str:
         lines.append(f"| {e.at:.1f}s | {e.started:.1f}s | {e.ended - e.started:.1f}s | "
                      f"{e.action}: {_md_escape(e.label)} | "
                 f"{'yes' if e.ok else _md_escape(e.error)} |")
+    lines += alerts.render_markdown(info.get("alerts"))
     lines += ["", "![timeline](timeline.png)", ""]
     return "\n".join(lines)
 
 
 KEY_METRICS = {
     names.DESTINATION_FLOWS_WRITTEN_TOTAL,
+    names.DESTINATION_DEDUPLICATED_BATCHES_TOTAL,
+    names.DESTINATION_DEDUPLICATED_FLOWS_TOTAL,
     names.DESTINATION_BATCHES_WRITTEN_TOTAL,
     names.DESTINATION_RETRIES_EXCEEDED_FLOWS_TOTAL,
     names.DESTINATION_RETRIES_EXCEEDED_BATCHES_TOTAL,

@@ -5,7 +5,7 @@ Shared by the runner (which fills them) and the report (which renders them).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,8 @@ LOSS_METRICS = (names.DESTINATION_RETRIES_EXCEEDED_FLOWS_TOTAL, names.SPOOL_DROP
 spool (absent metrics count 0, so this works with and without the spool of issue 5)."""
 
 
-def reported_loss(metrics: dict[str, float], label: str) -> int:
-    return int(sum(metric_value(metrics, m, destination=label) for m in LOSS_METRICS))
+def reported_loss(metrics: dict[str, float], label: str, **labels: str) -> int:
+    return int(sum(metric_value(metrics, m, destination=label, **labels) for m in LOSS_METRICS))
 
 
 @dataclass
@@ -43,6 +43,7 @@ class Sample:
     pending: float | None  # outlet_commit_pending_flows
     paused: float | None
     outlet_up: bool
+    produced_by: dict[str, int] = field(default_factory=dict)  # multi-dc: per datacenter
 
 
 @dataclass

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chaos import alerts
 from chaos.results import (
     Check,
     Event,
@@ -44,8 +45,12 @@ from chaos.results import (
 )
 from chaos.scenario import (
     Action,
+    DestinationExpectation,
+    LagExpectation,
+    MetricAssertion,
     MetricSelector,
     Scenario,
+    ThroughputExpectation,
     format_duration,
     merge_overrides,
 )
@@ -55,7 +60,13 @@ from teststack import stack as stk
 from teststack.kafka import consumer_lag, create_topic, delete_topic
 from teststack.outlet_proc import OutletProcess, free_port, outlet_config
 from teststack.paths import REPORTS_DIR as _ALL_REPORTS
-from teststack.runs import HarnessError, fresh_run, prepare_tables, reuse_or_start
+from teststack.runs import (
+    HarnessError,
+    fresh_run,
+    prepare_tables,
+    reuse_or_start,
+    reuse_or_start_multi_dc,
+)
 from teststack.sampling import PeriodicSampler
 from teststack.series import window_rate
 from teststack.stack import Endpoints
@@ -249,24 +260,29 @@ class Run:
             raise HarnessError(f"unknown action {name}")
 
     def play(self, timeline: tuple[Action, ...]) -> None:
-        for a in timeline:
-            delay = self.t0 + a.at - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            started = time.monotonic() - self.t0
-            ok, err = True, ""
-            try:
-                self.execute(a)
-            except Exception as e:
-                ok, err = False, f"{type(e).__name__}: {e}"
-                log.error("%s: %s failed: %s", a.path, a.action, err)
-            ended = time.monotonic() - self.t0
-            params = {k: v for k, v in a.params.items()}
-            self.events.append(Event(a.at, round(started, 3), round(ended, 3), a.action,
-                                     a.label, params, ok, err))
-            print(f"  [{started:6.1f}s] {a.action:<18} {a.describe()}"
-                  + ("" if ok else f"  FAILED: {err}"), flush=True)
+        play_timeline(timeline, self.t0, self.execute, self.events)
 
+
+def play_timeline(timeline: tuple[Action, ...], t0: float, execute: Callable[[Action], None],
+                  events: list[Event]) -> None:
+    """Execute each action at its time (seconds after ``t0``), recording what happened."""
+    for a in timeline:
+        delay = t0 + a.at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        started = time.monotonic() - t0
+        ok, err = True, ""
+        try:
+            execute(a)
+        except Exception as e:
+            ok, err = False, f"{type(e).__name__}: {e}"
+            log.error("%s: %s failed: %s", a.path, a.action, err)
+        ended = time.monotonic() - t0
+        params = {k: v for k, v in a.params.items()}
+        events.append(Event(a.at, round(started, 3), round(ended, 3), a.action,
+                            a.label, params, ok, err))
+        print(f"  [{started:6.1f}s] {a.action:<18} {a.describe()}"
+              + ("" if ok else f"  FAILED: {err}"), flush=True)
 
 
 def wait_quiet(run: Run, timeout: float, quiet: float = QUIET_SECONDS
@@ -331,95 +347,129 @@ def check_invariants(run: Run, samples: list[Sample], n: int, bytes_sum: int,
                                 f"{t['foreign_rows']} foreign, {t['unknown_flows']} unknown",
                                 False))
     for e in sc.expect.destinations:
-        t = tables[e.destination]
-        label = sc.metric_destination(e.destination)
-        reported = reported_loss(metrics, label)
-        d = e.destination
-        if e.rows is not None:
-            if e.rows == "all":
-                want = n
-                what = f"{n} (all produced)"
-            elif e.rows == "all_minus_reported_loss":
-                want = n - reported
-                what = f"{want} ({n} produced - {reported} reported lost)"
-            else:
-                want = int(e.rows)
-                what = str(want)
-            checks.append(Check(f"{d}: rows", what, str(t["rows"]), t["rows"] == want))
-            if e.rows == "all" and e.no_duplicates:
-                checks.append(Check(f"{d}: sum(Bytes)", str(bytes_sum), str(t["bytes_sum"]),
-                                    t["bytes_sum"] == bytes_sum))
-        if e.no_duplicates:
-            checks.append(Check(f"{d}: no duplicates", "0 duplicate rows",
-                                str(t["duplicates"]), t["duplicates"] == 0))
-        if e.no_loss:
-            checks.append(Check(f"{d}: no loss", "0 missing flows", str(t["missing"]),
-                                t["missing"] == 0))
-        if e.loss_equals_metric:
-            checks.append(Check(f"{d}: loss equals metric",
-                                f"missing == retries_exceeded_flows ({reported})",
-                                f"{t['missing']} missing", t["missing"] == reported))
-        if e.loss_bounded_by_metric:
-            checks.append(Check(f"{d}: loss bounded by metric",
-                                f"missing <= retries_exceeded_flows ({reported})",
-                                f"{t['missing']} missing", t["missing"] <= reported))
-        if e.min_loss is not None:
-            checks.append(Check(f"{d}: fault took effect", f">= {e.min_loss} missing flows",
-                                f"{t['missing']} missing", t["missing"] >= e.min_loss))
+        reported = reported_loss(metrics, sc.metric_destination(e.destination))
+        checks.extend(destination_checks(e, tables[e.destination], n, bytes_sum, reported))
     for tp in sc.expect.throughput:
-        # Stored rate relative to the offered rate in the same window, compared with the
-        # same ratio in the baseline: a producer slowed down by a busy machine lowers both
-        # and does not count against the outlet; an outlet that falls behind does.
-        win, win_off = throughput(samples, tp.destination, tp.window)
-        base, base_off = throughput(samples, tp.destination, tp.baseline)
-        name = (f"{tp.destination}: throughput {format_duration(tp.window[0])}-"
-                f"{format_duration(tp.window[1])}")
-        expected = (f">= {tp.min_percent:g}% of baseline {format_duration(tp.baseline[0])}-"
-                    f"{format_duration(tp.baseline[1])} (stored/offered)")
-        if not (win is not None and base and win_off and base_off):
-            checks.append(Check(name, expected, f"no data (window {win}, baseline {base})",
-                                False))
-            continue
-        # A baseline above 100% of offered is the outlet catching up on records queued
-        # before the window: it could keep up, so count it as 100%.
-        pct = 100.0 * (win / win_off) / min(1.0, base / base_off)
-        checks.append(Check(name, expected,
-                            f"{pct:.1f}% (stored {win:.0f}/offered {win_off:.0f} flows/s vs "
-                            f"baseline {base:.0f}/{base_off:.0f})",
-                            pct >= tp.min_percent))
-    for ma in sc.expect.metrics:
-        def val(x: MetricSelector | float) -> float:
-            return x if isinstance(x, float) else metric_value(metrics, x)
-
-        left, right = val(ma.lhs), val(ma.rhs)
-        checks.append(Check(f"metric: {ma.text}", f"{ma.lhs} {ma.op} {right:g}",
-                            f"{left:g}", ma.compare(left, right)))
-    if sc.expect.lag is not None:
-        lg = sc.expect.lag
-        end = run.load.t_end - run.t0 if run.load else sc.load.duration
-        worst, worst_t = 0.0, None
-        for s in samples:
-            if not lg.after <= s.t <= end:
-                continue
-            stored = s.rows.get(lg.destination)
-            rate = s.rate or sc.load.rate
-            if stored is None or rate <= 0:
-                continue
-            secs = max(0, s.produced - stored) / rate
-            if secs > worst:
-                worst, worst_t = secs, s.t
-        checks.append(Check(
-            f"{lg.destination}: end-to-end lag after {format_duration(lg.after)}",
-            f"<= {lg.max_seconds:g} s of load",
-            f"{worst:.1f} s" + (f" at {worst_t:.0f}s" if worst_t is not None else ""),
-            worst <= lg.max_seconds))
+        checks.append(throughput_check(tp, throughput(samples, tp.destination, tp.window),
+                                       throughput(samples, tp.destination, tp.baseline)))
+    checks.extend(metric_checks(sc.expect.metrics, metrics))
+    end = run.load.t_end - run.t0 if run.load else sc.load.duration
+    for lg in sc.expect.lags:
+        checks.append(lag_check(lg, samples, end,
+                                lambda s: (float(s.produced), s.rate or sc.load.rate)))
     return checks
+
+
+Rates = tuple[float | None, float | None]  # (stored flows/s, offered flows/s)
+
+
+def throughput_check(tp: ThroughputExpectation, window: Rates, baseline: Rates) -> Check:
+    """Stored rate relative to the offered rate in the same window, compared with the same
+    ratio in the baseline: a producer slowed down by a busy machine lowers both and does
+    not count against the outlet; an outlet that falls behind does."""
+    (win, win_off), (base, base_off) = window, baseline
+    name = (f"{tp.destination}: throughput {format_duration(tp.window[0])}-"
+            f"{format_duration(tp.window[1])}")
+    expected = (f">= {tp.min_percent:g}% of baseline {format_duration(tp.baseline[0])}-"
+                f"{format_duration(tp.baseline[1])} (stored/offered)")
+    if not (win is not None and base and win_off and base_off):
+        return Check(name, expected, f"no data (window {win}, baseline {base})", False)
+    # A baseline above 100% of offered is the outlet catching up on records queued
+    # before the window: it could keep up, so count it as 100%.
+    pct = 100.0 * (win / win_off) / min(1.0, base / base_off)
+    return Check(name, expected,
+                 f"{pct:.1f}% (stored {win:.0f}/offered {win_off:.0f} flows/s vs "
+                 f"baseline {base:.0f}/{base_off:.0f})", pct >= tp.min_percent)
+
+
+def metric_checks(assertions: tuple[MetricAssertion, ...], metrics: dict[str, float]
+                  ) -> list[Check]:
+    def val(x: MetricSelector | float) -> float:
+        return x if isinstance(x, float) else metric_value(metrics, x)
+
+    out = []
+    for ma in assertions:
+        left, right = val(ma.lhs), val(ma.rhs)
+        out.append(Check(f"metric: {ma.text}", f"{ma.lhs} {ma.op} {right:g}", f"{left:g}",
+                         ma.compare(left, right)))
+    return out
+
+
+def lag_check(lg: LagExpectation, samples: list[Sample], end: float,
+              offered: Callable[[Sample], tuple[float, float]]) -> Check:
+    """From ``lg.after`` to ``end``, the backlog on ``lg.destination`` (offered minus
+    stored) in seconds of load; ``offered(sample)`` is (flows offered so far, rate)."""
+    worst, worst_t = 0.0, None
+    for s in samples:
+        if not lg.after <= s.t <= end:
+            continue
+        stored = s.rows.get(lg.destination)
+        produced, rate = offered(s)
+        if stored is None or rate <= 0:
+            continue
+        secs = max(0, produced - stored) / rate
+        if secs > worst:
+            worst, worst_t = secs, s.t
+    return Check(
+        f"{lg.destination}: end-to-end lag after {format_duration(lg.after)}",
+        f"<= {lg.max_seconds:g} s of load",
+        f"{worst:.1f} s" + (f" at {worst_t:.0f}s" if worst_t is not None else ""),
+        worst <= lg.max_seconds)
+
+
+def destination_checks(e: DestinationExpectation, t: dict[str, Any], n: int, bytes_sum: int,
+                       reported: int) -> list[Check]:
+    """The per-destination invariants against what it stores (``table_summary``), with
+    ``n`` flows offered to it and ``reported`` flows the outlet says it lost there."""
+    d = e.destination
+    checks: list[Check] = []
+    if e.rows is not None:
+        if e.rows == "all":
+            want = n
+            what = f"{n} (all produced)"
+        elif e.rows == "all_minus_reported_loss":
+            want = n - reported
+            what = f"{want} ({n} produced - {reported} reported lost)"
+        else:
+            want = int(e.rows)
+            what = str(want)
+        checks.append(Check(f"{d}: rows", what, str(t["rows"]), t["rows"] == want))
+        if e.rows == "all" and e.no_duplicates:
+            checks.append(Check(f"{d}: sum(Bytes)", str(bytes_sum), str(t["bytes_sum"]),
+                                t["bytes_sum"] == bytes_sum))
+    if e.no_duplicates:
+        checks.append(Check(f"{d}: no duplicates", "0 duplicate rows",
+                            str(t["duplicates"]), t["duplicates"] == 0))
+    if e.no_loss:
+        checks.append(Check(f"{d}: no loss", "0 missing flows", str(t["missing"]),
+                            t["missing"] == 0))
+    if e.loss_equals_metric:
+        checks.append(Check(f"{d}: loss equals metric",
+                            f"missing == retries_exceeded_flows ({reported})",
+                            f"{t['missing']} missing", t["missing"] == reported))
+    if e.loss_bounded_by_metric:
+        checks.append(Check(f"{d}: loss bounded by metric",
+                            f"missing <= retries_exceeded_flows ({reported})",
+                            f"{t['missing']} missing", t["missing"] <= reported))
+    if e.min_loss is not None:
+        checks.append(Check(f"{d}: fault took effect", f">= {e.min_loss} missing flows",
+                            f"{t['missing']} missing", t["missing"] >= e.min_loss))
+    return checks
+
+
+def _reuse_or_start(stack_dir: Path, topology: str) -> bool:
+    """A healthy stack of ``topology`` in ``stack_dir``, or one started; True when started."""
+    if topology == stk.MULTI_DC:
+        return reuse_or_start_multi_dc(stack_dir)[1]
+    return reuse_or_start(stack_dir)[1]
 
 
 def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
                  reports_dir: str | Path = REPORTS_DIR, *,
-                 progress: Callable[[str], None] = print) -> RunResult:
-    """Run one (validated, already scaled) scenario; the stack must be up."""
+                 progress: Callable[[str], None] = print,
+                 with_prometheus: bool = False) -> RunResult:
+    """Run one (validated, already scaled) scenario; the stack must be up. Alerts are
+    recorded when the stack runs Prometheus (started for ``alerts:``: chaos/alerts.py)."""
     sdir = Path(stack_dir).resolve()
     ep = Endpoints.load(sdir)
     report_dir = Path(reports_dir) / sc.name
@@ -427,6 +477,7 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
     workdir, topic, group, run_id = names.workdir, names.topic, names.group, names.run_id
     tp = ep.toxiproxy.client()
     tp.reset()
+    prom = alerts.prometheus_for(sc, sdir, with_prometheus)
     prepare_tables(ep, workdir, sc.outlet.destinations, topic)
     create_topic(ep, topic)
 
@@ -436,7 +487,8 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
         batch_size=sc.outlet.batch_size, wait_time=sc.outlet.wait_time,
         azure_max_retries=sc.outlet.azure_max_retries)
     cfg = merge_overrides(cfg, sc.outlet_overrides)
-    outlet = Outlet(OutletProcess(workdir, cfg))
+    scrape = prom.targets(run=topic, datacenter="dc1") if prom else None
+    outlet = Outlet(OutletProcess(workdir, cfg, scrape_targets=scrape))
     run = Run(sc, ep, sdir, report_dir, outlet, topic, group, run_id)
     info: dict[str, Any] = {
         "topic": topic, "consumer_group": group, "run_id": run_id,
@@ -493,6 +545,9 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
         outlet.scrape()
         metrics = outlet.totals()
         tables = {d: run_summary(ep.clickhouse[d], run_id, n) for d in sc.outlet.destinations}
+        if prom is not None:
+            info["alerts"] = alerts.observe(prom, sc, topic,
+                                            time.time() - (time.monotonic() - run.t0))
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
         log.debug("run failed", exc_info=True)
@@ -510,6 +565,7 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
     samples = sampler.samples
     if not error:
         checks.extend(check_invariants(run, samples, n, bytes_sum, metrics, tables))
+        checks.extend(alerts.check(sc, info.get("alerts"), alerts.fault_span(run.events)))
         for ev in run.events:
             if not ev.ok:
                 checks.append(Check(f"timeline: {ev.action} at {ev.started:.0f}s",
@@ -536,23 +592,29 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
     return result
 
 
+RunOne = Callable[[Scenario, Path, Path], RunResult]
+
+
 def run_many(scenarios: list[Scenario], stack_dir: str | Path = ".stack",
-             reports_dir: str | Path = REPORTS_DIR, keep_stack: bool = False
-             ) -> list[RunResult]:
-    """Bring the stack up (or reuse it), run each scenario, print a verdict per run."""
+             reports_dir: str | Path = REPORTS_DIR, keep_stack: bool = False,
+             with_prometheus: bool = False, *, topology: str = stk.SINGLE_DC,
+             run_one: RunOne | None = None) -> list[RunResult]:
+    """Bring the stack of ``topology`` up (or reuse it), run each scenario (with ``run_one``
+    if given, else :func:`run_scenario`), print a verdict per run."""
     sdir = Path(stack_dir).resolve()
-    _ep, started = reuse_or_start(sdir)
+    started = _reuse_or_start(sdir, topology)
     results: list[RunResult] = []
     try:
         for sc in scenarios:
             print(f"=== {sc.name} (time scale {sc.time_scale:g}) ===", flush=True)
             t = time.monotonic()
-            if not stk.is_healthy(sdir):
+            if not stk.is_healthy(sdir, topology):
                 print("  stack unhealthy (a restart action may have failed): restarting it",
                       flush=True)
                 stk.stop_stack(sdir)
-                reuse_or_start(sdir)
-            res = run_scenario(sc, sdir, reports_dir)
+                _reuse_or_start(sdir, topology)
+            res = (run_one(sc, sdir, Path(reports_dir)) if run_one is not None
+                   else run_scenario(sc, sdir, reports_dir, with_prometheus=with_prometheus))
             results.append(res)
             verdict = "PASS" if res.passed else "FAIL"
             print(f"  {verdict} {sc.name} in {time.monotonic() - t:.0f} s; report "

@@ -52,6 +52,7 @@ from outlet.confspec import format_duration as format_duration  # the one gramma
 from outlet.confspec import parse_duration as parse_duration
 from teststack.outlet_proc import destination_label
 from teststack.paths import PROJECT_ROOT
+from teststack.prometheus import alert_names
 from teststack.toxiproxy import STREAMS, TOXIC_ATTRIBUTES
 
 SCENARIOS_DIR = PROJECT_ROOT / "scenarios"
@@ -59,14 +60,29 @@ SCENARIOS_DIR = PROJECT_ROOT / "scenarios"
 DESTINATIONS = ("local", "azure")
 """ClickHouse servers of the stack (the outlet's destinations)."""
 
+SINGLE_DC, MULTI_DC = "single-dc", "multi-dc"
+DATACENTERS = ("a", "b")
+MULTI_DC_VIEWS = ("local-a", "local-b", "central", "central-a", "central-b")
+"""What a multi-dc scenario checks: each datacenter's local server (against the flows
+offered in that datacenter), ``central`` (against the union of both datacenters' flows)
+and ``central-<dc>`` (the flows of one datacenter in central)."""
+MULTI_DC_SERVERS = ("local-a", "local-b", "central")
+MULTI_DC_DESTINATIONS = ("local", "central")  # of each multi-dc outlet: primary, additional
+
 PROXIES = {
     "local": "clickhouse-local",
     "azure": "clickhouse-azure",
     "kafka": "kafka",
     "clickhouse-local": "clickhouse-local",
     "clickhouse-azure": "clickhouse-azure",
+    **{f"{name}-{dc}": f"{prefix}{name}-{dc}" for dc in DATACENTERS
+       for name, prefix in (("local", "clickhouse-"), ("central", "clickhouse-"), ("kafka", ""))},
+    **{f"clickhouse-{name}-{dc}": f"clickhouse-{name}-{dc}" for dc in DATACENTERS
+       for name in ("local", "central")},
 }
-"""Accepted proxy names -> Toxiproxy proxy name."""
+"""Accepted proxy names -> Toxiproxy proxy name (multi-dc: ``central-a`` is datacenter a's
+link to central, ``kafka-b`` datacenter b's outlet's link to its Kafka)."""
+MULTI_DC_PROXIES = frozenset(v for v in PROXIES.values() if v[-2:] in ("-a", "-b"))
 
 ROW_EXPECTATIONS = ("all", "all_minus_reported_loss")
 COMPARATORS: dict[str, Callable[[float, float], bool]] = {
@@ -108,8 +124,11 @@ def _one_of(choices: Mapping[str, Any] | tuple[str, ...], what: str) -> Str:
     return Str(choices=names, problem=f"unknown {what} {{got}} (known: {', '.join(names)})")
 
 
-DESTINATION = _one_of(DESTINATIONS, "destination")
+# Destinations and views of either topology; each scenario's own are checked in context.
+DESTINATION = _one_of((*DESTINATIONS, *MULTI_DC_VIEWS), "destination")
 PROXY = _one_of(PROXIES, "proxy")
+DATACENTER = _one_of(DATACENTERS, "datacenter")
+TOPOLOGY = _one_of((SINGLE_DC, MULTI_DC), "topology")
 
 
 class _DurationText(Kind[str]):
@@ -224,6 +243,9 @@ class Action:
                 bits.append(",".join(f"{k}={v}" for k, v in attrs.items()))
         if self.action in ("restart_clickhouse",):
             bits.append(str(self.params.get("target")))
+        for key in ("outlet", "datacenter"):  # multi-dc: whose outlet / Kafka
+            if key in self.params:
+                bits.append(f"{key} {self.params[key]}")
         if self.action == "set_rate":
             bits.append(f"{self.params.get('rate')}/s")
         return " ".join(bits)
@@ -341,11 +363,38 @@ def _operand(text: str) -> MetricSelector | float:
     if name is None:
         raise Invalid(f"unknown metric {m.group(1)!r} (not exported by the outlet; see "
                       "outlet/metrics.py)")
-    for k, v in labels:
-        if k == "destination" and v not in ("primary", *DESTINATIONS[1:]):
+    for k, v in labels:  # the topology's own labels are checked in context (_Expect)
+        if k == "destination" and v not in ("primary", *DESTINATIONS[1:], "central"):
             raise Invalid(f'unknown destination label {v!r} (the primary is "primary", '
-                          f'additional ones by name: {", ".join(DESTINATIONS[1:])})')
+                          f'additional ones by name: {", ".join(DESTINATIONS[1:])}, or '
+                          'central in multi-dc scenarios)')
     return MetricSelector(name, tuple(labels))
+
+
+class _Lags(Kind[tuple[LagExpectation, ...]]):
+    """``lag``: one expectation, or a list of them (one per destination)."""
+
+    type_doc = "mapping, or a list of them"
+
+    def parse(self, raw: object, at: Where, default: Any) -> tuple[LagExpectation, ...]:
+        items = raw if isinstance(raw, list) else [raw]
+        return tuple(parse(LagExpectation, item, at.problems,
+                           path=at.child(i).path if isinstance(raw, list) else at.path)
+                     for i, item in enumerate(items))
+
+
+@dataclass(frozen=True)
+class RecoveryExpectation:
+    """Multi-dc: each time a link on ``destination``'s path comes back (``enable_proxy``),
+    flows are stored there again within ``max_seconds``; with ``max_live_lag``, the flows
+    produced after the link returned never fall that many seconds of load behind while
+    the spool replays (live traffic is not starved by the replay)."""
+
+    __key_style__ = "snake"
+
+    destination: str = setting("", DESTINATION, required=True)
+    max_seconds: float = setting(0.0, Number(lo=0), required=True)
+    max_live_lag: float | None = setting(None, Number(lo=0))
 
 
 class _DestinationExpectations(Kind[tuple[DestinationExpectation, ...]]):
@@ -375,10 +424,17 @@ class Expectations:
     throughput: tuple[ThroughputExpectation, ...] = setting(
         (), ListOf(Nested(ThroughputExpectation)))
     metrics: tuple[MetricAssertion, ...] = setting((), ListOf(_Assertion()))
-    lag: LagExpectation | None = setting(None, Nested(LagExpectation, optional=True))
+    lags: tuple[LagExpectation, ...] = setting((), _Lags(), yaml="lag")
     clean_shutdown: bool = setting(True, BOOL, doc="the final SIGTERM must exit 0")
     quiesce_timeout: float = setting(120.0, POSITIVE)
     wait_for_spool: bool = setting(True, BOOL)
+    recovery: tuple[RecoveryExpectation, ...] = setting(
+        (), ListOf(Nested(RecoveryExpectation)), doc="multi-dc: after each link returns")
+
+    @property
+    def lag(self) -> LagExpectation | None:
+        """The first lag expectation (most scenarios have one)."""
+        return self.lags[0] if self.lags else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -419,16 +475,17 @@ ACTIONS: dict[str, dict[str, Key]] = {
     "remove_toxic": _params("remove_toxic", {"proxy": PROXY, "name": _NAME}),
     "disable_proxy": _params("disable_proxy", {"proxy": PROXY}, {"for": POSITIVE}),
     "enable_proxy": _params("enable_proxy", {"proxy": PROXY}),
-    "kill_outlet": _params("kill_outlet", {}, {"for": POSITIVE}),
-    "stop_outlet": _params("stop_outlet", {}, {"for": POSITIVE}),
-    "start_outlet": _params("start_outlet", {}),
-    "restart_outlet": _params("restart_outlet", {}, {"graceful": BOOL}),
-    "restart_clickhouse": _params("restart_clickhouse",
-                                  {"target": _one_of(DESTINATIONS, "target")}),
-    "restart_kafka": _params("restart_kafka", {}),
+    "kill_outlet": _params("kill_outlet", {}, {"for": POSITIVE, "outlet": DATACENTER}),
+    "stop_outlet": _params("stop_outlet", {}, {"for": POSITIVE, "outlet": DATACENTER}),
+    "start_outlet": _params("start_outlet", {}, {"outlet": DATACENTER}),
+    "restart_outlet": _params("restart_outlet", {}, {"graceful": BOOL, "outlet": DATACENTER}),
+    "restart_clickhouse": _params(
+        "restart_clickhouse", {"target": _one_of((*DESTINATIONS, *MULTI_DC_SERVERS), "target")}),
+    "restart_kafka": _params("restart_kafka", {}, {"datacenter": DATACENTER}),
     "set_rate": _params("set_rate", {"rate": Number(lo=0)}),
 }
-"""action -> its parameters (besides ``COMMON_ACTION_KEYS``)."""
+"""action -> its parameters (besides ``COMMON_ACTION_KEYS``). Multi-dc: outlet actions
+name the outlet (``outlet: a|b``), ``restart_kafka`` the datacenter."""
 
 
 def _toxic_attributes(ttype: str, raw: object, at: Where) -> None:
@@ -492,24 +549,27 @@ def _undo(a: Action, at: float, path: str) -> Action:
                                            "name": a.params["name"]}, a.label, path)
     if a.action == "disable_proxy":
         return Action(at, "enable_proxy", {"proxy": a.params["proxy"]}, a.label, path)
-    return Action(at, "start_outlet", {}, a.label, path)  # kill/stop_outlet
+    whose = {"outlet": a.params["outlet"]} if "outlet" in a.params else {}
+    return Action(at, "start_outlet", whose, a.label, path)  # kill/stop_outlet
 
 
 def _check_timeline(actions: list[Action], problems: Problems) -> None:
-    """The outlet, proxies and toxics must be in a state each action can apply to."""
-    outlet_up = True
+    """The outlets, proxies and toxics must be in a state each action can apply to."""
+    down: set[str] = set()  # outlets not running ("" single-dc, or a datacenter)
     toxics: dict[tuple[str, str], str] = {}
     for a in sorted(actions, key=lambda a: a.at):
+        who = str(a.params.get("outlet", ""))
         if a.action in ("kill_outlet", "stop_outlet", "restart_outlet"):
-            if not outlet_up:
+            if who in down:
                 problems.add(a.path, f"{a.action} at {format_duration(a.at)}: the outlet is "
                                      "not running then")
-            outlet_up = a.action == "restart_outlet"
+            if a.action != "restart_outlet":
+                down.add(who)
         elif a.action == "start_outlet":
-            if outlet_up:
+            if who not in down:
                 problems.add(a.path, f"start_outlet at {format_duration(a.at)}: the outlet is "
                                      "already running")
-            outlet_up = True
+            down.discard(who)
         elif a.action == "add_toxic":
             key = (a.proxy or "", str(a.params["name"]))
             if key in toxics:
@@ -521,9 +581,37 @@ def _check_timeline(actions: list[Action], problems: Problems) -> None:
             if toxics.pop(key, None) is None:
                 problems.add(a.path, f"remove_toxic: no toxic {key[1]!r} on {key[0]} at "
                                      f"{format_duration(a.at)}")
-    if not outlet_up:
+    if down:
         problems.add("timeline", "the outlet is stopped at the end of the timeline: add a "
                                  "start_outlet step (or use 'for:')")
+
+
+def _check_topology(a: Action, multi_dc: bool, problems: Problems) -> None:
+    """Multi-dc: outlet actions name the outlet, restart_kafka the datacenter, and proxies
+    and servers are the multi-dc ones; single-dc scenarios take neither."""
+    key = "datacenter" if a.action == "restart_kafka" else "outlet"
+    wants = a.action == "restart_kafka" or a.action.endswith("_outlet")
+    proxy = PROXIES.get(str(a.params.get("proxy")))
+    target = a.params.get("target")
+    if not multi_dc:
+        if key in a.params:
+            problems.add(f"{a.path}.{key}", "only in multi-dc scenarios (topology: multi-dc)")
+        if proxy in MULTI_DC_PROXIES:
+            problems.add(f"{a.path}.proxy", f"proxy {a.params['proxy']!r} is a multi-dc proxy")
+        if target is not None and target not in DESTINATIONS:
+            problems.add(f"{a.path}.target", f"unknown target {target!r} (known: "
+                                              f"{', '.join(DESTINATIONS)})")
+        return
+    if wants and key not in a.params:
+        problems.add(f"{a.path}.{key}", f"required in multi-dc scenarios: one of "
+                                        f"{', '.join(DATACENTERS)}")
+    if proxy is not None and proxy not in MULTI_DC_PROXIES:
+        known = sorted(k for k, v in PROXIES.items() if v in MULTI_DC_PROXIES)
+        problems.add(f"{a.path}.proxy", f"not a multi-dc proxy: {a.params['proxy']!r} "
+                                        f"(known: {', '.join(known)})")
+    if target is not None and target not in MULTI_DC_SERVERS:
+        problems.add(f"{a.path}.target", f"unknown target {target!r} (known: "
+                                          f"{', '.join(MULTI_DC_SERVERS)})")
 
 
 class _Timeline(Kind[tuple[Action, ...]]):
@@ -534,7 +622,10 @@ class _Timeline(Kind[tuple[Action, ...]]):
             raise Invalid("expected a list of actions")
         actions = [a for i, item in enumerate(raw) for a in _actions(item, at.child(i))]
         dests = at.sibling("outlet").destinations
+        multi_dc = at.sibling("topology") == MULTI_DC
         for a in actions:
+            _check_topology(a, multi_dc, at.problems)
+        for a in actions if not multi_dc else ():
             if a.proxy and a.proxy != "kafka" and a.proxy.removeprefix("clickhouse-") not in dests:
                 at.problems.add(a.path, f"proxy {a.proxy} is not in front of a destination of "
                                         f"this run (outlet.destinations: {list(dests)})")
@@ -558,20 +649,39 @@ class _Expect(Kind[Expectations]):
         return self._in_context(parse(Expectations, None, at.problems, path=at.path), at)
 
     def _in_context(self, exp: Expectations, at: Where) -> Expectations:
-        dests = at.sibling("outlet").destinations
+        multi_dc = at.sibling("topology") == MULTI_DC
+        dests = MULTI_DC_VIEWS if multi_dc else at.sibling("outlet").destinations
         load: Load = at.sibling("load")
         actions: tuple[Action, ...] = at.sibling("timeline")
         primary = dests[0]
+
+        def own(dest: str, where: Where) -> bool:
+            if dest in dests:
+                return True
+            where.report(f"unknown destination {dest!r} (known: {', '.join(dests)})"
+                         if dest not in DESTINATIONS or multi_dc else
+                         f"not a destination of this run (outlet.destinations: {list(dests)})")
+            return False
+
         kept: list[DestinationExpectation] = []
         for e in exp.destinations:
             where = at.child("destinations").child(e.destination)
-            if e.destination not in dests:
-                where.report(f"not a destination of this run (outlet.destinations: {list(dests)})")
+            if not own(e.destination, where):
                 continue
-            if e.destination == primary and (e.rows == "all_minus_reported_loss"
-                                             or e.loss_equals_metric):
+            is_primary = e.destination.startswith("local-") if multi_dc else (
+                e.destination == primary)
+            if is_primary and (e.rows == "all_minus_reported_loss" or e.loss_equals_metric):
                 where.report("the primary never gives up on a batch: expect rows: all")
             kept.append(e)
+        for i, ma in enumerate(exp.metrics):
+            _check_labels(ma, multi_dc, at.child("metrics").child(i))
+        for i, r in enumerate(exp.recovery):
+            where = at.child("recovery").child(i)
+            if not multi_dc:
+                where.report("checked in multi-dc scenarios only")
+            elif own(r.destination, where.child("destination")) and not any(
+                    a.action == "enable_proxy" for a in actions):
+                where.report("no enable_proxy in the timeline: nothing recovers")
         first_fault = min((a.at for a in actions), default=load.duration)
         throughput = []
         for i, t in enumerate(exp.throughput):
@@ -585,17 +695,88 @@ class _Expect(Kind[Expectations]):
             if t.baseline[1] - t.baseline[0] < 2:
                 where.child("baseline").report("must span at least 2 s (first fault too early? "
                                                "give an explicit baseline: [start, end])")
+            own(t.destination, where.child("destination"))
             throughput.append(t)
-        lag = exp.lag
-        if lag is not None:
+        lags = []
+        for i, lag in enumerate(exp.lags):
+            where = at.child("lag").child(i) if len(exp.lags) > 1 else at.child("lag")
             after = lag.after if lag.after >= 0 else max((a.at for a in actions), default=0.0)
             if after >= load.duration:
-                at.child("lag").child("after").report(
+                where.child("after").report(
                     f"must be before the end of the load ({format_duration(load.duration)})")
             lag = replace(lag, after=after, destination=lag.destination or primary)
-        if not kept and not throughput and not exp.metrics and lag is None:
+            own(lag.destination, where.child("destination"))
+            lags.append(lag)
+        if not kept and not throughput and not exp.metrics and not lags:
             at.report("no invariant to check: a scenario must expect something")
-        return replace(exp, destinations=tuple(kept), throughput=tuple(throughput), lag=lag)
+        return replace(exp, destinations=tuple(kept), throughput=tuple(throughput),
+                       lags=tuple(lags))
+
+
+def _check_labels(ma: MetricAssertion, multi_dc: bool, at: Where) -> None:
+    """The ``destination`` and ``dc`` labels of a metric assertion exist in the topology."""
+    additional = ("central",) if multi_dc else DESTINATIONS[1:]
+    for side in (ma.lhs, ma.rhs):
+        for k, v in side.labels if isinstance(side, MetricSelector) else ():
+            if k == "destination" and v not in ("primary", *additional):
+                at.report(f'unknown destination label {v!r} (the primary is "primary", '
+                          f'additional ones by name: {", ".join(additional)})')
+            if k == "dc" and (not multi_dc or v not in DATACENTERS):
+                at.report(f"label dc={v!r}: multi-dc scenarios only, one of "
+                          f"{', '.join(DATACENTERS)} (the outlet of that datacenter)")
+
+
+ALERT = _one_of(tuple(alert_names()), "alert")  # deploy/prometheus/outlet-rules.yml
+
+
+class _Labels(Kind[tuple[tuple[str, str], ...]]):
+    type_doc = "mapping of label -> value"
+
+    def convert(self, raw: object) -> tuple[tuple[str, str], ...]:
+        if not isinstance(raw, dict):
+            raise Invalid(f"must be a mapping, got {show(raw)}")
+        return tuple(sorted((str(k), str(v)) for k, v in raw.items()))
+
+
+@dataclass(frozen=True)
+class AlertExpectation:
+    """``alert`` (with at least ``labels``) fires at most ``within`` after the first fault
+    started and, with ``resolves``, is resolved before the run ends (chaos/alerts.py)."""
+
+    __key_style__ = "snake"
+
+    alert: str = setting("", ALERT, required=True)
+    labels: tuple[tuple[str, str], ...] = setting((), _Labels(), doc="at least these labels")
+    within: float = setting(120.0, POSITIVE,
+                            doc="after the first timeline action starts (not time-scaled)")
+    resolves: bool = setting(True, BOOL, doc="resolved again before the end of the run")
+
+
+@dataclass(frozen=True)
+class AlertsExpectation:
+    """The ``alerts:`` section; ``others: forbid`` fails on any alert neither expected to
+    fire nor ``allowed`` (may fire, not checked)."""
+
+    __key_style__ = "snake"
+
+    fire: tuple[AlertExpectation, ...] = setting((), ListOf(Nested(AlertExpectation)))
+    others: str = setting("forbid", Str(choices=("forbid", "allow"),
+                                        problem="expected forbid or allow, got {got}"))
+    allowed: tuple[str, ...] = setting((), ListOf(ALERT))
+
+
+class _Alerts(Kind["AlertsExpectation | None"]):
+    """``alerts``: an alert can only be expected after a fault (a timeline action)."""
+
+    type_doc = "mapping"
+
+    def parse(self, raw: object, at: Where, default: AlertsExpectation | None
+              ) -> AlertsExpectation:
+        exp = parse(AlertsExpectation, raw, at.problems, path=at.path)
+        if exp.fire and not at.sibling("timeline"):
+            at.child("fire").report("an alert can only be expected after a fault: the "
+                                    "timeline is empty")
+        return exp
 
 
 class _Text(Kind[str]):
@@ -603,7 +784,6 @@ class _Text(Kind[str]):
 
     def convert(self, raw: object) -> str:
         return str(raw).strip()
-
 
 
 @dataclass(frozen=True)
@@ -617,12 +797,16 @@ class Scenario:
                                                     "azure-partition"),
                         default_doc="the file name")
     description: str = setting("", _Text(), doc="free text, copied into the report")
+    topology: str = setting(SINGLE_DC, TOPOLOGY,
+                            doc="multi-dc: two datacenters and a central server")
     load: Load = section(Load)
     outlet: OutletSettings = section(OutletSettings, doc="the generated outlet config")
     outlet_overrides: dict[str, Any] = setting(
         {}, AnyMapping(), doc="deep-merged into the outlet config")
     timeline: tuple[Action, ...] = setting((), _Timeline())
     expect: Expectations = setting(Expectations(), _Expect())
+    alerts: AlertsExpectation | None = setting(
+        None, _Alerts(), default_doc="none: alerts are recorded (with Prometheus), not checked")
     source: str = ""
     time_scale: float = 1.0
 
@@ -632,9 +816,20 @@ class Scenario:
         last = max((a.at for a in self.timeline), default=0.0)
         return max(self.load.duration, last)
 
+    @property
+    def views(self) -> tuple[str, ...]:
+        """What is counted and checked: the destinations, or multi-dc's views."""
+        return MULTI_DC_VIEWS if self.topology == MULTI_DC else self.outlet.destinations
+
     def metric_destination(self, dest: str) -> str:
         """Label the outlet uses for a stack destination (the primary is ``primary``)."""
+        if self.topology == MULTI_DC:
+            return "primary" if dest.startswith("local") else "central"
         return destination_label(dest, self.outlet.destinations)
+
+    def view_datacenters(self, view: str) -> tuple[str, ...]:
+        """Multi-dc: whose flows a view holds (``central``: every datacenter's)."""
+        return DATACENTERS if view == "central" else (view.rsplit("-", 1)[1],)
 
     def scaled(self, factor: float) -> Scenario:
         """Timeline times and durations multiplied by ``factor`` (toxic attributes,
@@ -650,12 +845,12 @@ class Scenario:
                     baseline=(t.baseline[0] * factor, t.baseline[1] * factor))
             for t in exp.throughput
         )
-        lag = replace(exp.lag, after=exp.lag.after * factor) if exp.lag else None
+        lags = tuple(replace(lg, after=lg.after * factor) for lg in exp.lags)
         return replace(
             self,
             load=replace(self.load, duration=self.load.duration * factor),
             timeline=timeline,
-            expect=replace(exp, throughput=throughput, lag=lag),
+            expect=replace(exp, throughput=throughput, lags=lags),
             time_scale=self.time_scale * factor,
         )
 
@@ -684,9 +879,9 @@ def planned_windows(timeline: tuple[Action, ...] | list[Action]
             if start:
                 out.append((start[0], a.at, start[1]))
         elif a.action in ("kill_outlet", "stop_outlet"):
-            open_[("outlet", "")] = (a.at, a.label)
+            open_[("outlet", str(a.params.get("outlet", "")))] = (a.at, a.label)
         elif a.action == "start_outlet":
-            start = open_.pop(("outlet", ""), None)
+            start = open_.pop(("outlet", str(a.params.get("outlet", ""))), None)
             if start:
                 out.append((start[0], a.at, start[1]))
         elif a.action != "set_rate":
@@ -747,6 +942,11 @@ def parse_scenario(data: Any, source: str = "<string>", default_name: str = "sce
                                      f"{type(data).__name__}"])
     problems = Problems()
     sc = parse(Scenario, data, problems, defaults=Scenario(name=default_name, source=source))
+    if sc.topology == MULTI_DC:
+        if "destinations" in (data.get("outlet") or {}):
+            problems.add("outlet.destinations", "multi-dc outlets always write to their local "
+                                                "server (primary) and to central")
+        sc = replace(sc, outlet=replace(sc.outlet, destinations=MULTI_DC_DESTINATIONS))
     if problems:
         raise ScenarioError(source, problems.errors)
     return sc

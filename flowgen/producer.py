@@ -33,6 +33,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from flowgen.generator import FlowGenerator, GeneratorConfig, generator_config
+from outlet.logs import librdkafka_logger
 
 DEFAULT_PRODUCER_CONFIG: dict[str, Any] = {
     "linger.ms": 5,
@@ -114,7 +115,8 @@ def encode_chunk_for(rate: float | None) -> int:
 
 def producer_config(bootstrap: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """librdkafka settings of every harness producer (``extra`` wins)."""
-    return {"bootstrap.servers": bootstrap, **DEFAULT_PRODUCER_CONFIG, **(extra or {})}
+    return {"bootstrap.servers": bootstrap, "logger": librdkafka_logger("flowgen.librdkafka"),
+            **DEFAULT_PRODUCER_CONFIG, **(extra or {})}
 
 
 def make_producer(bootstrap: str, extra: dict[str, Any] | None = None) -> Producer:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import yaml
 
 from flowgen.generator import FlowGenerator, GeneratorConfig
 from flowgen.producer import produce
@@ -29,7 +28,13 @@ from loadtest import harness as h
 from teststack import clikit, verify
 from teststack.clikit import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, RunVerdict, Verdict
 from teststack.kafka import create_topic, delete_topic
-from teststack.outlet_proc import OutletProcess, apply_schema, free_port, outlet_config
+from teststack.outlet_proc import (
+    OutletProcess,
+    apply_schema,
+    free_port,
+    outlet_config,
+    write_config,
+)
 from teststack.runs import HarnessError, stack_for_run
 from teststack.stack import Endpoints
 
@@ -59,7 +64,7 @@ def drain(
     label: str,
     workdir: Path,
     batch_size: int,
-    compression: str = "none",
+    compression: str | None = None,
 ) -> DrainResult:
     """Run one outlet over the whole backlog; stop it when the primary holds every flow."""
     database = f"bench_{label}_{int(time.time())}"
@@ -79,8 +84,8 @@ def drain(
     cfg["log"]["level"] = "warning"
     run_dir = workdir / label
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "schema.yaml").write_text(yaml.safe_dump(cfg))
-    apply_schema(run_dir / "schema.yaml")
+    schema = run_dir / "schema.yaml"
+    apply_schema(schema, write_config(schema, cfg))
     outlet = OutletProcess(run_dir, cfg)
     started = time.monotonic()
     outlet.start(wait_ready=True)

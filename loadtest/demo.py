@@ -13,14 +13,18 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from flowgen.generator import FlowGenerator, GeneratorConfig
 from flowgen.producer import ProducerThread
 from outlet import metrics as names
 from teststack import clikit, verify
 from teststack.kafka import create_topic
-from teststack.outlet_proc import OutletProcess, apply_schema, free_port, outlet_config
+from teststack.outlet_proc import (
+    OutletProcess,
+    apply_schema,
+    free_port,
+    outlet_config,
+    write_config,
+)
 from teststack.paths import REPORTS_DIR
 from teststack.runs import reuse_or_start
 from teststack.stack import Endpoints, stop_stack
@@ -79,9 +83,9 @@ def command(args: argparse.Namespace) -> int:
             c.command("DROP TABLE IF EXISTS flows.flows")
             c.close()
         config_path = workdir / "outlet.yaml"
-        config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        secrets = write_config(config_path, cfg)
         print(f"== schema: outlet schema apply --config {config_path}")
-        apply_schema(config_path)
+        apply_schema(config_path, secrets)
         outlet = OutletProcess(workdir, cfg)
         outlet.start()
         print(f"== outlet running (log {outlet.log_path}, metrics {outlet.http}/metrics)")

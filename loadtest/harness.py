@@ -44,8 +44,9 @@ BOX_NOTE = ("Measured on a 2-core machine where the Locust producer, the outlet,
             "carry over.")
 
 
-# clickhouse.compression for every outlet the harness starts (`--compression` of the CLIs).
-OUTLET_COMPRESSION = "none"
+# clickhouse.compression for every outlet the harness starts (`--compression` of the CLIs;
+# None: the outlet's default).
+OUTLET_COMPRESSION: str | None = None
 
 
 def add_outlet_options(ap: argparse.ArgumentParser, *, wait_time: bool = True,
@@ -61,9 +62,9 @@ def add_outlet_options(ap: argparse.ArgumentParser, *, wait_time: bool = True,
         shown = "the stack's, 4" if partitions is None else partitions
         ap.add_argument("--partitions", type=int, default=partitions,
                         help=f"partitions of each topic (default: {shown})")
-    ap.add_argument("--compression", default="none", choices=["none", "lz4"],
+    ap.add_argument("--compression", default=None, choices=["none", "lz4"],
                     help="outlet clickhouse.compression: lz4 compresses each batch once for "
-                         "every destination (default: none)")
+                         "every destination (default: the outlet's, lz4)")
 
 
 def make_outlet(ep: Endpoints, workdir: Path, *, name: str, destinations: Sequence[str],

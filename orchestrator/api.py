@@ -30,6 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from orchestrator.config import OrchestratorConfig
 from orchestrator.metrics import Metrics
 from orchestrator.served import ServedConfig
+from outlet.httpapi import short_reason
 
 log = logging.getLogger("orchestrator.api")
 
@@ -76,7 +77,7 @@ class ConfigurationService:
             return 200, b"ok\n", "text/plain", {}
         if path == "/readyz":
             ok, why = self.ready()
-            body = json.dumps({"ready": ok, "reason": why}).encode() + b"\n"
+            body = json.dumps({"ready": ok, "reason": short_reason(why)}).encode() + b"\n"
             return (200 if ok else 503), body, "application/json", {}
         if path == "/metrics":
             return 200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST, {}

@@ -27,12 +27,12 @@ from outlet.config import (
     ConfigError,
     ConnectionConfig,
     Secret,
-    expand_env,
     format_duration,
     parse_config,
     parse_duration,
     read_yaml,
 )
+from outlet.confspec import Problems, expand_env, hiding, show
 
 TOP_KEYS = (
     "http",
@@ -132,7 +132,7 @@ class _Checker:
         if data is None:
             return
         if not isinstance(data, dict):
-            self.err("", f"must be a mapping, got {data!r:.60}")
+            self.err("", f"must be a mapping, got {show(data)}")
             return
         for key, value in data.items():
             if key in allowed:
@@ -158,7 +158,7 @@ class _Checker:
             return v
         if isinstance(v, str) and v.strip().lower() in ("true", "false"):
             return v.strip().lower() == "true"
-        self.err(key, f"must be true or false, got {v!r:.60}")
+        self.err(key, f"must be true or false, got {show(v)}")
         return default
 
     def string(self, key: str, default: str = "") -> str:
@@ -166,7 +166,7 @@ class _Checker:
         if v is None:
             return default
         if not isinstance(v, str):
-            self.err(key, f"must be a string, got {v!r:.60}")
+            self.err(key, f"must be a string, got {show(v)}")
             return default
         return v
 
@@ -177,7 +177,7 @@ class _Checker:
         if isinstance(v, str) and v.strip().isdigit():
             v = int(v.strip())
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            self.err(key, f"must be an integer >= {lo}, got {v!r:.60}")
+            self.err(key, f"must be an integer >= {lo}, got {show(v)}")
             return default
         return v
 
@@ -190,7 +190,7 @@ class _Checker:
         except ValueError:
             seconds = 0.0
         if seconds <= 0:
-            self.err(key, f"must be a duration > 0 (e.g. 500ms, 5s, 1m), got {v!r:.60}")
+            self.err(key, f"must be a duration > 0 (e.g. 500ms, 5s, 1m), got {show(v)}")
             return default
         return seconds
 
@@ -218,11 +218,11 @@ def _resolution(c: _Checker) -> Resolution | None:
     interval = _seconds(parse_duration, raw_interval)
     if interval != 0 and (interval < MIN_INTERVAL or interval != int(interval)):
         c.err("interval", f"must be 0 (the raw table) or whole seconds >= {MIN_INTERVAL}s,"
-                          f" got {raw_interval!r:.60}")  # fmt: skip
+                          f" got {show(raw_interval)}")  # fmt: skip
     ttl = _seconds(parse_retention, raw_ttl)
     if ttl != 0 and (ttl < MIN_TTL or ttl != int(ttl)):
         c.err("ttl", f"must be 0 (keep forever) or whole seconds >= 1h (e.g. 15d, 360h),"
-                     f" got {raw_ttl!r:.60}")  # fmt: skip
+                     f" got {show(raw_ttl)}")  # fmt: skip
     if len(c.errors) > before:
         return None
     return Resolution(int(interval), int(ttl))
@@ -313,18 +313,17 @@ def parse_orchestrator_config(
         "allow-literal-secrets": raw.get("allow-literal-secrets"),
         "cluster": cluster_raw,
     }
-    try:
-        expanded = expand_env(own, env)
-    except ConfigError as e:
-        errors += [err.replace("cluster:", "clickhousedb.cluster:", 1) for err in e.errors]
-        expanded = {}
-    checked = _Checker(errors, expanded, "", tuple(own))
-    tls, token = _http(checked.sub("http", HTTP_KEYS))
-    cluster = checked.string("cluster")
-    if cluster and not _CLUSTER.fullmatch(cluster):
-        errors.append(f"clickhousedb.cluster: must be a cluster name, got {cluster!r:.60}")
-    clickhouse = _clickhouse(checked.sub("clickhouse", CLICKHOUSE_KEYS))
-    allow = checked.boolean("allow-literal-secrets", False)
+    expansion = Problems()
+    expanded = expand_env(own, os.environ if env is None else env, expansion)
+    errors += [err.replace("cluster:", "clickhousedb.cluster:", 1) for err in expansion.errors]
+    with hiding(expansion.hidden):  # what a ${VAR} gave is never echoed
+        checked = _Checker(errors, expanded if not expansion else {}, "", tuple(own))
+        tls, token = _http(checked.sub("http", HTTP_KEYS))
+        cluster = checked.string("cluster")
+        if cluster and not _CLUSTER.fullmatch(cluster):
+            errors.append(f"clickhousedb.cluster: must be a cluster name, got {show(cluster)}")
+        clickhouse = _clickhouse(checked.sub("clickhouse", CLICKHOUSE_KEYS))
+        allow = checked.boolean("allow-literal-secrets", False)
     entries, entry_errors = served.build(
         _outlet_entries(raw.get("outlet")), served.shared_sections(raw), allow
     )

@@ -338,6 +338,7 @@ class ClickHouseManager:
         self._attempt = attempt
         self.done = trio.Event()
         self.last_error = ""
+        self.last_failure = ""
         self._redact = ClickHouseWriter(cfg.clickhousedb).redact
 
     async def run(self) -> None:
@@ -361,6 +362,7 @@ class ClickHouseManager:
                 kind = "schema" if isinstance(exc, MigrationError) else classify(exc).kind
                 self.metrics.migration_errors.labels(kind).inc()
                 self.last_error = self._redact(str(exc)).splitlines()[0][:300]
+                self.last_failure = kind  # what /readyz shows: the class, never the text
                 delay = backoff_delay(attempt, c.retry_initial_backoff, c.retry_max_backoff)
                 if kind != last_kind or attempt % 10 == 0:
                     level = logging.ERROR if kind in ("schema", "auth") else logging.WARNING
@@ -373,7 +375,7 @@ class ClickHouseManager:
             break
         self.metrics.migrations_running.set(0)
         self.metrics.migrations_done.set(time.time())
-        self.last_error = ""
+        self.last_error = self.last_failure = ""
         log.info(
             "clickhouse: migrations done after %d attempt(s): %d step(s) applied,"
             " %d already up to date (%.1fs)",

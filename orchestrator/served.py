@@ -19,14 +19,13 @@ Secrets never travel: the served document is the merged entry *as written*, ``${
 placeholders included; the outlet expands them from its own environment. Each document
 is checked with the outlet's own validation (outlet.config.parse_config) against an
 environment where every variable is a stand-in, so that a placeholder is never expanded
-here. A secret (a field the outlet types Secret) that is not exactly one ``${VAR}`` (a
+here. A secret (a key the outlet declares secret) that is not exactly one ``${VAR}`` (a
 literal, or a ``${VAR:-default}`` with a default) is refused unless
 ``allow-literal-secrets`` is set.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import re
@@ -36,7 +35,8 @@ from typing import Any
 
 import yaml
 
-from outlet.config import ConfigError, Secret, parse_config
+from outlet.config import ConfigError, OutletConfig, parse_config
+from outlet.confspec import HIDDEN_SHOWN, locate, secret_paths
 
 #: Sections of the orchestrator's config that outlet entries inherit.
 SHARED_SECTIONS = ("kafka", "clickhousedb")
@@ -114,45 +114,19 @@ def inherit(entry: Mapping[str, Any], shared: Mapping[str, Any]) -> dict[str, An
     return out
 
 
-def _secret_fields(node: object, path: str = "") -> Iterator[str]:
-    """Key paths (kebab-case) of every Secret in a validated config."""
-    if isinstance(node, Secret):
-        yield path
-    elif dataclasses.is_dataclass(node) and not isinstance(node, type):
-        for f in dataclasses.fields(node):
-            key = f.name.replace("_", "-")
-            yield from _secret_fields(getattr(node, f.name), f"{path}.{key}" if path else key)
-    elif isinstance(node, tuple):
-        for i, item in enumerate(node):
-            yield from _secret_fields(item, f"{path}[{i}]")
-
-
 @functools.cache
-def secret_keys() -> tuple[tuple[str, ...], ...]:
-    """Where the outlet's configuration holds secrets, as key tuples ('*' = any list item),
-    found from the outlet's own types (a field typed Secret), not listed by hand."""
-    sample = {"additional-clickhouses": [{"name": "x", "connection": {"servers": ["h:1"]}}]}
-    keys = set()
-    for path in _secret_fields(parse_config(sample, env={})):
-        keys.add(tuple(path.replace("[0]", ".*").split(".")))
-    return tuple(sorted(keys))
-
-
-def _values_at(node: object, keys: tuple[str, ...], path: str = "") -> Iterator[tuple[str, object]]:
-    if not keys:
-        yield path, node
-    elif keys[0] == "*" and isinstance(node, list):
-        for i, item in enumerate(node):
-            yield from _values_at(item, keys[1:], f"{path}[{i}]")
-    elif isinstance(node, dict) and keys[0] in node:
-        yield from _values_at(node[keys[0]], keys[1:], f"{path}.{keys[0]}" if path else keys[0])
+def secret_keys() -> tuple[str, ...]:
+    """Where the outlet's configuration holds secret values (``[*]`` = any list item), from
+    the outlet's own declarations (outlet.confspec.secret_paths), not listed by hand."""
+    return tuple(p.path for p in secret_paths(OutletConfig) if p.kind == "value")
 
 
 def literal_secrets(document: Mapping[str, Any]) -> list[str]:
     """Key paths of secrets in a served document that are not one ``${VAR}`` (or empty)."""
     found = []
     for keys in secret_keys():
-        for path, value in _values_at(document, keys):
+        for path, node, key in locate(document, keys):
+            value = node[key]
             if value in (None, "") or (isinstance(value, str) and _PLACEHOLDER.fullmatch(value)):
                 continue
             found.append(path)
@@ -165,7 +139,8 @@ def validate(document: Mapping[str, Any], prefix: str) -> list[str]:
     try:
         parse_config(dict(document), env=_StandInEnv())
     except ConfigError as e:
-        return [f"{prefix}{err}" for err in e.errors if _STAND_IN_PREFIX not in err]
+        return [f"{prefix}{err}" for err in e.errors
+                if _STAND_IN_PREFIX not in err and not HIDDEN_SHOWN.search(err)]
     return []
 
 

@@ -32,7 +32,9 @@ class Orchestrator:
     def ready(self) -> tuple[bool, str]:
         if self.clickhouse.done.is_set():
             return True, "migrations done"
-        return False, "migrations pending: " + (self.clickhouse.last_error or "in progress")
+        failure = self.clickhouse.last_failure
+        return False, "migrations pending" + (f": last attempt failed ({failure})" if failure
+                                              else ": in progress")
 
     async def run(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

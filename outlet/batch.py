@@ -1,8 +1,9 @@
 """Batches, their Kafka offset ranges and deduplication tokens.
 
 A batch is identified by the Kafka offsets it covers, never by a counter: the
-deduplication token sent with every insert is derived from those ranges, so the
-same offsets always give the same token, across retries and across restarts.
+deduplication token sent with every insert is derived from those ranges and the Kafka
+cluster (outlet/tokens.py), fixed when the batch is sealed and recorded in the ledger,
+so the same batch always carries the same token, across retries, restarts and rebuilds.
 """
 
 from __future__ import annotations
@@ -10,13 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-Ranges = dict[int, tuple[int, int]]  # partition -> (first offset, last offset), inclusive
-
-
-def make_token(topic: str, ranges: Ranges) -> str:
-    """The `insert_deduplication_token` for a batch: topic, then partition:first-last."""
-    parts = [f"{p}:{first}-{last}" for p, (first, last) in sorted(ranges.items())]
-    return f"{topic}/" + ",".join(parts)
+from outlet.tokens import Ranges as Ranges  # re-exported: the type of offset ranges
 
 
 @dataclass
@@ -76,11 +71,7 @@ class SealedBatch:
     ranges: Ranges  # the records this batch holds
     records: tuple[bytes, ...]
     reason: str
-    token_ranges: Ranges | None = None  # a rebuilt batch keeps its original token
-
-    @property
-    def token(self) -> str:
-        return make_token(self.topic, self.token_ranges or self.ranges)
+    token: str  # fixed at the first seal; a rebuilt batch keeps its original token
 
 
 @dataclass(frozen=True)
@@ -92,6 +83,7 @@ class EncodedJob:
     native: bytes  # a Native block, or an LZ4 frame of one (see `compression`)
     rows: int
     ranges: Ranges
+    repeat: bool = False  # sent before (ledger rebuild, spool replay): dedup is expected
 
     @property
     def compression(self) -> str | None:
@@ -108,7 +100,7 @@ class RebuildPlan:
     """A batch recorded in the ledger before a crash, to be rebuilt exactly."""
 
     ranges: Ranges  # what to collect again (the uncommitted part)
-    token_ranges: Ranges  # the batch as originally sealed: its token
+    token: str  # the batch's token as recorded in the ledger
     seq: int = 0
     builder: BatchBuilder = field(default_factory=BatchBuilder)
     reached: set[int] = field(default_factory=set)

@@ -26,8 +26,9 @@ import numpy.typing as npt
 import trio
 
 from outlet import protoscan
-from outlet.batch import BatchBuilder, Cut, Ranges, RebuildPlan
+from outlet.batch import BatchBuilder, Cut, RebuildPlan
 from outlet.kafka_input import Barrier, Chunk
+from outlet.ledger import Pending
 from outlet.rebuild import Rebuilds
 
 Seal = Callable[[Cut], Awaitable[None]]
@@ -47,9 +48,7 @@ class Batcher:
         self.rebuilds = Rebuilds()
         self._ids = itertools.count(1)
 
-    def plan_rebuilds(
-        self, partitions: set[int], pending: list[tuple[Ranges, Ranges]]
-    ) -> list[RebuildPlan]:
+    def plan_rebuilds(self, partitions: set[int], pending: Pending) -> list[RebuildPlan]:
         """Partitions assigned: the ledger's uncommitted batches to rebuild (new plans)."""
         return self.rebuilds.assign(partitions, pending, self._ids)
 

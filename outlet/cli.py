@@ -31,7 +31,7 @@ def _load(path: str) -> OutletConfig:
     try:
         return load_config(path)
     except ConfigError as exc:
-        print(f"outlet: invalid configuration {path}:\n{exc}", file=sys.stderr)
+        print(f"outlet: {exc}", file=sys.stderr)  # names the file; never quotes a value
         raise SystemExit(2) from None
     except OSError as exc:
         print(f"outlet: cannot read configuration {path}: {exc.strerror}", file=sys.stderr)
@@ -50,6 +50,7 @@ def _remote(load: Callable[[], OutletConfig], source: str) -> OutletConfig:
 def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
+    from outlet.kafka_input import ClusterIdError
     from outlet.logs import setup_logging
     from outlet.metrics import Metrics
     from outlet.pipeline import Outlet
@@ -66,7 +67,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     _tune_gc()
     names = ", ".join(d.name for d in cfg.destinations())
     log.info("outlet %s starting: topic %s, destinations: %s", _version(), cfg.kafka.topic, names)
-    trio.run(Outlet(cfg, metrics).run)
+    try:
+        trio.run(Outlet(cfg, metrics).run)
+    except ClusterIdError as exc:
+        log.error("outlet cannot start: %s", exc)
+        return 1
     log.info("outlet stopped cleanly")
     return 0
 

@@ -23,9 +23,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 import sys
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,6 +46,7 @@ from outlet.confspec import (
     Key,
     KeyDoc,
     Kind,
+    Nested,
     Problems,
     Secret,
     SecretStr,
@@ -87,7 +89,6 @@ __all__ = [
     "SpoolConfig",
     "TLSConfig",
     "dump_redacted",
-    "expand_env",
     "format_duration",
     "format_size",
     "load_config",
@@ -108,7 +109,18 @@ WHEN_FULL = ("drop-oldest", "block")
 FSYNC_MODES = ("batch", "interval", "never")
 COMPRESSIONS = ("none", "lz4")
 UINT32_MAX = 2**32 - 1
-_DEFAULT_SERVER = "127.0.0.1:8123"
+HTTP_PORT, HTTPS_PORT = 8123, 8443
+_DEFAULT_SERVER = f"127.0.0.1:{HTTP_PORT}"
+#: ClickHouse's default ports that do not speak its HTTP interface: ``host:port`` with one
+#: of these is refused (Akvorado's examples use the native port 9000); an explicit
+#: ``http(s)://`` URL is taken as the user means it.
+NOT_HTTP_PORTS = {9000: "native protocol", 9440: "native protocol with TLS",
+                  9004: "MySQL protocol", 9005: "PostgreSQL protocol",
+                  9009: "interserver protocol", 9100: "gRPC interface"}
+#: A configuration file (or a configuration an orchestrator serves) larger than this is
+#: refused before it is parsed: reading and validating one costs ~1.7 s of CPU and ~65 MB
+#: per MiB (docs/configuration.md).
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
 
 
 class ConfigError(SpecError):
@@ -128,8 +140,8 @@ def _server_url(s: str, tls_enable: bool) -> tuple[str, str]:
         try:
             u = urlsplit(s)
             port = u.port
-        except ValueError as e:
-            return "", f"is not a valid URL ({e})"
+        except ValueError:  # its text quotes the entry
+            return "", "is not a valid URL (bad port or IPv6 address)"
         if u.scheme not in ("http", "https"):
             return "", "URL scheme must be http or https"
         if u.username is not None or u.password is not None:
@@ -144,19 +156,25 @@ def _server_url(s: str, tls_enable: bool) -> tuple[str, str]:
         if port == 0:
             return "", "has port 0 out of range 1..65535"
         if port is None:
-            port = 8443 if u.scheme == "https" else 8123
+            port = HTTPS_PORT if u.scheme == "https" else HTTP_PORT
         host = u.hostname
         if ":" in host:
             host = f"[{host}]"
         return f"{u.scheme}://{host}:{port}", ""
     scheme = "https" if tls_enable else "http"
     if re.fullmatch(r"(\[[^\]]*\]|[^:\[\]/\s]+)", s):  # host without a port
-        s = f"{s}:{8443 if tls_enable else 8123}"
+        s = f"{s}:{HTTPS_PORT if tls_enable else HTTP_PORT}"
     problem = host_port_problem(s)
     if problem.startswith("must be"):
         return "", "must be host:port ([addr]:port for IPv6) or an http(s):// URL"
     if problem:
         return "", problem
+    port = int(s.rsplit(":", 1)[1])
+    if port in NOT_HTTP_PORTS:
+        return "", (f"is ClickHouse's {NOT_HTTP_PORTS[port]} port ({port}): this outlet "
+                    f"speaks the ClickHouse HTTP interface: use port {HTTP_PORT} (or "
+                    f"{HTTPS_PORT} with TLS); if this server really serves HTTP on {port}, "
+                    f"write {scheme}://{s}")
     return f"{scheme}://{s}", ""
 
 
@@ -172,7 +190,8 @@ class _Servers(StrList):
         for where, s in self.items(raw, at):
             url, problem = _server_url(s, tls_enable)
             if problem:
-                where.report(problem + ("" if "@" in s else f", got {show(s)}"))
+                quoted = "@" in s or s in problem  # never echo credentials, nor twice
+                where.report(problem + ("" if quoted else f", got {show(s)}"))
             elif url in servers:
                 where.report(f"duplicate server {url}")
             else:
@@ -236,6 +255,9 @@ class _Prefixes(Kind[tuple[Any, ...]]):
     def dump(self, value: tuple[Any, ...]) -> dict[str, Any]:
         return {item.prefix: dump(item) for item in value}
 
+    def children(self) -> Iterator[tuple[str, Kind[Any]]]:
+        yield "[<prefix>]", Nested(self.cls)
+
 
 class _IfIndexes(Kind["Mapping[int, InterfaceInfo]"]):
     type_doc = "map ifIndex (int 0..2^32-1) -> interface"
@@ -263,6 +285,9 @@ class _IfIndexes(Kind["Mapping[int, InterfaceInfo]"]):
 
     def dump(self, value: Mapping[int, InterfaceInfo]) -> dict[int, Any]:
         return {i: dump(v) for i, v in value.items()}
+
+    def children(self) -> Iterator[tuple[str, Kind[Any]]]:
+        yield "[<ifIndex>]", Nested(InterfaceInfo)
 
 
 class _Destinations(Kind[tuple["DestinationConfig", ...]]):
@@ -307,6 +332,9 @@ class _Destinations(Kind[tuple["DestinationConfig", ...]]):
     def dump(self, value: tuple[DestinationConfig, ...]) -> list[dict[str, Any]]:
         return [dump(d) for d in value]
 
+    def children(self) -> Iterator[tuple[str, Kind[Any]]]:
+        yield "[*]", Nested(DestinationConfig)
+
 
 def _sasl_mechanism(v: str) -> str:
     k = v.strip().upper().replace("-", "").replace("_", "")
@@ -349,13 +377,13 @@ class TLSConfig:
         doc="CA bundle (PEM) to verify the server; system CAs when absent. Must be readable "
             "and hold a PEM certificate.")
     cert_file: str | None = setting(
-        None, File(), default_doc="none",
-        doc="Client certificate (PEM), for mutual TLS; may also hold the key. Checked at "
-            "load: readable, a PEM certificate, its key matching (errors); expired, not yet "
-            "valid or expiring within 14 days (warnings). Replaced files are used by new "
-            "connections without a restart ([security.md](security.md)).")
+        None, File(secret=True), default_doc="none",
+        doc="Client certificate (PEM), for mutual TLS. May also hold the key (then no "
+            "`key-file`). Checked at load: readable, a PEM certificate, its key matching "
+            "(errors); expired, not yet valid or expiring within 14 days (warnings). Replaced "
+            "files are used by new connections without a restart ([security.md](security.md)).")
     key_file: str | None = setting(
-        None, File(), default_doc="none",
+        None, File(secret=True), default_doc="none",
         doc="Client key (PEM, unencrypted: there is no key password setting); requires "
             "`cert-file`.")
 
@@ -374,11 +402,46 @@ class TLSConfig:
             s["verify"] = not skip
         if _named(s.raw("key-file")) and not _named(s.raw("cert-file")):  # even if missing
             s.report("key-file", "is set but cert-file is not")
-            return
-        # What can be known without connecting: unreadable, not PEM, key not matching.
-        for key, problem in tlsfiles.file_problems(s["ca_file"], s["cert_file"],
-                                                   s["key_file"]):
-            s.report(key, problem)
+        _check_tls_files(s)
+
+
+def _check_tls_files(s: Section) -> None:
+    """What librdkafka and Python's ssl would refuse when the connection is set up: files
+    that hold no certificate, a key that is encrypted or does not match the certificate,
+    a certificate without its key. Never quotes a file (a key is a secret)."""
+    ca, cert, key = s["ca_file"], s["cert_file"], s["key_file"]
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for name, path in (("ca-file", ca), ("cert-file", cert)):
+        if path is not None:
+            try:
+                context.load_verify_locations(cafile=path)
+            except (ssl.SSLError, ValueError):
+                s.report(name, f"holds no PEM certificate: {show(path)}")
+                return
+    if cert is None:
+        return
+    try:
+        context.load_cert_chain(cert, key, password=b"")
+    except ssl.SSLError as e:
+        holder = "key-file" if key is not None else "cert-file"
+        if e.reason == "KEY_VALUES_MISMATCH":
+            s.report(holder, "does not hold the private key of the certificate in cert-file")
+        elif _encrypted_key(key or cert):
+            s.report(holder, "holds an encrypted private key, which the outlet cannot "
+                             "decrypt: store it unencrypted (readable by the outlet only)")
+        elif key is None:
+            s.report("cert-file", "holds no private key: set key-file (mutual TLS needs the "
+                                  "key of the certificate)")
+        else:
+            s.report("key-file", f"holds no PEM private key: {show(key)}")
+
+
+def _encrypted_key(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return b"ENCRYPTED" in f.read(MAX_CONFIG_BYTES)
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -389,37 +452,89 @@ class SASLConfig:
             "With `tls.enable` the protocol is `SASL_SSL`, without `SASL_PLAINTEXT`.")
     username: str = setting("", Str(), doc="Required when a mechanism is set.")
     password: Secret = setting(
-        Secret(), SecretStr(), doc="Never shown (logs, metrics, /readyz, `check-config`); "
-                                   "`${VAR}` keeps it out of the file.")
+        Secret(), SecretStr(), doc="Required when a mechanism is set. Never shown (logs, "
+                                   "metrics, /readyz, `check-config`); `${VAR}` keeps it out "
+                                   "of the file.")
 
     @classmethod
     def __check__(cls, s: Section) -> None:
         if s["mechanism"] and not s["username"]:
             s.report("username", f"is required when mechanism is {s['mechanism']}")
+        invalid = s.given("password") and not isinstance(s.raw("password"), str)  # reported
+        if s["mechanism"] and not s["password"] and not invalid:  # librdkafka needs one
+            s.report("password", f"is required when mechanism is {s['mechanism']}")
 
 
 _TLS_TYPE = "[TLS](#tls)"
 
 
+# Bounds of the keys handed to librdkafka (outlet/kafka_client.py), so that check-config
+# refuses what the consumer would refuse (tests/outlet/test_librdkafka_bounds.py builds a
+# real consumer at each bound and reads librdkafka's own ranges):
+# - fetch.wait.max.ms is 0..300000 ms for librdkafka, but above socket.timeout.ms (60 s,
+#   its default) minus 1 s librdkafka warns that fetch requests time out: 59 s at most;
+# - confluent-kafka's consume() returns at most 1,000,000 messages per call;
+# - topic names: Kafka's rule (1..249 of [a-zA-Z0-9._-], not "." or ".."); a name starting
+#   with "^" would be a regular expression to librdkafka.
+FETCH_MAX_WAIT_MAX = 59.0
+MAX_POLL_RECORDS_MAX = 1_000_000
+KAFKA_NAME_MAX = 249
+QUEUE_SIZE_MAX = 256  # batches in a queue: each is up to maximum-batch-size flows in memory
+BATCH_SIZE_MAX = 1_000_000  # flows in one batch: ~120 MB of Native per batch
+HOUR = 3600.0  # sane ceiling of the other durations (a timeout of years overflows sockets)
+DIAL_TIMEOUT_MAX = 600.0
+
+
+def _kafka_topic(v: str) -> str:
+    if v in (".", ".."):
+        raise Invalid(f"must not be '.' or '..' (Kafka refuses them), got {show(v)}")
+    return v
+
+
 @dataclass(frozen=True)
 class KafkaConfig:
     brokers: tuple[str, ...] = setting(
-        ("127.0.0.1:9092",), StrList(HostPort(), type_doc="list of `host:port`"),
-        doc="Bootstrap brokers (`[v6addr]:port` for IPv6). Non-empty.")
+        ("127.0.0.1:9092",), StrList(HostPort(credentials="for Kafka use kafka.sasl"),
+                                     type_doc="list of `host:port`"),
+        doc="Bootstrap brokers (`[v6addr]:port` for IPv6). Non-empty. Credentials "
+            "(`user:password@`) are refused: use `sasl`.")
     topic: str = setting(
-        "flows", Str(nonempty=True), doc="Topic of GoFlow2 length-delimited protobuf records.")
+        "flows", Str(pattern=rf"[a-zA-Z0-9._-]{{1,{KAFKA_NAME_MAX}}}", normalize=_kafka_topic,
+                     pattern_msg=f"must be a Kafka topic name (1 to {KAFKA_NAME_MAX} of "
+                                 "a-z A-Z 0-9 . _ -)"),
+        type_doc=f"topic name (1..{KAFKA_NAME_MAX} of `[a-zA-Z0-9._-]`)",
+        doc="Topic of GoFlow2 length-delimited protobuf records.")
     consumer_group: str = setting(
-        "outlet", Str(nonempty=True),
+        "outlet", Str(nonempty=True, max_len=255), type_doc="string (1..255 chars)",
         doc="Consumer group; offsets are committed only once the data is stored "
             "(see the delivery guarantees).")
     fetch_max_wait: float = setting(
-        0.1, Duration(), doc="How long a fetch waits for data (consumer poll tuning).")
-    max_poll_records: int = setting(10000, Int(1, 10_000_000), doc="Records per poll.")
+        0.1, Duration(at_most=FETCH_MAX_WAIT_MAX),
+        doc="How long a fetch waits for data (librdkafka's `fetch.wait.max.ms`; at most 59s: "
+            "a fetch must return within librdkafka's 60 s socket timeout minus 1 s).")
+    max_poll_records: int = setting(
+        10000, Int(1, MAX_POLL_RECORDS_MAX),
+        doc="Records per poll (at most 1,000,000: what confluent-kafka's `consume()` takes).")
     queue_size: int = setting(
-        8, Int(1), doc="Decoded batches in flight between the consumer and the writers.")
+        8, Int(1, QUEUE_SIZE_MAX),
+        doc="Chunks of polled records (up to `max-poll-records` each) in flight between the "
+            "consumer and the batcher.")
     tls: TLSConfig = section(TLSConfig, doc="TLS to the brokers.", type_doc=_TLS_TYPE,
                              default_doc="disabled")
     sasl: SASLConfig = section(SASLConfig)
+    cluster_identity: str = setting(  # added to the cluster id in deduplication tokens
+        "", Str(pattern=r"[A-Za-z0-9._-]{0,64}",
+                pattern_msg="must match [A-Za-z0-9._-]+ (at most 64 characters)"),
+        type_doc="`[A-Za-z0-9._-]`, at most 64", default_doc='`""` (none)',
+        doc="Added to the Kafka cluster id in every deduplication token "
+            "(`v2:<cluster-id>+<cluster-identity>/...`). **Set it, different in each "
+            "datacenter, when Kafka clusters share a cluster id**: clusters restored from one "
+            "backup or disk snapshot, cloned VMs or volumes, a cluster re-created from "
+            "another's storage. Leave it empty otherwise: the cluster id, read from the "
+            "brokers at start-up, already tells clusters apart. Changing it changes the "
+            "tokens of new batches only (batches in the ledger and the spool keep theirs), so "
+            "it is safe to set during an outage. See [dual-write.md](dual-write.md#"
+            "deduplication-tokens-and-why-they-cannot-collide).")
 
 
 @dataclass(frozen=True)
@@ -430,7 +545,10 @@ class ConnectionConfig:
             "URLs: `host:port` becomes `http://host:port`, or `https://host:port` when "
             "`tls.enable` is true; a URL without a port gets 8123 (http) or 8443 (https). An "
             "`http://` URL with `tls.enable: true` is an error; credentials in URLs are "
-            "refused. Required (no default) in `additional-clickhouses`.")
+            "refused. A `host:port` on another ClickHouse protocol's default port is refused "
+            "with the fix: 9000 and 9440 (native protocol, as in Akvorado's examples), 9004, "
+            "9005, 9009, 9100; an explicit `http(s)://` URL is taken as written. Required (no "
+            "default) in `additional-clickhouses`.")
     database: str = setting(
         "flows", Str(pattern=r"[A-Za-z_][A-Za-z0-9_]*",
                      pattern_msg="must be an identifier ([A-Za-z_][A-Za-z0-9_]*)"),
@@ -441,41 +559,47 @@ class ConnectionConfig:
                                    "Sent with a client certificate too (the certificate "
                                    "secures the link, the password authenticates).")
     tls: TLSConfig = section(TLSConfig, type_doc=_TLS_TYPE, default_doc="disabled")
-    dial_timeout: float = setting(5.0, Duration(positive=True), doc="Connection timeout.")
+    dial_timeout: float = setting(5.0, Duration(positive=True, at_most=DIAL_TIMEOUT_MAX),
+                                  doc="Connection timeout.")
     insert_timeout: float = setting(
-        30.0, Duration(positive=True), doc="Whole-request timeout of one insert.")
+        30.0, Duration(positive=True, at_most=HOUR), doc="Whole-request timeout of one insert.")
     max_retries: int = setting(
         0, Int(0), default_doc="`0` here, `3` in `additional-clickhouses`",
         doc="Failed attempts before a batch is given up on (`retries_exceeded`). `0` = retry "
             "forever. The primary always keeps `0` unless you change it.")
     retry_initial_backoff: float = setting(
-        0.2, Duration(positive=True), doc="First retry delay; doubles per attempt, with jitter.")
+        0.2, Duration(positive=True, at_most=HOUR),
+        doc="First retry delay; doubles per attempt, with jitter.")
     retry_max_backoff: float = setting(
-        30.0, Duration(positive=True, at_least="retry_initial_backoff"),
-        type_doc="duration >= `retry-initial-backoff`", doc="Cap of the retry delay.")
+        30.0, Duration(positive=True, at_least="retry_initial_backoff", at_most=HOUR),
+        type_doc="duration >= `retry-initial-backoff`, <= 1h", doc="Cap of the retry delay.")
 
 
 @dataclass(frozen=True)
 class BatchConfig:
     maximum_batch_size: int = setting(
-        50000, Int(1, 10_000_000),
+        50000, Int(1, BATCH_SIZE_MAX),
         doc="Flows per insert. The batcher counts flows, not Kafka records (a record of several "
             "length-delimited messages counts each; an undecodable record counts one), so a "
             "batch never holds more flows than this, except a single record with more flows "
-            "(up to `maximum-flows-per-record`), which then forms a batch alone.")
+            "(up to `maximum-flows-per-record`), which then forms a batch alone. At most "
+            "1,000,000 (~120 MB of encoded batch, held once per queued copy).")
     maximum_wait_time: float = setting(
-        5.0, Duration(positive=True), doc="A partial batch is flushed after this long.")
+        5.0, Duration(positive=True, at_most=HOUR),
+        doc="A partial batch is flushed after this long.")
     grace_period: float = setting(
-        60.0, Duration(),
+        60.0, Duration(at_most=HOUR),
         doc="On SIGTERM/SIGINT, time allowed to flush and commit before exiting. Global "
             "(applies to every destination).")
     compression: str = setting(
-        "none", Str(choices=COMPRESSIONS),
+        "lz4", Str(choices=COMPRESSIONS),
         doc="Compress each encoded batch once (LZ4 frame) and send the same compressed bytes "
-            "to every destination (`Content-Encoding: lz4`; ClickHouse decompresses). Global. "
-            "Costs ~0.12 µs/flow once; makes each extra destination ~4x cheaper to send to "
-            "(dual-write CPU overhead 1.1% instead of 5%) and cuts the bytes on a cloud link "
-            "~4x. Spooled batches keep their encoding.")
+            "to every destination (`Content-Encoding: lz4`; ClickHouse decompresses it, see "
+            "[Compression and ClickHouse](#compression-and-clickhouse)). Global. Costs ~0.12 "
+            "µs/flow once; makes each extra destination ~4x cheaper to send to (dual-write "
+            "CPU overhead ~1% instead of 5%) and cuts the bytes on a cloud link ~4x. `none` "
+            "sends the Native block as it is (for a proxy in front of ClickHouse that rejects "
+            "`Content-Encoding`). Spooled batches keep their encoding.")
     maximum_flows_per_record: int = setting(  # global: more in one Kafka record = a bad record
         1000, Int(1, 1_000_000),
         doc="Most flows (length-delimited messages) one Kafka record may hold. A record with "
@@ -498,16 +622,32 @@ class SpoolConfig:
         "drop-oldest", Str(choices=WHEN_FULL), doc="What happens when the spool is full.")
     fsync: str = setting("batch", Str(choices=FSYNC_MODES), doc="When spooled data is fsynced.")
     fsync_interval: float = setting(
-        1.0, Duration(positive=True), doc="Period for `fsync: interval`.")
+        1.0, Duration(positive=True, at_most=HOUR), doc="Period for `fsync: interval`.")
 
 
 @dataclass(frozen=True)
 class CircuitBreakerConfig:
     failure_threshold: int = setting(
-        5, Int(1), doc="Consecutive failures that open the breaker.")
+        5, Int(1), doc="Consecutive failures that open the breaker. While it is open no batch "
+                       "is sent (they go to the spool).")
+    probe_interval: float = setting(
+        0.5, Duration(positive=True, at_most=HOUR),
+        doc="First probe of an open breaker: a `SELECT 1` (bounded by `dial-timeout`), never a "
+            "batch. Each failed probe doubles the wait...")
+    probe_max_interval: float = setting(
+        2.0, Duration(positive=True, at_least="probe_interval", at_most=HOUR),
+        type_doc="duration >= `probe-interval`, <= 1h",
+        doc="...up to this. Once a probe answers, one batch decides (half-open): a link that "
+            "comes back carries flows again within about this long plus one insert; a dead "
+            "destination costs one cheap request per interval.")
     cool_down: float = setting(
-        30.0, Duration(positive=True), doc="Time before a probe is allowed through an open "
-                                           "breaker.")
+        30.0, Duration(positive=True, at_most=HOUR),
+        doc="**Changed meaning:** before probes existed this was the wait after *any* opening; "
+            "it is now the wait between attempts after a *permanent* error only "
+            "(authentication 516, unknown table or column, type mismatch), which a probe "
+            "cannot see getting fixed. Existing configs keep working; a `cool-down` set to "
+            "slow down connectivity recovery now has no effect there (use "
+            "`probe-max-interval`).")
 
 
 @dataclass(frozen=True)
@@ -536,8 +676,9 @@ class DestinationConfig:
                                            "top-level clickhouse section"},
         default_doc="top-level `clickhouse.{key}`")
     queue_size: int = setting(
-        16, Int(1), doc="Maximum encoded batches queued for this destination (the primary's "
-                        "queue holds 4).")
+        16, Int(1, QUEUE_SIZE_MAX),
+        doc="Maximum encoded batches queued for this destination (the primary's queue holds "
+            "4); each holds up to `maximum-batch-size` flows in memory (~120 bytes per flow).")
     spool: SpoolConfig = section(SpoolConfig)
     circuit_breaker: CircuitBreakerConfig = section(CircuitBreakerConfig)
 
@@ -658,19 +799,50 @@ def parse_config(data: object, env: Mapping[str, str] | None = None) -> OutletCo
     return cfg
 
 
+def too_big(size: int | None) -> str:
+    """The problem of a configuration of ``size`` bytes (None: more than the cap)."""
+    what = f"{size:,} bytes, more than" if size is not None else "larger than"
+    return (f"the configuration is {what} the {format_size(MAX_CONFIG_BYTES)} "
+            f"({MAX_CONFIG_BYTES:,} bytes) a configuration may be")
+
+
+def read_capped(path: str | Path) -> bytes:
+    """The bytes of a configuration file, refusing more than MAX_CONFIG_BYTES before
+    reading them (a FIFO or a device included). Raises OSError or ConfigError."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError([too_big(size)], str(path))
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([too_big(None)], str(path))
+    return data
+
+
+def parse_yaml_text(data: bytes, source: str) -> tuple[object, list[str]]:
+    """(document, duplicate-key errors) of a configuration's bytes. Raises ConfigError,
+    never quoting the text (a syntax error's line may hold a password)."""
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([too_big(len(data))], source)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError([f"the file is not UTF-8 (line {line}: {e.reason})"], source) from None
+    try:
+        return load_yaml(text)
+    except yaml.YAMLError as e:  # a YAMLSyntaxError: line, column and problem only
+        raise ConfigError([f"invalid YAML: {e}"], source) from None
+
+
 def _read(path: str | Path) -> tuple[object, list[str]]:
     """The parsed YAML document and its duplicate-key errors; ConfigError if unreadable."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = read_capped(path)
     except OSError as e:
         raise ConfigError([f"cannot read the file: {e.strerror or e}"], source) from None
-    except UnicodeDecodeError as e:
-        raise ConfigError([f"the file is not UTF-8: {e.reason}"], source) from None
-    try:
-        return load_yaml(text)
-    except yaml.YAMLError as e:
-        raise ConfigError([f"invalid YAML: {e}"], source) from None
+    return parse_yaml_text(data, source)
 
 
 def read_yaml(path: str | Path) -> object:
@@ -679,18 +851,6 @@ def read_yaml(path: str | Path) -> object:
     if duplicates:
         raise ConfigError(duplicates, str(path))
     return data
-
-
-def expand_env(data: object, env: Mapping[str, str] | None = None) -> object:
-    """``${VAR}`` expansion of every string value (the rules of :func:`parse_config`).
-
-    Raises ConfigError naming each key whose variable is missing.
-    """
-    problems = Problems()
-    expanded = _expand_env(data, os.environ if env is None else env, problems)
-    if problems:
-        raise ConfigError(problems.errors)
-    return expanded
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> OutletConfig:
@@ -730,7 +890,11 @@ def redacted_dict(cfg: OutletConfig) -> dict[str, Any]:
 
 def dump_redacted(cfg: OutletConfig) -> str:
     """YAML text of :func:`redacted_dict` (for ``outlet check-config``)."""
-    return yaml.safe_dump(redacted_dict(cfg), sort_keys=False, default_flow_style=False)
+    return yaml.dump(redacted_dict(cfg), Dumper=_Dumper, sort_keys=False,
+                     default_flow_style=False, allow_unicode=True)
+
+
+_Dumper: Any = yaml.CSafeDumper if getattr(yaml, "__with_libyaml__", False) else yaml.SafeDumper
 
 
 # --------------------------------------------------------------------------------------

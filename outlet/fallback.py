@@ -11,8 +11,11 @@ Both settle the batch (the commit watermark may pass it: it is handed over, not 
   ``when-full: block`` a full spool holds the batch (and, through the full queue, the
   fan-out and Kafka consumption) until the drain frees room: nothing the drain needs
   waits on the writer, so this cannot deadlock. Every wait is on an event (spooled,
-  dequeued, circuit changed, room freed) or on a known deadline (cool-down, backoff,
-  fsync interval), never a polling loop.
+  dequeued, circuit changed, room freed) or on a known deadline (backoff, fsync
+  interval), never a polling loop. While the circuit is open the drain waits for it to
+  move: the destination's probes (outlet/destination.py) turn it half-open, and the
+  drain's next replay is then the one attempt that closes it. Replays are repeats: what
+  the server deduplicates of them counts as ``attempt="repeat"``.
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ class SpoolLane:
         _init_give_up_metrics(metrics, self.name)
         m, name = metrics, self.name
         m.spool_bytes.labels(name).set_function(lambda: spool.bytes)
+        m.spool_max_bytes.labels(name).set(spool.cfg.max_bytes)
         m.spool_batches.labels(name).set_function(lambda: spool.batches)
         m.spool_oldest_age.labels(name).set_function(lambda: spool.oldest_age_seconds)
         for reason in SPOOL_REASONS:
@@ -194,9 +198,8 @@ class SpoolLane:
             if live.queued() >= half and not self._waiting_for_room:
                 await self._changed.wait()  # live traffic first
                 continue
-            if not breaker.allow():
-                with trio.move_on_after(breaker.retry_after()):
-                    await self._changed.wait()
+            if not breaker.allow():  # open (probes decide) or half-open, attempt out
+                await self._changed.wait()
                 continue
             batch = await self._run_sync(spool.peek_oldest)
             self._count_corrupt()
@@ -209,14 +212,16 @@ class SpoolLane:
 
     async def _replay(self, live: LivePath, batch: SpooledBatch) -> None:
         spool = self.spool
-        job = EncodedJob(seq=-1, token=batch.token, native=batch.native, rows=batch.rows, ranges={})
+        job = EncodedJob(
+            seq=-1, token=batch.token, native=batch.native, rows=batch.rows, ranges={}, repeat=True
+        )
         started = time.perf_counter()
         try:
-            await self._writer.write(job)
+            result = await self._writer.write(job)
         except Exception as exc:
             failure = classify(exc)
             self._replay_failures += 1
-            live.outcomes.failed(failure, self._replay_failures)
+            live.outcomes.failed(failure, self._replay_failures, "replay")
             if failure.retriable:
                 live.breaker.record_failure()
             else:
@@ -228,6 +233,7 @@ class SpoolLane:
         live.breaker.record_success()
         self._replay_failures = 0
         live.outcomes.stored(job, time.perf_counter() - started, 1)
+        live.audit.note(result.comment, job.token, job.rows, "repeat")
         await self._run_sync(spool.ack_oldest, batch)
         m = self.metrics
         m.spool_replayed_batches.labels(self.name).inc()

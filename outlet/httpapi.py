@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -22,6 +23,16 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ReadyCheck = Callable[[], tuple[bool, str]]
+
+
+_SHORT_REASON = re.compile(r"[A-Za-z0-9 .,:()_-]{1,100}")
+
+
+def short_reason(reason: str) -> str:
+    """The reason /readyz gives anyone who reaches the port: a short class and a code
+    (``primary destination failing: auth (code 516)``), never an error's text, which may
+    quote a server's message or a configuration value. Anything else is withheld."""
+    return reason if _SHORT_REASON.fullmatch(reason) else "not ready (see the log)"
 
 
 def make_app(
@@ -55,7 +66,7 @@ def make_app(
             await respond(send, 200, b"ok\n", "text/plain")
         elif path == "/readyz":
             ok, why = ready()
-            body = json.dumps({"ready": ok, "reason": why}).encode() + b"\n"
+            body = json.dumps({"ready": ok, "reason": short_reason(why)}).encode() + b"\n"
             await respond(send, 200 if ok else 503, body, "application/json")
         else:
             await respond(send, 404, b"not found\n", "text/plain")

@@ -6,7 +6,8 @@ under trio-asyncio: measured on our machines, `consume(num_messages=...)` with
 `getmany`, and it releases the GIL while it waits, so the Trio loop keeps running.
 
 Thread rule: the consumer is used by one thread at a time, never by the Trio thread.
-``open()`` subscribes (before the poll task starts), every later call happens inside
+``open()`` reads the cluster id from the broker metadata and subscribes (in one worker
+thread, before the poll task starts), every later call happens inside
 ``poll()`` (one worker thread at a time, from the input's poll task: consume, pause and
 resume, watermarks, commits) or inside the rebalance callbacks librdkafka runs from it,
 and ``aclose()`` closes after the poll task ended. Why: a librdkafka call can block behind
@@ -31,8 +32,16 @@ import trio
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
 from outlet.config import KafkaConfig
-from outlet.kafka_input import Chunk, CommitRequest, Polled, PollRequest, SourceHooks
+from outlet.kafka_input import (
+    Chunk,
+    ClusterIdError,
+    CommitRequest,
+    Polled,
+    PollRequest,
+    SourceHooks,
+)
 from outlet.kafka_link import BACKOFF, KafkaLink, quiet_connection_failures
+from outlet.logs import librdkafka_logger
 from outlet.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -40,6 +49,7 @@ log = logging.getLogger(__name__)
 LAG_EVERY = 1.0  # seconds between consumer-lag gauge refreshes
 # Consume errors that are connection failures: reported once per class by the link.
 LINK_ERRORS = frozenset({"_AUTHENTICATION", "_SSL", "_TRANSPORT"})
+CLUSTER_ID_TIMEOUT = 30.0  # seconds to get the cluster id at start-up
 
 
 def consumer_settings(cfg: KafkaConfig) -> dict[str, Any]:
@@ -97,6 +107,11 @@ class KafkaClient:
         self._lag_base: dict[int, int] = {}  # committed offset per partition
         self._last_lag = 0.0
         self.link = KafkaLink(cfg, metrics, assigned=lambda: bool(self._assigned))
+        self._cluster_id: str | None = None
+
+    @property
+    def cluster_id(self) -> str | None:
+        return self._cluster_id
 
     # -- lifecycle ------------------------------------------------------------------------
     async def open(self, hooks: SourceHooks) -> None:
@@ -107,11 +122,41 @@ class KafkaClient:
         settings = {**consumer_settings(self.cfg), "on_commit": self._on_commit,
                     "error_cb": self.link.on_error}
         self._consumer = self._factory(
-            settings, logger=quiet_connection_failures(logging.getLogger("librdkafka")))
+            settings, logger=quiet_connection_failures(librdkafka_logger()))
         self._paused = False
+        try:
+            self._cluster_id = self._read_cluster_id(CLUSTER_ID_TIMEOUT)
+        except ClusterIdError:
+            self._consumer.close()
+            self._consumer = None
+            raise
         self._consumer.subscribe(
             [self.cfg.topic], on_assign=self._assign_cb, on_revoke=self._revoke_cb
         )
+
+    def _read_cluster_id(self, timeout: float) -> str:
+        """The cluster id from the broker metadata, before anything is consumed.
+
+        Raises ClusterIdError, naming the brokers, when no broker answers within `timeout`
+        or the brokers report no id (Kafka before 0.10.1, some Kafka-compatible services).
+        """
+        brokers = ",".join(self.cfg.brokers)
+        try:
+            metadata = self._consumer.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            raise ClusterIdError(
+                f"cannot read the Kafka cluster id from kafka.brokers {brokers} within "
+                f"{timeout:g} s ({exc.args[0] if exc.args else exc}); the outlet scopes its "
+                "deduplication tokens with it and does not start without it"
+            ) from None
+        cluster_id = metadata.cluster_id
+        if not cluster_id:
+            raise ClusterIdError(
+                f"the Kafka brokers {brokers} report no cluster id (Kafka older than 0.10.1, "
+                "or a Kafka-compatible service without one); the outlet scopes its "
+                "deduplication tokens with it and does not start without it"
+            )
+        return str(cluster_id)
 
     async def aclose(self) -> None:
         """Leave the group (the revoke callback runs once more, stopping)."""

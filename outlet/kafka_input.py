@@ -44,6 +44,10 @@ POLL_WHILE_PAUSED = 0.5  # seconds between polls while paused (rebalances, commi
 COMMIT_ANSWER_TIMEOUT = 30.0  # seconds to wait for the broker's answer to a commit
 
 
+class ClusterIdError(RuntimeError):
+    """The Kafka cluster id (part of every deduplication token) cannot be determined."""
+
+
 @dataclass
 class Chunk:
     """Records from one poll, as parallel lists (cheap to build)."""
@@ -104,7 +108,14 @@ class RecordSource(Protocol):
     """The consumer: librdkafka (outlet/kafka_client.py) or a fake."""
 
     async def open(self, hooks: SourceHooks) -> None:
-        """Join the group (subscribe); rebalance callbacks then run inside polls."""
+        """Read the cluster id, then join the group (subscribe); rebalance callbacks then
+        run inside polls. Raises ClusterIdError, naming the brokers, when the id cannot be
+        read (nothing is consumed then)."""
+        ...
+
+    @property
+    def cluster_id(self) -> str | None:
+        """The Kafka cluster id from the broker metadata; known once open() returned."""
         ...
 
     async def poll(self, request: PollRequest) -> Polled: ...
@@ -193,7 +204,12 @@ class KafkaInput:
         self._forward_scope = trio.CancelScope()
 
     async def open(self) -> None:
+        """Raises ClusterIdError when the cluster id cannot be read (see RecordSource)."""
         await self._source.open(self)
+
+    @property
+    def cluster_id(self) -> str | None:
+        return self._source.cluster_id
 
     async def aclose(self) -> None:
         await self._source.aclose()

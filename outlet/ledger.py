@@ -1,4 +1,4 @@
-"""The batch ledger: offset ranges of sealed batches, written before any insert.
+"""The batch ledger: offset ranges and tokens of sealed batches, written before any insert.
 
 After a crash the outlet re-reads Kafka from the committed offsets. Without the
 ledger it would cut batches at other boundaries, so their deduplication tokens
@@ -7,9 +7,17 @@ and rows would be duplicated. With it, the outlet rebuilds exactly the batches i
 had sealed (same ranges, same tokens), as the ClickHouse Kafka Connect sink does
 with its state store, and ClickHouse drops the repeats.
 
-Format: one JSON object per line, fsynced per seal. A torn last line (SIGKILL
-mid-append) is ignored: that batch had not been inserted anywhere yet, because the
-seal is durable before its first insert starts.
+Format: one JSON object per line, fsynced per seal::
+
+    {"ranges": {"<partition>": [first, last], ...}, "token": "<deduplication token>"}
+
+The token is recorded as it was sent (outlet/tokens.py), so a batch is rebuilt under
+its original token even when the token format or the writer identity changed since.
+Lines without ``token`` were written by outlets before token version 2: their batches
+were sent with the version-1 token of their ranges, and are rebuilt with it.
+
+A torn last line (SIGKILL mid-append) is ignored: that batch had not been inserted
+anywhere yet, because the seal is durable before its first insert starts.
 
 ``BatchLedger`` is the interface the sealer (record) and the rebuild planner (pending)
 use; ``LocalLedger`` is that interface over the local file (``Ledger``, blocking I/O in
@@ -25,12 +33,13 @@ import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import trio
 
-from outlet.batch import Ranges
+from outlet.tokens import Ranges, make_token_v1, token_cluster_id
 
 RunSync = Callable[..., Awaitable[Any]]  # trio.to_thread.run_sync, or inline in tests
 
@@ -38,18 +47,32 @@ log = logging.getLogger(__name__)
 
 COMPACT_AFTER_LINES = 10_000
 
-# (ranges as sealed: the token, ranges still to rebuild), in seal order
-Pending = list[tuple[Ranges, Ranges]]
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One sealed batch: the records it holds and the token its inserts carry."""
+
+    ranges: Ranges
+    token: str
+
+
+# (the batch as sealed: ranges and token, ranges still to rebuild), in seal order
+Pending = list[tuple[LedgerEntry, Ranges]]
 
 
 class BatchLedger(Protocol):
     """Where the boundaries of sealed batches live until Kafka has their commit."""
 
-    async def record(self, ranges: Ranges) -> None:
+    async def record(self, ranges: Ranges, token: str) -> None:
         """Durably keep a sealed batch; returns before its first insert may start."""
         ...
 
-    def pending(self, committed: Mapping[int, int], partitions: set[int] | None = None) -> Pending:
+    def pending(
+        self,
+        committed: Mapping[int, int],
+        partitions: set[int] | None = None,
+        cluster_id: str | None = None,
+    ) -> Pending:
         """Batches with records past `committed` (see Ledger.pending)."""
         ...
 
@@ -76,55 +99,83 @@ class Ledger:
         self.topic = topic
         self._lock = threading.Lock()
         self._lines = 0
-        self._entries: list[Ranges] = self._read()
+        self._entries: list[LedgerEntry] = self._read()
         self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for appends
 
-    def _read(self) -> list[Ranges]:
+    def _read(self) -> list[LedgerEntry]:
         if not self.path.exists():
             return []
-        entries: list[Ranges] = []
+        entries: list[LedgerEntry] = []
         with open(self.path, "rb") as f:
             for raw in f:
                 try:
-                    obj = json.loads(raw)
-                    ranges = {int(p): (int(r[0]), int(r[1])) for p, r in obj["ranges"].items()}
-                except (ValueError, KeyError, TypeError, IndexError):
+                    entry = self._parse(json.loads(raw))
+                except (ValueError, KeyError, TypeError, IndexError, AttributeError):
                     log.warning("ledger %s: ignoring a torn or corrupt line", self.path)
                     continue
-                entries.append(ranges)
+                entries.append(entry)
                 self._lines += 1
         return entries
 
-    def pending(self, committed: Mapping[int, int], partitions: set[int] | None = None) -> Pending:
+    def _parse(self, obj: Any) -> LedgerEntry:
+        ranges = {int(p): (int(r[0]), int(r[1])) for p, r in obj["ranges"].items()}
+        if not ranges:
+            raise ValueError("no ranges")
+        token = obj.get("token")
+        if token is None:  # written before token version 2
+            token = make_token_v1(self.topic, ranges)
+        elif not isinstance(token, str) or not token:
+            raise TypeError("bad token")
+        return LedgerEntry(ranges, token)
+
+    def pending(
+        self,
+        committed: Mapping[int, int],
+        partitions: set[int] | None = None,
+        cluster_id: str | None = None,
+    ) -> Pending:
         """Recorded batches with records not yet committed, in seal order.
 
-        Returns (full ranges, ranges still to rebuild) pairs. Part of a batch can be
-        committed already (partitions commit independently): only the rest is re-read,
-        and it is rebuilt under the batch's original token, so a destination that stored
-        the batch drops the repeat and one that never did stores the part it lacks.
-        `partitions` restricts the result to ranges of partitions we own.
+        Returns (entry, ranges still to rebuild) pairs. Part of a batch can be committed
+        already (partitions commit independently): only the rest is re-read, and it is
+        rebuilt under the batch's original token, so a destination that stored the batch
+        drops the repeat and one that never did stores the part it lacks.
+        `partitions` restricts the result to ranges of partitions we own. With
+        `cluster_id`, batches sealed on another Kafka cluster (the brokers now report
+        another id: a re-created cluster, whose offsets hold other records) are left out:
+        rebuilt under their old tokens, different flows would be dropped as duplicates.
         """
         plans: Pending = []
+        foreign = 0
         with self._lock:
             entries = list(self._entries)
-        for ranges in entries:
+        for entry in entries:
+            sealed_on = token_cluster_id(entry.token)
+            if cluster_id is not None and sealed_on is not None and sealed_on != cluster_id:
+                foreign += 1
+                continue
             left = {
                 p: rng
-                for p, rng in ranges.items()
+                for p, rng in entry.ranges.items()
                 if rng[1] >= committed.get(p, -1) and (partitions is None or p in partitions)
             }
             if left:
-                plans.append((dict(ranges), left))
+                plans.append((entry, left))
+        if foreign:
+            log.warning(
+                "ledger %s: %d batch(es) were sealed on another Kafka cluster than %s; "
+                "they are not rebuilt", self.path, foreign, cluster_id,
+            )
         return plans
 
-    def record(self, ranges: Ranges) -> None:
+    def record(self, ranges: Ranges, token: str) -> None:
         """Durably append a sealed batch before it is inserted anywhere."""
-        line = json.dumps({"ranges": {str(p): list(r) for p, r in ranges.items()}})
+        entry = LedgerEntry(dict(ranges), token)
         with self._lock:
-            self._file.write(line.encode() + b"\n")
+            self._file.write(_line(entry))
             self._file.flush()
             os.fsync(self._file.fileno())
-            self._entries.append(dict(ranges))
+            self._entries.append(entry)
             self._lines += 1
 
     def compact(self, committed: Mapping[int, int]) -> None:
@@ -135,15 +186,14 @@ class Ledger:
 
     def _rewrite(self, committed: Mapping[int, int]) -> None:
         keep = [
-            r
-            for r in self._entries
-            if any(last >= committed.get(p, -1) for p, (_, last) in r.items())
+            e
+            for e in self._entries
+            if any(last >= committed.get(p, -1) for p, (_, last) in e.ranges.items())
         ]
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
-            for ranges in keep:
-                line = json.dumps({"ranges": {str(p): list(r) for p, r in ranges.items()}})
-                f.write(line.encode() + b"\n")
+            for entry in keep:
+                f.write(_line(entry))
             f.flush()
             os.fsync(f.fileno())
         self._file.close()
@@ -157,6 +207,11 @@ class Ledger:
             self._file.close()
 
 
+def _line(entry: LedgerEntry) -> bytes:
+    ranges = {str(p): list(r) for p, r in entry.ranges.items()}
+    return json.dumps({"ranges": ranges, "token": entry.token}).encode() + b"\n"
+
+
 class LocalLedger:
     """BatchLedger over the local file: its blocking calls run in worker threads."""
 
@@ -164,11 +219,16 @@ class LocalLedger:
         self.ledger = ledger
         self._run_sync = run_sync
 
-    async def record(self, ranges: Ranges) -> None:
-        await self._run_sync(self.ledger.record, ranges)
+    async def record(self, ranges: Ranges, token: str) -> None:
+        await self._run_sync(self.ledger.record, ranges, token)
 
-    def pending(self, committed: Mapping[int, int], partitions: set[int] | None = None) -> Pending:
-        return self.ledger.pending(committed, partitions)
+    def pending(
+        self,
+        committed: Mapping[int, int],
+        partitions: set[int] | None = None,
+        cluster_id: str | None = None,
+    ) -> Pending:
+        return self.ledger.pending(committed, partitions, cluster_id)
 
     async def compact(self, committed: Mapping[int, int]) -> None:
         await self._run_sync(self.ledger.compact, dict(committed))

@@ -7,6 +7,45 @@ import logging
 import sys
 import time
 
+# Lines the HTTP transport logs for a failure that the destination reports itself, once per
+# attempt with its cause (outlet/outage.py): urllib3's own connect retry and
+# clickhouse-connect's notice before it raises.
+TRANSPORT_DUPLICATES = (
+    ("urllib3.connectionpool", "Retrying ("),
+    ("clickhouse_connect.driver", "Unexpected Http Driver Exception"),
+)
+
+
+def drop_transport_duplicates(record: logging.LogRecord) -> bool:
+    """Handler filter (records from child loggers skip their parents' filters)."""
+    return not any(record.name.startswith(name) and str(record.msg).startswith(text)
+                   for name, text in TRANSPORT_DUPLICATES)
+
+
+# Conditions librdkafka reports at warning level while it retries them by itself (a broker
+# still loading its group coordinator after a start, a coordinator moving): information
+# for us, not something an operator must act on.
+LIBRDKAFKA_TRANSIENT = ("Coordinator load in progress", "Coordinator not available",
+                        "Not coordinator")
+
+
+def _librdkafka_level(record: logging.LogRecord) -> bool:
+    if record.levelno == logging.WARNING and any(
+            text in record.getMessage() for text in LIBRDKAFKA_TRANSIENT):
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+    return True
+
+
+def librdkafka_logger(name: str = "librdkafka") -> logging.Logger:
+    """The logger to hand to a confluent-kafka client (``logger=``): librdkafka's lines go
+    through our handlers and format at their syslog level (transient retries at info)
+    instead of raw ``%4|...|`` lines on stderr."""
+    logger = logging.getLogger(name)
+    if _librdkafka_level not in logger.filters:
+        logger.addFilter(_librdkafka_level)
+    return logger
+
 
 class JSONFormatter(logging.Formatter):
     """Structured lines for log shippers (time, level, logger, message, exc)."""
@@ -26,6 +65,7 @@ class JSONFormatter(logging.Formatter):
 
 def setup_logging(level: str = "info", fmt: str = "human") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(drop_transport_duplicates)
     if fmt == "json":
         handler.setFormatter(JSONFormatter())
     else:
@@ -33,5 +73,8 @@ def setup_logging(level: str = "info", fmt: str = "human") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("hypercorn.error", "urllib3", "clickhouse_connect"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("hypercorn.error").setLevel(max(logging.WARNING, root.level))
+    # Their warnings repeat each failed request (every probe of a dead destination); the
+    # destination logs every failure itself, with its kind, attempt and server.
+    for noisy in ("urllib3", "clickhouse_connect"):
+        logging.getLogger(noisy).setLevel(max(logging.ERROR, root.level))

@@ -1,12 +1,14 @@
 """Every metric the outlet exports, in one place (names are part of our interface).
 
 Each outlet instance owns a registry so that tests can run several outlets in one
-process without their counters bleeding into each other.
+process without their counters bleeding into each other. The registry also carries the
+standard ``process_*`` metrics (CPU, memory): CPU per flow is the outlet's capacity signal
+(docs/operations.md).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 PREFIX = "outlet"
 
@@ -52,9 +54,17 @@ DESTINATION_TLS_RELOADS_TOTAL = "outlet_destination_tls_reloads_total"
 TLS_CLIENT_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS = (
     "outlet_tls_client_certificate_expiry_timestamp_seconds"
 )
+# deduplication the servers did (outlet/dedup_audit.py), label attempt: first | repeat
+DESTINATION_DEDUPLICATED_BATCHES_TOTAL = "outlet_destination_deduplicated_batches_total"
+DESTINATION_DEDUPLICATED_FLOWS_TOTAL = "outlet_destination_deduplicated_flows_total"
+DESTINATION_DEDUPLICATION_PENDING_BATCHES = "outlet_destination_deduplication_pending_batches"
+DESTINATION_DEDUPLICATION_UNVERIFIED_BATCHES_TOTAL = (
+    "outlet_destination_deduplication_unverified_batches_total"
+)
 # spool and circuit breaker (additional destinations)
 SPOOL_BYTES = "outlet_spool_bytes"
 SPOOL_BATCHES = "outlet_spool_batches"
+SPOOL_MAX_BYTES = "outlet_spool_max_bytes"
 SPOOL_OLDEST_AGE_SECONDS = "outlet_spool_oldest_age_seconds"
 SPOOL_APPENDED_FLOWS_TOTAL = "outlet_spool_appended_flows_total"
 SPOOL_APPENDED_BATCHES_TOTAL = "outlet_spool_appended_batches_total"
@@ -78,6 +88,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
         # configuration from an orchestrator: see enable_config_refresh
         self.config_last_refresh: Gauge | None = None
         self.config_refresh_errors: Counter | None = None
@@ -198,6 +209,33 @@ class Metrics:
             ["destination", "reason"],
             registry=r,
         )
+        # deduplication seen by the server (outlet/dedup_audit.py); attempt: first | repeat
+        self.dest_dedup_batches = Counter(
+            DESTINATION_DEDUPLICATED_BATCHES_TOTAL,
+            "Inserts the server deduplicated (first: a collision or foreign writer; "
+            "repeat: a retry, rebuild or replay, as intended).",
+            ["destination", "attempt"],
+            registry=r,
+        )
+        self.dest_dedup_flows = Counter(
+            DESTINATION_DEDUPLICATED_FLOWS_TOTAL,
+            "Flows the server dropped as duplicates, by attempt (first | repeat).",
+            ["destination", "attempt"],
+            registry=r,
+        )
+        self.dest_dedup_unverified = Counter(
+            DESTINATION_DEDUPLICATION_UNVERIFIED_BATCHES_TOTAL,
+            "Inserts whose outcome the server's part/query logs never showed (logs off or "
+            "not readable): deduplication on them is not counted.",
+            d,
+            registry=r,
+        )
+        self.dest_dedup_pending = Gauge(
+            DESTINATION_DEDUPLICATION_PENDING_BATCHES,
+            "Inserts whose outcome the deduplication audit has not read back yet.",
+            d,
+            registry=r,
+        )
         self.dest_queued = Gauge(
             DESTINATION_QUEUED_BATCHES,
             "Encoded batches waiting for this destination.",
@@ -225,6 +263,9 @@ class Metrics:
         # spool and circuit breaker (additional destinations)
         self.spool_bytes = Gauge(
             SPOOL_BYTES, "Bytes of batches waiting in the on-disk spool.", d, registry=r
+        )
+        self.spool_max_bytes = Gauge(
+            SPOOL_MAX_BYTES, "Configured spool capacity (spool.max-bytes).", d, registry=r
         )
         self.spool_batches = Gauge(
             SPOOL_BATCHES, "Batches waiting in the on-disk spool.", d, registry=r

@@ -18,6 +18,7 @@ destinations drain within the grace period, commit, close.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import signal
@@ -42,6 +43,7 @@ from outlet.ledger import BatchLedger, Ledger, LocalLedger, RunSync
 from outlet.metrics import Metrics
 from outlet.sealer import BatchEncoder, Encoder, Sealer
 from outlet.spool import Spool
+from outlet.tokens import WriterIdentity
 from outlet.writer import ClickHouseWriter, TLSMetrics, Writer
 
 if TYPE_CHECKING:
@@ -129,12 +131,14 @@ class Rebalance:
         ledger: BatchLedger,
         grace_period: float,
         state: RunState,
+        identity: WriterIdentity,
     ) -> None:
         self.batcher = batcher
         self.committer = committer
         self.ledger = ledger
         self.grace_period = grace_period
         self.state = state
+        self.identity = identity
 
     def assigned(self, partitions: set[int], committed: dict[int, int]) -> None:
         """Plan the rebuild of batches sealed before and not committed.
@@ -143,9 +147,10 @@ class Rebalance:
         assignment (session timeout): the re-read records go into batches with the
         original boundaries and tokens, so destinations deduplicate them. Plans are
         reserved with the commit tracker now, before any new batch of those partitions,
-        so the commit watermark cannot pass them while they are rebuilt.
+        so the commit watermark cannot pass them while they are rebuilt. Batches sealed
+        on another Kafka cluster (a re-created one) are not rebuilt (see Ledger.pending).
         """
-        pending = self.ledger.pending(committed, partitions)
+        pending = self.ledger.pending(committed, partitions, self.identity.cluster_id)
         plans = self.batcher.plan_rebuilds(partitions, pending)
         for plan in plans:
             self.committer.reserve(plan.seq, plan.ranges)
@@ -210,7 +215,10 @@ class Outlet:
         dest_cfgs = cfg.destinations()
         committer = Committer((d.name for d in dest_cfgs), ledger, metrics)
         destinations = [self._destination(d, committer, stack) for d in dest_cfgs]
-        sealer = Sealer(cfg.kafka.topic, ledger, encoder, FanOut(destinations, committer), metrics)
+        identity = WriterIdentity(alias=cfg.kafka.cluster_identity)
+        sealer = Sealer(
+            cfg.kafka.topic, ledger, encoder, FanOut(destinations, committer), metrics, identity
+        )
         batch = cfg.clickhouse
         batcher = Batcher(
             batch.maximum_batch_size,
@@ -218,12 +226,26 @@ class Outlet:
             sealer.seal,
             batch.maximum_flows_per_record,
         )
-        rebalance = Rebalance(batcher, committer, ledger, batch.grace_period, self.state)
+        rebalance = Rebalance(batcher, committer, ledger, batch.grace_period, self.state, identity)
         kafka = KafkaInput(cfg.kafka, metrics, b.source(cfg.kafka, metrics), rebalance)
         stack.push_async_callback(kafka.aclose)
-        await kafka.open()
+        await kafka.open()  # ClusterIdError: the outlet does not start
+        self._scope_tokens(identity, kafka.cluster_id)
         channel = trio.open_memory_channel[Chunk](cfg.kafka.queue_size)
         return Parts(kafka, batcher, committer, destinations, channel)
+
+    def _scope_tokens(self, identity: WriterIdentity, cluster_id: str | None) -> None:
+        """Every token names the Kafka cluster; known before the first record is read
+        (rebalance callbacks, hence reads, only run inside polls, after open)."""
+        if not cluster_id:
+            raise RuntimeError("the record source opened without a Kafka cluster id")
+        identity.cluster_id = cluster_id
+        alias = self.cfg.kafka.cluster_identity
+        log.info(
+            "deduplication tokens scoped to Kafka cluster %s%s (token identity %s)",
+            cluster_id, f" + cluster-identity {alias}" if alias else "",
+            identity.token_identity,
+        )
 
     def _destination(
         self, cfg: DestinationConfig, committer: Committer, stack: contextlib.AsyncExitStack
@@ -233,6 +255,15 @@ class Outlet:
         writer = b.writer(cfg.connection)
         stack.push_async_callback(writer.aclose)
         tls.follow(writer)
+        audit_writer = b.writer(cfg.connection)  # the deduplication audit's queries
+        stack.push_async_callback(audit_writer.aclose)
+        tls.follow(audit_writer)
+        probe: Writer | None = None
+        if cfg.connection.max_retries > 0:  # gated: the circuit's probes (SELECT 1)
+            conn = cfg.connection
+            probe = b.writer(dataclasses.replace(conn, insert_timeout=conn.dial_timeout))
+            stack.push_async_callback(probe.aclose)
+            tls.follow(probe)
         fallback: Fallback
         if cfg.spool.enable and cfg.connection.max_retries > 0:
             spool = Spool(cfg.spool, cfg.name)
@@ -243,7 +274,10 @@ class Outlet:
             fallback = SpoolLane(cfg, self.metrics, spool, replay, committer.settled, b.disk)
         else:
             fallback = GiveUp(cfg.name, self.metrics, committer.settled)
-        return Destination(cfg, self.metrics, writer, fallback, committer.settled)
+        return Destination(
+            cfg, self.metrics, writer, fallback, committer.settled,
+            probe=probe, audit_writer=audit_writer,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

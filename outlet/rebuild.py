@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from outlet.batch import Ranges, RebuildPlan
+from outlet.batch import RebuildPlan
+from outlet.ledger import LedgerEntry
+from outlet.tokens import Ranges
 
 
 class Rebuilds:
@@ -31,21 +33,21 @@ class Rebuilds:
     def assign(
         self,
         partitions: set[int],
-        pending: Iterable[tuple[Ranges, Ranges]],
+        pending: Iterable[tuple[LedgerEntry, Ranges]],
         ids: Iterator[int],
     ) -> list[RebuildPlan]:
-        """Partitions assigned: plan (full ranges, ranges left) ledger entries not yet open.
+        """Partitions assigned: plan (entry, ranges left) ledger entries not yet open.
 
         A batch already being rebuilt (a second assignment before it completed) is not
         planned twice.
         """
         self.assigned |= partitions
-        active = [p.token_ranges for p in self.plans]
+        active = {p.token for p in self.plans}
         added: list[RebuildPlan] = []
-        for full, left in pending:
-            if full in active:
+        for entry, left in pending:
+            if entry.token in active:
                 continue
-            plan = RebuildPlan(ranges=left, token_ranges=full, seq=next(ids))
+            plan = RebuildPlan(ranges=left, token=entry.token, seq=next(ids))
             self.plans.append(plan)
             added.append(plan)
         return added

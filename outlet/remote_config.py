@@ -40,7 +40,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from outlet.config import ConfigError, OutletConfig, parse_config, parse_duration, read_yaml
+from outlet.config import (
+    MAX_CONFIG_BYTES,
+    ConfigError,
+    OutletConfig,
+    parse_config,
+    parse_duration,
+    read_yaml,
+    too_big,
+)
+from outlet.confspec import show
 
 if TYPE_CHECKING:
     from outlet.metrics import Metrics
@@ -72,10 +81,10 @@ class RemoteSource:
     @classmethod
     def parse(cls, text: str) -> RemoteSource:
         parts = urlsplit(text)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError([f"not an http(s) URL: {text!r}"])
-        if parts.username or parts.password:
+        if "@" in parts.netloc:  # checked first: the URL is never echoed with credentials
             raise ConfigError(["the orchestrator URL must not hold credentials (use a token)"])
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError([f"not an http(s) URL: {show(text)}"])
         fragment = parts.fragment or "0"
         if not fragment.isdigit():
             raise ConfigError([f"{text}: the fragment must be an outlet index (#0, #1, ...)"])
@@ -145,9 +154,9 @@ class RemoteConfig:
         try:
             with urllib.request.urlopen(request, timeout=self._timeout, context=self._context) as r:
                 ctype = r.headers.get_content_type()
-                body, new_etag = r.read(), r.headers.get("ETag", "")
+                body, new_etag = r.read(MAX_CONFIG_BYTES + 1), r.headers.get("ETag", "")
         except urllib.error.HTTPError as e:
-            raise self._http_error(e.code, _message(e.read())) from None
+            raise self._http_error(e.code, _message(e.read(65536))) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             if isinstance(reason, ssl.SSLError):
@@ -155,6 +164,8 @@ class RemoteConfig:
             raise FetchError("unreachable", f"{self.source.url}: {reason}", False) from None
         if ctype not in YAML_TYPES:
             raise FetchError("invalid", f"{self.source.url} answered {ctype}, not YAML", True)
+        if len(body) > MAX_CONFIG_BYTES:
+            raise FetchError("invalid", f"{self.source.url}: {too_big(None)}", True)
         text = body.decode("utf-8", errors="replace")
         return Fetched(self._validate(text, self.source.text), text, new_etag, time.time())
 

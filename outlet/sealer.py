@@ -1,9 +1,11 @@
 """The sealer: makes a cut batch durable and identified, encodes it once, fans it out.
 
-``Sealer(topic, ledger, encoder, fan_out, metrics)``, for each cut, in order:
+``Sealer(topic, ledger, encoder, fan_out, metrics, identity)``, for each cut, in order:
 
-1. the batch's offset ranges go to the ledger (durable before any insert may start), so a
-   restart rebuilds the same batch under the same token; a rebuild is already there;
+1. the batch gets its deduplication token (outlet/tokens.py: the writer identity, topic
+   and offset ranges; a rebuild keeps the token recorded in the ledger), and its ranges and
+   token go to the ledger (durable before any insert may start), so a restart rebuilds the
+   same batch under the same token; a rebuild is already there;
 2. the encoder decodes, enriches and encodes the records once (outlet/codec.py, in a
    worker thread), compressed once if configured;
 3. the encoded batch goes to ``fan_out`` (every destination's queue).
@@ -34,6 +36,7 @@ from outlet.codec import BAD_REASONS, CodecError, EncodedBatch, FlowCodec
 from outlet.ledger import BatchLedger
 from outlet.metrics import Metrics
 from outlet.retry import RetryPolicy
+from outlet.tokens import WriterIdentity, make_token
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +93,11 @@ class Sealer:
         encoder: Encoder,
         fan_out: FanOut,
         metrics: Metrics,
+        identity: WriterIdentity,
         codec_retry: RetryPolicy = CODEC_RETRY,
     ) -> None:
         self.topic = topic
+        self.identity = identity
         self.ledger = ledger
         self.encoder = encoder
         self.fan_out = fan_out
@@ -113,13 +118,17 @@ class Sealer:
             ranges=dict(cut.ranges),
             records=tuple(cut.records),
             reason=cut.reason,
-            token_ranges=plan.token_ranges if plan is not None else None,
+            token=(
+                plan.token
+                if plan is not None
+                else make_token(self.identity.token_identity, self.topic, cut.ranges)
+            ),
         )
         if not batch.records:  # a rebuild with nothing left to collect: settle it only
             await self.fan_out(EncodedJob(batch.seq, batch.token, b"", 0, batch.ranges))
             return
         if plan is None:
-            await self.ledger.record(batch.ranges)
+            await self.ledger.record(batch.ranges, batch.token)
         self.metrics.batches_sealed.labels(batch.reason).inc()
         encoded = await self._encode(batch)
         self._count_bad(encoded.bad_reasons)
@@ -131,6 +140,7 @@ class Sealer:
             native=encoded.native,
             rows=encoded.rows,
             ranges=batch.ranges,
+            repeat=plan is not None,
         )
         await self.fan_out(job)
 

@@ -1,11 +1,10 @@
-"""TLS files of a link (``ca-file``, ``cert-file``, ``key-file``): what can be checked
-without connecting, the client SSL context built from them, and their rotation.
+"""TLS files of a link (``ca-file``, ``cert-file``, ``key-file``): their expiry, the client
+SSL context built from them, and their rotation.
 
-Static checks (:func:`file_problems`, run by the config's validation, so ``check-config``
-and ``run`` both refuse): a file that cannot be read, a CA or certificate file without a
-PEM certificate, a key file without a PEM private key (or an encrypted one: there is no
-key password setting), a key that does not belong to the certificate. These can never
-work, so they are errors.
+The static checks (a file that holds no certificate, an encrypted key, a key that does not
+match the certificate) are the configuration's (``outlet.config._check_tls_files``, so
+``check-config`` and ``run`` both refuse); this module reads the same files again when
+they are rotated.
 
 Expiry (:func:`file_warnings`): a client certificate that has expired, is not valid yet,
 or expires within :data:`EXPIRY_WARNING` is a *warning*, not an error: refusing to start
@@ -25,7 +24,6 @@ import datetime as dt
 import logging
 import os
 import ssl
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,23 +113,6 @@ def check_ca_file(ca_file: str) -> None:
     _certificates("ca-file", ca_file, _read("ca-file", ca_file))
 
 
-def file_problems(ca_file: str | None, cert_file: str | None, key_file: str | None
-                  ) -> list[tuple[str, str]]:
-    """Static problems of a link's TLS files, as (setting, message)."""
-    problems: list[tuple[str, str]] = []
-    checks: list[Callable[[], object]] = []
-    if ca_file:
-        checks.append(lambda: check_ca_file(ca_file))
-    if cert_file:
-        checks.append(lambda: load_client_certificate(cert_file, key_file))
-    for check in checks:
-        try:
-            check()
-        except TLSFileError as e:
-            problems.append((e.key, e.message))
-    return problems
-
-
 def expiry_warning(cert: ClientCertificate, path: str, now: dt.datetime | None = None
                    ) -> str | None:
     """Why this client certificate will be refused (or soon), None when it is fine."""
@@ -156,7 +137,7 @@ def file_warnings(cert_file: str | None, key_file: str | None,
     try:
         cert = load_client_certificate(cert_file, key_file)
     except TLSFileError:
-        return []  # an error, reported by file_problems
+        return []  # an error, reported by the configuration's checks
     warning = expiry_warning(cert, cert_file, now)
     return [("cert-file", warning)] if warning else []
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -32,6 +34,14 @@ log = logging.getLogger(__name__)
 PROBE_EVERY = 30.0  # seconds between diagnostic TLS handshakes of one writer to one server
 
 
+@dataclass(frozen=True)
+class InsertResult:
+    """What one successful insert attempt reported."""
+
+    comment: str  # its log_comment (and query_id): finds it in the server's logs
+    written_rows: int  # X-ClickHouse-Summary: rows sent, deduplicated or not
+
+
 class Writer(Protocol):
     """Inserts encoded batches into one destination (any server of it)."""
 
@@ -40,11 +50,21 @@ class Writer(Protocol):
         """The server the next insert goes to (for logs)."""
         ...
 
-    async def write(self, job: EncodedJob) -> int:
-        """Insert the batch under its deduplication token; rows written, as reported.
+    async def write(self, job: EncodedJob) -> InsertResult:
+        """Insert the batch under its deduplication token.
 
-        Raises on failure; outlet/retry.py classifies the exception.
+        Raises on failure; outlet/retry.py classifies the exception. The result's
+        ``comment`` names the attempt in the server's logs (outlet/dedup_audit.py).
         """
+        ...
+
+    async def ping(self) -> None:
+        """A query that costs the server nothing but needs the link and the credentials
+        (the circuit breaker's probe). Raises on failure, as write does."""
+        ...
+
+    async def query(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """A read query's rows (the deduplication audit's)."""
         ...
 
     def redact(self, text: str) -> str:
@@ -66,7 +86,8 @@ class ClickHouseWriter:
     Several servers mean failover in order: a connection failure moves to the next.
 
     HTTPS uses a connection pool of ours whose SSL context is built from the link's TLS
-    files (outlet/tlsfiles.py): before each insert the files are checked, and when they
+    files (outlet/tlsfiles.py): before each request (insert, probe, audit query) the files
+    are checked, and when they
     changed (rotation) and load, the clients are rebuilt so that the next insert
     connects with them. A client certificate is only the transport's: the user still
     authenticates with username and password (given a client certificate,
@@ -149,15 +170,27 @@ class ClickHouseWriter:
             cached = self._probed[self.server] = (now, found)
         return cached[1] or failure
 
-    async def write(self, job: EncodedJob) -> int:
+    async def write(self, job: EncodedJob) -> InsertResult:
         return await trio.to_thread.run_sync(self.insert, job, abandon_on_cancel=True)
 
-    def insert(self, job: EncodedJob) -> int:
-        """Insert one encoded batch (blocking); rows written as reported by the server."""
-        self._follow_rotation()
-        try:
-            client = self.client()
-            summary = client.raw_insert(
+    async def ping(self) -> None:
+        await trio.to_thread.run_sync(self.ping_sync, abandon_on_cancel=True)
+
+    async def query(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = await trio.to_thread.run_sync(
+            self.query_sync, sql, parameters, abandon_on_cancel=True
+        )
+        return rows
+
+    def insert(self, job: EncodedJob) -> InsertResult:
+        """Insert one encoded batch under its deduplication token (blocking).
+
+        Each attempt gets a unique ``log_comment`` (also its ``query_id``), which finds it
+        in ``system.query_log`` and its parts in ``system.part_log``.
+        """
+        comment = f"outlet-{uuid.uuid4().hex}"
+        summary = self._call(
+            lambda client: client.raw_insert(
                 f"{self.conn.database}.{schema.TABLE}",
                 column_names=schema.COLUMN_NAMES,
                 insert_block=job.native,
@@ -165,10 +198,29 @@ class ClickHouseWriter:
                     **schema.INSERT_SETTINGS,
                     "insert_deduplication_token": job.token,
                     "insert_deduplicate": 1,
+                    "log_comment": comment,
+                    "query_id": comment,
                 },
                 fmt="Native",
                 compression=job.compression,
             )
+        )
+        written = getattr(summary, "written_rows", None)
+        return InsertResult(comment, int(written) if written is not None else job.rows)
+
+    def ping_sync(self) -> None:
+        self._call(lambda client: client.command("SELECT 1"))
+
+    def query_sync(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = self._call(
+            lambda client: client.query(sql, parameters=parameters).result_rows
+        )
+        return rows
+
+    def _call(self, fn: Callable[[Any], Any]) -> Any:
+        self._follow_rotation()
+        try:
+            return fn(self.client())
         except Exception as exc:
             tls_failure = self._tls_failure(exc)
             failure = classify(lf.LinkError(tls_failure) if tls_failure else exc)
@@ -178,8 +230,6 @@ class ClickHouseWriter:
             if tls_failure is not None:
                 raise lf.LinkError(tls_failure) from exc
             raise
-        written = getattr(summary, "written_rows", None)
-        return int(written) if written is not None else job.rows
 
     def _drop_client(self, url: str | None = None) -> None:
         url = url or self.server

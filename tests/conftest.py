@@ -6,6 +6,10 @@ it at the end. Tests marked `stack` (or asking for the `stack` fixture) get it. 
 marked `secure` is collected, the session's stack has the secure listeners
 (teststack/secure.py; a running STACK_DIR stack without them is not reused): a run that
 selects none does not pay for their start.
+
+The multi-dc stack (`multi_dc_stack`: two Kafkas, local-a, local-b, central) is started
+only by the tests that ask for it; MULTI_DC_STACK_DIR reuses a running one (`make up
+TOPOLOGY=multi-dc`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from teststack import prometheus as prom
 from teststack import stack as stk
 
 SECURE_STACK = pytest.StashKey[bool]()
@@ -23,7 +28,8 @@ SECURE_STACK = pytest.StashKey[bool]()
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        needs_stack = "stack" in getattr(item, "fixturenames", ()) or item.get_closest_marker(
+        names = getattr(item, "fixturenames", ())
+        needs_stack = "stack" in names or "multi_dc_stack" in names or item.get_closest_marker(
             "secure")
         if needs_stack and not item.get_closest_marker("stack"):
             item.add_marker(pytest.mark.stack)
@@ -56,9 +62,40 @@ def stack(
         assert not leftovers, f"could not stop: {leftovers}"
 
 
+@pytest.fixture(scope="session")
+def multi_dc_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stk.MultiDCEndpoints]:
+    env_dir = os.environ.get("MULTI_DC_STACK_DIR")
+    if env_dir and stk.is_healthy(env_dir, stk.MULTI_DC):
+        yield stk.MultiDCEndpoints.load(env_dir)
+        return
+    sdir: Path = tmp_path_factory.mktemp("multi-dc-stack")
+    timings: dict[str, float] = {}
+    try:
+        endpoints = stk.start_multi_dc_stack(sdir, timings=timings)
+    except stk.StackError as e:
+        pytest.fail(f"multi-dc stack start failed: {e}\n{e.log_tail(40)}", pytrace=False)
+    print(f"\nmulti-dc stack started in {timings.get('total', 0):.1f} s ({sdir})")
+    try:
+        yield endpoints
+    finally:
+        leftovers = stk.stop_stack(sdir)
+        assert not leftovers, f"could not stop: {leftovers}"
+
+
+@pytest.fixture(scope="session")
+def prometheus(stack: stk.Endpoints) -> prom.Prometheus:
+    """The session stack's Prometheus (teststack/prometheus.py), stopped with the stack."""
+    try:
+        return prom.start(stack.stack_dir)
+    except stk.StackError as e:
+        pytest.fail(f"prometheus start failed: {e}\n{e.log_tail(20)}", pytrace=False)
+
+
 @pytest.fixture(autouse=True)
 def _stack_for_marked_tests(request: pytest.FixtureRequest) -> None:
-    if request.node.get_closest_marker("stack") is not None:
+    # Tests on the multi-dc stack do not need the single-dc one as well.
+    if (request.node.get_closest_marker("stack") is not None
+            and "multi_dc_stack" not in request.fixturenames):
         request.getfixturevalue("stack")
 
 

@@ -18,6 +18,15 @@ Design notes (measured, see the report in the project notes):
 - INSERT bodies are de-chunked and decompressed incrementally, the ``... FORMAT <name>``
   statement is split off and the data is streamed into ``send_insert`` in large pieces:
   no per-row Python, constant memory.
+- ``X-ClickHouse-Summary`` carries what the engine reports. For a deduplicated insert that
+  is ``written_rows`` = the rows sent, exactly like a ClickHouse server (the engine counts
+  rows as they enter the insert pipeline, before the table drops a duplicate part), so a
+  client cannot tell a deduplicated insert from its response. The engine's logs can, as
+  on a server with its default configuration: ``system.query_log`` (each query, with its
+  ``log_comment`` setting) and ``system.part_log`` (a ``NewPart`` row per part, error 389
+  when deduplicated), flushed every second here (servers default to 7.5 s), kept a day.
+  The HTTP ``query_id`` parameter only names the response (chDB cannot take a query id):
+  clients find their queries in the logs by ``log_comment``.
 """
 
 from __future__ import annotations
@@ -264,6 +273,25 @@ class Session:
     busy: int = 0
 
 
+# Server configuration handed to the engine: the query and part logs a ClickHouse server
+# keeps by default (the outlet reads them to count deduplicated inserts), kept one day.
+ENGINE_CONFIG = """<clickhouse>
+  <query_log>
+    <database>system</database>
+    <table>query_log</table>
+    <flush_interval_milliseconds>1000</flush_interval_milliseconds>
+    <ttl>event_date + INTERVAL 1 DAY DELETE</ttl>
+  </query_log>
+  <part_log>
+    <database>system</database>
+    <table>part_log</table>
+    <flush_interval_milliseconds>1000</flush_interval_milliseconds>
+    <ttl>event_date + INTERVAL 1 DAY DELETE</ttl>
+  </part_log>
+</clickhouse>
+"""
+
+
 class Engine:
     """Owns the chDB data path: a pool of connections and the named sessions."""
 
@@ -272,7 +300,11 @@ class Engine:
     def __init__(self, path: str) -> None:
         from chdb.state import sqlitelike
 
-        self._connect: Callable[[], Any] = lambda: sqlitelike.Connection(path)
+        config = os.path.join(path, "chserver-config.xml")
+        with open(config, "w") as f:
+            f.write(ENGINE_CONFIG)
+        uri = f"{path}?config-file={config}"
+        self._connect: Callable[[], Any] = lambda: sqlitelike.Connection(uri)
         self._mu = threading.Lock()
         self._idle: list[EngineConn] = []
         self._sessions: dict[str, Session] = {}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import ssl
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from teststack.outlet_proc import OutletProcess
+from teststack.outlet_proc import OutletProcess, stop_process
 from teststack.promtext import parse_metrics
 from teststack.stack import ClickHouseEndpoints
 
@@ -113,16 +112,7 @@ class OrchestratorProcess:
         raise TimeoutError(f"migrations not done in {timeout}s:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 20) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        return int(self.proc.returncode)
+        return 0 if self.proc is None else stop_process(self.proc, timeout)
 
     def log_text(self) -> str:
         try:

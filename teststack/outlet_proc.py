@@ -7,7 +7,9 @@ each ClickHouse or Kafka).
 
 from __future__ import annotations
 
+import copy
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,8 +22,10 @@ from typing import Any
 
 import yaml
 
-from outlet.config import PRIMARY_NAME
+from outlet.config import PRIMARY_NAME, OutletConfig
+from outlet.confspec import locate, secret_paths
 from teststack.chserver_proc import free_port as free_port  # re-exported for the harnesses
+from teststack.prometheus import ScrapeTargets
 from teststack.promtext import Scrape, metric_value, parse_metrics
 from teststack.stack import Endpoints
 
@@ -50,9 +54,10 @@ def outlet_config(
     database: str = "flows",
     additional_extra: dict[str, Any] | None = None,
     grace_period: str = "30s",
-    compression: str = "none",
+    compression: str | None = None,
 ) -> dict[str, Any]:
-    """An outlet config dict: the first destination is the primary."""
+    """An outlet config dict: the first destination is the primary. ``compression``
+    None keeps the outlet's default (``clickhouse.compression``)."""
 
     def connection(name: str, max_retries: int) -> dict[str, Any]:
         ch = ep.clickhouse[name]
@@ -80,7 +85,7 @@ def outlet_config(
             "maximum-batch-size": batch_size,
             "maximum-wait-time": wait_time,
             "grace-period": grace_period,
-            "compression": compression,
+            **({"compression": compression} if compression is not None else {}),
         },
         "http": {"listen": f"127.0.0.1:{http_port}"},
         "state": {"path": state_path},
@@ -105,6 +110,19 @@ def outlet_config(
     return cfg
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM a process started in its own session, wait ``timeout``, then SIGKILL its
+    group; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    return int(proc.returncode)
+
+
 @dataclass
 class OutletProcess:
     """One outlet subprocess with its config file, state dir and log."""
@@ -116,6 +134,9 @@ class OutletProcess:
     restarts: int = 0
     env: dict[str, str] = field(default_factory=dict)
     split_output: bool = False  # stdout to <name>.stdout, stderr (the log) to <name>.log
+    # The stack's Prometheus scrapes the outlet while it runs: registered on start, removed
+    # on a graceful stop, kept on a kill (a crash is what OutletDown is for).
+    scrape_targets: ScrapeTargets | None = None
 
     @property
     def config_path(self) -> Path:
@@ -138,10 +159,10 @@ class OutletProcess:
 
     def start(self, wait_ready: bool = True, timeout: float = 60) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        secrets = write_config(self.config_path, self.config)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         out = open(self.stdout_path, "ab") if self.split_output else log  # noqa: SIM115
-        env = dict(os.environ, **self.env)
+        env = dict(os.environ, **self.env, **secrets)
         self.proc = subprocess.Popen(
             self.command(),
             stdout=out,
@@ -153,6 +174,8 @@ class OutletProcess:
         out.close()
         if wait_ready:
             self.wait_http(timeout)
+        if self.scrape_targets is not None:
+            self.scrape_targets.add(self.name, str(self.config["http"]["listen"]))
 
     def wait_http(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -203,16 +226,9 @@ class OutletProcess:
 
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM and wait: the graceful case. Returns the exit code."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        return int(self.proc.returncode)
+        if self.scrape_targets is not None:
+            self.scrape_targets.remove(self.name)
+        return 0 if self.proc is None else stop_process(self.proc, timeout)
 
     def restart(self, graceful: bool = True) -> None:
         if graceful:
@@ -229,9 +245,39 @@ class OutletProcess:
             return "(no log)"
 
 
-def apply_schema(config_path: Path) -> None:
-    """`outlet schema apply` as a subprocess (the same path users take)."""
+def apply_schema(config_path: Path, env: dict[str, str] | None = None) -> None:
+    """`outlet schema apply` as a subprocess (the same path users take); ``env``: what
+    :func:`write_config` returned for the file."""
     subprocess.run(
         [sys.executable, "-m", "outlet.cli", "schema", "apply", "--config", str(config_path)],
-        check=True,
+        check=True, env=dict(os.environ, **(env or {})),
     )
+
+
+def without_secrets(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """A copy of an outlet config whose secret values (every path the outlet declares
+    secret) are ``${OUTLET_SECRET_...}`` placeholders, and the environment that sets them:
+    a config file written into a run's report directory then holds no password."""
+    document = copy.deepcopy(config)
+    env: dict[str, str] = {}
+    for secret in secret_paths(OutletConfig):
+        if secret.kind != "value":
+            continue
+        for path, node, key in locate(document, secret.path):
+            value = node[key]
+            if isinstance(value, str) and value and not _PLACEHOLDER.fullmatch(value):
+                name = "OUTLET_SECRET_" + re.sub(r"[^A-Za-z0-9]+", "_", path).strip("_").upper()
+                env[name] = value
+                node[key] = f"${{{name}}}"
+    return document, env
+
+
+_PLACEHOLDER = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
+
+
+def write_config(path: Path, config: dict[str, Any]) -> dict[str, str]:
+    """Write an outlet config without its secrets (:func:`without_secrets`); returns the
+    environment the outlet needs to read it."""
+    document, env = without_secrets(config)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return env

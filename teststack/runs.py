@@ -13,11 +13,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from teststack import stack as stk
 from teststack import verify
-from teststack.outlet_proc import apply_schema, outlet_config
+from teststack.outlet_proc import apply_schema, outlet_config, write_config
 from teststack.stack import Endpoints
 
 
@@ -28,11 +26,23 @@ class HarnessError(RuntimeError):
 def reuse_or_start(stack_dir: str | Path) -> tuple[Endpoints, bool]:
     """A healthy stack in ``stack_dir``, or one started there; (endpoints, started here)."""
     sdir = Path(stack_dir).resolve()
-    if stk.is_healthy(sdir):
+    if stk.is_healthy(sdir, stk.SINGLE_DC):
         return Endpoints.load(sdir), False
     print(f"starting the stack in {sdir} ...", flush=True)
     try:
         return stk.start_stack(sdir), True
+    except stk.StackError as e:
+        raise HarnessError(f"stack start failed: {e}\n{e.log_tail(30)}") from None
+
+
+def reuse_or_start_multi_dc(stack_dir: str | Path) -> tuple[stk.MultiDCEndpoints, bool]:
+    """:func:`reuse_or_start` for the multi-dc stack (``chaos stack up --topology multi-dc``)."""
+    sdir = Path(stack_dir).resolve()
+    if stk.is_healthy(sdir, stk.MULTI_DC):
+        return stk.MultiDCEndpoints.load(sdir), False
+    print(f"starting the multi-dc stack in {sdir} ...", flush=True)
+    try:
+        return stk.start_multi_dc_stack(sdir), True
     except stk.StackError as e:
         raise HarnessError(f"stack start failed: {e}\n{e.log_tail(30)}") from None
 
@@ -77,7 +87,6 @@ def prepare_tables(ep: Endpoints, workdir: Path, destinations: Sequence[str], to
     cfg = outlet_config(ep, state_path=str(workdir / "schema-state"), http_port=0,
                         destinations=destinations, proxied=False, topic=topic)
     path = workdir / "schema.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    apply_schema(path)
+    apply_schema(path, write_config(path, cfg))
     for d in destinations:
         verify.reset_table(ep.clickhouse[d])

@@ -1,4 +1,14 @@
-"""The native test stack: Apache Kafka (KRaft), Toxiproxy and two ClickHouse-on-chDB servers.
+"""The native test stack: Apache Kafka (KRaft), Toxiproxy and ClickHouse-on-chDB servers.
+
+Two topologies (``start_stack(..., topology=...)``, ``chaos stack up --topology``):
+
+- ``single-dc`` (default): one Kafka, ClickHouse servers ``local`` and ``azure``;
+- ``multi-dc``: datacenters ``a`` and ``b``, each with its own Kafka (its own cluster id,
+  the same topic name) and its own ``local`` ClickHouse, and one ``central`` ClickHouse
+  that both write to. Every link has its own Toxiproxy proxy: ``kafka-<dc>``,
+  ``clickhouse-local-<dc>`` and ``clickhouse-central-<dc>`` (datacenter ``<dc>``'s link
+  to central), so one datacenter's link to central can be cut while the other's stays up.
+  Only these processes start: two brokers, three ClickHouse servers, one Toxiproxy.
 
 Every process binds to 127.0.0.1 on free ports allocated at start. Layout of a stack
 directory (default ``.stack``)::
@@ -8,11 +18,12 @@ directory (default ``.stack``)::
                          updated as each process starts so ``stop_stack`` works after failures
     state.json           internal ports and settings (kafka listener/controller ports, ...)
     tls/                 ca.pem, ca-key.pem, server.pem, server-key.pem (127.0.0.1, localhost)
-    kafka/               server.properties, log4j2.xml, data/
+    kafka/               server.properties, log4j2.xml, data/ (kafka-<dc>/ in multi-dc)
     clickhouse/<name>/   data directory of each ClickHouse server
     logs/                kafka.log (log4j2), kafka.out, toxiproxy.log, clickhouse-<name>.log
 
-Python API: ``Endpoints.load``, ``start_stack``, ``stop_stack``, ``stack_status``,
+Python API: ``Endpoints.load`` (single-dc), ``MultiDCEndpoints.load`` (multi-dc),
+``load_endpoints`` (either), ``start_stack``, ``stop_stack``, ``stack_status``,
 ``is_healthy``, ``restart_clickhouse``, ``restart_kafka``.
 """
 
@@ -50,6 +61,10 @@ from teststack.toxiproxy import Toxiproxy, ToxiproxyError
 CLICKHOUSE_NAMES = ("local", "azure")
 CLICKHOUSE_USER = "outlet"
 KAFKA_PROXY = "kafka"
+SINGLE_DC, MULTI_DC = "single-dc", "multi-dc"
+TOPOLOGIES = (SINGLE_DC, MULTI_DC)
+DATACENTERS = ("a", "b")  # multi-dc
+CENTRAL = "central"
 KAFKA_HEAP = os.environ.get("CHAOS_KAFKA_HEAP", "-Xmx512m")
 
 log = logging.getLogger("teststack.stack")
@@ -136,6 +151,9 @@ class Endpoints:
     def load(cls, stack_dir: str | os.PathLike[str] = ".stack") -> Endpoints:
         path = Path(stack_dir) / "endpoints.json"
         data = json.loads(path.read_text())
+        if data.get("topology", SINGLE_DC) != SINGLE_DC:
+            raise StackError("stack", f"{path} describes a {data['topology']} stack: use "
+                                      "MultiDCEndpoints.load (or load_endpoints)")
         return cls.from_dict(data, str(Path(stack_dir).resolve()))
 
     @classmethod
@@ -159,6 +177,63 @@ class Endpoints:
         if self.secure is not None:
             out["secure"] = self.secure.to_dict()
         return out
+
+
+@dataclass(frozen=True)
+class MultiDCEndpoints:
+    """A multi-dc stack: per datacenter, the same shape as a single-dc stack's endpoints
+    (its Kafka, and ClickHouse servers ``local`` and ``central`` as that datacenter sees
+    them: ``central``'s proxied URL and proxy are that datacenter's link to it)."""
+
+    toxiproxy: ToxiproxyEndpoints
+    ca_file: str
+    datacenters: dict[str, Endpoints]
+    stack_dir: str = ""
+
+    topology = MULTI_DC
+
+    @property
+    def central(self) -> ClickHouseEndpoints:
+        """Central's direct endpoints (the same in every datacenter's view but the proxy)."""
+        return next(iter(self.datacenters.values())).clickhouse[CENTRAL]
+
+    @classmethod
+    def load(cls, stack_dir: str | os.PathLike[str] = ".stack") -> MultiDCEndpoints:
+        path = Path(stack_dir) / "endpoints.json"
+        data = json.loads(path.read_text())
+        if data.get("topology") != MULTI_DC:
+            raise StackError("stack", f"{path} describes a single-dc stack: use Endpoints.load")
+        return cls.from_dict(data, str(Path(stack_dir).resolve()))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], stack_dir: str = "") -> MultiDCEndpoints:
+        shared = {"toxiproxy": data["toxiproxy"], "ca_file": data["ca_file"]}
+        return cls(
+            toxiproxy=ToxiproxyEndpoints(**data["toxiproxy"]),
+            ca_file=str(data["ca_file"]),
+            datacenters={dc: Endpoints.from_dict({**shared, **view}, stack_dir)
+                         for dc, view in data["datacenters"].items()},
+            stack_dir=stack_dir,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "topology": MULTI_DC,
+            "toxiproxy": self.toxiproxy.__dict__.copy(),
+            "ca_file": self.ca_file,
+            "datacenters": {
+                dc: {k: v for k, v in ep.to_dict().items() if k in ("kafka", "clickhouse")}
+                for dc, ep in self.datacenters.items()
+            },
+        }
+
+
+def load_endpoints(stack_dir: str | os.PathLike[str] = ".stack") -> Endpoints | MultiDCEndpoints:
+    """The endpoints of whichever topology runs in stack_dir."""
+    data = json.loads((Path(stack_dir) / "endpoints.json").read_text())
+    if data.get("topology") == MULTI_DC:
+        return MultiDCEndpoints.from_dict(data, str(Path(stack_dir).resolve()))
+    return Endpoints.from_dict(data, str(Path(stack_dir).resolve()))
 
 
 # ---------------------------------------------------------------------------------------
@@ -461,13 +536,33 @@ def _toxiproxy_bin() -> Path:
     return binary
 
 
-def _kafka_files(stack_dir: Path, state: dict[str, Any]) -> tuple[Path, Path]:
-    kdir = stack_dir / "kafka"
+def _kafkas(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each broker of the stack by component name (``kafka``, or ``kafka-<dc>``): ports,
+    cluster id and directory. The name is also its Toxiproxy proxy's and its logs'."""
+    if state.get("topology", SINGLE_DC) == MULTI_DC:
+        return {f"kafka-{dc}": {**k, "dir": f"kafka-{dc}"} for dc, k in state["kafkas"].items()}
+    return {
+        "kafka": {
+            "port": state["kafka_port"],
+            "proxied_upstream_port": state["kafka_proxied_upstream_port"],
+            "proxied_port": state["kafka_proxied_port"],
+            "controller_port": state["kafka_controller_port"],
+            "cluster_id": state["kafka_cluster_id"],
+            "dir": "kafka",
+            "secure": state.get("secure"),  # secure stacks: teststack/secure.py's ports
+        }
+    }
+
+
+def _kafka_files(
+    stack_dir: Path, name: str, spec: dict[str, Any], partitions: int
+) -> tuple[Path, Path]:
+    kdir = stack_dir / spec["dir"]
     data = kdir / "data"
     data.mkdir(parents=True, exist_ok=True)
     logs = stack_dir / "logs"
-    p, p2, q, c = (state["kafka_port"], state["kafka_proxied_upstream_port"],
-                   state["kafka_proxied_port"], state["kafka_controller_port"])
+    p, p2, q, c = (spec["port"], spec["proxied_upstream_port"], spec["proxied_port"],
+                   spec["controller_port"])
     props = f"""# generated by chaos stack up
 process.roles=broker,controller
 node.id=1
@@ -478,7 +573,7 @@ advertised.listeners=DIRECT://127.0.0.1:{p},PROXIED://127.0.0.1:{q}
 listener.security.protocol.map=DIRECT:PLAINTEXT,PROXIED:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=DIRECT
 log.dirs={data}
-num.partitions={state["partitions"]}
+num.partitions={partitions}
 default.replication.factor=1
 min.insync.replicas=1
 offsets.topic.replication.factor=1
@@ -499,7 +594,7 @@ num.io.threads=4
     log4j = f"""<?xml version="1.0" encoding="UTF-8"?>
 <Configuration status="WARN">
   <Appenders>
-    <File name="file" fileName="{logs / 'kafka.log'}" append="true">
+    <File name="file" fileName="{logs / f'{name}.log'}" append="true">
       <PatternLayout pattern="[%d] %p %m (%c)%n"/>
     </File>
   </Appenders>
@@ -517,12 +612,14 @@ num.io.threads=4
     return props_file, log4j_file
 
 
-def _kafka_format(stack_dir: Path, props: Path, log4j: Path, cluster_id: str,
+def _kafka_format(stack_dir: Path, kdir: str, props: Path, log4j: Path, cluster_id: str,
                   secure: bool = False) -> None:
     """Format the KRaft storage directory (once). The formatted result is cached under
     .tools/kafka/formatted-<kafka jar> and copied, which saves a JVM start per stack; a
-    secure broker's (its SCRAM users are in the metadata) under its own name."""
-    data = stack_dir / "kafka" / "data"
+    secure broker's (its SCRAM users are in the metadata) under its own name. The copy gets
+    this broker's own cluster id (a cached format must not give every stack, and both
+    datacenters of a multi-dc stack, the same id: the outlet's tokens contain it)."""
+    data = stack_dir / kdir / "data"
     if (data / "meta.properties").exists():
         return
     jar = next((tools_dir() / "kafka" / "libs").glob("kafka_2.13-*.jar"))
@@ -569,6 +666,19 @@ def _kafka_format(stack_dir: Path, props: Path, log4j: Path, cluster_id: str,
             shutil.copy2(item, data / item.name)
         else:
             shutil.copytree(item, data / item.name, dirs_exist_ok=True)
+    meta = data / "meta.properties"
+    lines = [
+        f"cluster.id={cluster_id}" if line.startswith("cluster.id=")
+        else f"directory.id={_new_kafka_id()}" if line.startswith("directory.id=")
+        else line
+        for line in meta.read_text().splitlines()
+    ]
+    meta.write_text("\n".join(lines) + "\n")
+
+
+def _new_kafka_id() -> str:
+    """A Kafka id (cluster or directory): a random UUID in URL-safe base64, as Kafka's."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
 def _kafka_cmd(props: Path, log4j: Path) -> list[str]:
@@ -634,31 +744,35 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 3
     raise StackError("kafka", f"topic {topic} has no leaders after {timeout:.0f} s")
 
 
-def _start_kafka(stack_dir: Path, state: dict[str, Any], abort: _Abort | None) -> None:
-    props, log4j = _kafka_files(stack_dir, state)
-    if state.get("secure"):
+def _start_kafka(
+    stack_dir: Path, name: str, spec: dict[str, Any], partitions: int, abort: _Abort | None
+) -> None:
+    props, log4j = _kafka_files(stack_dir, name, spec, partitions)
+    secure = spec.get("secure")
+    if secure:
         users = sec.users(tools_dir() / "kafka")
-        props.write_text(sec.broker_properties(props.read_text(), state["secure"],
+        props.write_text(sec.broker_properties(props.read_text(), secure,
                                                stack_dir / "tls", users))
-    _kafka_format(stack_dir, props, log4j, state["kafka_cluster_id"], bool(state.get("secure")))
-    log_file = stack_dir / "logs" / "kafka.out"
+    _kafka_format(stack_dir, spec["dir"], props, log4j, spec["cluster_id"], bool(secure))
+    log_file = stack_dir / "logs" / f"{name}.out"
     ports = {
-        "direct": state["kafka_port"],
-        "proxied_upstream": state["kafka_proxied_upstream_port"],
-        "controller": state["kafka_controller_port"],
+        "direct": spec["port"],
+        "proxied_upstream": spec["proxied_upstream_port"],
+        "controller": spec["controller_port"],
     }
-    proc, _ = _spawn(stack_dir, "kafka", _kafka_cmd(props, log4j), log_file, ports, stack_dir)
-    _wait_kafka(stack_dir, proc, f"127.0.0.1:{state['kafka_port']}", abort)
+    proc, _ = _spawn(stack_dir, name, _kafka_cmd(props, log4j), log_file, ports, stack_dir)
+    _wait_kafka(stack_dir, name, proc, f"127.0.0.1:{spec['port']}", abort)
 
 
 def _wait_kafka(
-    stack_dir: Path, proc: subprocess.Popen[bytes], bootstrap: str, abort: _Abort | None
+    stack_dir: Path, name: str, proc: subprocess.Popen[bytes], bootstrap: str,
+    abort: _Abort | None,
 ) -> None:
-    log_file = stack_dir / "logs" / "kafka.log"
+    log_file = stack_dir / "logs" / f"{name}.log"
     if not log_file.exists():
-        log_file = stack_dir / "logs" / "kafka.out"
+        log_file = stack_dir / "logs" / f"{name}.out"
     _wait_until(
-        "kafka", lambda: kafka_ready(bootstrap), proc, log_file, timeout=120, abort=abort,
+        name, lambda: kafka_ready(bootstrap), proc, log_file, timeout=120, abort=abort,
         interval=0.2,
     )
 
@@ -672,26 +786,40 @@ def _start_toxiproxy(stack_dir: Path, state: dict[str, Any], abort: _Abort | Non
     _wait_until("toxiproxy", client.ping, proc, log_file, timeout=30, abort=abort)
 
 
+def _clickhouse_proxies(state: dict[str, Any]) -> dict[str, tuple[str, int]]:
+    """Toxiproxy proxy name -> (ClickHouse server name, listen port). Central has one per
+    datacenter (``clickhouse-central-<dc>``): each datacenter's link to it can be cut."""
+    out: dict[str, tuple[str, int]] = {}
+    for name, ch in state["clickhouse"].items():
+        if "proxied_ports" in ch:
+            for dc, port in ch["proxied_ports"].items():
+                out[f"clickhouse-{name}-{dc}"] = (name, port)
+        else:
+            out[f"clickhouse-{name}"] = (name, ch["proxied_port"])
+    return out
+
+
 def _create_proxies(stack_dir: Path, state: dict[str, Any]) -> None:
-    """Proxies in front of each ClickHouse HTTP port and Kafka's PROXIED listener."""
+    """Proxies in front of each ClickHouse HTTP port and each Kafka's PROXIED listener."""
     client = Toxiproxy(f"http://127.0.0.1:{state['toxiproxy_port']}", timeout=5)
     proxies = [
         {
-            "name": f"clickhouse-{name}",
-            "listen": f"127.0.0.1:{state['clickhouse'][name]['proxied_port']}",
+            "name": proxy,
+            "listen": f"127.0.0.1:{port}",
             "upstream": f"127.0.0.1:{state['clickhouse'][name]['http_port']}",
             "enabled": True,
         }
-        for name in CLICKHOUSE_NAMES
+        for proxy, (name, port) in _clickhouse_proxies(state).items()
     ]
-    proxies.append(
+    proxies += [
         {
-            "name": KAFKA_PROXY,
-            "listen": f"127.0.0.1:{state['kafka_proxied_port']}",
-            "upstream": f"127.0.0.1:{state['kafka_proxied_upstream_port']}",
+            "name": name,
+            "listen": f"127.0.0.1:{spec['proxied_port']}",
+            "upstream": f"127.0.0.1:{spec['proxied_upstream_port']}",
             "enabled": True,
         }
-    )
+        for name, spec in _kafkas(state).items()
+    ]
     try:
         client.populate(proxies)
     except ToxiproxyError as e:
@@ -808,17 +936,26 @@ def _wait_clickhouse(
 # ---------------------------------------------------------------------------------------
 
 
-def _new_state(stack_dir: Path, partitions: int, topic: str) -> dict[str, Any]:
-    ports = free_ports(4 + 3 * len(CLICKHOUSE_NAMES) + 1)
-    it = iter(ports)
+def _clickhouse_state(stack_dir: Path, name: str, it: Iterator[int]) -> dict[str, Any]:
+    return {
+        "http_port": next(it),
+        "https_port": next(it),
+        "proxied_port": next(it),
+        "password": secrets.token_hex(12),
+        "data_dir": str(stack_dir / "clickhouse" / name),
+    }
+
+
+def _new_state(stack_dir: Path, partitions: int, topic: str, topology: str = SINGLE_DC
+               ) -> dict[str, Any]:
     old = _read_json(stack_dir / "state.json") or {}
-    cluster_id = old.get("kafka_cluster_id") or base64.urlsafe_b64encode(
-        uuid.uuid4().bytes
-    ).decode().rstrip("=")
+    if topology == MULTI_DC:
+        return _new_multi_dc_state(stack_dir, partitions, topic, old)
+    it = iter(free_ports(4 + 3 * len(CLICKHOUSE_NAMES) + 1))
     state: dict[str, Any] = {
         "partitions": partitions,
         "topic": topic,
-        "kafka_cluster_id": cluster_id,
+        "kafka_cluster_id": old.get("kafka_cluster_id") or _new_kafka_id(),
         "kafka_port": next(it),
         "kafka_proxied_upstream_port": next(it),
         "kafka_proxied_port": next(it),
@@ -827,13 +964,37 @@ def _new_state(stack_dir: Path, partitions: int, topic: str) -> dict[str, Any]:
         "clickhouse": {},
     }
     for name in CLICKHOUSE_NAMES:
-        state["clickhouse"][name] = {
-            "http_port": next(it),
-            "https_port": next(it),
+        state["clickhouse"][name] = _clickhouse_state(stack_dir, name, it)
+    return state
+
+
+def _new_multi_dc_state(stack_dir: Path, partitions: int, topic: str, old: dict[str, Any]
+                        ) -> dict[str, Any]:
+    n = len(DATACENTERS)
+    it = iter(free_ports(1 + 4 * n + 3 * (n + 1) + n))
+    old_kafkas = old.get("kafkas") or {}
+    state: dict[str, Any] = {
+        "topology": MULTI_DC,
+        "partitions": partitions,
+        "topic": topic,
+        "toxiproxy_port": next(it),
+        "kafkas": {},
+        "clickhouse": {},
+    }
+    for dc in DATACENTERS:
+        state["kafkas"][dc] = {
+            # every datacenter's Kafka has its own cluster id, as in real deployments
+            "cluster_id": (old_kafkas.get(dc) or {}).get("cluster_id") or _new_kafka_id(),
+            "port": next(it),
+            "proxied_upstream_port": next(it),
             "proxied_port": next(it),
-            "password": secrets.token_hex(12),
-            "data_dir": str(stack_dir / "clickhouse" / name),
+            "controller_port": next(it),
         }
+        state["clickhouse"][f"local-{dc}"] = _clickhouse_state(stack_dir, f"local-{dc}", it)
+    central = _clickhouse_state(stack_dir, CENTRAL, it)
+    del central["proxied_port"]
+    central["proxied_ports"] = {dc: next(it) for dc in DATACENTERS}
+    state["clickhouse"][CENTRAL] = central
     return state
 
 
@@ -845,29 +1006,63 @@ def _add_secure_state(state: dict[str, Any]) -> None:
         ch["mtls_port"] = port
 
 
-def _endpoints_from_state(stack_dir: Path, state: dict[str, Any]) -> Endpoints:
-    return Endpoints(
-        kafka=KafkaEndpoints(
-            bootstrap=f"127.0.0.1:{state['kafka_port']}",
-            bootstrap_proxied=f"127.0.0.1:{state['kafka_proxied_port']}",
-            topic=state["topic"],
-            partitions=state["partitions"],
-            proxy=KAFKA_PROXY,
-        ),
-        toxiproxy=ToxiproxyEndpoints(api=f"http://127.0.0.1:{state['toxiproxy_port']}"),
-        ca_file=str(stack_dir / "tls" / "ca.pem"),
-        clickhouse={
-            name: ClickHouseEndpoints(
-                url=f"http://127.0.0.1:{ch['http_port']}",
-                proxied_url=f"http://127.0.0.1:{ch['proxied_port']}",
-                https_url=f"https://127.0.0.1:{ch['https_port']}",
-                mtls_url=f"https://127.0.0.1:{ch['mtls_port']}" if ch.get("mtls_port") else "",
-                username=CLICKHOUSE_USER,
-                password=ch["password"],
-                data_dir=ch["data_dir"],
-                proxy=f"clickhouse-{name}",
+def _clickhouse_endpoints(name: str, ch: dict[str, Any], proxy: str, proxied_port: int
+                          ) -> ClickHouseEndpoints:
+    return ClickHouseEndpoints(
+        url=f"http://127.0.0.1:{ch['http_port']}",
+        proxied_url=f"http://127.0.0.1:{proxied_port}",
+        https_url=f"https://127.0.0.1:{ch['https_port']}",
+        mtls_url=f"https://127.0.0.1:{ch['mtls_port']}" if ch.get("mtls_port") else "",
+        username=CLICKHOUSE_USER,
+        password=ch["password"],
+        data_dir=ch["data_dir"],
+        proxy=proxy,
+    )
+
+
+def _kafka_endpoints(state: dict[str, Any], name: str, spec: dict[str, Any]) -> KafkaEndpoints:
+    return KafkaEndpoints(
+        bootstrap=f"127.0.0.1:{spec['port']}",
+        bootstrap_proxied=f"127.0.0.1:{spec['proxied_port']}",
+        topic=state["topic"],
+        partitions=state["partitions"],
+        proxy=name,
+    )
+
+
+def _endpoints_from_state(stack_dir: Path, state: dict[str, Any]
+                          ) -> Endpoints | MultiDCEndpoints:
+    toxiproxy = ToxiproxyEndpoints(api=f"http://127.0.0.1:{state['toxiproxy_port']}")
+    ca_file = str(stack_dir / "tls" / "ca.pem")
+    kafkas = _kafkas(state)
+    chs = state["clickhouse"]
+    if state.get("topology", SINGLE_DC) == MULTI_DC:
+        central = chs[CENTRAL]
+        views = {
+            dc: Endpoints(
+                kafka=_kafka_endpoints(state, f"kafka-{dc}", kafkas[f"kafka-{dc}"]),
+                toxiproxy=toxiproxy,
+                ca_file=ca_file,
+                clickhouse={
+                    "local": _clickhouse_endpoints(
+                        f"local-{dc}", chs[f"local-{dc}"], f"clickhouse-local-{dc}",
+                        chs[f"local-{dc}"]["proxied_port"]),
+                    CENTRAL: _clickhouse_endpoints(
+                        CENTRAL, central, f"clickhouse-central-{dc}",
+                        central["proxied_ports"][dc]),
+                },
+                stack_dir=str(stack_dir),
             )
-            for name, ch in state["clickhouse"].items()
+            for dc in state["kafkas"]
+        }
+        return MultiDCEndpoints(toxiproxy, ca_file, views, str(stack_dir))
+    return Endpoints(
+        kafka=_kafka_endpoints(state, KAFKA_PROXY, kafkas["kafka"]),
+        toxiproxy=toxiproxy,
+        ca_file=ca_file,
+        clickhouse={
+            name: _clickhouse_endpoints(name, ch, f"clickhouse-{name}", ch["proxied_port"])
+            for name, ch in chs.items()
         },
         stack_dir=str(stack_dir),
         secure=sec.endpoints(state["secure"], stack_dir / "tls", sec.users(tools_dir() / "kafka"))
@@ -907,26 +1102,45 @@ def stack_status(stack_dir: str | os.PathLike[str] = ".stack") -> list[Component
                         detail += f", disabled: {','.join(down)}"
                 except ToxiproxyError as e:
                     detail = str(e)
-            elif name == "kafka":
+            elif name == "kafka" or name.startswith("kafka-"):
                 healthy = kafka_ready(f"127.0.0.1:{rec.ports['direct']}")
-                if state.get("kafka_proxied_port"):
-                    rec.ports["proxied"] = state["kafka_proxied_port"]
+                spec = _kafkas(state).get(name, {}) if state else {}
+                if spec.get("proxied_port"):
+                    rec.ports["proxied"] = spec["proxied_port"]
             elif name.startswith("clickhouse-"):
                 healthy = clickhouse_ping(f"http://127.0.0.1:{rec.ports['http']}")
                 ch = state.get("clickhouse", {}).get(name.removeprefix("clickhouse-"), {})
                 if ch.get("proxied_port"):
                     rec.ports["proxied"] = ch["proxied_port"]
+                for dc, port in (ch.get("proxied_ports") or {}).items():
+                    rec.ports[f"proxied-{dc}"] = port
+            else:  # optional components (teststack/prometheus.py): their ports answer
+                healthy = bool(rec.ports) and all(port_open(p) for p in rec.ports.values())
         result.append(ComponentStatus(name, rec.pid, alive, rec.ports, healthy, detail))
     return result
 
 
-def is_healthy(stack_dir: str | os.PathLike[str] = ".stack") -> bool:
+def topology(stack_dir: str | os.PathLike[str] = ".stack") -> str | None:
+    """The topology of the stack in stack_dir (from state.json), None when there is none."""
+    state = _read_json(Path(stack_dir) / "state.json")
+    return None if not state else str(state.get("topology", SINGLE_DC))
+
+
+def _components(state: dict[str, Any]) -> set[str]:
+    return {"toxiproxy", *_kafkas(state), *(f"clickhouse-{n}" for n in state["clickhouse"])}
+
+
+def is_healthy(stack_dir: str | os.PathLike[str] = ".stack", topology: str | None = None
+               ) -> bool:
+    """Every component of the stack alive and answering (and of that topology, if given)."""
     sdir = Path(stack_dir)
-    if not (sdir / "endpoints.json").exists():
+    state = _read_json(sdir / "state.json")
+    if not (sdir / "endpoints.json").exists() or not state:
+        return False
+    if topology is not None and state.get("topology", SINGLE_DC) != topology:
         return False
     statuses = stack_status(sdir)
-    expected = {"kafka", "toxiproxy", *(f"clickhouse-{n}" for n in CLICKHOUSE_NAMES)}
-    return {s.name for s in statuses} >= expected and all(
+    return {s.name for s in statuses} >= _components(state) and all(
         s.alive and s.healthy for s in statuses
     )
 
@@ -938,25 +1152,50 @@ def start_stack(
     timings: dict[str, float] | None = None,
     secure: bool = False,
 ) -> Endpoints:
-    """Start the whole stack in stack_dir; returns its endpoints. ``secure`` adds the
+    """Start the single-dc stack in stack_dir; returns its endpoints. ``secure`` adds the
     secure listeners of teststack/secure.py.
 
     Reuses a healthy running stack. On failure stops whatever started and raises StackError.
     """
     sdir = Path(stack_dir).resolve()
-    if is_healthy(sdir):
-        running = Endpoints.load(sdir)
-        if secure and running.secure is None:
-            raise StackError("stack", f"the stack running in {sdir} has no secure listeners: "
-                                      "stop it (chaos stack down) or use another directory")
-        return running
+    if not is_healthy(sdir, SINGLE_DC):
+        _start(sdir, partitions, topic, timings, SINGLE_DC, secure)
+    running = Endpoints.load(sdir)
+    if secure and running.secure is None:
+        raise StackError("stack", f"the stack running in {sdir} has no secure listeners: "
+                                  "stop it (chaos stack down) or use another directory")
+    return running
+
+
+def start_multi_dc_stack(
+    stack_dir: str | os.PathLike[str] = ".stack",
+    partitions: int = 2,
+    topic: str = "flows",
+    timings: dict[str, float] | None = None,
+) -> MultiDCEndpoints:
+    """Start the multi-dc stack (module docstring) in stack_dir; returns its endpoints.
+
+    Reuses a healthy running one. On failure stops whatever started and raises StackError.
+    """
+    sdir = Path(stack_dir).resolve()
+    if not is_healthy(sdir, MULTI_DC):
+        _start(sdir, partitions, topic, timings, MULTI_DC)
+    return MultiDCEndpoints.load(sdir)
+
+
+def _start(sdir: Path, partitions: int, topic: str, timings: dict[str, float] | None,
+           topo: str, secure: bool = False) -> None:
+    running = topology(sdir)
+    if is_healthy(sdir) and running != topo:
+        raise StackError("stack", f"a {running} stack is running in {sdir}: stop it (chaos "
+                                  "stack down) or use another directory")
     if (sdir / "pids.json").exists():
         stop_stack(sdir)  # leftovers of a broken stack
     t0 = time.monotonic()
     timings = timings if timings is not None else {}
     (sdir / "logs").mkdir(parents=True, exist_ok=True)
     (sdir / "endpoints.json").unlink(missing_ok=True)
-    state = _new_state(sdir, partitions, topic)
+    state = _new_state(sdir, partitions, topic, topo)
     if secure:
         _add_secure_state(state)
     _write_json(sdir / "state.json", state)
@@ -984,11 +1223,13 @@ def start_stack(
             errors.append(StackError(component, f"{type(e).__name__}: {e}"))
             abort.event.set()
 
+    kafkas = _kafkas(state)
     jobs: list[tuple[str, Callable[[], None]]] = [
-        ("kafka", lambda: _start_kafka(sdir, state, abort)),
-        ("toxiproxy", lambda: _start_toxiproxy(sdir, state, abort)),
+        (name, lambda n=name, k=spec: _start_kafka(sdir, n, k, partitions, abort))  # type: ignore[misc]
+        for name, spec in kafkas.items()
     ]
-    for name in CLICKHOUSE_NAMES:
+    jobs.append(("toxiproxy", lambda: _start_toxiproxy(sdir, state, abort)))
+    for name in state["clickhouse"]:
         jobs.append(
             (f"clickhouse-{name}", lambda n=name: _start_clickhouse(sdir, state, n, abort))  # type: ignore[misc]
         )
@@ -1007,26 +1248,28 @@ def start_stack(
     _write_json(sdir / "state.json", state)  # ports may have moved on a collision
     if not errors:
         run("proxies", lambda: _create_proxies(sdir, state))
-    if not errors:
-        run("topic", lambda: ensure_topic(f"127.0.0.1:{state['kafka_port']}", topic, partitions))
-    if not errors:
-        # The outlet's path: bootstrap through the proxy must answer with the proxied listener.
-        def check_proxied() -> None:
-            bootstrap = f"127.0.0.1:{state['kafka_proxied_port']}"
-            deadline = time.monotonic() + 20
-            while not kafka_ready(bootstrap):
-                if time.monotonic() > deadline:
-                    raise StackError("kafka", f"no metadata through the proxy {bootstrap}")
-                time.sleep(0.2)
+    for name, spec in kafkas.items():
+        if not errors:
+            run(f"topic-{name}" if len(kafkas) > 1 else "topic",
+                lambda k=spec: ensure_topic(f"127.0.0.1:{k['port']}", topic, partitions))  # type: ignore[misc]
+        if not errors:
+            # The outlet's path: bootstrap through the proxy must answer with the proxied
+            # listener.
+            def check_proxied(name: str = name, spec: dict[str, Any] = spec) -> None:
+                bootstrap = f"127.0.0.1:{spec['proxied_port']}"
+                deadline = time.monotonic() + 20
+                while not kafka_ready(bootstrap):
+                    if time.monotonic() > deadline:
+                        raise StackError(name, f"no metadata through the proxy {bootstrap}")
+                    time.sleep(0.2)
 
-        run("kafka-proxied", check_proxied)
+            run(f"{name}-proxied", check_proxied)
     if errors:
         stop_stack(sdir)
         raise errors[0]
     endpoints = _endpoints_from_state(sdir, state)
     _write_json(sdir / "endpoints.json", endpoints.to_dict())
     timings["total"] = time.monotonic() - t0
-    return endpoints
 
 
 def stop_stack(
@@ -1084,16 +1327,18 @@ def kill_clickhouse(
             os.killpg(rec.pgid, sig)
 
 
-def restart_kafka(stack_dir: str | os.PathLike[str]) -> None:
-    """SIGTERM the broker and start it again on the same ports and data directory."""
+def restart_kafka(stack_dir: str | os.PathLike[str], datacenter: str | None = None) -> None:
+    """SIGTERM the broker (of that datacenter, multi-dc) and start it again on the same
+    ports and data directory."""
     sdir = Path(stack_dir).resolve()
-    rec = load_pids(sdir).get("kafka")
+    name = "kafka" if datacenter is None else f"kafka-{datacenter}"
+    rec = load_pids(sdir).get(name)
     if rec is None:
-        raise StackError("kafka", f"not part of the stack in {sdir}")
+        raise StackError(name, f"not part of the stack in {sdir}")
     if not _terminate(rec, timeout=60):
-        raise StackError("kafka", f"pid {rec.pid} did not stop", Path(rec.log))
-    proc = _respawn(sdir, "kafka", rec)
-    _wait_kafka(sdir, proc, f"127.0.0.1:{rec.ports['direct']}", None)
+        raise StackError(name, f"pid {rec.pid} did not stop", Path(rec.log))
+    proc = _respawn(sdir, name, rec)
+    _wait_kafka(sdir, name, proc, f"127.0.0.1:{rec.ports['direct']}", None)
 
 
 @contextlib.contextmanager

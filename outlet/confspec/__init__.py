@@ -36,34 +36,47 @@ problem and goes on. :func:`parse_mapping` checks a mapping against ``{key: Key}
 keys depend on a value (the parameters of an action).
 
 Also here: the one duration grammar (:func:`parse_duration`, :func:`format_duration`),
-sizes, YAML loading with duplicate keys as problems (:func:`load_yaml`) and ``${VAR}``
-expansion (:func:`expand_env`).
+sizes, YAML loading (:func:`load_yaml`: duplicate keys as problems; syntax errors as a line,
+a column and a problem, never the text) and ``${VAR}`` expansion (:func:`expand_env`).
+
+Secrets: a kind marks what it holds (``secret = "value"``: :class:`SecretStr`;
+``"file"``: ``File(secret=True)``, the file's content), :func:`secret_paths` lists every
+place a spec holds one and :func:`locate` finds them in a document. Every value a problem
+shows goes through :func:`show`, which never prints what a ``${VAR}`` gave (the
+placeholder instead), the value of a key named like a secret, PEM data or the
+``user:password@`` of an address.
 """
 
 from __future__ import annotations
 
 from outlet.confspec.core import (
+    HIDDEN_SHOWN,
+    REDACTED,
     Invalid,
     Key,
     KeyDoc,
     Kind,
     Nested,
     Problems,
+    SecretPath,
     Section,
     SpecError,
     Where,
     describe,
     dump,
+    hiding,
     join_path,
+    locate,
     parse,
     parse_mapping,
+    secret_named,
+    secret_paths,
     section,
     setting,
     show,
     unknown_key_message,
 )
 from outlet.confspec.kinds import (
-    REDACTED,
     AnyMapping,
     Bool,
     Duration,
@@ -80,9 +93,20 @@ from outlet.confspec.kinds import (
     host_port_problem,
 )
 from outlet.confspec.units import format_duration, format_size, parse_duration, parse_size
-from outlet.confspec.yamlio import expand_env, load_yaml
+from outlet.confspec.yamlio import (
+    MAX_DEPTH,
+    MAX_VALUES,
+    PARSERS,
+    YAMLSyntaxError,
+    expand_env,
+    load_yaml,
+)
 
 __all__ = [
+    "HIDDEN_SHOWN",
+    "MAX_DEPTH",
+    "MAX_VALUES",
+    "PARSERS",
     "REDACTED",
     "AnyMapping",
     "Bool",
@@ -99,6 +123,7 @@ __all__ = [
     "Number",
     "Problems",
     "Secret",
+    "SecretPath",
     "SecretStr",
     "Section",
     "Size",
@@ -106,18 +131,23 @@ __all__ = [
     "Str",
     "StrList",
     "Where",
+    "YAMLSyntaxError",
     "describe",
     "dump",
     "expand_env",
     "format_duration",
     "format_size",
+    "hiding",
     "host_port_problem",
     "join_path",
     "load_yaml",
+    "locate",
     "parse",
     "parse_duration",
     "parse_mapping",
     "parse_size",
+    "secret_named",
+    "secret_paths",
     "section",
     "setting",
     "show",

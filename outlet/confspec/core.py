@@ -8,7 +8,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -44,10 +47,16 @@ class SpecError(ValueError):
 
 
 class Problems:
-    """Every problem found so far, in order, as ``path: problem`` lines."""
+    """Every problem found so far, in order, as ``path: problem`` lines.
+
+    ``hidden`` maps values that must never appear in a problem (what ``${VAR}`` expansion
+    substituted) to what is shown instead (the placeholder): :func:`show` honours it while
+    :func:`parse` runs with these problems.
+    """
 
     def __init__(self) -> None:
         self.errors: list[str] = []
+        self.hidden: dict[str, str] = {}
 
     def add(self, path: str, message: str) -> None:
         self.errors.append(f"{path}: {message}" if path else message)
@@ -80,10 +89,93 @@ def _join_dotted(path: str, dotted: str) -> str:
     return path
 
 
+# --------------------------------------------------------------------------------------
+# Showing values in problems without showing secrets
+# --------------------------------------------------------------------------------------
+
+SHOW_LIMIT = 80
+REDACTED = "******"
+#: A mapping key whose value is never shown (in a value printed in a problem).
+SECRET_KEY = re.compile(
+    r"(?:^|[-_. ])(?:pass(?:word|wd|phrase)?|pwd|secrets?|tokens?|keys?|credentials?|auth"
+    r"|api-?key|private)(?:$|[-_. ])", re.IGNORECASE)
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?)[^/\s]*@")
+_SHORT_HIDDEN = 4  # hidden values shorter than this are replaced only when they are the value
+_NOTHING_HIDDEN: Mapping[str, str] = types.MappingProxyType({})
+_hidden: ContextVar[Mapping[str, str]] = ContextVar("confspec_hidden", default=_NOTHING_HIDDEN)
+
+
+def secret_named(key: object) -> bool:
+    """Whether a mapping key is named like a secret (password, token, key, ...)."""
+    return isinstance(key, str) and SECRET_KEY.search(key) is not None
+
+
+@contextmanager
+def hiding(hidden: Mapping[str, str]) -> Iterator[None]:
+    """:func:`show` replaces these values (value -> what is shown) inside the block."""
+    token = _hidden.set({**_hidden.get(), **hidden})
+    try:
+        yield
+    finally:
+        _hidden.reset(token)
+
+
+#: How :func:`show` prints what a ``${VAR}`` gave (the orchestrator recognizes it: such a
+#: problem depends on the outlet's environment).
+HIDDEN_SHOWN = re.compile(r"<(?:a value from )?\$\{[A-Za-z_][A-Za-z0-9_]*\}, not shown>")
+
+
+def _show_str(s: str) -> str:
+    if "-----BEGIN" in s or "PRIVATE KEY" in s:
+        return "<PEM data, not shown>"
+    for value, placeholder in _hidden.get().items():
+        if s == value:
+            return f"<{placeholder}, not shown>"
+        if len(value) >= _SHORT_HIDDEN and (value in s or (len(s) >= _SHORT_HIDDEN
+                                                          and s in value)):
+            return f"<a value from {placeholder}, not shown>"
+    if "@" in s:
+        s = _USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", s)
+    return repr(s)
+
+
+def _pieces(v: object) -> Iterator[str]:
+    """The text of ``v`` in pieces (lazy: a huge value is not rendered past the cut)."""
+    if isinstance(v, str):
+        yield _show_str(v)
+    elif isinstance(v, bytes | bytearray):
+        yield f"<{len(v)} bytes of binary data>"
+    elif isinstance(v, dict):
+        yield "{"
+        for i, (k, item) in enumerate(v.items()):
+            yield ", " if i else ""
+            yield from _pieces(k)
+            yield ": "
+            if secret_named(k):
+                yield repr(REDACTED)
+            else:
+                yield from _pieces(item)
+        yield "}"
+    elif isinstance(v, list | tuple):
+        yield "["
+        for i, item in enumerate(v):
+            yield ", " if i else ""
+            yield from _pieces(item)
+        yield "]"
+    else:
+        yield repr(v)
+
+
 def show(v: object) -> str:
-    """A value as it appears in a problem: its repr, cut to 80 characters."""
-    text = repr(v)
-    return text if len(text) <= 80 else text[:77] + "..."
+    """A value as it appears in a problem, cut to 80 characters, never showing a secret:
+    what ``${VAR}`` substituted shows as its placeholder, values under keys named like
+    secrets as ``******``, PEM data and the ``user:password@`` of addresses not at all."""
+    text = ""
+    for piece in _pieces(v):
+        text += piece
+        if len(text) > SHOW_LIMIT:
+            return text[: SHOW_LIMIT - 3] + "..."
+    return text
 
 
 @dataclass
@@ -129,9 +221,16 @@ class Kind(Generic[T]):
     """
 
     type_doc = "value"
+    #: "value": the value is a secret (never shown); "file": the file it names holds one.
+    secret: str | None = None
 
     def __init__(self, *, problem: str | None = None) -> None:
         self.problem = problem
+
+    def children(self) -> Iterator[tuple[str, Kind[Any]]]:
+        """The kinds of the values inside this one, with their path suffix (``.key``,
+        ``[*]`` for any item): what :func:`secret_paths` walks. None by default."""
+        return iter(())
 
     def convert(self, raw: object) -> T:
         raise NotImplementedError
@@ -222,6 +321,10 @@ class Nested(Kind[Any]):
 
     def dump(self, value: Any) -> Any:
         return None if value is None else dump(value, keys=self.keys)
+
+    def children(self) -> Iterator[tuple[str, Kind[Any]]]:
+        for f in _spec_of(self.cls).leaves(self.keys):
+            yield "." + f.yaml, f.key.kind
 
 
 
@@ -517,8 +620,9 @@ def parse(cls: type[S], data: object, problems: Problems | None = None, *, path:
     """
     own = problems is None
     probs = Problems() if problems is None else problems
-    value = _parse_section(cls, data, Where(path, probs), defaults, keys, dict(hints or {}),
-                           must_have)
+    with hiding(probs.hidden):
+        value = _parse_section(cls, data, Where(path, probs), defaults, keys, dict(hints or {}),
+                               must_have)
     if own and probs:
         raise error(probs.errors)
     return value
@@ -604,6 +708,7 @@ class KeyDoc:
     default: str
     doc: str
     nested: type[Any] | None = None  # for a section documented on its own
+    kind: Kind[Any] | None = None  # how the value is checked (tests read its bounds)
 
 
 def _default_text(kind: Kind[Any], default: Any) -> str:
@@ -653,5 +758,61 @@ def describe(cls: type[Any], *, defaults: Any = None, keys: Sequence[str] | None
             shown = f.key.default_doc
         else:
             shown = "required" if f.key.required else _default_text(kind, default)
-        rows.append(KeyDoc(path, f.key.type_text, shown, f.key.doc, nested))
+        rows.append(KeyDoc(path, f.key.type_text, shown, f.key.doc, nested, kind))
     return rows
+
+
+@dataclass(frozen=True)
+class SecretPath:
+    """Where a spec holds a secret: ``path`` (``a.b``, ``[*]`` = any list item) and
+    ``kind``: ``value`` (the value is the secret) or ``file`` (the file it names holds one)."""
+
+    path: str
+    kind: str
+
+
+def secret_paths(cls: type[Any]) -> list[SecretPath]:
+    """Every place a spec holds a secret, from its declarations (the kinds' ``secret``), so
+    that a secret key added later is found without being listed anywhere."""
+    out: list[SecretPath] = []
+    todo: list[tuple[str, Kind[Any]]] = [("." + f.yaml, f.key.kind)
+                                         for f in _spec_of(cls).leaves(None)]
+    while todo:
+        path, kind = todo.pop(0)
+        if kind.secret is not None:
+            out.append(SecretPath(path.lstrip("."), kind.secret))
+        todo += [(path + suffix, child) for suffix, child in kind.children()]
+    return out
+
+
+_PATH_PART = re.compile(r"\[[^\]]*\]|[^.\[]+")
+
+
+def locate(document: object, path: str) -> Iterator[tuple[str, Any, Any]]:
+    """Each place of a parsed YAML document that a key path names, as (concrete path,
+    container, key): ``[*]`` is any list item, ``[<name>]`` any mapping key (the forms of
+    :class:`SecretPath`), ``[2]`` one item, ``["k.y"]`` one key (those of problems)."""
+    places: list[tuple[str, Any]] = [("", document)]
+    parts = _PATH_PART.findall(path)
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        found: list[tuple[str, Any]] = []
+        for where, node in places:
+            if part == "[*]":
+                keys: list[Any] = list(range(len(node))) if isinstance(node, list) else []
+            elif part.startswith("[<"):
+                keys = list(node) if isinstance(node, dict) else []
+            elif part.startswith("[") and part[1:-1].isdigit():
+                index = int(part[1:-1])
+                keys = [index] if isinstance(node, list) and index < len(node) else []
+            elif part.startswith('["'):
+                name = part[2:-2].replace('\\"', '"').replace("\\\\", "\\")
+                keys = [name] if isinstance(node, dict) and name in node else []
+            else:
+                keys = [part] if isinstance(node, dict) and part in node else []
+            for key in keys:
+                if last:
+                    yield join_path(where, key), node, key
+                else:
+                    found.append((join_path(where, key), node[key]))
+        places = found

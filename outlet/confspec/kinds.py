@@ -6,22 +6,21 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from outlet.confspec.core import Invalid, Kind, Where, show
+from outlet.confspec.core import REDACTED, Invalid, Kind, Where, show
 from outlet.confspec.units import format_duration, format_size, parse_duration, parse_size
-
-REDACTED = "******"
 
 
 class Str(Kind[str]):
     def __init__(self, *, nonempty: bool = False, choices: Sequence[str] | None = None,
                  normalize: Callable[[str], str] | None = None,
                  pattern: str | None = None, pattern_msg: str = "",
-                 problem: str | None = None) -> None:
+                 max_len: int | None = None, problem: str | None = None) -> None:
         super().__init__(problem=problem)
         self.nonempty = nonempty
+        self.max_len = max_len
         self.choices = tuple(choices) if choices is not None else None
         self.normalize = normalize
         self.pattern = re.compile(pattern) if pattern else None
@@ -42,6 +41,8 @@ class Str(Kind[str]):
             raise Invalid(f"must be one of {opts}, got {show(raw)}")
         if self.nonempty and not s.strip():
             raise Invalid("must not be empty")
+        if self.max_len is not None and len(s) > self.max_len:
+            raise Invalid(f"must be at most {self.max_len} characters, got {len(s)}")
         if self.pattern is not None and not self.pattern.fullmatch(s):
             raise Invalid(f"{self.pattern_msg}, got {show(raw)}")
         return s
@@ -86,6 +87,7 @@ class SecretStr(Kind[Secret]):
     """A password: never echoed in problems, dumped as ``******``."""
 
     type_doc = "secret string"
+    secret = "value"
 
     def convert(self, raw: object) -> Secret:
         if not isinstance(raw, str):
@@ -172,11 +174,14 @@ class Duration(Kind[float]):
     """
 
     def __init__(self, *, positive: bool = False, at_least: str | None = None,
-                 problem: str | None = None) -> None:
+                 at_most: float | None = None, problem: str | None = None) -> None:
         super().__init__(problem=problem)
         self.positive = positive
         self.at_least = at_least
-        self.type_doc = "duration > 0" if positive else "duration >= 0"
+        self.at_most = at_most
+        low = "> 0" if positive else ">= 0"
+        self.type_doc = (f"duration {low}" if at_most is None else
+                         f"duration {low}, <= {format_duration(at_most)}")
 
     def convert(self, raw: object) -> float:
         try:
@@ -186,6 +191,8 @@ class Duration(Kind[float]):
         if d < 0 or (self.positive and d == 0):
             bound = "> 0" if self.positive else ">= 0"
             raise Invalid(f"must be a duration {bound} (e.g. 500ms, 5s, 1m30s), got {show(raw)}")
+        if self.at_most is not None and d > self.at_most:
+            raise Invalid(f"must be at most {format_duration(self.at_most)}, got {show(raw)}")
         return d
 
     def parse(self, raw: object, at: Where, default: float) -> float:
@@ -225,17 +232,30 @@ class Size(Kind[int]):
 
 
 class File(Kind["str | None"]):
-    """A path to an existing file (relative to the working directory); ``""`` = none."""
+    """A path to an existing, readable file (relative to the working directory); ``""`` =
+    none. ``secret``: what the file holds is a secret (a private key), for
+    :func:`secret_paths`; the content is never shown anyway."""
 
     type_doc = "path"
+
+    def __init__(self, *, secret: bool = False) -> None:
+        super().__init__()
+        self.secret = "file" if secret else None
 
     def convert(self, raw: object) -> str | None:
         if not isinstance(raw, str):
             raise Invalid(f"must be a string, got {show(raw)}")
         if not raw:
             return None
+        if "-----BEGIN" in raw or "\n" in raw:
+            raise Invalid("holds file content (PEM data?), not a path: give the path of the "
+                          "file")
+        if os.path.isdir(raw):
+            raise Invalid(f"is a directory, not a file: {show(raw)}")
         if not os.path.isfile(raw):
             raise Invalid(f"file not found: {show(raw)}")
+        if not os.access(raw, os.R_OK):
+            raise Invalid(f"file not readable (permissions): {show(raw)}")
         return raw
 
     def dump(self, value: str | None) -> str:
@@ -265,14 +285,18 @@ def host_port_problem(s: str, *, allow_empty_host: bool = False,
 class HostPort(Kind[str]):
     type_doc = "`host:port`"
 
-    def __init__(self, *, allow_empty_host: bool = False, allow_port_zero: bool = False) -> None:
+    def __init__(self, *, allow_empty_host: bool = False, allow_port_zero: bool = False,
+                 credentials: str = "") -> None:
         super().__init__()
         self.allow_empty_host = allow_empty_host
         self.allow_port_zero = allow_port_zero
+        self.credentials = f": {credentials}" if credentials else ""
 
     def convert(self, raw: object) -> str:
         if not isinstance(raw, str):
             raise Invalid(f"must be a string, got {show(raw)}")
+        if "@" in raw:  # never echoed: user:password@host:port
+            raise Invalid("must not hold credentials (user:password@)" + self.credentials)
         problem = host_port_problem(raw, allow_empty_host=self.allow_empty_host,
                                     allow_port_zero=self.allow_port_zero)
         if problem:
@@ -355,6 +379,9 @@ class ListOf(Kind[tuple[Any, ...]]):
 
     def dump(self, value: tuple[Any, ...]) -> list[Any]:
         return [self.item.dump(v) for v in value]
+
+    def children(self) -> Iterator[tuple[str, Kind[Any]]]:
+        yield "[*]", self.item
 
 
 class AnyMapping(Kind[dict[str, Any]]):

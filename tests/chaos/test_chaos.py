@@ -218,6 +218,90 @@ def test_shipped_scenarios_are_valid_and_short() -> None:
         assert sc.end <= 120, f"{name} lasts {sc.end} s by default"
 
 
+MULTI_DC: dict[str, Any] = {
+    "name": "m",
+    "topology": "multi-dc",
+    "load": {"rate": 500, "duration": "30s"},
+    "timeline": [{"at": "10s", "action": "disable_proxy", "proxy": "central-a", "for": "5s"}],
+    "expect": {"destinations": {"central": {"rows": "all", "no_duplicates": True}},
+               "recovery": [{"destination": "central-a", "max_seconds": 5}]},
+}
+
+
+def multi_dc(**action: Any) -> dict[str, Any]:
+    doc = json.loads(json.dumps(MULTI_DC))
+    doc["timeline"] = [action]
+    return doc
+
+
+def test_multi_dc_scenario_views_proxies_and_outlets() -> None:
+    sc = parse_scenario(MULTI_DC)
+    assert sc.topology == "multi-dc" and sc.outlet.destinations == ("local", "central")
+    assert sc.timeline[0].proxy == "clickhouse-central-a"  # a's link to central only
+    assert sc.views == ("local-a", "local-b", "central", "central-a", "central-b")
+    assert sc.view_datacenters("central") == ("a", "b")
+    assert sc.view_datacenters("local-b") == ("b",)
+    assert (sc.metric_destination("local-a"), sc.metric_destination("central-b")) == (
+        "primary", "central")
+    doc = multi_dc(at="5s", action="kill_outlet", outlet="a", **{"for": "3s"})
+    doc["expect"].pop("recovery")
+    crash = parse_scenario(doc)
+    assert [(a.action, a.params) for a in crash.timeline] == [
+        ("kill_outlet", {"outlet": "a"}), ("start_outlet", {"outlet": "a"})]
+    assert planned_windows(crash.timeline)[0][:2] == (5.0, 8.0)
+
+
+def test_multi_dc_validation() -> None:
+    ps = problems(multi_dc(at="5s", action="kill_outlet"))
+    assert any(p.startswith("timeline[0].outlet: required in multi-dc scenarios") for p in ps)
+    ps = problems(multi_dc(at="5s", action="disable_proxy", proxy="azure"))
+    assert any(p.startswith("timeline[0].proxy: not a multi-dc proxy") for p in ps)
+    ps = problems(multi_dc(at="5s", action="restart_kafka"))
+    assert any(p.startswith("timeline[0].datacenter: required") for p in ps)
+    ps = problems(multi_dc(at="5s", action="restart_clickhouse", target="azure"))
+    assert any(p.startswith("timeline[0].target: unknown target 'azure'") for p in ps)
+    doc = json.loads(json.dumps(MULTI_DC))
+    doc["expect"]["destinations"] = {"local": {"rows": "all"},
+                                     "local-a": {"rows": "all_minus_reported_loss"}}
+    doc["expect"]["metrics"] = ['retries_exceeded_flows_total{dc="c"} == 0']
+    ps = problems(doc)
+    assert any(p.startswith("expect.destinations.local: unknown destination") for p in ps)
+    assert any("the primary never gives up" in p for p in ps)
+    assert any(p.startswith("expect.metrics[0]: label dc='c'") for p in ps)
+    # single-dc scenarios take neither the multi-dc parameters nor its proxies/recovery
+    ps = problems(with_action(at="5s", action="kill_outlet", outlet="a", **{"for": "1s"}))
+    assert any(p.startswith("timeline[0].outlet: only in multi-dc") for p in ps)
+    ps = problems(with_action(at="5s", action="disable_proxy", proxy="central-a"))
+    assert any("multi-dc proxy" in p for p in ps)
+    doc = json.loads(json.dumps(MINIMAL))
+    doc["expect"]["recovery"] = [{"destination": "azure", "max_seconds": 5}]
+    assert any(p.startswith("expect.recovery[0]: checked in multi-dc") for p in problems(doc))
+
+
+def test_lag_expectations_may_be_listed() -> None:
+    doc = json.loads(json.dumps(MULTI_DC))
+    doc["expect"]["lag"] = [{"destination": "central-a", "after": "2s", "max_seconds": 5},
+                            {"destination": "central-b", "after": "2s", "max_seconds": 5}]
+    sc = parse_scenario(doc).scaled(2)
+    assert [(lg.destination, lg.after) for lg in sc.expect.lags] == [("central-a", 4.0),
+                                                                       ("central-b", 4.0)]
+    assert sc.expect.lag == sc.expect.lags[0]
+
+
+def test_multi_dc_metrics_are_told_apart_by_datacenter() -> None:
+    from chaos.multidc import tagged
+    from chaos.results import metric_value, reported_loss
+
+    a = tagged({'outlet_destination_retries_exceeded_flows_total{destination="central",'
+                'reason="queue_full"}': 3.0, "outlet_flows_received_total": 10.0}, "a")
+    b = tagged({'outlet_destination_retries_exceeded_flows_total{destination="central",'
+                'reason="queue_full"}': 4.0}, "b")
+    merged = {**a, **b}
+    assert reported_loss(merged, "central") == 7
+    assert reported_loss(merged, "central", dc="a") == 3
+    assert metric_value(merged, "outlet_flows_received_total", dc="a") == 10
+
+
 # -- report rendering (no stack) --------------------------------------------------------
 
 
@@ -265,7 +349,8 @@ CI_SCENARIOS = [
 @pytest.mark.stack
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(("name", "scale"), CI_SCENARIOS, ids=[n for n, _ in CI_SCENARIOS])
-def test_scenario_end_to_end(stack: Any, tmp_path: Path, name: str, scale: float) -> None:
+def test_scenario_end_to_end(stack: Any, prometheus: Any, tmp_path: Path, name: str,
+                             scale: float) -> None:
     from chaos.runner import run_scenario
 
     sc = load_scenario(name).scaled(scale)
@@ -285,5 +370,68 @@ def test_scenario_end_to_end(stack: Any, tmp_path: Path, name: str, scale: float
             k.startswith(names.DESTINATION_INSERT_ERRORS_TOTAL) and "azure" in k and v > 0
             for k, v in data["metrics"].items()
         )
-    assert yaml.safe_load((report / "outlet" / "outlet.yaml").read_text())["kafka"]["topic"] \
-        == data["info"]["topic"]
+    outlet_cfg = yaml.safe_load((report / "outlet" / "outlet.yaml").read_text())
+    assert outlet_cfg["kafka"]["topic"] == data["info"]["topic"]
+    observed = data["info"]["alerts"]  # every CI scenario records its alert timeline
+    assert observed["run"] == data["info"]["topic"]
+    if name == "azure-partition":
+        # `alerts:` in the scenario: the additional-destination alert fired and resolved
+        checks = {c["name"]: c for c in data["checks"]}
+        fired = 'alert OutletAdditionalDestinationDown{destination="azure"} fires'
+        assert checks[fired]["passed"] and checks["no other alert fires"]["passed"]
+        assert "| OutletAdditionalDestinationDown |" in (report / "report.md").read_text()
+        print("alert timeline:", json.dumps(observed["timeline"]))
+        _dashboard_returns_data(prometheus, observed, outlet_cfg["http"]["listen"])
+
+
+def _dashboard_returns_data(prometheus: Any, observed: dict[str, Any], instance: str) -> None:
+    """Every dashboard query parses and returns data for this run's outlet."""
+    import re
+
+    from chaos.scenario import known_metric_names
+    from tests.deploy.conftest import NOT_YET_EXPORTED, ORCHESTRATOR_ONLY, metric_names
+    from tests.deploy.dashboard import evaluate, variable_values
+
+    # Grafana escapes regex characters of a variable's value for PromQL's strings
+    instance_re = re.escape(instance).replace("\\", "\\\\")
+    offered = variable_values(prometheus, {"datacenter": "dc1"})
+    assert "dc1" in offered["datacenter"] and instance in offered["instance"], offered
+    results = evaluate(prometheus, {"datacenter": "dc1", "instance": instance_re},
+                       observed["start"], observed["end"])
+    absent = NOT_YET_EXPORTED | ORCHESTRATOR_ONLY
+    assert not absent & (known_metric_names() or set()) - ORCHESTRATOR_ONLY
+    for r in results:
+        print(f"dashboard: {r.series:3d} series {r.points:5d} points  {r.where}")
+    assert not [r for r in results if r.error], [(r.where, r.error) for r in results if r.error]
+    empty = [r.where for r in results if not r.points and not metric_names(r.expr) & absent]
+    assert not empty, f"panels without data: {empty}"
+    # what the outlet does not export here must really be absent (not a broken query)
+    assert all(not r.points for r in results if metric_names(r.expr) & absent)
+
+
+# `make test` runs one multi-dc scenario (the others join `make chaos-all`): datacenter a's
+# link to central cut under load while b's stays up (issue 10), at half its length.
+MULTI_DC_CI = ("multidc-dc-a-link-partition", 0.5)
+
+
+@pytest.mark.timeout(300)
+def test_multi_dc_scenario_end_to_end(multi_dc_stack: Any, tmp_path: Path) -> None:
+    from chaos.multidc import run_multi_dc_scenario
+
+    name, scale = MULTI_DC_CI
+    sc = load_scenario(name).scaled(scale)
+    t0 = time.monotonic()
+    res = run_multi_dc_scenario(sc, multi_dc_stack.stack_dir, tmp_path)
+    print(f"{name} at time scale {scale}: {time.monotonic() - t0:.0f} s")
+    failures = [f"{c.name}: expected {c.expected}, observed {c.observed}"
+                for c in res.failures]
+    assert res.passed, "\n".join(failures) + f"\n{res.error}"
+    data = json.loads((tmp_path / sc.name / "report.json").read_text())
+    assert set(data["destinations"]) == {"local-a", "local-b", "central", "central-a",
+                                         "central-b"}
+    assert data["destinations"]["central"]["rows"] == sum(data["info"]["produced"].values())
+    [recovery] = data["info"]["recoveries"]
+    assert recovery["view"] == "central-a" and recovery["seconds"] <= 5
+    for dc in ("a", "b"):
+        cfg = yaml.safe_load((tmp_path / sc.name / f"outlet-{dc}" / "outlet.yaml").read_text())
+        assert cfg["kafka"]["topic"] == data["info"]["topic"]  # the same topic name in both

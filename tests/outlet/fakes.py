@@ -6,7 +6,9 @@
 - ``FakeEncoder``: an ``Encoder`` whose "Native" bytes are the JSON list of the records
   (so a fake writer can tell which records a batch holds); failures can be injected.
 - ``FakeClickHouse`` + its ``Writer``: stores batches by deduplication token as ClickHouse
-  does (a repeated token stores nothing); can hang, fail or be slow.
+  does (a repeated token stores nothing); can hang, fail or be slow. Its writers answer
+  probes (``ping``) and the deduplication audit's query from the fake's own insert log,
+  as system.query_log/part_log would.
 - ``inline``: runs the ledger's and spools' blocking disk calls in the Trio thread (the
   real file ledger and spool, without threads).
 
@@ -40,6 +42,7 @@ from outlet.ledger import RunSync
 from outlet.metrics import Metrics
 from outlet.notify import Notifier
 from outlet.pipeline import Backends
+from outlet.writer import InsertResult
 
 PRIMARY_URL = "http://127.0.0.1:18123"
 AZURE_URL = "http://127.0.0.1:28123"
@@ -99,6 +102,7 @@ class FakeTopic:
     committed: dict[int, int] = field(default_factory=dict)
     commit_log: list[dict[int, int]] = field(default_factory=list)
     grown: Notifier = field(default_factory=Notifier)
+    cluster_id: str = "fake-cluster"  # what the brokers report (None: an old Kafka)
 
     def __post_init__(self) -> None:
         for p in range(self.partitions):
@@ -127,9 +131,11 @@ class FakeSource:
         self.events: deque[tuple[str, set[int]]] = deque()
         self.read = 0  # records handed to the input
         self.closed = False
+        self.cluster_id: str | None = None
 
     async def open(self, hooks: SourceHooks) -> None:
         self.hooks = hooks
+        self.cluster_id = self.topic.cluster_id
         self.events.append(("assign", set(range(self.topic.partitions))))
 
     def failure_reason(self) -> str:
@@ -238,6 +244,7 @@ class Insert:
     token: str
     records: list[str]
     stored: bool  # False: a repeated token, dropped as ClickHouse does
+    comment: str = ""  # the attempt's log_comment
 
 
 class FakeClickHouse:
@@ -252,6 +259,8 @@ class FakeClickHouse:
         self.tokens: dict[str, list[str]] = {}
         self.inserts: list[Insert] = []
         self.attempts = 0
+        self.pings = 0
+        self._comments = 0
 
     def stop(self) -> None:
         """Inserts hang (a partitioned link: the writer's timeout fires) until start()."""
@@ -265,7 +274,7 @@ class FakeClickHouse:
     def rows(self) -> list[str]:
         return [r for recs in self.tokens.values() for r in recs]
 
-    async def insert(self, job: EncodedJob) -> int:
+    async def insert(self, job: EncodedJob) -> InsertResult:
         self.attempts += 1
         await self.up.wait()
         if self.latency:
@@ -276,8 +285,26 @@ class FakeClickHouse:
         stored = job.token not in self.tokens
         if stored:
             self.tokens[job.token] = records
-        self.inserts.append(Insert(trio.current_time(), job.token, records, stored))
-        return len(records) if stored else 0
+        self._comments += 1
+        comment = f"{self.name}-{self._comments}"
+        self.inserts.append(Insert(trio.current_time(), job.token, records, stored, comment))
+        # As the real engine: written_rows counts deduplicated rows too (dedup_audit.py).
+        return InsertResult(comment, len(records))
+
+    async def ping(self) -> None:
+        self.pings += 1
+        await self.up.wait()
+        if self.latency:
+            await trio.sleep(self.latency)
+
+    def audit_rows(self, comments: Sequence[str]) -> list[tuple[str, int, int]]:
+        """What AUDIT_SQL answers: per insert, rows stored and rows deduplicated."""
+        wanted = set(comments)
+        return [
+            (i.comment, len(i.records) if i.stored else 0, 0 if i.stored else len(i.records))
+            for i in self.inserts
+            if i.comment in wanted
+        ]
 
 
 class FakeWriter:
@@ -289,9 +316,18 @@ class FakeWriter:
         self.timeout = conn.insert_timeout
         self.closed = False
 
-    async def write(self, job: EncodedJob) -> int:
+    async def write(self, job: EncodedJob) -> InsertResult:
         with trio.fail_after(self.timeout):
             return await self._server.insert(job)
+
+    async def ping(self) -> None:
+        with trio.fail_after(self.timeout):
+            await self._server.ping()
+
+    async def query(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+        with trio.fail_after(self.timeout):
+            await self._server.up.wait()
+        return list(self._server.audit_rows(parameters["comments"]))
 
     def redact(self, text: str) -> str:
         return text

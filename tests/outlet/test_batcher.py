@@ -13,6 +13,7 @@ import trio
 from outlet.batch import Cut
 from outlet.batcher import Batcher
 from outlet.kafka_input import Chunk
+from outlet.ledger import LedgerEntry
 
 
 def frames(n: int) -> bytes:
@@ -80,7 +81,8 @@ async def test_bad_records_weigh_one() -> None:
 
 async def test_rebuild_path_counts_flows_too() -> None:
     b, fake = batcher(size=5)
-    assert b.plan_rebuilds({0, 7}, [({7: (0, 0)}, {7: (0, 0)})])  # a rebuild on partition 7
+    entry = LedgerEntry({7: (0, 0)}, "v2:test-cluster/flows/7:0-0")
+    assert b.plan_rebuilds({0, 7}, [(entry, {7: (0, 0)})])  # a rebuild on partition 7
     await run(b, chunk([frames(2), frames(2), frames(2), frames(1)]))
     assert [flows(x) for x in fake.batches] == [4, 3]
 

@@ -20,11 +20,17 @@ def state(b: CircuitBreaker) -> State:
     return b.state
 
 
-def make(threshold: int = 3, cool_down: float = 10.0) -> tuple[CircuitBreaker, Clock, list[int]]:
+def make(threshold: int = 3, **kw: float) -> tuple[CircuitBreaker, Clock, list[int]]:
     clock = Clock()
     changes: list[int] = []
-    b = CircuitBreaker(threshold, cool_down, clock, lambda old, new: changes.append(int(new)))
+    b = CircuitBreaker(threshold, clock=clock,
+                       on_change=lambda old, new: changes.append(int(new)), **kw)
     return b, clock, changes
+
+
+def open_it(b: CircuitBreaker) -> None:
+    for _ in range(b.failure_threshold):
+        b.record_failure()
 
 
 def test_opens_after_threshold_consecutive_failures() -> None:
@@ -40,67 +46,144 @@ def test_opens_after_threshold_consecutive_failures() -> None:
     b.record_failure()
     assert state(b) is State.OPEN
     assert changes == [1]
-    assert not b.allow()
+    assert not b.allow()  # no real attempt while open, ever
 
 
-def test_half_open_single_probe_then_closed() -> None:
+def test_probe_then_one_real_attempt_then_closed() -> None:
     b, clock, changes = make()
-    for _ in range(3):
-        b.record_failure()
-    clock.now += 9.9
-    assert not b.allow()
-    assert b.retry_after() == pytest.approx(0.1)
-    clock.now += 0.1
+    open_it(b)
+    assert b.retry_after() == pytest.approx(0.5)  # the first probe comes quickly
+    assert not b.begin_probe()
+    clock.now += 0.5
     assert b.retry_after() == 0
-    assert b.allow()  # the probe
+    assert b.begin_probe()
+    assert b.probing and b.retry_after() == float("inf")  # one probe at a time
+    assert not b.begin_probe()
+    assert state(b) is State.OPEN and not b.allow()  # probing counts as open
+    b.probe_succeeded()
     assert state(b) is State.HALF_OPEN
-    assert not b.allow()  # only one probe at a time
+    assert b.allow()  # the one real attempt
+    assert not b.allow()
     b.record_success()
     assert state(b) is State.CLOSED and b.consecutive_failures == 0
     assert b.allow() and b.allow()
     assert changes == [1, 2, 0]
 
 
-def test_failed_probe_reopens_for_a_full_cool_down() -> None:
-    b, clock, changes = make(threshold=5)
+def test_failed_probes_back_off_to_the_cap() -> None:
+    b, clock, changes = make(probe_interval=0.5, probe_max_interval=2.0)
+    open_it(b)
+    waits = []
     for _ in range(5):
-        b.record_failure()
-    clock.now += 10
+        waits.append(b.retry_after())
+        clock.now += b.retry_after()
+        assert b.begin_probe()
+        b.probe_failed()
+    assert waits == [0.5, 1.0, 2.0, 2.0, 2.0]
+    assert changes == [1]  # stayed open throughout
+    # a real success (e.g. an insert that was in flight) resets the backoff
+    b.record_success()
+    open_it(b)
+    assert b.retry_after() == pytest.approx(0.5)
+
+
+def test_failed_half_open_attempt_reopens_with_a_longer_wait() -> None:
+    b, clock, changes = make(threshold=5)
+    open_it(b)
+    clock.now += 0.5
+    assert b.begin_probe()
+    b.probe_succeeded()
     assert b.allow()
     b.record_failure()  # one failure in half-open is enough
     assert state(b) is State.OPEN
-    clock.now += 5
-    assert not b.allow()
-    clock.now += 5
-    assert b.allow()
-    assert changes == [1, 2, 1, 2]
+    assert b.retry_after() == pytest.approx(1.0)
+    assert changes == [1, 2, 1]
 
 
-def test_trip_opens_immediately_and_release_returns_the_probe() -> None:
-    b, clock, _ = make(threshold=100)
+def test_permanent_error_waits_cool_down_between_attempts() -> None:
+    """A probe cannot see that a password or a schema got fixed: after trip() the circuit
+    waits cool-down, probes, then lets one batch decide."""
+    b, clock, changes = make(threshold=100, cool_down=30)
     b.trip()
     assert state(b) is State.OPEN and not b.allow()
-    clock.now += 10
+    assert b.retry_after() == pytest.approx(30)
+    clock.now += 30
+    assert b.begin_probe()
+    b.probe_failed()  # e.g. the probe itself fails authentication
+    assert b.retry_after() == pytest.approx(30)
+    clock.now += 30
+    assert b.begin_probe()
+    b.probe_succeeded()
     assert b.allow()
-    b.release()  # nothing was sent: someone else may probe
+    b.trip()  # the batch hits the permanent error again
+    assert b.retry_after() == pytest.approx(30)
+    clock.now += 30
+    assert b.begin_probe()
+    b.probe_succeeded()
+    assert b.allow()
+    b.record_success()  # fixed: back to fast probes for the next outage
+    open_it(b)
+    assert b.retry_after() == pytest.approx(0.5)
+    assert changes == [1, 2, 1, 2, 0, 1]
+
+
+def test_release_returns_the_half_open_attempt() -> None:
+    b, clock, _ = make()
+    open_it(b)
+    clock.now += 0.5
+    assert b.begin_probe()
+    b.probe_succeeded()
+    assert b.allow()
+    b.release()  # nothing was sent: someone else may try
     assert state(b) is State.HALF_OPEN
     assert b.allow()
     assert not b.allow()
 
 
-def test_no_hot_loop_one_attempt_per_cool_down() -> None:
-    b, clock, _ = make(threshold=2, cool_down=30)
-    attempts = 0
-    for _ in range(3000):  # 300 s of polling every 0.1 s against a dead destination
+def test_late_failure_of_an_attempt_in_flight_does_not_delay_the_probe() -> None:
+    b, clock, _ = make()
+    open_it(b)
+    clock.now += 0.4
+    b.record_failure()  # an insert that started before the circuit opened
+    assert b.retry_after() == pytest.approx(0.1)
+
+
+def test_dead_destination_costs_one_cheap_probe_per_max_interval() -> None:
+    b, clock, _ = make(threshold=2, probe_interval=0.5, probe_max_interval=2.0)
+    attempts = probes = 0
+    for _ in range(3000):  # 300 s of callers asking every 0.1 s against a dead destination
         if b.allow():
             attempts += 1
             b.record_failure()
+        if b.begin_probe():
+            probes += 1
+            b.probe_failed()
         clock.now += 0.1
-    assert attempts == 2 + 300 // 30 - 1 or attempts == 2 + 300 // 30
+    assert attempts == 2  # real batches: only the ones that opened the circuit
+    assert 145 <= probes <= 152  # 0.5 + 1 + then every 2 s
+
+
+def test_link_back_means_a_probe_within_the_max_interval() -> None:
+    b, clock, _ = make(probe_max_interval=2.0)
+    open_it(b)
+    for _ in range(20):  # a long outage: the backoff is at its cap
+        clock.now += b.retry_after()
+        b.begin_probe()
+        b.probe_failed()
+    link_back = clock.now + 0.01  # just after a failed probe: the worst case
+    clock.now = link_back + b.retry_after() - 0.01
+    assert b.begin_probe()
+    b.probe_succeeded()
+    assert state(b) is State.HALF_OPEN
+    assert clock.now - link_back <= 2.0
 
 
 def test_invalid_settings() -> None:
     with pytest.raises(ValueError):
-        CircuitBreaker(0, 1)
+        CircuitBreaker(0)
     with pytest.raises(ValueError):
-        CircuitBreaker(1, 0)
+        CircuitBreaker(1, probe_interval=0)
+    with pytest.raises(ValueError):
+        CircuitBreaker(1, cool_down=0)
+    with pytest.raises(ValueError):
+        CircuitBreaker(1, probe_interval=2, probe_max_interval=1)

@@ -784,7 +784,7 @@ def test_many_days_batch_through_the_writer(
 
         monkeypatch.setattr(writer.client(), "raw_insert", spy)
         job = EncodedJob(seq=1, token="guard/0:0-149", native=encoded.native, rows=150, ranges={})
-        assert writer.insert(job) == 150
+        assert writer.insert(job).written_rows == 150
         assert sent[0]["throw_on_max_partitions_per_insert_block"] == "0"
         got = client.query(
             "SELECT count(), uniqExact(toYYYYMMDD(TimeReceived)) FROM guard.flows"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -12,18 +13,63 @@ import trio
 import trio.testing
 
 import outlet.ledger
-from outlet.batch import BatchBuilder, make_token
+from outlet.batch import BatchBuilder
 from outlet.commit import CommitTracker
-from outlet.ledger import Ledger
+from outlet.ledger import Ledger, LedgerEntry
+from outlet.tokens import (
+    make_token,
+    make_token_v1,
+    token_cluster_id,
+    token_version,
+    writer_identity,
+)
 
 DESTS = {"primary", "azure"}
+CLUSTER = "9pPv-rJJSdakfHT0ptqtUQ"  # what Kafka 4's storage tool generates (URL-safe base64)
+ID = writer_identity(CLUSTER)
 
 
-def test_token_is_derived_from_offsets_only() -> None:
-    a = make_token("flows", {1: (10, 20), 0: (5, 9)})
-    b = make_token("flows", {0: (5, 9), 1: (10, 20)})
-    assert a == b == "flows/0:5-9,1:10-20"
-    assert make_token("flows", {0: (5, 10)}) != make_token("flows", {0: (5, 9)})
+def test_token_is_derived_from_cluster_topic_and_offsets_only() -> None:
+    a = make_token(ID, "flows", {1: (10, 20), 0: (5, 9)})
+    b = make_token(ID, "flows", {0: (5, 9), 1: (10, 20)})
+    assert a == b == f"v2:{CLUSTER}/flows/0:5-9,1:10-20"
+    assert make_token(ID, "flows", {0: (5, 10)}) != make_token(ID, "flows", {0: (5, 9)})
+    assert make_token(ID, "flows", {0: (5, 9)}) != make_token(ID, "flows2", {0: (5, 9)})
+
+
+def test_tokens_of_two_clusters_with_the_same_topic_and_offsets_differ() -> None:
+    """Issue 10: two datacenters, topic `flows` everywhere, the same offsets."""
+    ranges = {0: (0, 49_999)}
+    dc_a = make_token(writer_identity("clusterA"), "flows", ranges)
+    dc_b = make_token(writer_identity("clusterB"), "flows", ranges)
+    assert dc_a != dc_b
+    # clusters restored from one backup share an id: kafka.cluster-identity tells them apart
+    restored_1 = make_token(writer_identity(CLUSTER, "paris"), "flows", ranges)
+    restored_2 = make_token(writer_identity(CLUSTER, "london"), "flows", ranges)
+    assert len({restored_1, restored_2, make_token(ID, "flows", ranges)}) == 3
+    assert restored_1 == f"v2:{CLUSTER}+paris/flows/0:0-49999"
+
+
+def test_identity_escapes_delimiters_so_tokens_cannot_be_confused() -> None:
+    # "a/b" + topic "c" must not read like identity "a" + topic "b/c"
+    t1 = make_token(writer_identity("a/b"), "c", {0: (1, 2)})
+    t2 = make_token(writer_identity("a"), "b", {0: (1, 2)})
+    assert t1 == "v2:a%2Fb/c/0:1-2" and t1 != t2
+    assert writer_identity("x+y", "z") == "x%2By+z"
+    with pytest.raises(ValueError):
+        writer_identity("")
+    with pytest.raises(ValueError):
+        make_token("", "flows", {0: (1, 2)})
+    with pytest.raises(ValueError):
+        make_token(ID, "flows", {})
+
+
+def test_token_versions_are_told_apart() -> None:
+    old = make_token_v1("flows", {1: (10, 20), 0: (5, 9)})
+    assert old == "flows/0:5-9,1:10-20"  # the format before issue 10, unchanged
+    assert token_version(old) == 1
+    assert token_version(make_token(ID, "flows", {0: (5, 9)})) == 2
+    assert token_version(make_token_v1("v2", {0: (5, 9)})) == 1  # a topic named v2
 
 
 def test_batch_builder_extend_tracks_ranges_per_partition() -> None:
@@ -87,8 +133,9 @@ async def test_waits_are_driven_by_settlement(autojump_clock: trio.testing.MockC
 
 def test_ledger_survives_restart_and_torn_line(tmp_path: Path) -> None:
     led = Ledger(tmp_path, "flows", "g")
-    led.record({0: (0, 9), 1: (0, 4)})
-    led.record({0: (10, 19)})
+    first, second = {0: (0, 9), 1: (0, 4)}, {0: (10, 19)}
+    led.record(first, make_token(ID, "flows", first))
+    led.record(second, make_token(ID, "flows", second))
     led.close()
     with open(led.path, "ab") as f:
         f.write(b'{"ranges": {"0": [20,')  # SIGKILL mid-append
@@ -96,9 +143,91 @@ def test_ledger_survives_restart_and_torn_line(tmp_path: Path) -> None:
     # partition 0 committed up to 10, partition 1 up to 0: the first batch is partly
     # committed; its partition-1 part is rebuilt under the original (full) token.
     pending = again.pending({0: 10, 1: 0})
-    assert pending == [({0: (0, 9), 1: (0, 4)}, {1: (0, 4)}), ({0: (10, 19)}, {0: (10, 19)})]
+    assert pending == [
+        (LedgerEntry(first, f"v2:{CLUSTER}/flows/0:0-9,1:0-4"), {1: (0, 4)}),
+        (LedgerEntry(second, f"v2:{CLUSTER}/flows/0:10-19"), {0: (10, 19)}),
+    ]
     assert again.pending({0: 20, 1: 5}) == []
     assert again.pending({0: 10, 1: 5}, partitions={1}) == []
+    again.close()
+
+
+def test_ledger_written_by_an_older_outlet_keeps_its_tokens(tmp_path: Path) -> None:
+    """Upgrade in the middle of an outage: old entries (ranges only) are rebuilt under the
+    version-1 token they were sent with, new entries under the token recorded with them."""
+    path = Ledger(tmp_path, "flows", "g").path
+    path.write_text('{"ranges": {"0": [0, 9], "1": [0, 4]}}\n{"ranges": {"0": [10, 19]}}\n')
+    led = Ledger(tmp_path, "flows", "g")
+    new = {0: (20, 29)}
+    led.record(new, make_token(ID, "flows", new))
+    tokens = [e.token for e, _ in led.pending({})]
+    assert tokens == ["flows/0:0-9,1:0-4", "flows/0:10-19", f"v2:{CLUSTER}/flows/0:20-29"]
+    led.close()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert "token" not in lines[0] and lines[2]["token"] == tokens[2]
+
+
+def test_ledger_compaction_keeps_every_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    monkeypatch.setattr(outlet.ledger, "COMPACT_AFTER_LINES", 2)
+    path = Ledger(tmp_path, "flows", "g").path
+    path.write_text('{"ranges": {"0": [0, 9]}}\n{"ranges": {"0": [10, 19]}}\n')
+    led = Ledger(tmp_path, "flows", "g")
+    led.record({0: (20, 29)}, "v2:x/flows/0:20-29")
+    led.compact({0: 10})  # the first batch is committed
+    led.close()
+    again = Ledger(tmp_path, "flows", "g")
+    assert [e.token for e, _ in again.pending({0: 10})] == ["flows/0:10-19",
+                                                            "v2:x/flows/0:20-29"]
+    again.close()
+
+
+def test_no_cluster_id_no_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Tokens without the cluster id collide between datacenters: the outlet refuses to
+    start when Kafka cannot tell it, and says which brokers it asked."""
+    import logging
+    import socket
+
+    import outlet.kafka_client
+    from outlet.cli import main
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(outlet.kafka_client, "CLUSTER_ID_TIMEOUT", 1.0)
+    config = tmp_path / "outlet.yaml"
+    config.write_text(f"kafka: {{brokers: ['127.0.0.1:{port}']}}\n"
+                      f"state: {{path: '{tmp_path / 'state'}'}}\nhttp: {{listen: '127.0.0.1:0'}}\n")
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        assert main(["run", "--config", str(config)]) == 1
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert (f"outlet cannot start: cannot read the Kafka cluster id from kafka.brokers "
+            f"127.0.0.1:{port} within 1 s") in err
+
+
+def test_batches_of_another_cluster_are_not_rebuilt(tmp_path: Path) -> None:
+    """A Kafka cluster re-created under the same brokers (new id) holds other records at
+    the same offsets: rebuilt under the old tokens they would be dropped as duplicates."""
+    led = Ledger(tmp_path, "flows", "g")
+    led.record({0: (0, 9)}, make_token(writer_identity("old", "paris"), "flows", {0: (0, 9)}))
+    led.record({0: (10, 19)}, make_token(writer_identity("new", "paris"), "flows", {0: (10, 19)}))
+    led.close()
+    path = led.path
+    with open(path, "a") as f:
+        f.write('{"ranges": {"0": [20, 29]}}\n')  # version 1: its cluster is unknown, kept
+    again = Ledger(tmp_path, "flows", "g")
+    kept = [e.ranges for e, _ in again.pending({}, cluster_id="new")]
+    assert kept == [{0: (10, 19)}, {0: (20, 29)}]
+    assert len(again.pending({})) == 3  # no cluster given: everything
+    # the alias (kafka.cluster-identity) may change: only the cluster id counts
+    assert token_cluster_id(make_token(writer_identity("a/b", "x"), "t", {0: (1, 1)})) == "a/b"
+    assert token_cluster_id("flows/0:1-2") is None
     again.close()
 
 
@@ -111,8 +240,8 @@ def test_ledger_record_racing_compact_loses_no_seal(
     crash, hence duplicates."""
     monkeypatch.setattr(outlet.ledger, "COMPACT_AFTER_LINES", 2)
     led = Ledger(tmp_path, "flows", "g")
-    led.record({0: (0, 9)})
-    led.record({0: (10, 19)})
+    led.record({0: (0, 9)}, "t1")
+    led.record({0: (10, 19)}, "t2")
     in_compact, release = threading.Event(), threading.Event()
     real_replace = os.replace
 
@@ -125,14 +254,17 @@ def test_ledger_record_racing_compact_loses_no_seal(
     compact = threading.Thread(target=led.compact, args=({0: 10},))
     compact.start()
     assert in_compact.wait(5)
-    record = threading.Thread(target=led.record, args=({0: (20, 29)},))
+    record = threading.Thread(target=led.record, args=({0: (20, 29)}, "t3"))
     record.start()
     record.join(0.3)  # an unsynchronised record would finish inside the compaction here
     release.set()
     compact.join(5)
     record.join(5)
     monkeypatch.setattr(os, "replace", real_replace)
-    expected = [({0: (10, 19)}, {0: (10, 19)}), ({0: (20, 29)}, {0: (20, 29)})]
+    expected = [
+        (LedgerEntry({0: (10, 19)}, "t2"), {0: (10, 19)}),
+        (LedgerEntry({0: (20, 29)}, "t3"), {0: (20, 29)}),
+    ]
     assert led.pending({0: 10}) == expected, "the seal recorded during compaction is lost"
     led.close()
     assert Ledger(tmp_path, "flows", "g").pending({0: 10}) == expected

@@ -24,7 +24,7 @@ from outlet.config import (
     parse_size,
     redacted_dict,
 )
-from teststack.certs import Authority
+from teststack.stack import generate_tls
 
 # The seed-style example of the dual-write issue (issue 4), verbatim.
 SEED_EXAMPLE = """
@@ -97,11 +97,43 @@ def test_null_sections_and_keys_take_defaults() -> None:
     assert cfg.clickhousedb.max_retries == 0
 
 
-def test_seed_example_parses(tmp_path: Path) -> None:
+def test_seed_example_native_port_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """The users' example points the primary at Akvorado's native-protocol port 9000, which
+    a real ClickHouse answers with an error on every HTTP insert: refused, saying what to
+    write instead (it used to become http://clickhouse-local:9000 silently)."""
     path = tmp_path / "outlet.yaml"
     path.write_text(SEED_EXAMPLE)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"AZURE_PASSWORD": PASSWORD})
+    assert info.value.errors == [
+        "clickhousedb.servers[0]: is ClickHouse's native protocol port (9000): this outlet "
+        "speaks the ClickHouse HTTP interface: use port 8123 (or 8443 with TLS); if this "
+        "server really serves HTTP on 9000, write http://clickhouse-local:9000"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("server", "tls", "port"),
+    [("ch:9000", False, 9000), ("ch:9440", True, 9440), ("ch:9440", False, 9440),
+     ("ch:9004", False, 9004), ("[::1]:9000", False, 9000)],
+)
+def test_native_and_other_protocol_ports_are_refused(server: str, tls: bool, port: int) -> None:
+    (error,) = errors_of({"clickhousedb": {"servers": [server], "tls": {"enable": tls}}})
+    assert error.startswith("clickhousedb.servers[0]: is ClickHouse's ")
+    assert f"port ({port}): this outlet speaks the ClickHouse HTTP interface: use port 8123 " \
+           "(or 8443 with TLS)" in error
+    # An explicit URL says the server speaks HTTP there: taken as written.
+    scheme = "https" if tls else "http"
+    cfg = parse_config({"clickhousedb": {"servers": [f"{scheme}://{server}"],
+                                         "tls": {"enable": tls}}}, {})
+    assert cfg.clickhousedb.servers == (f"{scheme}://{server}",)
+
+
+def test_seed_example_parses(tmp_path: Path) -> None:
+    path = tmp_path / "outlet.yaml"
+    path.write_text(SEED_EXAMPLE.replace("clickhouse-local:9000", "clickhouse-local:8123"))
     cfg = load_config(path, {"AZURE_PASSWORD": PASSWORD})
-    assert cfg.clickhousedb.servers == ("http://clickhouse-local:9000",)
+    assert cfg.clickhousedb.servers == ("http://clickhouse-local:8123",)
     (dest,) = cfg.additional_clickhouses
     assert dest.name == "azure" and dest.primary is False
     assert dest.connection.servers == ("https://clickhouse-azure.example.net:8443",)
@@ -245,7 +277,7 @@ def test_all_errors_collected_in_one_exception() -> None:
     for e in errors:
         assert f"  - {e}" in text
     assert "kafka.brokers[0]: must be host:port" in text
-    assert "clickhouse.maximum-batch-size: must be an integer between 1 and 10000000, got 0" in text
+    assert "clickhouse.maximum-batch-size: must be an integer between 1 and 1000000, got 0" in text
     assert "clickhouse.maximum-wait-time: must be a duration > 0" in text
     assert "log.level: must be one of 'debug', 'info', 'warning', 'error', got 'loud'" in text
 
@@ -304,8 +336,7 @@ def test_server_entries() -> None:
 
 
 def test_tls_files_and_skip_verify(tmp_path: Path) -> None:
-    ca = tmp_path / "ca.pem"
-    Authority.create("test CA").write(ca, tmp_path / "ca-key.pem")
+    ca = generate_tls(tmp_path)["ca"]
     cfg = parse_config(
         {"kafka": {"tls": {"enable": True, "skip-verify": True, "ca-file": str(ca)}}}, {}
     )
@@ -328,7 +359,8 @@ def test_sasl() -> None:
     assert cfg.kafka.sasl.mechanism == "SCRAM-SHA-512"
     assert cfg.kafka.sasl.password.reveal() == PASSWORD
     assert errors_of({"kafka": {"sasl": {"mechanism": "PLAIN"}}}) == [
-        "kafka.sasl.username: is required when mechanism is PLAIN"
+        "kafka.sasl.username: is required when mechanism is PLAIN",
+        "kafka.sasl.password: is required when mechanism is PLAIN",  # librdkafka refuses it
     ]
     assert errors_of({"kafka": {"sasl": {"mechanism": "GSSAPI"}}})[0].startswith(
         "kafka.sasl.mechanism: must be one of"
@@ -550,7 +582,8 @@ def test_secrets_not_in_errors() -> None:
 
 
 def test_redacted_dump_is_normalized_and_round_trips() -> None:
-    cfg = parse_config(yaml.safe_load(METADATA + SEED_EXAMPLE), {"AZURE_PASSWORD": PASSWORD})
+    seed = SEED_EXAMPLE.replace(":9000", ":8123")
+    cfg = parse_config(yaml.safe_load(METADATA + seed), {"AZURE_PASSWORD": PASSWORD})
     d = redacted_dict(cfg)
     assert list(d) == [
         "kafka",
@@ -567,7 +600,7 @@ def test_redacted_dump_is_normalized_and_round_trips() -> None:
         "maximum-batch-size": 50000,
         "maximum-wait-time": "5s",
         "grace-period": "1m",
-        "compression": "none",
+        "compression": "lz4",
         "maximum-flows-per-record": 1000,
     }
     assert d["kafka"]["fetch-max-wait"] == "100ms"

@@ -50,6 +50,20 @@ def test_compose_topology_and_outlet_config() -> None:
     assert [d.name for d in cfg.additional_clickhouses] == ["azure"]
 
 
+def test_compose_prometheus_config_is_valid(tmp_path: Path) -> None:
+    from teststack.prometheus import RULES_FILE, alert_names, promtool_run
+
+    compose = _compose()
+    mount = next(v for v in compose["services"]["prometheus"]["volumes"]
+                 if v.startswith("./deploy/"))
+    assert (ROOT / mount.split(":")[0]) == RULES_FILE
+    shutil.copy(RULES_FILE, tmp_path / "outlet-rules.yml")
+    (tmp_path / "prometheus.yml").write_text(compose["configs"]["prometheus-yml"]["content"])
+    res = promtool_run("check", "config", "prometheus.yml", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"SUCCESS: {len(alert_names())} rules found" in res.stdout
+
+
 def _docker_available() -> bool:
     if shutil.which("docker") is None:
         return False

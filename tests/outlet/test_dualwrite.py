@@ -58,8 +58,10 @@ def test_normal_operation_both_hold_exactly_n(outlet_run: RunFactory) -> None:
     assert outlet.stop() == 0
 
 
-def test_lz4_compressed_once_stored_identically(outlet_run: RunFactory) -> None:
-    run = outlet_run(compression="lz4", wait_time="500ms", additional_extra=NO_SPOOL)
+@pytest.mark.parametrize("compression", ["lz4", "none"])  # lz4: the default
+def test_compressed_once_or_not_stored_identically(outlet_run: RunFactory,
+                                                   compression: str) -> None:
+    run = outlet_run(compression=compression, wait_time="500ms", additional_extra=NO_SPOOL)
     run.produce(100_000)
     outlet = run.outlet()
     outlet.start()

@@ -8,6 +8,7 @@ import trio
 import trio.testing
 
 from outlet.kafka_input import Barrier, Chunk, Outbox
+from outlet.ledger import LedgerEntry
 from outlet.notify import Notifier
 from outlet.rebuild import Rebuilds
 
@@ -19,9 +20,13 @@ def route_all(r: Rebuilds, records: list[tuple[int, int]]) -> list[bool]:
 def test_plans_rebuild_exact_ranges_and_complete_when_read_past_them() -> None:
     r = Rebuilds()
     ids = itertools.count(1)
-    pending = [({0: (10, 19), 1: (0, 4)}, {0: (10, 19), 1: (0, 4)}), ({0: (20, 29)}, {0: (20, 29)})]
+    pending = [
+        (LedgerEntry({0: (10, 19), 1: (0, 4)}, "t1"), {0: (10, 19), 1: (0, 4)}),
+        (LedgerEntry({0: (20, 29)}, "t2"), {0: (20, 29)}),
+    ]
     first, second = r.assign({0, 1}, pending, ids)
     assert (first.seq, second.seq) == (1, 2)
+    assert (first.token, second.token) == ("t1", "t2"), "rebuilt under the recorded tokens"
     assert r.assign({0, 1}, pending, ids) == [], "a batch being rebuilt is not planned twice"
     assert route_all(r, [(0, 9), (0, 10), (1, 0)]) == [False, True, True]
     assert r.take_complete() == []
@@ -33,8 +38,8 @@ def test_plans_rebuild_exact_ranges_and_complete_when_read_past_them() -> None:
 
 def test_revoked_partitions_are_not_waited_for() -> None:
     r = Rebuilds()
-    (plan,) = r.assign({0, 1}, [({0: (0, 9), 1: (0, 9)}, {0: (0, 9), 1: (0, 9)})],
-                       itertools.count(1))
+    entry = LedgerEntry({0: (0, 9), 1: (0, 9)}, "t")
+    (plan,) = r.assign({0, 1}, [(entry, {0: (0, 9), 1: (0, 9)})], itertools.count(1))
     route_all(r, [(0, p) for p in range(10)])
     assert r.take_complete() == []  # partition 1 not read yet
     assert r.revoke({1}) == [plan]

@@ -233,7 +233,8 @@ def test_small_spool_drop_oldest_loses_exactly_the_metric(
 def test_small_spool_block_applies_backpressure_then_loses_nothing(
     stack: Endpoints, toxi: Toxiproxy, tmp_path: Path
 ) -> None:
-    o = make_outlet(stack, tmp_path, spool={"max-bytes": "1MiB", "when-full": "block"})
+    # 256 KiB of lz4 batches (the default encoding) fill up as fast as 1 MiB of Native did
+    o = make_outlet(stack, tmp_path, spool={"max-bytes": "256KiB", "when-full": "block"})
     load = Load(stack.kafka.bootstrap, o.config["kafka"]["topic"], 30, run_id=14)
     local = stack.clickhouse["local"]
     o.start()
@@ -241,7 +242,7 @@ def test_small_spool_block_applies_backpressure_then_loses_nothing(
         load.start()
         time.sleep(3)
         toxi.disable(stack.clickhouse["azure"].proxy)
-        time.sleep(14)  # spool (1 MiB) and azure's queue (16 batches) fill up
+        time.sleep(14)  # spool (256 KiB) and azure's queue (16 batches) fill up
         before = table_stats(local).rows
         time.sleep(6)
         after = table_stats(local).rows
@@ -254,6 +255,8 @@ def test_small_spool_block_applies_backpressure_then_loses_nothing(
         converge(stack, o, load.n, timeout=70)
         assert lost_flows(o) == 0
         assert spool_metric(o, "dropped_flows_total") == 0
+        # the spool is empty, the last live batches may still be on their way to azure
+        assert wait_rows(stack.clickhouse["azure"], load.n, 30) == load.n, o.log_tail()
         assert_same(stack, load)
     finally:
         o.stop()

@@ -73,18 +73,18 @@ def test_good_files_pass(files: Files) -> None:
 def test_key_not_matching_the_certificate_is_an_error(files: Files) -> None:
     _, other_key = files.issue("other")
     errors = tls_errors({"cert-file": str(files.cert), "key-file": str(other_key)})
-    assert errors == [f"kafka.tls.key-file: the private key in {str(other_key)!r} does not "
-                      f"match the certificate in {str(files.cert)!r}"]
+    assert errors == ["kafka.tls.key-file: does not hold the private key of the certificate "
+                      "in cert-file"]
 
 
 def test_not_pem_and_swapped_files_are_errors(files: Files) -> None:
     junk = files.dir / "junk.pem"
     junk.write_text("not a certificate\n")
     assert tls_errors({"ca-file": str(junk)}) == [
-        f"kafka.tls.ca-file: {str(junk)!r} holds no PEM certificate"]
+        f"kafka.tls.ca-file: holds no PEM certificate: {str(junk)!r}"]
     # cert and key swapped: the certificate file holds a key only
     assert tls_errors({"cert-file": str(files.key), "key-file": str(files.cert)}) == [
-        f"kafka.tls.cert-file: {str(files.key)!r} holds no PEM certificate"]
+        f"kafka.tls.cert-file: holds no PEM certificate: {str(files.key)!r}"]
 
 
 def test_key_in_the_certificate_file(files: Files) -> None:
@@ -92,7 +92,8 @@ def test_key_in_the_certificate_file(files: Files) -> None:
     both.write_bytes(files.cert.read_bytes() + files.key.read_bytes())
     assert tls_errors({"cert-file": str(both)}) == []
     assert tls_errors({"cert-file": str(files.cert)}) == [
-        f"kafka.tls.cert-file: {str(files.cert)!r} holds no PEM private key"]
+        "kafka.tls.cert-file: holds no private key: set key-file (mutual TLS needs the key "
+        "of the certificate)"]
 
 
 def test_encrypted_key_is_refused(files: Files) -> None:
@@ -123,8 +124,8 @@ def test_unreadable_key_file_check_config(files: Files) -> None:
         "enable": True, "cert-file": str(files.cert), "key-file": str(files.key)}}}))
     res = _unreadable_check_config(config)
     assert res.returncode == 2, res.stderr
-    assert (f"clickhousedb.tls.key-file: cannot read {str(files.key)!r}: Permission denied"
-            in res.stderr)
+    assert (f"clickhousedb.tls.key-file: file not readable (permissions): {str(files.key)!r}"
+            in res.stderr), res.stderr
 
 
 def test_expired_certificate_is_a_warning_not_an_error(files: Files, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import socket
 import time
@@ -19,6 +20,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
+from outlet.dedup_audit import AUDIT_SQL
 from teststack.certs import Authority
 from teststack.chserver_proc import ChServerProcess, DataDirInUseError, start_chserver
 
@@ -217,6 +219,76 @@ def test_dedup_token(client: Client) -> None:
             "dedup", rows, column_names=["a"], settings={"insert_deduplication_token": token}
         )
     assert client.command("SELECT count() FROM dedup") == 2000
+
+
+def _engine_written_rows_of_a_repeat(tmp_path: Path) -> tuple[int, int]:
+    """What the ClickHouse engine itself (chDB) reports for an insert and for its
+    deduplicated repeat: the reference chserver must match. Runs in a fresh process (one
+    chDB data path per process, and other tests hold one)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        result: tuple[int, int] = pool.apply(_engine_written_rows_in_process, (tmp_path,))
+    return result
+
+
+def _engine_written_rows_in_process(tmp_path: Path) -> tuple[int, int]:
+    from chdb.state import sqlitelike
+
+    conn = sqlitelike.Connection(str(tmp_path / "engine"))
+    try:
+        conn.query(
+            "CREATE TABLE t (a UInt32) ENGINE = MergeTree ORDER BY a "
+            "SETTINGS non_replicated_deduplication_window = 10"
+        )
+        conn.query("SET insert_deduplication_token = 'tok'")
+        written = []
+        for _ in range(2):
+            res = conn.query("INSERT INTO t SELECT number FROM numbers(1000)")
+            written.append(int(res.rows_written()))
+        assert conn.query("SELECT count() FROM t").bytes().strip() == b"1000"
+        return written[0], written[1]
+    finally:
+        conn.close()
+
+
+def test_deduplicated_insert_reports_like_the_engine_and_shows_in_part_log(
+    client: Client, tmp_path: Path
+) -> None:
+    """X-ClickHouse-Summary says what the engine says: written_rows counts the rows sent
+    even when the table dropped them as duplicates (ClickHouse counts rows entering the
+    insert pipeline, before the table's sink deduplicates). Only system.part_log tells
+    the difference: the repeat's part has error 389 ("The part was deduplicated")."""
+    engine = _engine_written_rows_of_a_repeat(tmp_path)
+    assert engine == (1000, 1000)
+    client.command(
+        "CREATE TABLE dedup_summary (a UInt32, d Date) ENGINE = MergeTree PARTITION BY d "
+        "ORDER BY a SETTINGS non_replicated_deduplication_window = 1000"
+    )
+    # two partitions: each insert makes two parts, deduplicated one by one
+    rows = [[i, dt.date(2026, 1, 1 + i % 2)] for i in range(1000)]
+    summaries = []
+    for token in ("tok-a", "tok-a"):
+        comment = f"c-{len(summaries)}-{time.monotonic_ns()}"
+        summaries.append((comment, client.insert(
+            "dedup_summary", rows, column_names=["a", "d"],
+            settings={"insert_deduplication_token": token, "log_comment": comment},
+        )))
+    assert client.command("SELECT count() FROM dedup_summary") == 1000
+    assert [s.written_rows for _, s in summaries] == list(engine)
+    ids = [q for q, _ in summaries]
+    deadline = time.monotonic() + 10
+    found: dict[str, tuple[int, int]] = {}
+    while len(found) < 2 and time.monotonic() < deadline:
+        time.sleep(0.3)
+        try:  # the query the outlet's deduplication audit runs
+            result = client.query(AUDIT_SQL, parameters={
+                "comments": ids, "database": "default", "table": "dedup_summary"})
+        except DatabaseError as err:  # the log table appears with its first flush
+            assert "code: 60" in str(err)
+            continue
+        found = {r[0]: (int(r[1]), int(r[2])) for r in result.result_rows}
+    assert found == {ids[0]: (1000, 0), ids[1]: (0, 1000)}
 
 
 def test_https(server: ChServerProcess, tls: tuple[Path, Path, Path]) -> None:
