@@ -89,6 +89,14 @@ def consumer_settings(cfg: KafkaConfig) -> dict[str, Any]:
 ConsumerFactory = Callable[..., Any]  # confluent_kafka.Consumer or a fake of it
 
 
+class _Refused(Exception):
+    """The link wants a new consumer before the cluster id could be read."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class KafkaClient:
     """librdkafka as a RecordSource; see the thread rule in the module docstring."""
 
@@ -116,20 +124,41 @@ class KafkaClient:
     # -- lifecycle ------------------------------------------------------------------------
     async def open(self, hooks: SourceHooks) -> None:
         self._hooks = hooks
+        self._cluster_id = await self._wait_cluster_id()
         await trio.to_thread.run_sync(self._subscribe)
 
-    def _subscribe(self) -> None:
+    async def _wait_cluster_id(self) -> str:
+        """The cluster id, read before the first subscribe (every token holds it).
+
+        While the brokers refuse us for a reason a restart cannot fix (credentials,
+        mechanism, certificates: the link logs it once and counts each attempt), the
+        outlet waits, recreating its consumer with the link's backoff: exiting would only
+        make a crash loop that hammers the brokers. Files rotated meanwhile are picked up
+        the same way. Otherwise it gives up with ClusterIdError after CLUSTER_ID_TIMEOUT.
+        """
+        while True:
+            await trio.to_thread.run_sync(self._create)
+            try:
+                return await trio.to_thread.run_sync(self._read_cluster_id, CLUSTER_ID_TIMEOUT)
+            except _Refused as refused:
+                await trio.to_thread.run_sync(self._consumer.close)
+                self._consumer = None
+                self.metrics.kafka_consumer_restarts.labels(refused.reason).inc()
+                if refused.reason == BACKOFF:
+                    await trio.sleep(self.link.backoff())
+            except ClusterIdError:
+                await trio.to_thread.run_sync(self._consumer.close)
+                self._consumer = None
+                raise
+
+    def _create(self) -> None:
         settings = {**consumer_settings(self.cfg), "on_commit": self._on_commit,
                     "error_cb": self.link.on_error}
         self._consumer = self._factory(
             settings, logger=quiet_connection_failures(librdkafka_logger()))
         self._paused = False
-        try:
-            self._cluster_id = self._read_cluster_id(CLUSTER_ID_TIMEOUT)
-        except ClusterIdError:
-            self._consumer.close()
-            self._consumer = None
-            raise
+
+    def _subscribe(self) -> None:
         self._consumer.subscribe(
             [self.cfg.topic], on_assign=self._assign_cb, on_revoke=self._revoke_cb
         )
@@ -138,17 +167,29 @@ class KafkaClient:
         """The cluster id from the broker metadata, before anything is consumed.
 
         Raises ClusterIdError, naming the brokers, when no broker answers within `timeout`
-        or the brokers report no id (Kafka before 0.10.1, some Kafka-compatible services).
+        or the brokers report no id (Kafka before 0.10.1, some Kafka-compatible services);
+        _Refused when the link wants a new consumer (a failure that needs action, rotated
+        files). Asks in slices of a second, serving librdkafka's error callbacks between
+        (metadata requests do not), so that the link learns why no broker answers.
         """
         brokers = ",".join(self.cfg.brokers)
-        try:
-            metadata = self._consumer.list_topics(timeout=timeout)
-        except KafkaException as exc:
-            raise ClusterIdError(
-                f"cannot read the Kafka cluster id from kafka.brokers {brokers} within "
-                f"{timeout:g} s ({exc.args[0] if exc.args else exc}); the outlet scopes its "
-                "deduplication tokens with it and does not start without it"
-            ) from None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                metadata = self._consumer.list_topics(
+                    timeout=max(0.01, min(1.0, deadline - time.monotonic())))
+                break
+            except KafkaException as exc:
+                self._consumer.poll(0)  # error_cb: the link classifies, counts and logs
+                reason = self.link.restart_due()
+                if reason is not None:
+                    raise _Refused(reason) from None
+                if time.monotonic() >= deadline:
+                    raise ClusterIdError(
+                        f"cannot read the Kafka cluster id from kafka.brokers {brokers} within "
+                        f"{timeout:g} s ({exc.args[0] if exc.args else exc}); the outlet "
+                        "scopes its deduplication tokens with it and does not start without it"
+                    ) from None
         cluster_id = metadata.cluster_id
         if not cluster_id:
             raise ClusterIdError(
@@ -156,6 +197,7 @@ class KafkaClient:
                 "or a Kafka-compatible service without one); the outlet scopes its "
                 "deduplication tokens with it and does not start without it"
             )
+        self.link.working("cluster id read")
         return str(cluster_id)
 
     async def aclose(self) -> None:
@@ -185,6 +227,7 @@ class KafkaClient:
         else:
             log.info("kafka: reconnecting with the new TLS files (the consumer rejoins "
                      "its group)")
+        await trio.to_thread.run_sync(self._create)  # the cluster id is known: not re-read
         await trio.to_thread.run_sync(self._subscribe)
 
     # -- poll (worker thread) -------------------------------------------------------------

@@ -199,6 +199,7 @@ class KafkaLink:
         return self._uniform(cap / 2, cap)
 
     def failure_reason(self) -> str:
-        """The current failure, for /readyz ('' when none)."""
+        """The current failure's class, for /readyz ('' when none): a class, never the
+        text (the log has it), as for the destinations."""
         last = self.log.last
-        return f"{last.reason}: {last.message}" if last is not None else ""
+        return last.reason if last is not None else ""

@@ -204,6 +204,8 @@ class Outlet:
         self.backends = backends or Backends()
         self.state = RunState()
         self.parts: Parts | None = None
+        self._kafka: KafkaInput | None = None
+        self._opening = trio.CancelScope()
 
     async def _open(self, stack: contextlib.AsyncExitStack) -> Parts:
         cfg, metrics, b = self.cfg, self.metrics, self.backends
@@ -229,6 +231,7 @@ class Outlet:
         rebalance = Rebalance(batcher, committer, ledger, batch.grace_period, self.state, identity)
         kafka = KafkaInput(cfg.kafka, metrics, b.source(cfg.kafka, metrics), rebalance)
         stack.push_async_callback(kafka.aclose)
+        self._kafka = kafka  # /readyz during open()
         await kafka.open()  # ClusterIdError: the outlet does not start
         self._scope_tokens(identity, kafka.cluster_id)
         channel = trio.open_memory_channel[Chunk](cfg.kafka.queue_size)
@@ -283,24 +286,33 @@ class Outlet:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until SIGTERM/SIGINT, request_stop() or cancellation; flush and commit on
         the way out (not on cancellation: uncommitted batches are rebuilt next time)."""
-        async with contextlib.AsyncExitStack() as stack:
-            parts = await self._open(stack)
-            self.parts = parts
+        failed: Exception | None = None
+        async with trio.open_nursery() as outer:
+            if self.backends.http is not None:  # up first: /readyz says why start-up waits
+                outer.start_soon(
+                    self.backends.http, self.cfg.http_listen, self.metrics.registry, self.ready
+                )
+            outer.start_soon(self._watch_signals)  # a stop while the cluster id is awaited
             try:
-                await self._run(parts, task_status)
-            finally:
-                self.state.stopping = True
+                async with contextlib.AsyncExitStack() as stack:
+                    with self._opening:
+                        self.parts = await self._open(stack)
+                    if self.parts is not None:
+                        try:
+                            await self._run(self.parts, task_status)
+                        finally:
+                            self.state.stopping = True
+            except Exception as exc:  # raised as before (ClusterIdError), not in a group
+                failed = exc
+            outer.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
 
     async def _run(self, parts: Parts, task_status: trio.TaskStatus[None]) -> None:
         send, recv = parts.channel
         async with trio.open_nursery() as services:
-            if self.backends.http is not None:
-                services.start_soon(
-                    self.backends.http, self.cfg.http_listen, self.metrics.registry, self.ready
-                )
             await services.start(parts.kafka.run, send)
             services.start_soon(parts.committer.run, parts.kafka)
-            services.start_soon(self._watch_signals)
             async with trio.open_nursery() as writers:
                 for d in parts.destinations:
                     writers.start_soon(d.run)
@@ -330,11 +342,15 @@ class Outlet:
         self.state.stopping = True
         if self.parts is not None:
             self.parts.kafka.stop()
+        else:  # still opening (waiting for the cluster id): nothing read, nothing to flush
+            self._opening.cancel()
 
     def ready(self) -> tuple[bool, str]:
         """Ready when assigned partitions and the primary's last attempt succeeded."""
         if self.parts is None:
-            return False, "starting"
+            why = self._kafka.link_problem() if self._kafka is not None else ""
+            return False, "starting" + (f": waiting for the Kafka cluster id ({why})"
+                                        if why else "")
         primary = self.parts.destinations[0]
         if not self.parts.kafka.ever_assigned:
             why = self.parts.kafka.link_problem()
