@@ -169,17 +169,20 @@ class KafkaClient:
         Raises ClusterIdError, naming the brokers, when no broker answers within `timeout`
         or the brokers report no id (Kafka before 0.10.1, some Kafka-compatible services);
         _Refused when the link wants a new consumer (a failure that needs action, rotated
-        files). Asks in slices of a second, serving librdkafka's error callbacks between
-        (metadata requests do not), so that the link learns why no broker answers.
+        files). Asks in slices of up to a second, serving librdkafka's error callbacks between
+        (metadata requests do not), so that the link learns why no broker answers (the
+        first slices are shorter: a refusal is acted on after an attempt or two).
         """
         brokers = ",".join(self.cfg.brokers)
         deadline = time.monotonic() + timeout
+        wait = 0.1  # doubling to 1 s: a refusal is seen after one attempt or two
         while True:
             try:
                 metadata = self._consumer.list_topics(
-                    timeout=max(0.01, min(1.0, deadline - time.monotonic())))
+                    timeout=max(0.01, min(wait, deadline - time.monotonic())))
                 break
             except KafkaException as exc:
+                wait = min(1.0, wait * 2)
                 self._consumer.poll(0)  # error_cb: the link classifies, counts and logs
                 reason = self.link.restart_due()
                 if reason is not None:

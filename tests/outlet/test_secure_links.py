@@ -31,7 +31,13 @@ from teststack import stack as stk
 from teststack import verify
 from teststack.certs import Authority
 from teststack.chserver_proc import ChServerProcess, start_chserver
-from teststack.outlet_proc import OutletProcess, apply_schema, free_port, outlet_config
+from teststack.outlet_proc import (
+    OutletProcess,
+    apply_schema,
+    free_port,
+    outlet_config,
+    without_secrets,
+)
 from teststack.secure import MECHANISMS
 
 pytestmark = pytest.mark.secure
@@ -335,13 +341,14 @@ def test_kafka_link_failures_one_clear_line_each_no_secret_no_crash_loop(
         status, body = _readyz(outlet)
         assert status == 503 and reason in body, (case, status, body)
         if case.startswith("password"):
-            assert planted in outlet.config_path.read_text()  # the grep below can find it
+            env = without_secrets(outlet.config)[1]  # the file has ${VAR}s, the env them
+            assert planted in env.values()
             channels = {
                 "stdout": outlet.stdout_path.read_text(errors="replace"),
                 "log (stderr)": text,
                 "/metrics": _metrics_text(outlet),
                 "/readyz": body,
-                "check-config": _check_config(outlet, dict(os.environ)),
+                "check-config": _check_config(outlet, {**os.environ, **env}),
             }
             for channel, content in channels.items():
                 assert planted not in content, f"{case}: the password shows in {channel}"
