@@ -405,6 +405,44 @@ def test_clickhouse_refuses_missing_or_foreign_client_certificate_rotation_repai
         assert o.stop() == 0
 
 
+def test_primary_refusing_the_client_certificate_pauses_then_rotation_resumes(
+    outlet_run: RunFactory, tmp_path: Path
+) -> None:
+    """The primary (local) through its port that requires a client certificate, with one
+    from another CA: nothing is stored, the outlet retries with backoff (one line per
+    attempt, the class counted), consumption pauses once its queue is full, and the
+    outlet stays up. Good files in place of the foreign ones: every flow stored once."""
+    run = outlet_run(destinations=("local",), batch_size=1_000, wait_time="200ms")
+    other = Authority.create("another CA").issue("outlet", client=True)
+    cert, key = other.write(tmp_path / "primary.pem", tmp_path / "primary-key.pem")
+    run.config["kafka"].update({"max-poll-records": 500, "queue-size": 2})  # fills soon
+    conn = run.config["clickhousedb"]
+    conn["servers"] = [run.ch("local").mtls_url]
+    conn["tls"] = {"enable": True, "ca-file": run.ep.ca_file, "cert-file": str(cert),
+                   "key-file": str(key)}
+    outlet = run.outlet()
+    outlet.start()
+    run.produce(30_000)
+    rejected = {"destination": "primary", "error": "client-certificate-rejected"}
+    wait_for(lambda: outlet.metric(names.KAFKA_PAUSED) == 1, 60, "consumption to pause")
+    wait_for(lambda: outlet.metric(names.DESTINATION_INSERT_ERRORS_TOTAL, **rejected) >= 3, 60,
+             "retries")
+    assert outlet.alive() and run.rows("local") == 0
+    status, body = _readyz(outlet)
+    assert status == 503 and "client-certificate-rejected" in body, body
+    lines = [line for line in outlet.log_path.read_text().splitlines()
+             if "destination primary" in line and "insert failed" in line]
+    assert lines and all("(TLS alert: unknown ca)" in line for line in lines), lines[:3]
+    assert "Traceback" not in outlet.log_path.read_text()
+    stack_ca(run).issue("outlet", client=True).write(cert, key)
+    assert run.wait_rows("local", 30_000, timeout=90) == 30_000, outlet.log_tail()
+    run.wait_stable("local")
+    assert_exact(run, "local")
+    assert outlet.metric(names.KAFKA_PAUSED) == 0
+    assert outlet.metric(names.DESTINATION_TLS_RELOADS_TOTAL, destination="primary") == 1
+    assert outlet.stop() == 0
+
+
 # -- ClickHouse: client certificate rotation under load ------------------------------------
 
 
