@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import re
 import socket
 import ssl
 import subprocess
@@ -419,19 +418,3 @@ def test_kafka_link_recreates_the_consumer_when_tls_files_rotate(files: Files) -
     after = metrics.registry.get_sample_value(expiry, {"file": str(files.cert)})
     assert before is not None and after == pytest.approx(new.cert.not_valid_after_utc.timestamp())
     assert after < before
-
-
-def test_docs_secure_examples_parse(files: Files) -> None:
-    """The TLS/SASL examples of docs/configuration.md are valid (their /etc/outlet files
-    replaced by real ones)."""
-    doc = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
-    section = doc.read_text().split("### Examples: SASL over TLS", 1)[1].split("\n## ", 1)[0]
-    blocks = [b.split("```", 1)[0] for b in section.split("```yaml\n")[1:]]
-    assert len(blocks) == 2
-    paths = {"ca": files.ca_file, "client-key": files.key, "client": files.cert}
-    env = {"KAFKA_PASSWORD": "k", "CENTRAL_PASSWORD": "c"}
-    for block in blocks:
-        text = re.sub(r"/etc/outlet/[a-z-]+?-(ca|client-key|client)\.pem",
-                      lambda m: str(paths[m.group(1)]), block)
-        cfg = parse_config(yaml.safe_load(text), env)
-        assert cfg.kafka.tls.enable
