@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from outlet import metrics as names
+from outlet.kafka_client import CLUSTER_ID_TIMEOUT
 from tests.conftest import OutletRun
 from teststack import stack as stk
 from teststack import verify
@@ -354,6 +355,16 @@ def test_kafka_link_failures_one_clear_line_each_no_secret_no_crash_loop(
                 assert planted not in content, f"{case}: the password shows in {channel}"
             for ch in stack.clickhouse.values():
                 assert ch.password not in text
+    # Past the time the outlet gives brokers that do not answer at all (then it exits):
+    # refused ones keep it waiting, still backing off; SIGTERM then stops it cleanly.
+    time.sleep(max(0.0, started + CLUSTER_ID_TIMEOUT + 5 - time.monotonic()))
+    for case, (outlet, _, says) in cases.items():
+        assert outlet.alive(), f"{case}: the outlet exited:\n{outlet.log_tail()}"
+        rounds = outlet.metric(names.KAFKA_CONSUMER_RESTARTS_TOTAL, reason="backoff")
+        print(f"{case}: {rounds:.0f} backoff rounds after {time.monotonic() - started:.0f} s")
+        assert 4 <= rounds <= 10, (case, rounds)
+        lines = _messages(outlet, "json" if "json" in case else "human")
+        assert sum(says in m for m in lines) == 1, (case, lines)  # a summary after 1 min
         assert outlet.stop() == 0, case
 
 
