@@ -6,8 +6,8 @@ under trio-asyncio: measured on our machines, `consume(num_messages=...)` with
 `getmany`, and it releases the GIL while it waits, so the Trio loop keeps running.
 
 Thread rule: the consumer is used by one thread at a time, never by the Trio thread.
-``open()`` reads the cluster id from the broker metadata and subscribes (in one worker
-thread, before the poll task starts), every later call happens inside
+``open()`` reads the cluster id from the broker metadata and subscribes (in worker
+threads, one at a time, before the poll task starts), every later call happens inside
 ``poll()`` (one worker thread at a time, from the input's poll task: consume, pause and
 resume, watermarks, commits) or inside the rebalance callbacks librdkafka runs from it,
 and ``aclose()`` closes after the poll task ended. Why: a librdkafka call can block behind

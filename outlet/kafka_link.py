@@ -17,7 +17,9 @@ second, and logs each one again itself. :class:`KafkaLink` turns that into:
   consumer (which leaves and rejoins its group: partitions are settled and committed
   first, as on any rebalance), so new connections use them within a poll or two.
 
-All calls but :meth:`restart_due`/:meth:`backoff` happen in the consume thread.
+All calls but :meth:`restart_due`/:meth:`backoff` happen in the consume thread (the
+worker thread of a poll, or of ``open()`` while it waits for the cluster id: never two at
+once).
 """
 
 from __future__ import annotations
