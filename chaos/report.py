@@ -157,7 +157,7 @@ def render_markdown(result: RunResult, sc: Scenario) -> str:
                      f"{_md_escape(c.observed)} | {'pass' if c.passed else '**FAIL**'} |")
     lines += ["", "## Destinations", "",
               "| destination | rows | distinct flows | duplicates | missing | reported lost "
-              "(retries_exceeded + spool dropped) | flows written (metric) |",
+              "(retries_exceeded, spool drops included) | flows written (metric) |",
               "|---|---|---|---|---|---|---|"]
 
     for d, t in result.destinations.items():

@@ -22,9 +22,10 @@ def metric_value(metrics: dict[str, float], sel: MetricSelector | str,
     return promtext.metric_value(metrics, sel.name, **dict(sel.labels), **labels)
 
 
-LOSS_METRICS = (names.DESTINATION_RETRIES_EXCEEDED_FLOWS_TOTAL, names.SPOOL_DROPPED_FLOWS_TOTAL)
-"""What a destination reports it lost: given up without a spool, or dropped by a full
-spool (absent metrics count 0, so this works with and without the spool of issue 5)."""
+LOSS_METRICS = (names.DESTINATION_RETRIES_EXCEEDED_FLOWS_TOTAL,)
+"""What a destination reports it lost: given up without a spool, or dropped by its spool
+(reasons ``spool_full`` and ``spool_error``; the same flows are also in
+``outlet_spool_dropped_flows_total``, so that one is not added again)."""
 
 
 def reported_loss(metrics: dict[str, float], label: str, **labels: str) -> int:

@@ -57,6 +57,7 @@ from chaos.scenario import (
 from flowgen.producer import UniqueFlowsThread
 from outlet import metrics as names
 from teststack import stack as stk
+from teststack import tmpfs
 from teststack.kafka import consumer_lag, create_topic, delete_topic
 from teststack.outlet_proc import OutletProcess, free_port, outlet_config
 from teststack.paths import REPORTS_DIR as _ALL_REPORTS
@@ -212,6 +213,7 @@ class Run:
     load: LoadThread | None = None
     events: list[Event] = field(default_factory=list)
     outlet_running: bool = True
+    spool_disk: Path | None = None  # the spools' tmpfs (outlet.spool_tmpfs)
 
     # -- timeline ---------------------------------------------------------------------------
     def execute(self, a: Action) -> None:
@@ -256,6 +258,12 @@ class Run:
         elif name == "set_rate":
             if self.load is not None:
                 self.load.rate = float(p["rate"])
+        elif name == "fill_disk":
+            assert self.spool_disk is not None  # validated: needs outlet.spool_tmpfs
+            tmpfs.fill(self.spool_disk, int(p.get("leave", 0)))
+        elif name == "free_disk":
+            assert self.spool_disk is not None
+            tmpfs.release(self.spool_disk)
         else:  # validated earlier
             raise HarnessError(f"unknown action {name}")
 
@@ -486,10 +494,15 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
         destinations=sc.outlet.destinations, consumer_group=group, topic=topic,
         batch_size=sc.outlet.batch_size, wait_time=sc.outlet.wait_time,
         azure_max_retries=sc.outlet.azure_max_retries)
+    spool_disk = workdir / "spool-disk" if sc.outlet.spool_tmpfs is not None else None
+    if spool_disk is not None:
+        for extra in cfg.get("additional-clickhouses") or []:
+            extra.setdefault("spool", {})["path"] = str(spool_disk / extra["name"])
     cfg = merge_overrides(cfg, sc.outlet_overrides)
     scrape = prom.targets(run=topic, datacenter="dc1") if prom else None
     outlet = Outlet(OutletProcess(workdir, cfg, scrape_targets=scrape))
-    run = Run(sc, ep, sdir, report_dir, outlet, topic, group, run_id)
+    run = Run(sc, ep, sdir, report_dir, outlet, topic, group, run_id, spool_disk=spool_disk)
+    disks = contextlib.ExitStack()  # unmounted once the outlet has stopped
     info: dict[str, Any] = {
         "topic": topic, "consumer_group": group, "run_id": run_id,
         "time_scale": sc.time_scale, "rate": sc.load.rate,
@@ -507,6 +520,8 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
     metrics: dict[str, float] = {}
     t_wall = time.monotonic()
     try:
+        if spool_disk is not None and sc.outlet.spool_tmpfs is not None:
+            disks.enter_context(tmpfs.mounted(spool_disk, sc.outlet.spool_tmpfs))
         outlet.start()
         if not outlet.wait_ready(60):
             raise HarnessError(f"outlet not ready after 60 s:\n{outlet.proc.log_tail(20)}")
@@ -531,6 +546,9 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
         # Heal whatever the timeline left broken, then wait for the pipeline to settle.
         leftover = [p.name for p in tp.proxies().values() if p.toxics or not p.enabled]
         tp.reset()
+        if spool_disk is not None and (spool_disk / tmpfs.BALLAST).exists():
+            tmpfs.release(spool_disk)
+            leftover.append("spool disk full")
         info["healed_at_end"] = leftover
         if not run.outlet_running:
             outlet.start()
@@ -558,6 +576,7 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
             run.load.join(150)
         sampler.stop()
         rc = outlet.stop() if outlet.proc.alive() else None
+        disks.close()
         with contextlib.suppress(Exception):
             tp.reset()
         delete_topic(ep, topic)

@@ -38,6 +38,7 @@ from outlet.confspec import (
     Number,
     Problems,
     Section,
+    Size,
     SpecError,
     Str,
     Where,
@@ -248,6 +249,8 @@ class Action:
                 bits.append(f"{key} {self.params[key]}")
         if self.action == "set_rate":
             bits.append(f"{self.params.get('rate')}/s")
+        if self.action in ("fill_disk", "free_disk"):
+            bits.append(str(self.params.get("disk")))
         return " ".join(bits)
 
 
@@ -279,6 +282,10 @@ class OutletSettings:
     wait_time: str = setting("500ms", _DurationText())
     azure_max_retries: int = setting(3, Int(0),
                                      doc="max-retries of the additional destinations")
+    spool_tmpfs: int | None = setting(
+        None, Size(), default_doc="none: the spools live under the state directory",
+        doc="the additional destinations' spools on a tmpfs of this size (root only), which "
+            "fill_disk fills")
 
 
 @dataclass(frozen=True)
@@ -453,6 +460,9 @@ class Repeat:
 STREAM = Str(choices=STREAMS, problem="must be upstream or downstream, got {got}")
 TOXIC_TYPE = _one_of(TOXIC_ATTRIBUTES, "toxic type")
 _NAME = Str(nonempty=True, problem="expected a non-empty string, got {got}")
+DISKS = ("spool",)  # what fill_disk can fill: the spools' tmpfs (outlet.spool_tmpfs)
+DISK = Str(choices=DISKS, problem="must be spool (the tmpfs of outlet.spool_tmpfs), got {got}")
+_LEAVE = Size()
 
 COMMON_ACTION_KEYS: dict[str, Key] = {
     "at": Key(DURATION, required=True, doc="seconds since the load started"),
@@ -483,6 +493,8 @@ ACTIONS: dict[str, dict[str, Key]] = {
         "restart_clickhouse", {"target": _one_of((*DESTINATIONS, *MULTI_DC_SERVERS), "target")}),
     "restart_kafka": _params("restart_kafka", {}, {"datacenter": DATACENTER}),
     "set_rate": _params("set_rate", {"rate": Number(lo=0)}),
+    "fill_disk": _params("fill_disk", {"disk": DISK}, {"leave": _LEAVE, "for": POSITIVE}),
+    "free_disk": _params("free_disk", {"disk": DISK}),
 }
 """action -> its parameters (besides ``COMMON_ACTION_KEYS``). Multi-dc: outlet actions
 name the outlet (``outlet: a|b``), ``restart_kafka`` the datacenter."""
@@ -549,6 +561,8 @@ def _undo(a: Action, at: float, path: str) -> Action:
                                            "name": a.params["name"]}, a.label, path)
     if a.action == "disable_proxy":
         return Action(at, "enable_proxy", {"proxy": a.params["proxy"]}, a.label, path)
+    if a.action == "fill_disk":
+        return Action(at, "free_disk", {"disk": a.params["disk"]}, a.label, path)
     whose = {"outlet": a.params["outlet"]} if "outlet" in a.params else {}
     return Action(at, "start_outlet", whose, a.label, path)  # kill/stop_outlet
 
@@ -878,6 +892,12 @@ def planned_windows(timeline: tuple[Action, ...] | list[Action]
             start = open_.pop(("toxic", f"{a.proxy}/{a.params.get('name')}"), None)
             if start:
                 out.append((start[0], a.at, start[1]))
+        elif a.action == "fill_disk":
+            open_[("disk", str(a.params.get("disk")))] = (a.at, a.label)
+        elif a.action == "free_disk":
+            start = open_.pop(("disk", str(a.params.get("disk"))), None)
+            if start:
+                out.append((start[0], a.at, start[1]))
         elif a.action in ("kill_outlet", "stop_outlet"):
             open_[("outlet", str(a.params.get("outlet", "")))] = (a.at, a.label)
         elif a.action == "start_outlet":
@@ -947,6 +967,13 @@ def parse_scenario(data: Any, source: str = "<string>", default_name: str = "sce
             problems.add("outlet.destinations", "multi-dc outlets always write to their local "
                                                 "server (primary) and to central")
         sc = replace(sc, outlet=replace(sc.outlet, destinations=MULTI_DC_DESTINATIONS))
+    for a in sc.timeline:
+        explicit = "+for" not in a.path  # not the undo of a fill_disk's `for:`
+        if a.action in ("fill_disk", "free_disk") and explicit and sc.outlet.spool_tmpfs is None:
+            problems.add(f"{a.path}.disk", "the spool disk is a tmpfs only with "
+                                           "outlet.spool_tmpfs (e.g. 4MiB)")
+    if sc.outlet.spool_tmpfs is not None and sc.topology == MULTI_DC:
+        problems.add("outlet.spool_tmpfs", "single-dc scenarios only")
     if problems:
         raise ScenarioError(source, problems.errors)
     return sc

@@ -38,6 +38,8 @@ from typing import Any
 import trio
 
 from outlet.metrics import Metrics
+from outlet.outage import short_cause
+from outlet.retry import classify
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +189,8 @@ class DedupAudit:
         now = self._clock()
         if now - self._last_error_log >= 300:
             self._last_error_log = now
+            failure = classify(exc)  # one short line, as the destination logs its inserts
             log.warning(
-                "destination %s: deduplication audit query failed (will retry): %s",
-                self.destination, (self._redact(str(exc)).splitlines() or [""])[0][:300],
+                "destination %s: deduplication audit query failed (%s, will retry): %s",
+                self.destination, failure.kind, short_cause(self._redact(failure.message)),
             )

@@ -16,6 +16,16 @@ Both settle the batch (the commit watermark may pass it: it is handed over, not 
   move: the destination's probes (outlet/destination.py) turn it half-open, and the
   drain's next replay is then the one attempt that closes it. Replays are repeats: what
   the server deduplicates of them counts as ``attempt="repeat"``.
+
+  A spool write error (ENOSPC, EIO, a read-only or vanished directory; outlet/spool.py
+  reports it) is handled like a full spool and never ends the destination's task:
+  ``drop-oldest`` drops the batch it cannot write (counted as ``spool_dropped`` and as
+  given up with reason ``spool_error``), ``block`` holds it and tries again when the
+  drain frees room or after the destination's retry backoff. The first failure is logged
+  with the path; ``outlet_spool_write_errors_total{error}`` counts each one,
+  ``outlet_spool_write_failing`` is 1 and /readyz names it until an append succeeds (or,
+  with nothing to replay while live inserts succeed, a small write of the cursor does:
+  tried each time the live path moves); then the recovery is logged.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import time
 
 import trio
 
+from outlet import diskio
 from outlet.batch import EncodedJob
 from outlet.config import DestinationConfig
 from outlet.destination import LivePath, Settled
@@ -41,7 +52,8 @@ log = logging.getLogger(__name__)
 SPOOL_REASONS = ("retries_exceeded", "queue_full", "permanent_error", "circuit_open")
 # retries_exceeded flows by reason = what a destination lost; spool_full = dropped from a
 # full spool (drop-oldest).
-GIVE_UP_REASONS = (*SPOOL_REASONS, "spool_full")
+# spool_error = not written to (drop-oldest), or lost from, a spool whose disk failed.
+GIVE_UP_REASONS = (*SPOOL_REASONS, "spool_full", "spool_error")
 
 
 def _init_give_up_metrics(metrics: Metrics, name: str) -> None:
@@ -100,7 +112,11 @@ class SpoolLane:
         self._room = Notifier()  # the drain freed spool room
         self._waiting_for_room = 0
         self._corrupt_seen = 0
+        self._vanished_seen = (0, 0)
         self._replay_failures = 0
+        self.write_error: str | None = None  # the failing spool's error class (/readyz)
+        self._write_failures = 0
+        spool.on_error = self._write_failed
         _init_give_up_metrics(metrics, self.name)
         m, name = metrics, self.name
         m.spool_bytes.labels(name).set_function(lambda: spool.bytes)
@@ -115,7 +131,12 @@ class SpoolLane:
             m.spool_dropped_batches, m.spool_corrupt_records,
         ):
             c.labels(name)
+        for error in diskio.ERROR_CLASSES:
+            m.spool_write_errors.labels(name, error)
+        m.spool_write_failing.labels(name).set(0)
         self._count_corrupt()
+        if spool.open_error is not None:
+            self._write_failed("open", spool.open_error)
 
     def live_changed(self) -> None:
         self._changed.notify()
@@ -126,33 +147,49 @@ class SpoolLane:
         spool = self.spool
         was_empty = spool.batches == 0
         warned = False
+        failures = 0
         while True:
             result = await self._run_sync(spool.append, job.token, job.rows, job.native)
+            self._count_vanished()
+            if result.dropped_batches:
+                self._count_dropped(result.dropped_batches, result.dropped_flows)
+                log.warning(
+                    "destination %s: spool full, dropped the %d oldest batch(es) (%d flows): "
+                    "%s", self.name, result.dropped_batches, result.dropped_flows,
+                    ", ".join(result.dropped_tokens[:5]),
+                )
             if result.accepted:
                 break
-            # when-full: block. Hold the batch (no settle) until the drain frees room.
+            if result.error is not None and spool.cfg.when_full == "drop-oldest":
+                # Like a full spool: what cannot be kept is dropped, and counted.
+                self._count_dropped(1, job.rows, "spool_error")
+                self._changed.notify()
+                self._settled(job, self.name, False)
+                return
+            # when-full: block. Hold the batch (no settle) until the drain frees room or,
+            # after a write error, the retry backoff has passed.
             if not warned:
                 warned = True
                 log.warning(
-                    "destination %s: spool full (%d bytes), holding batch %s until "
-                    "replay frees room (backpressure)", self.name, spool.bytes, job.token,
+                    "destination %s: spool %s (%d bytes), holding batch %s until it can be "
+                    "written (backpressure)", self.name,
+                    "full" if result.error is None else "failing", spool.bytes, job.token,
                 )
             self._waiting_for_room += 1
             self._changed.notify()  # the drain replays even while the live queue is busy
             try:
-                await self._room.wait()
+                if result.error is None:
+                    await self._room.wait()
+                else:
+                    failures += 1
+                    with trio.move_on_after(self.retry.delay(failures)):
+                        await self._room.wait()
             finally:
                 self._waiting_for_room -= 1
+        self._write_ok()
         m = self.metrics
         m.spool_appended_batches.labels(self.name, reason).inc()
         m.spool_appended_flows.labels(self.name, reason).inc(job.rows)
-        if result.dropped_batches:
-            self._count_dropped(result.dropped_batches, result.dropped_flows)
-            log.warning(
-                "destination %s: spool full, dropped the %d oldest batch(es) (%d flows): %s",
-                self.name, result.dropped_batches, result.dropped_flows,
-                ", ".join(result.dropped_tokens[:5]),
-            )
         if was_empty:
             log.warning(
                 "destination %s: spooling batches to %s (%s)", self.name, spool.dir, reason
@@ -160,13 +197,50 @@ class SpoolLane:
         self._changed.notify()
         self._settled(job, self.name, False)
 
-    def _count_dropped(self, batches: int, flows: int) -> None:
-        """Drops count as given up (reason spool_full) and in the spool's own counters."""
+    def _count_dropped(self, batches: int, flows: int, reason: str = "spool_full") -> None:
+        """Drops count as given up (reason spool_full or spool_error) and in the spool's
+        own counters."""
         m, name = self.metrics, self.name
-        m.dest_retries_exceeded_batches.labels(name, "spool_full").inc(batches)
-        m.dest_retries_exceeded_flows.labels(name, "spool_full").inc(flows)
+        m.dest_retries_exceeded_batches.labels(name, reason).inc(batches)
+        m.dest_retries_exceeded_flows.labels(name, reason).inc(flows)
         m.spool_dropped_batches.labels(name).inc(batches)
         m.spool_dropped_flows.labels(name).inc(flows)
+
+    def _count_vanished(self) -> None:
+        """Batches whose segment was deleted under the spool: lost, counted as dropped."""
+        seen = (self.spool.vanished_batches, self.spool.vanished_flows)
+        batches, flows = seen[0] - self._vanished_seen[0], seen[1] - self._vanished_seen[1]
+        if batches:
+            self._count_dropped(batches, flows, "spool_error")
+            self._vanished_seen = seen
+
+    # -- disk health (called by the spool, in the thread that runs its calls) -----------
+    def _write_failed(self, operation: str, exc: OSError) -> None:
+        error = diskio.error_class(exc)
+        self.metrics.spool_write_errors.labels(self.name, error).inc()
+        self._write_failures += 1
+        if self.write_error is not None:
+            return
+        self.write_error = error
+        self.metrics.spool_write_failing.labels(self.name).set(1)
+        mode = self.spool.cfg.when_full
+        log.error(
+            "destination %s: spool %s failed: %s; %s until the spool can write again",
+            self.name, operation, diskio.describe(exc, self.spool.dir),
+            "dropping (and counting) the batches it cannot keep" if mode == "drop-oldest"
+            else "holding this destination's batches (backpressure)",
+        )
+
+    def _write_ok(self) -> None:
+        if self.write_error is None:
+            return
+        log.warning(
+            "destination %s: spool %s writes again (%d failed write(s) meanwhile)",
+            self.name, self.spool.dir, self._write_failures,
+        )
+        self.write_error = None
+        self._write_failures = 0
+        self.metrics.spool_write_failing.labels(self.name).set(0)
 
     def _count_corrupt(self) -> None:
         seen = self.spool.corrupt_records
@@ -193,6 +267,12 @@ class SpoolLane:
         while True:
             self._count_corrupt()
             if spool.batches == 0:
+                # Nothing to replay and live inserts succeed (no batch needs the spool): a
+                # spool that failed is tried with one small write each time the live path
+                # moves, so its state clears without an append.
+                if (self.write_error is not None and live.outcomes.healthy
+                        and await self._run_sync(spool.check_writable)):
+                    self._write_ok()
                 await self._changed.wait()
                 continue
             if live.queued() >= half and not self._waiting_for_room:
@@ -203,6 +283,7 @@ class SpoolLane:
                 continue
             batch = await self._run_sync(spool.peek_oldest)
             self._count_corrupt()
+            self._count_vanished()
             if batch is None:
                 breaker.release()
                 continue
@@ -241,3 +322,5 @@ class SpoolLane:
         self._room.notify()
         if spool.batches == 0:
             log.info("destination %s: spool drained", self.name)
+            if spool.healthy:
+                self._write_ok()

@@ -6,17 +6,18 @@ under trio-asyncio: measured on our machines, `consume(num_messages=...)` with
 `getmany`, and it releases the GIL while it waits, so the Trio loop keeps running.
 
 Thread rule: the consumer is used by one thread at a time, never by the Trio thread.
-``open()`` reads the cluster id from the broker metadata and subscribes (in worker
-threads, one at a time, before the poll task starts), every later call happens inside
-``poll()`` (one worker thread at a time, from the input's poll task: consume, pause and
-resume, watermarks, commits) or inside the rebalance callbacks librdkafka runs from it,
-and ``aclose()`` closes after the poll task ended. Why: a librdkafka call can block behind
-a rebalance callback, and our callbacks wait for the Trio thread (to settle revoked
-partitions), so a call from the Trio thread deadlocks and a call from a second thread
-races the callback's state. Commits are therefore asynchronous requests issued at the
-start of a poll (``on_commit`` answers them in a later one); a sync commit would also hold
-up the consumer during a Kafka outage. State of this class is touched only from that
-thread; the Trio side learns results from what ``poll()`` returns.
+``open()`` creates the consumer, reads the cluster id from the broker metadata and
+subscribes (worker threads one after another, before the poll task starts), every later
+call happens inside ``poll()`` (one worker thread at a time, from the input's poll task:
+consume, pause and resume, watermarks, commits) or inside the rebalance callbacks
+librdkafka runs from it, and ``aclose()`` closes after the poll task ended. Why: a
+librdkafka call can block behind a rebalance callback, and our callbacks wait for the
+Trio thread (to settle revoked partitions), so a call from the Trio thread deadlocks and
+a call from a second thread races the callback's state. Commits are therefore
+asynchronous requests issued at the start of a poll (``on_commit`` answers them in a
+later one); a sync commit would also hold up the consumer during a Kafka outage. State
+of this class is touched only from that thread; the Trio side learns results from what
+``poll()`` returns.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ log = logging.getLogger(__name__)
 LAG_EVERY = 1.0  # seconds between consumer-lag gauge refreshes
 # Consume errors that are connection failures: reported once per class by the link.
 LINK_ERRORS = frozenset({"_AUTHENTICATION", "_SSL", "_TRANSPORT"})
-CLUSTER_ID_TIMEOUT = 30.0  # seconds to get the cluster id at start-up
+CLUSTER_ID_TIMEOUT = 10.0  # seconds one metadata request for the cluster id may take
+CLUSTER_ID_BACKOFF = (1.0, 30.0)  # first and longest wait between two such requests
 
 
 def consumer_settings(cfg: KafkaConfig) -> dict[str, Any]:
@@ -124,32 +126,59 @@ class KafkaClient:
     # -- lifecycle ------------------------------------------------------------------------
     async def open(self, hooks: SourceHooks) -> None:
         self._hooks = hooks
-        self._cluster_id = await self._wait_cluster_id()
+        try:
+            self._cluster_id = await self._wait_cluster_id()
+        except ClusterIdError:
+            await self.aclose()
+            self._consumer = None
+            raise
         await trio.to_thread.run_sync(self._subscribe)
 
     async def _wait_cluster_id(self) -> str:
-        """The cluster id, read before the first subscribe (every token holds it).
+        """Asks the brokers until they answer: the outlet never exits into a crash loop for
+        a cause that can heal; brokers that report no id cannot (ClusterIdError).
 
-        While the brokers refuse us for a reason a restart cannot fix (credentials,
-        mechanism, certificates: the link logs it once and counts each attempt), the
-        outlet waits, recreating its consumer with the link's backoff: exiting would only
-        make a crash loop that hammers the brokers. Files rotated meanwhile are picked up
-        the same way. Otherwise it gives up with ClusterIdError after CLUSTER_ID_TIMEOUT.
+        Brokers that cannot be reached (no answer within CLUSTER_ID_TIMEOUT) are asked
+        again after 1 s doubling to 30 s, logged once per distinct error. Brokers that
+        refuse us (credentials, mechanism, certificates: the link logs the class once and
+        counts each attempt) get a new consumer after the link's backoff, so that
+        librdkafka does not retry every 50 ms meanwhile; rotated TLS files at once.
         """
+        wait, longest = CLUSTER_ID_BACKOFF
+        last = ""
         while True:
-            await trio.to_thread.run_sync(self._create)
+            if self._consumer is None:
+                await trio.to_thread.run_sync(self._create)
             try:
-                return await trio.to_thread.run_sync(self._read_cluster_id, CLUSTER_ID_TIMEOUT)
+                cluster_id = await trio.to_thread.run_sync(
+                    self._read_cluster_id, CLUSTER_ID_TIMEOUT
+                )
             except _Refused as refused:
                 await trio.to_thread.run_sync(self._consumer.close)
                 self._consumer = None
                 self.metrics.kafka_consumer_restarts.labels(refused.reason).inc()
                 if refused.reason == BACKOFF:
                     await trio.sleep(self.link.backoff())
-            except ClusterIdError:
-                await trio.to_thread.run_sync(self._consumer.close)
-                self._consumer = None
-                raise
+                continue
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                name = err.name() if isinstance(err, KafkaError) else type(exc).__name__
+                self.metrics.kafka_errors.labels(name).inc()
+                if name != last:
+                    last = name
+                    log.warning(
+                        "cannot read the Kafka cluster id from kafka.brokers %s (%s); the "
+                        "outlet scopes its deduplication tokens with it and consumes nothing "
+                        "until the brokers answer; retrying with backoff up to %g s",
+                        ",".join(self.cfg.brokers), name, longest,
+                    )
+                await trio.sleep(wait)
+                wait = min(wait * 2, longest)
+                continue
+            if last:
+                log.info("Kafka cluster id read from kafka.brokers after retries")
+            self.link.working("cluster id read")
+            return cluster_id
 
     def _create(self) -> None:
         settings = {**consumer_settings(self.cfg), "on_commit": self._on_commit,
@@ -166,41 +195,36 @@ class KafkaClient:
     def _read_cluster_id(self, timeout: float) -> str:
         """The cluster id from the broker metadata, before anything is consumed.
 
-        Raises ClusterIdError, naming the brokers, when no broker answers within `timeout`
-        or the brokers report no id (Kafka before 0.10.1, some Kafka-compatible services);
-        _Refused when the link wants a new consumer (a failure that needs action, rotated
-        files). Asks in slices of up to a second, serving librdkafka's error callbacks between
-        (metadata requests do not), so that the link learns why no broker answers (the
-        first slices are shorter: a refusal is acted on after an attempt or two).
+        KafkaException when no broker answers within `timeout`; ClusterIdError, naming the
+        brokers, when they report no id (Kafka before 0.10.1, some Kafka-compatible
+        services): retrying cannot help there; _Refused when the link wants a new consumer
+        (a failure that needs action, rotated files). Asks in slices of up to a second,
+        serving librdkafka's error callbacks between (metadata requests do not), so that
+        the link learns why no broker answers (the first slices are shorter: a refusal is
+        acted on after an attempt or two).
         """
-        brokers = ",".join(self.cfg.brokers)
         deadline = time.monotonic() + timeout
-        wait = 0.1  # doubling to 1 s: a refusal is seen after one attempt or two
+        wait = 0.1  # doubling to 1 s
         while True:
             try:
                 metadata = self._consumer.list_topics(
                     timeout=max(0.01, min(wait, deadline - time.monotonic())))
                 break
-            except KafkaException as exc:
+            except KafkaException:
                 wait = min(1.0, wait * 2)
                 self._consumer.poll(0)  # error_cb: the link classifies, counts and logs
                 reason = self.link.restart_due()
                 if reason is not None:
                     raise _Refused(reason) from None
                 if time.monotonic() >= deadline:
-                    raise ClusterIdError(
-                        f"cannot read the Kafka cluster id from kafka.brokers {brokers} within "
-                        f"{timeout:g} s ({exc.args[0] if exc.args else exc}); the outlet "
-                        "scopes its deduplication tokens with it and does not start without it"
-                    ) from None
+                    raise
         cluster_id = metadata.cluster_id
         if not cluster_id:
             raise ClusterIdError(
-                f"the Kafka brokers {brokers} report no cluster id (Kafka older than 0.10.1, "
-                "or a Kafka-compatible service without one); the outlet scopes its "
-                "deduplication tokens with it and does not start without it"
+                f"the Kafka brokers {','.join(self.cfg.brokers)} report no cluster id (Kafka "
+                "older than 0.10.1, or a Kafka-compatible service without one); the outlet "
+                "scopes its deduplication tokens with it and does not start without it"
             )
-        self.link.working("cluster id read")
         return str(cluster_id)
 
     async def aclose(self) -> None:

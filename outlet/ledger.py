@@ -17,7 +17,10 @@ Lines without ``token`` were written by outlets before token version 2: their ba
 were sent with the version-1 token of their ranges, and are rebuilt with it.
 
 A torn last line (SIGKILL mid-append) is ignored: that batch had not been inserted
-anywhere yet, because the seal is durable before its first insert starts.
+anywhere yet, because the seal is durable before its first insert starts. A failed
+append (ENOSPC, EIO) is cut back off the file before ``record`` raises, so the next line
+is never glued to a partial one (if even the cut fails, the next line starts on a line of
+its own); outlet/statedisk.py retries it while consumption waits.
 
 ``BatchLedger`` is the interface the sealer (record) and the rebuild planner (pending)
 use; ``LocalLedger`` is that interface over the local file (``Ledger``, blocking I/O in
@@ -28,6 +31,7 @@ three methods.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -35,10 +39,11 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import trio
 
+from outlet import diskio
 from outlet.tokens import Ranges, make_token_v1, token_cluster_id
 
 RunSync = Callable[..., Awaitable[Any]]  # trio.to_thread.run_sync, or inline in tests
@@ -100,7 +105,8 @@ class Ledger:
         self._lock = threading.Lock()
         self._lines = 0
         self._entries: list[LedgerEntry] = self._read()
-        self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for appends
+        self._file: BinaryIO | None = None  # opened (unbuffered) by the first append
+        self._torn = False  # a failed append could not be cut back off the file
 
     def _read(self) -> list[LedgerEntry]:
         if not self.path.exists():
@@ -172,11 +178,38 @@ class Ledger:
         """Durably append a sealed batch before it is inserted anywhere."""
         entry = LedgerEntry(dict(ranges), token)
         with self._lock:
-            self._file.write(_line(entry))
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            self._append(_line(entry))
             self._entries.append(entry)
             self._lines += 1
+
+    def _append(self, line: bytes) -> None:
+        fd = self._open_for_append()
+        size = os.fstat(fd).st_size
+        try:
+            diskio.write_all(fd, b"\n" + line if self._torn else line)
+            os.fsync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                self._torn = True
+            raise
+        self._torn = False
+
+    def _open_for_append(self) -> int:
+        """The file's descriptor; a file deleted under us (its directory removed) is
+        written again from memory first, so a restart still rebuilds what it held."""
+        if self._file is not None:
+            if os.fstat(self._file.fileno()).st_nlink > 0:
+                return self._file.fileno()
+            log.error("ledger %s was deleted; writing its %d entries again",
+                      self.path, len(self._entries))
+            self._file.close()
+            self._file = None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._rewrite({})
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - kept open
+        return self._file.fileno()
 
     def compact(self, committed: Mapping[int, int]) -> None:
         """Drop batches fully below the committed offsets (atomic rewrite)."""
@@ -191,20 +224,28 @@ class Ledger:
             if any(last >= committed.get(p, -1) for p, (_, last) in e.ranges.items())
         ]
         tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            for entry in keep:
-                f.write(_line(entry))
-            f.flush()
-            os.fsync(f.fileno())
-        self._file.close()
-        os.replace(tmp, self.path)
-        self._file = open(self.path, "ab")  # noqa: SIM115
+        try:
+            with open(tmp, "wb") as f:
+                for entry in keep:
+                    f.write(_line(entry))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        if self._file is not None:
+            self._file.close()
+        self._file = None  # the next append opens the new file
+        self._torn = False
         self._entries = keep
         self._lines = len(keep)
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            if self._file is not None:
+                self._file.close()
 
 
 def _line(entry: LedgerEntry) -> bytes:

@@ -73,10 +73,15 @@ SPOOL_REPLAYED_BATCHES_TOTAL = "outlet_spool_replayed_batches_total"
 SPOOL_DROPPED_FLOWS_TOTAL = "outlet_spool_dropped_flows_total"
 SPOOL_DROPPED_BATCHES_TOTAL = "outlet_spool_dropped_batches_total"
 SPOOL_CORRUPT_RECORDS_TOTAL = "outlet_spool_corrupt_records_total"
+SPOOL_WRITE_ERRORS_TOTAL = "outlet_spool_write_errors_total"
+SPOOL_WRITE_FAILING = "outlet_spool_write_failing"
 DESTINATION_CIRCUIT_STATE = "outlet_destination_circuit_state"
 # configuration from an orchestrator (only after Metrics.enable_config_refresh)
 CONFIG_LAST_REFRESH_TIMESTAMP_SECONDS = "outlet_config_last_refresh_timestamp_seconds"
 CONFIG_REFRESH_ERRORS_TOTAL = "outlet_config_refresh_errors_total"
+# the state directory (ledger): its failures pause consumption (outlet/statedisk.py)
+STATE_DISK_ERRORS_TOTAL = "outlet_state_disk_errors_total"
+STATE_DISK_FAILING = "outlet_state_disk_failing"
 # commit
 COMMIT_PENDING_BATCHES = "outlet_commit_pending_batches"
 COMMIT_PENDING_FLOWS = "outlet_commit_pending_flows"
@@ -312,10 +317,37 @@ class Metrics:
             d,
             registry=r,
         )
+        self.spool_write_errors = Counter(
+            SPOOL_WRITE_ERRORS_TOTAL,
+            "Failed spool writes (append, fsync, cursor) by error class (ENOSPC, EIO, EROFS, "
+            "ENOENT, ...).",
+            ["destination", "error"],
+            registry=r,
+        )
+        self.spool_write_failing = Gauge(
+            SPOOL_WRITE_FAILING,
+            "1 while the spool cannot write (its batches are dropped or held, by when-full).",
+            d,
+            registry=r,
+        )
         self.circuit_state = Gauge(
             DESTINATION_CIRCUIT_STATE,
             "Circuit breaker state: 0 closed, 1 open (no attempts), 2 half-open (probing).",
             d,
+            registry=r,
+        )
+        # the state directory
+        self.state_disk_errors = Counter(
+            STATE_DISK_ERRORS_TOTAL,
+            "Failed writes to the state directory by operation (ledger, compact) and error "
+            "class.",
+            ["operation", "error"],
+            registry=r,
+        )
+        self.state_disk_failing = Gauge(
+            STATE_DISK_FAILING,
+            "1 while the ledger cannot be written: consumption is paused (nothing sealed, "
+            "inserted or committed) until it can.",
             registry=r,
         )
         # commit

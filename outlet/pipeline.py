@@ -12,7 +12,9 @@ one way:
 the production ones, or fakes in the in-process tests), opens every resource in an
 ``AsyncExitStack`` so each closes on every path, runs the tasks in nurseries and stops
 in order on SIGTERM/SIGINT (``request_stop``): stop reading, flush the open batch, let
-destinations drain within the grace period, commit, close.
+destinations drain within the grace period, commit, close. While the state disk fails
+(outlet/statedisk.py: the ledger cannot be written, consumption paused), a stop abandons
+the open batch instead of flushing it: unsealed, it is read again after the restart.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from outlet.ledger import BatchLedger, Ledger, LocalLedger, RunSync
 from outlet.metrics import Metrics
 from outlet.sealer import BatchEncoder, Encoder, Sealer
 from outlet.spool import Spool
+from outlet.statedisk import GuardedLedger, StateDisk
 from outlet.tokens import WriterIdentity
 from outlet.writer import ClickHouseWriter, TLSMetrics, Writer
 
@@ -100,6 +103,7 @@ class RunState:
     """What /readyz and the shutdown path look at."""
 
     stopping: bool = False
+    opening: str = "starting"  # what start-up waits for, until the pipeline runs
 
 
 class FanOut:
@@ -206,11 +210,13 @@ class Outlet:
         self.parts: Parts | None = None
         self._kafka: KafkaInput | None = None
         self._opening = trio.CancelScope()
+        self.state_disk = StateDisk(cfg.state_path, self.metrics, self._abandon_if_stopping)
+        self._sealing = trio.CancelScope()  # the batcher; cancelled only by _abandon_if_stopping
 
     async def _open(self, stack: contextlib.AsyncExitStack) -> Parts:
         cfg, metrics, b = self.cfg, self.metrics, self.backends
         Path(cfg.state_path).mkdir(parents=True, exist_ok=True)
-        ledger = b.ledger(cfg, b.disk)
+        ledger = GuardedLedger(b.ledger(cfg, b.disk), self.state_disk)
         stack.callback(ledger.close)
         encoder = await b.encoder(cfg)
         stack.push_async_callback(encoder.aclose)
@@ -232,7 +238,8 @@ class Outlet:
         kafka = KafkaInput(cfg.kafka, metrics, b.source(cfg.kafka, metrics), rebalance)
         stack.push_async_callback(kafka.aclose)
         self._kafka = kafka  # /readyz during open()
-        await kafka.open()  # ClusterIdError: the outlet does not start
+        self.state.opening = "waiting for the Kafka cluster id (see the log)"
+        await kafka.open()  # waits for the brokers; ClusterIdError: the outlet does not start
         self._scope_tokens(identity, kafka.cluster_id)
         channel = trio.open_memory_channel[Chunk](cfg.kafka.queue_size)
         return Parts(kafka, batcher, committer, destinations, channel)
@@ -319,7 +326,8 @@ class Outlet:
                 if self.state.stopping:
                     parts.kafka.stop()
                 task_status.started()
-                await parts.batcher.run(recv)  # returns once stopped and flushed
+                with self._sealing:
+                    await parts.batcher.run(recv)  # returns once stopped and flushed
                 for d in parts.destinations:
                     d.close_queue()
                 with trio.move_on_after(self.cfg.clickhouse.grace_period) as grace:
@@ -344,17 +352,39 @@ class Outlet:
             self.parts.kafka.stop()
         else:  # still opening (waiting for the cluster id): nothing read, nothing to flush
             self._opening.cancel()
+        self._abandon_if_stopping()
+
+    def _abandon_if_stopping(self) -> None:
+        """Stopping while the ledger cannot be written: the batch waiting for its seal
+        cannot be flushed; abandon it (nothing of it was inserted or committed)."""
+        if self.state.stopping and self.state_disk.failing and not self._sealing.cancel_called:
+            log.warning(
+                "stopping while the state disk fails: the open batch is not sealed; its "
+                "records are read again from Kafka after the restart"
+            )
+            self._sealing.cancel()
 
     def ready(self) -> tuple[bool, str]:
         """Ready when assigned partitions and the primary's last attempt succeeded."""
         if self.parts is None:
             why = self._kafka.link_problem() if self._kafka is not None else ""
-            return False, "starting" + (f": waiting for the Kafka cluster id ({why})"
-                                        if why else "")
+            return False, (f"waiting for the Kafka cluster id ({why})" if why
+                           else self.state.opening)
         primary = self.parts.destinations[0]
         if not self.parts.kafka.ever_assigned:
             why = self.parts.kafka.link_problem()
             return False, "waiting for Kafka partition assignment" + (f" ({why})" if why else "")
+        if self.state_disk.failing:
+            return False, f"consumption paused: state disk failing ({self.state_disk.failing})"
         if not primary.healthy:
             return False, f"primary destination failing: {primary.last_error}"
+        failing = [
+            (d.name, lane.write_error)
+            for d in self.parts.destinations
+            if isinstance(lane := d.fallback, SpoolLane) and lane.write_error
+        ]
+        if len(failing) == 1:
+            return True, f"ok, degraded: spool write failing on {failing[0][0]} ({failing[0][1]})"
+        if failing:
+            return True, f"ok, degraded: spool write failing on {len(failing)} destinations"
         return True, "ok"

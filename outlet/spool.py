@@ -20,11 +20,22 @@ a damaged record is skipped and counted (the scan re-synchronizes on the next re
 checksum verifies), and is never returned. peek_oldest() verifies the checksum again when
 it reads a record back, so bit rot after the scan is caught too.
 
+Write errors (ENOSPC, EIO, a read-only or vanished directory) never escape: ``append``
+returns them in its result (``AppendResult.error``, the batch not stored) after cutting
+the segment back to its last good record (segments are written unbuffered, so nothing
+half-written is flushed later); if even that fails, the next append starts a new segment.
+A failed cursor update or segment deletion is retried at the next head movement (until
+then a restart replays acknowledged batches again: their tokens make that a repeat). A
+spool that could not be opened at all is opened (scanned) again at the next append.
+Every such failure is reported to ``on_error(operation, error)``, set by its owner
+(outlet/fallback.py: logged once, counted, shown in /readyz).
+
 The API is synchronous and thread-safe; the outlet calls it through trio.to_thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -37,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from outlet import diskio
 from outlet.config import SpoolConfig
 
 log = logging.getLogger(__name__)
@@ -51,6 +63,12 @@ _CURSOR_MAGIC = b"OSPC"
 MAX_SEGMENT_BYTES = 64 << 20
 MIN_SEGMENT_BYTES = 1 << 20
 _SEG_PREFIX, _SEG_SUFFIX = "seg-", ".spool"
+
+ErrorHook = Callable[[str, OSError], None]  # (operation, error)
+
+
+def _ignore_error(operation: str, exc: OSError) -> None:
+    log.debug("spool %s failed: %s", operation, exc)
 
 
 def default_segment_bytes(max_bytes: int) -> int:
@@ -96,16 +114,18 @@ class SpooledBatch:
 
 @dataclass(frozen=True)
 class AppendResult:
-    """accepted=False means 'block' mode and no room: wait for acks, then append again."""
+    """accepted=False: 'block' mode and no room (wait for acks, then append again), or a
+    write error (``error``: the batch is not stored). Drops happen in either case."""
 
     accepted: bool
     dropped_batches: int = 0
     dropped_flows: int = 0
     dropped_tokens: tuple[str, ...] = ()
+    error: OSError | None = None
 
     @property
     def full(self) -> bool:
-        return not self.accepted
+        return not self.accepted and self.error is None
 
 
 @dataclass(frozen=True)
@@ -226,8 +246,17 @@ class Spool:
         self.truncated_bytes = 0
         self.fsyncs = 0
         self._closed = False
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._open()
+        self.on_error: ErrorHook = _ignore_error
+        self.open_error: OSError | None = None  # could not be opened: retried at each append
+        self._head_failed = False  # the last cursor update or segment deletion failed
+        self.vanished_batches = 0  # records whose segment was deleted under the spool
+        self.vanished_flows = 0
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._open()
+        except OSError as exc:
+            log.error("spool %s: cannot open %s", self.name, diskio.describe(exc, self.dir))
+            self._not_opened(exc)
 
     # -- open and recovery ---------------------------------------------------------
     def _segments(self) -> list[int]:
@@ -299,10 +328,21 @@ class Spool:
                 self.name, len(self._index), self._flows, self._bytes,
             )
 
+    def _not_opened(self, exc: OSError) -> None:
+        """Forget what a failed open read: the next append scans the directory again."""
+        self.open_error = exc
+        self._index.clear()
+        self._bytes = self._flows = 0
+        if self._active is not None:
+            with contextlib.suppress(OSError):
+                self._active.close()
+            self._active = None
+
     def _open_active(self) -> None:
         path = self.dir / _seg_name(self._active_seg)
         created = not path.exists()
-        self._active = open(path, "ab")  # noqa: SIM115 - kept open across calls
+        # Unbuffered: a failed write leaves nothing behind to be flushed later.
+        self._active = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open across calls
         self._active_size = self._active.tell()
         if created and self.cfg.fsync != "never":
             _fsync_dir(self.dir)
@@ -312,10 +352,9 @@ class Spool:
         pre = _CURSOR.pack(_CURSOR_MAGIC, seg, off, 0)[: _CURSOR.size - 4]
         raw = pre + struct.pack("<I", zlib.crc32(pre))
         tmp = self.dir / "cursor.tmp"
-        with open(tmp, "wb") as f:
-            f.write(raw)
+        with open(tmp, "wb", buffering=0) as f:
+            diskio.write_all(f.fileno(), raw)
             if self.cfg.fsync != "never":
-                f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, self.dir / "cursor")
         if self.cfg.fsync != "never":
@@ -333,7 +372,7 @@ class Spool:
         """fsync pending appends now (the 'interval' policy calls this when due)."""
         with self._lock:
             if self._dirty and self._active is not None and self.cfg.fsync != "never":
-                self._sync_active()
+                self._sync_reporting()
 
     def sync_if_due(self) -> None:
         """For the 'interval' policy: fsync if data is pending for fsync_interval or more."""
@@ -341,13 +380,31 @@ class Spool:
             if (
                 self.cfg.fsync == "interval"
                 and self._dirty
+                and self._active is not None
                 and self._mono() - self._last_sync >= self.cfg.fsync_interval
             ):
-                self._sync_active()
+                self._sync_reporting()
+
+    def _sync_reporting(self) -> None:
+        """fsync; a failure is reported and the data stays pending (tried again)."""
+        try:
+            self._sync_active()
+        except OSError as exc:
+            self.on_error("fsync", exc)
 
     # -- head movement -------------------------------------------------------------
     def _head_moved(self) -> None:
-        """Persist the new read position and delete segments nobody needs any more."""
+        """Persist the new read position and delete segments nobody needs any more; a
+        write error is reported, and the next head movement tries again."""
+        try:
+            self._persist_head()
+        except OSError as exc:
+            self._head_failed = True
+            self.on_error("cursor", exc)
+        else:
+            self._head_failed = False
+
+    def _persist_head(self) -> None:
         if not self._index:
             self._reset_if_empty()
             return
@@ -398,40 +455,119 @@ class Spool:
                     else:
                         dropped.append(rec)
                 self._head_moved()
-            if self._active_size > 0 and self._active_size + size > self.segment_bytes:
-                self._roll()
-            assert self._active is not None
-            off = self._active_size
             try:
-                self._active.write(record)
-                self._active.flush()
-            except OSError:
-                # Leave no partial record behind for the next append to follow.
-                self._active.truncate(off)
-                raise
+                off = self._write(record)
+            except OSError as exc:
+                self.on_error("append", exc)
+                return _result(False, dropped, exc)
             self._active_size += size
-            self._dirty = True
             rec = _Rec(self._active_seg, off, size, rows, token, now_ns / 1e9)
             self._index.append(rec)
             self._bytes += size
             self._flows += rows
+            if self.cfg.fsync == "interval":
+                self.sync_if_due()
+            return _result(True, dropped)
+
+    def _write(self, record: bytes) -> int:
+        """Write one record at the end of the active segment (fsynced if 'batch'); its
+        offset. On failure nothing of it stays for the next append to follow."""
+        self._ensure_active()
+        if self._active_size > 0 and self._active_size + len(record) > self.segment_bytes:
+            self._roll()
+        assert self._active is not None
+        off = self._active_size
+        try:
+            diskio.write_all(self._active.fileno(), record)
+            self._dirty = True
             if self.cfg.fsync == "batch":
                 self._sync_active()
-            elif self.cfg.fsync == "interval":
-                self.sync_if_due()
-            return AppendResult(
-                True,
-                len(dropped),
-                sum(r.rows for r in dropped),
-                tuple(r.token for r in dropped),
-            )
+        except OSError:
+            self._cut_back(off)
+            raise
+        return off
+
+    def _ensure_active(self) -> None:
+        """Opened, and a segment open for appends (after a failed open, roll or cut-back)."""
+        if self.open_error is not None:  # a spool that failed to open: scan it now
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                self._open()
+            except OSError as exc:
+                self._not_opened(exc)
+                raise
+            self.open_error = None
+        self._check_vanished()
+        if self._active is None:  # a failed roll, reset or cut-back: start a segment
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._open_active()
+
+    def check_writable(self) -> bool:
+        """Whether the spool can write now, proven by a small real write (the cursor);
+        for a spool that failed and has nothing to append. A failure is reported."""
+        with self._lock:
+            self._check_open()
+            try:
+                self._ensure_active()
+            except OSError as exc:
+                self.on_error("probe", exc)
+                return False
+            self._head_moved()
+            return self.healthy
+
+    def _check_vanished(self) -> None:
+        """The active segment deleted under us (the directory removed): its records, and
+        those of every other deleted segment, are lost; counted, and a new segment starts."""
+        if self._active is None or os.fstat(self._active.fileno()).st_nlink > 0:
+            return
+        with contextlib.suppress(OSError):
+            self._active.close()
+        self._active = None
+        self._active_size = 0
+        gone = {r.seg for r in self._index if not (self.dir / _seg_name(r.seg)).exists()}
+        lost = [r for r in self._index if r.seg in gone]
+        log.error(
+            "spool %s: %s was deleted with %d batch(es) in it; they are lost",
+            self.name, self.dir / _seg_name(self._active_seg), len(lost),
+        )
+        self._forget(lost)
+
+    def _forget(self, lost: list[_Rec]) -> None:
+        """Records whose data is gone: counted as vanished, never replayed."""
+        if not lost:
+            return
+        ids = {r.id for r in lost}
+        self._index = deque(r for r in self._index if r.id not in ids)
+        self._bytes = sum(r.size for r in self._index)
+        self._flows = sum(r.rows for r in self._index)
+        self.vanished_batches += len(lost)
+        self.vanished_flows += sum(r.rows for r in lost)
+        if self._inflight in ids:
+            self._inflight = None
+            self._inflight_dropped = None
+        self._head_moved()
+
+    def _cut_back(self, off: int) -> None:
+        """Truncate the active segment to `off`; if that fails too, leave the segment (its
+        records stay readable, the scan of a restart skips the damaged tail) for a new one."""
+        assert self._active is not None
+        try:
+            os.ftruncate(self._active.fileno(), off)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self._active.close()
+            self._active = None
+            self._active_seg += 1
+            self._active_size = 0
 
     def _roll(self) -> None:
         assert self._active is not None
         if self.cfg.fsync != "never" and self._dirty:
             self._sync_active()
         self._active.close()
+        self._active = None
         self._active_seg += 1
+        self._active_size = 0
         self._open_active()
 
     def peek_oldest(self) -> SpooledBatch | None:
@@ -440,6 +576,9 @@ class Spool:
             self._check_open()
             while self._index:
                 rec = self._index[0]
+                if not (self.dir / _seg_name(rec.seg)).exists():
+                    self._forget([r for r in self._index if r.seg == rec.seg])
+                    continue
                 data = self._read(rec)
                 parsed = _parse(data, 0, rec.seg) if data is not None else _Parsed(None, True)
                 if data is None or parsed.rec is None or parsed.rec.size != rec.size:
@@ -504,6 +643,12 @@ class Spool:
             return not self._index or self._bytes + HEADER_SIZE + nbytes <= self.cfg.max_bytes
 
     @property
+    def healthy(self) -> bool:
+        """Opened, a segment open for appends, and the last head movement persisted."""
+        with self._lock:
+            return self.open_error is None and self._active is not None and not self._head_failed
+
+    @property
     def bytes(self) -> int:
         with self._lock:
             return self._bytes
@@ -536,6 +681,14 @@ class Spool:
             self._closed = True
             if self._active is not None:
                 if self._dirty and self.cfg.fsync != "never":
-                    self._sync_active()
-                self._active.close()
+                    self._sync_reporting()
+                with contextlib.suppress(OSError):
+                    self._active.close()
                 self._active = None
+
+
+def _result(accepted: bool, dropped: list[_Rec], error: OSError | None = None) -> AppendResult:
+    return AppendResult(
+        accepted, len(dropped), sum(r.rows for r in dropped), tuple(r.token for r in dropped),
+        error,
+    )

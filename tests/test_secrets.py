@@ -531,7 +531,7 @@ def test_a_running_outlet_shows_no_secret(stack: Endpoints, tmp_path: Path) -> N
                   if line.startswith("{")]
     assert json_lines and all("message" in line for line in json_lines)
     assert json.loads(seen["sasl"]["/readyz"])["reason"] == (
-        "starting: waiting for the Kafka cluster id (auth)")
+        "waiting for the Kafka cluster id (auth)")
     sasl_log = runs["sasl"][0].output()[1]
     assert sasl_log.count("SASL authentication failed") == 1, sasl_log[-3000:]
     assert scram.password not in sasl_log  # the real one, never configured here

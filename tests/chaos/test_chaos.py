@@ -334,15 +334,31 @@ def test_report_rendering(tmp_path: Path) -> None:
     assert (out / "timeline.png").stat().st_size > 10_000
 
 
+def test_fill_disk_needs_the_spool_tmpfs_and_undoes_itself() -> None:
+    doc = with_action(at="5s", action="fill_disk", disk="spool", **{"for": "3s"})
+    [p] = problems(doc)
+    assert p.startswith("timeline[0].disk: the spool disk is a tmpfs only with "
+                        "outlet.spool_tmpfs")
+    doc["outlet"] = {"spool_tmpfs": "4MiB"}
+    sc = parse_scenario(doc)
+    assert sc.outlet.spool_tmpfs == 4 << 20
+    assert [(a.at, a.action) for a in sc.timeline] == [(5.0, "fill_disk"), (8.0, "free_disk")]
+    assert planned_windows(sc.timeline) == [(5.0, 8.0, "fill_disk spool")]
+    [p] = problems({**doc, "timeline": [{"at": "5s", "action": "fill_disk", "disk": "state"}]})
+    assert p.startswith("timeline[0].disk: must be spool")
+
+
 # -- one real run -----------------------------------------------------------------------
 
 # The representative set `make test` runs (docs/chaos.md): a cloud partition, an outlet
-# crash under load and a broker restart, each about 40-70 s with set-up and drain.
+# crash under load, a broker restart and the spool's disk filling up (root: a tmpfs), each
+# about 40-70 s with set-up and drain.
 CI_SCENARIOS = [
     ("azure-partition", 0.5),
     ("outlet-crash", 0.5),
     ("kafka-restart", 1.0),
     ("kafka-partition", 1.0),
+    ("spool-disk-full", 1.0),
 ]
 
 
@@ -352,8 +368,11 @@ CI_SCENARIOS = [
 def test_scenario_end_to_end(stack: Any, prometheus: Any, tmp_path: Path, name: str,
                              scale: float) -> None:
     from chaos.runner import run_scenario
+    from teststack import tmpfs
 
     sc = load_scenario(name).scaled(scale)
+    if sc.outlet.spool_tmpfs is not None and (why := tmpfs.unavailable()):
+        pytest.skip(f"{name}: {why}")
     t0 = time.monotonic()
     res = run_scenario(sc, stack.stack_dir, tmp_path)
     print(f"{name} at time scale {scale}: {time.monotonic() - t0:.0f} s")
@@ -382,6 +401,14 @@ def test_scenario_end_to_end(stack: Any, prometheus: Any, tmp_path: Path, name: 
         assert "| OutletAdditionalDestinationDown |" in (report / "report.md").read_text()
         print("alert timeline:", json.dumps(observed["timeline"]))
         _dashboard_returns_data(prometheus, observed, outlet_cfg["http"]["listen"])
+    if name == "spool-disk-full":
+        # the disk really filled up, the outlet never went down, and it said so once
+        checks = {c["name"]: c for c in data["checks"]}
+        assert checks["outlet clean shutdown"]["passed"]
+        assert checks['alert OutletSpoolWriteFailing{destination="azure"} fires']["passed"]
+        log = (report / "outlet" / "outlet.log").read_text()
+        assert log.count("spool append failed") == 1 and "ENOSPC" in log
+        assert not (report / "outlet" / "spool-disk").is_mount()
 
 
 def _dashboard_returns_data(prometheus: Any, observed: dict[str, Any], instance: str) -> None:

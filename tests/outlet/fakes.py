@@ -11,6 +11,8 @@
   as system.query_log/part_log would.
 - ``inline``: runs the ledger's and spools' blocking disk calls in the Trio thread (the
   real file ledger and spool, without threads).
+- ``FailingDisk``: the spool's and ledger's writes (outlet/diskio.py) under one directory
+  fail as a full disk does (half the bytes written, then ENOSPC) while ``failing``.
 
 All of them wait on Trio primitives only (no threads), so tests run deterministically
 under ``trio.testing.MockClock(autojump_threshold=0)``.
@@ -18,7 +20,9 @@ under ``trio.testing.MockClock(autojump_threshold=0)``.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import socket
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -27,6 +31,7 @@ from typing import Any
 
 import trio
 
+from outlet import diskio
 from outlet.batch import EncodedJob
 from outlet.codec import EncodedBatch
 from outlet.config import ConnectionConfig, OutletConfig, parse_config
@@ -399,3 +404,23 @@ async def inline(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Backends.disk for MockClock tests: blocking disk calls in the Trio thread."""
     await trio.lowlevel.checkpoint()
     return fn(*args)
+
+
+class FailingDisk:
+    """Writes through outlet.diskio.write_all to files under `root` fail while `failing`:
+    half of the bytes land, then OSError(`error`), as on a disk that fills up mid-write.
+    Install with ``monkeypatch.setattr(diskio, "write_all", disk.write_all)``."""
+
+    def __init__(self, root: Any, error: int = errno.ENOSPC) -> None:
+        self.root = str(root)
+        self.error = error
+        self.failing = False
+        self.failures = 0
+        self._real = diskio.write_all
+
+    def write_all(self, fd: int, data: bytes) -> None:
+        if self.failing and os.readlink(f"/proc/self/fd/{fd}").startswith(self.root):
+            self.failures += 1
+            os.write(fd, bytes(data)[: len(data) // 2])
+            raise OSError(self.error, os.strerror(self.error))
+        self._real(fd, data)

@@ -182,33 +182,69 @@ def test_ledger_compaction_keeps_every_token(tmp_path: Path, monkeypatch: pytest
     again.close()
 
 
-def test_no_cluster_id_no_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                capsys: pytest.CaptureFixture[str]) -> None:
-    """Tokens without the cluster id collide between datacenters: the outlet refuses to
-    start when Kafka cannot tell it, and says which brokers it asked."""
+async def test_unreachable_brokers_wait_for_the_cluster_id(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tokens without the cluster id collide between datacenters, so nothing is consumed
+    before the brokers tell it; unreachable brokers (or a refused login) can heal, so the
+    outlet waits with backoff instead of exiting into a crash loop: /readyz says why and
+    the log says it once, naming the brokers."""
     import logging
     import socket
 
     import outlet.kafka_client
-    from outlet.cli import main
+    from outlet.config import parse_config
+    from outlet.metrics import Metrics
+    from outlet.pipeline import Backends, Outlet
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setattr(outlet.kafka_client, "CLUSTER_ID_TIMEOUT", 1.0)
-    config = tmp_path / "outlet.yaml"
-    config.write_text(f"kafka: {{brokers: ['127.0.0.1:{port}']}}\n"
-                      f"state: {{path: '{tmp_path / 'state'}'}}\nhttp: {{listen: '127.0.0.1:0'}}\n")
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    try:
-        assert main(["run", "--config", str(config)]) == 1
-    finally:
-        root.handlers[:], level = saved
-        root.setLevel(level)
-    err = capsys.readouterr().err
-    assert (f"outlet cannot start: cannot read the Kafka cluster id from kafka.brokers "
-            f"127.0.0.1:{port} within 1 s") in err
+    monkeypatch.setattr(outlet.kafka_client, "CLUSTER_ID_TIMEOUT", 0.5)
+    monkeypatch.setattr(outlet.kafka_client, "CLUSTER_ID_BACKOFF", (0.2, 0.5))
+    cfg = parse_config({"kafka": {"brokers": [f"127.0.0.1:{port}"]},
+                        "state": {"path": str(tmp_path / "state")}})
+    metrics = Metrics()
+    out = Outlet(cfg, metrics, Backends(http=None))
+    caplog.set_level(logging.WARNING, logger="outlet.kafka_client")
+    with trio.move_on_after(6):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(out.run)
+            while metrics.kafka_errors.labels("_TRANSPORT")._value.get() < 3:
+                await trio.sleep(0.1)
+            assert out.parts is None  # still opening: nothing consumed
+            assert out.ready() == (False, "waiting for the Kafka cluster id (transport)")
+            nursery.cancel_scope.cancel()
+    lines = [r.getMessage() for r in caplog.records if "cluster id" in r.getMessage()]
+    assert len(lines) == 1, lines  # one line per distinct failure, not one per attempt
+    assert f"kafka.brokers 127.0.0.1:{port} (_TRANSPORT)" in lines[0]
+
+
+async def test_brokers_without_a_cluster_id_refuse_the_start() -> None:
+    """Brokers that report no cluster id (Kafka before 0.10.1, some compatible services)
+    will never report one: the outlet does not start, and says which brokers it asked."""
+    from outlet.config import parse_config
+    from outlet.kafka_client import KafkaClient
+    from outlet.kafka_input import ClusterIdError
+    from outlet.metrics import Metrics
+
+    class NoIdConsumer:
+        closed = False
+
+        def __init__(self, settings: dict[str, Any], **_: Any) -> None: ...
+
+        def list_topics(self, timeout: float) -> Any:
+            return type("Metadata", (), {"cluster_id": None})()
+
+        def close(self) -> None:
+            NoIdConsumer.closed = True
+
+    cfg = parse_config({"kafka": {"brokers": ["kafka-a:9092", "kafka-b:9092"]}})
+    client = KafkaClient(cfg.kafka, Metrics(), consumer_factory=NoIdConsumer)
+    with pytest.raises(ClusterIdError, match="the Kafka brokers kafka-a:9092,kafka-b:9092 "
+                                             "report no cluster id"):
+        await client.open(None)  # type: ignore[arg-type]
+    assert NoIdConsumer.closed
 
 
 def test_batches_of_another_cluster_are_not_rebuilt(tmp_path: Path) -> None:

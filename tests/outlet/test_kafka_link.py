@@ -166,7 +166,7 @@ async def test_a_login_refused_at_start_up_waits_with_backoff_instead_of_exiting
         async with trio.open_nursery() as nursery:
             nursery.start_soon(o.run)
             await until(lambda: len(made) >= 5)
-            assert o.ready() == (False, "starting: waiting for the Kafka cluster id (auth)")
+            assert o.ready() == (False, "waiting for the Kafka cluster id (auth)")
             assert all(c.closed for c in made[:-1])
             _RefusedAtStart.refusing = False
             await until(lambda: broker.committed == {0: 10})

@@ -513,7 +513,10 @@ def test_clickhouse_client_certificate_rotation_under_load(
     outlet = run.outlet()
     outlet.start()
     producer = background(lambda: run.produce(70_000, rate=10_000))
-    time.sleep(3)
+    # Under way with the old certificate first (/healthz answers before the outlet has
+    # opened its destinations: a fixed sleep could rotate before the first insert).
+    wait_for(lambda: verify.count_rows(target, run.database) >= 10_000, 60,
+             "inserts with the first certificate")
     new = ca.issue("outlet-b", client=True)
     rotated = time.time()
     cert.write_bytes(new.cert_pem)  # a torn rotation: new certificate, old key...

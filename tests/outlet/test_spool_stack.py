@@ -114,6 +114,8 @@ def lost_flows(o: OutletProcess) -> float:
 
 
 def converge(ep: Endpoints, o: OutletProcess, n: int, timeout: float = 60) -> None:
+    # /metrics answers from the start: before the spool is opened, its gauges are absent (0)
+    assert o.wait_ready(timeout), o.log_tail()
     assert wait_rows(ep.clickhouse["local"], n, timeout) == n, o.log_tail()
     assert wait_for(lambda: spool_metric(o, "batches") == 0, timeout), o.log_tail()
 
@@ -177,8 +179,8 @@ def test_sigkill_while_spooling_and_while_replaying(
         toxi.disable(azure)
         assert wait_for(lambda: spool_metric(o, "batches") >= 5, 20), o.log_tail()
         o.kill()  # while spooling (the writer appends about every 0.5 s)
-        o.start()
-        assert "to replay" in o.log_path.read_text(), o.log_tail()
+        o.start()  # /healthz answers from the start, before the spool is opened
+        assert wait_for(lambda: "to replay" in o.log_path.read_text(), 30), o.log_tail()
         assert wait_for(lambda: spool_metric(o, "batches") >= 15, 30), o.log_tail()
         # Heal, but slowly: 400 ms per request, so the replay takes a while.
         toxi.add_toxic(azure, "latency", {"latency": 400, "jitter": 0}, name="slow")
