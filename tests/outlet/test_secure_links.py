@@ -355,8 +355,8 @@ def test_kafka_link_failures_one_clear_line_each_no_secret_no_crash_loop(
                 assert planted not in content, f"{case}: the password shows in {channel}"
             for ch in stack.clickhouse.values():
                 assert ch.password not in text
-    # Past the time the outlet gives brokers that do not answer at all (then it exits):
-    # refused ones keep it waiting, still backing off; SIGTERM then stops it cleanly.
+    # Past a whole metadata deadline (CLUSTER_ID_TIMEOUT): refused outlets keep waiting,
+    # still backing off, nothing more logged; SIGTERM then stops them cleanly.
     time.sleep(max(0.0, started + CLUSTER_ID_TIMEOUT + 5 - time.monotonic()))
     for case, (outlet, _, says) in cases.items():
         assert outlet.alive(), f"{case}: the outlet exited:\n{outlet.log_tail()}"
