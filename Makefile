@@ -65,9 +65,11 @@ JSON_FLAG = $(if $(JSON),--json $(JSON))
 HARNESS_FLAGS = --stack-dir $(STACK_DIR) --time-scale $(TIME_SCALE) $(if $(YES),--yes) $(JSON_FLAG)
 
 # The main job: stack up, schema, realistic flows for ~1 minute, dual-write, report, stack down.
+# `make demo TOPOLOGY=multi-dc`: an orchestrator per site and an outlet per datacenter on the
+# multi-dc stack, central rolled out live halfway (docs/deployment.md).
 DEMO_ARGS ?=
 demo: setup
-	$(UV) run loadtest demo --stack-dir $(STACK_DIR) $(DEMO_ARGS)
+	$(UV) run loadtest demo --stack-dir $(TOPOLOGY_DIR) --topology $(TOPOLOGY) $(DEMO_ARGS)
 
 # Benchmarks print numbers (they are not timed tests): backlog drain of 2M flows.
 BENCH_ARGS ?=

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos import alerts
+from chaos.orchestrated import Orchestrated
 from chaos.results import (
     Check,
     Event,
@@ -213,7 +214,17 @@ class Run:
     load: LoadThread | None = None
     events: list[Event] = field(default_factory=list)
     outlet_running: bool = True
+    orchestrated: Orchestrated | None = None  # outlet.orchestrator: true
     spool_disk: Path | None = None  # the spools' tmpfs (outlet.spool_tmpfs)
+
+    def tables(self) -> dict[str, tuple[str, str]]:
+        """Every destination's (stack server, database): the stack's, then those the
+        timeline adds."""
+        out = {d: (d, "flows") for d in self.sc.outlet.destinations}
+        if self.orchestrated is not None:
+            out.update({d.name: (d.server, d.database)
+                        for d in self.orchestrated.added.values()})
+        return out
 
     # -- timeline ---------------------------------------------------------------------------
     def execute(self, a: Action) -> None:
@@ -258,6 +269,10 @@ class Run:
         elif name == "set_rate":
             if self.load is not None:
                 self.load.rate = float(p["rate"])
+        elif name in ("add_destination", "remove_destination"):
+            if self.orchestrated is None:  # validated earlier
+                raise HarnessError(f"{name} needs outlet.orchestrator: true")
+            self.orchestrated.change(a, self.outlet.proc if self.outlet_running else None)
         elif name == "fill_disk":
             assert self.spool_disk is not None  # validated: needs outlet.spool_tmpfs
             tmpfs.fill(self.spool_disk, int(p.get("leave", 0)))
@@ -302,7 +317,8 @@ def wait_quiet(run: Run, timeout: float, quiet: float = QUIET_SECONDS
     since = time.monotonic()
     state = ""
     while time.monotonic() - t0 < timeout:
-        rows = {d: count_rows_or_none(run.ep.clickhouse[d]) for d in run.sc.outlet.destinations}
+        rows = {d: count_rows_or_none(run.ep.clickhouse[server], database)
+                for d, (server, database) in run.tables().items()}
         if rows != last or any(v is None for v in rows.values()):
             last, since = rows, time.monotonic()
         lag = consumer_lag(run.ep, run.topic, run.group)
@@ -348,15 +364,18 @@ def check_invariants(run: Run, samples: list[Sample], n: int, bytes_sum: int,
                      ) -> list[Check]:
     sc = run.sc
     checks: list[Check] = []
-    for d in sc.outlet.destinations:
-        t = tables[d]
+    for d, t in tables.items():
         if t["unknown_flows"] or t["foreign_rows"]:
             checks.append(Check(f"{d}: only this run's flows", "0 foreign/unknown rows",
                                 f"{t['foreign_rows']} foreign, {t['unknown_flows']} unknown",
                                 False))
     for e in sc.expect.destinations:
-        reported = reported_loss(metrics, sc.metric_destination(e.destination))
-        checks.extend(destination_checks(e, tables[e.destination], n, bytes_sum, reported))
+        label = sc.metric_destination(e.destination)
+        reported = reported_loss(metrics, label)
+        written = int(metric_value(metrics, names.DESTINATION_FLOWS_WRITTEN_TOTAL,
+                                   destination=label))
+        checks.extend(destination_checks(e, tables[e.destination], n, bytes_sum, reported,
+                                         written))
     for tp in sc.expect.throughput:
         checks.append(throughput_check(tp, throughput(samples, tp.destination, tp.window),
                                        throughput(samples, tp.destination, tp.baseline)))
@@ -426,9 +445,10 @@ def lag_check(lg: LagExpectation, samples: list[Sample], end: float,
 
 
 def destination_checks(e: DestinationExpectation, t: dict[str, Any], n: int, bytes_sum: int,
-                       reported: int) -> list[Check]:
+                       reported: int, written: int | None = None) -> list[Check]:
     """The per-destination invariants against what it stores (``table_summary``), with
-    ``n`` flows offered to it and ``reported`` flows the outlet says it lost there."""
+    ``n`` flows offered to it, ``reported`` flows the outlet says it lost there and
+    ``written`` the flows it says it wrote there (``rows: given``)."""
     d = e.destination
     checks: list[Check] = []
     if e.rows is not None:
@@ -438,6 +458,9 @@ def destination_checks(e: DestinationExpectation, t: dict[str, Any], n: int, byt
         elif e.rows == "all_minus_reported_loss":
             want = n - reported
             what = f"{want} ({n} produced - {reported} reported lost)"
+        elif e.rows == "given":
+            want = -1 if written is None else written
+            what = f"{want} (what the outlet reports written there)"
         else:
             want = int(e.rows)
             what = str(want)
@@ -500,8 +523,14 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
             extra.setdefault("spool", {})["path"] = str(spool_disk / extra["name"])
     cfg = merge_overrides(cfg, sc.outlet_overrides)
     scrape = prom.targets(run=topic, datacenter="dc1") if prom else None
-    outlet = Outlet(OutletProcess(workdir, cfg, scrape_targets=scrape))
-    run = Run(sc, ep, sdir, report_dir, outlet, topic, group, run_id, spool_disk=spool_disk)
+    orchestrated = Orchestrated(ep, workdir, cfg, sc, scrape) if sc.outlet.orchestrator else None
+    if orchestrated is not None:
+        orchestrated.prepare(topic)
+        orchestrated.start()
+    outlet = Outlet(orchestrated.outlet_process() if orchestrated is not None
+                    else OutletProcess(workdir, cfg, scrape_targets=scrape))
+    run = Run(sc, ep, sdir, report_dir, outlet, topic, group, run_id, orchestrated=orchestrated,
+              spool_disk=spool_disk)
     disks = contextlib.ExitStack()  # unmounted once the outlet has stopped
     info: dict[str, Any] = {
         "topic": topic, "consumer_group": group, "run_id": run_id,
@@ -562,7 +591,8 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
                             quiet))
         outlet.scrape()
         metrics = outlet.totals()
-        tables = {d: run_summary(ep.clickhouse[d], run_id, n) for d in sc.outlet.destinations}
+        tables = {d: run_summary(ep.clickhouse[server], run_id, n, database)
+                  for d, (server, database) in run.tables().items()}
         if prom is not None:
             info["alerts"] = alerts.observe(prom, sc, topic,
                                             time.time() - (time.monotonic() - run.t0))
@@ -577,6 +607,8 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
         sampler.stop()
         rc = outlet.stop() if outlet.proc.alive() else None
         disks.close()
+        if orchestrated is not None:
+            orchestrated.stop()
         with contextlib.suppress(Exception):
             tp.reset()
         delete_topic(ep, topic)

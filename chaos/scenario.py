@@ -19,6 +19,7 @@ import difflib
 import operator
 import re
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -85,7 +86,9 @@ PROXIES = {
 link to central, ``kafka-b`` datacenter b's outlet's link to its Kafka)."""
 MULTI_DC_PROXIES = frozenset(v for v in PROXIES.values() if v[-2:] in ("-a", "-b"))
 
-ROW_EXPECTATIONS = ("all", "all_minus_reported_loss")
+ROW_EXPECTATIONS = ("all", "all_minus_reported_loss", "given")
+"""``given``: a destination added by the timeline stores exactly the flows the outlet
+reports written there (what it was given while configured)."""
 COMPARATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne,
     ">": operator.gt, "<": operator.lt,
@@ -177,7 +180,7 @@ class _Window(Kind[tuple[float, float]]):
 
 
 class _Rows(Kind["str | int | None"]):
-    type_doc = "all, all_minus_reported_loss or a count"
+    type_doc = "all, all_minus_reported_loss, given or a count"
 
     def convert(self, raw: object) -> str | int:
         if raw in ROW_EXPECTATIONS or (isinstance(raw, int) and not isinstance(raw, bool)
@@ -249,6 +252,8 @@ class Action:
                 bits.append(f"{key} {self.params[key]}")
         if self.action == "set_rate":
             bits.append(f"{self.params.get('rate')}/s")
+        if self.action in ("add_destination", "remove_destination"):
+            bits.append(str(self.params.get("name")))
         if self.action in ("fill_disk", "free_disk"):
             bits.append(str(self.params.get("disk")))
         return " ".join(bits)
@@ -282,6 +287,11 @@ class OutletSettings:
     wait_time: str = setting("500ms", _DurationText())
     azure_max_retries: int = setting(3, Int(0),
                                      doc="max-retries of the additional destinations")
+    orchestrator: bool = setting(
+        False, BOOL, doc="the outlet runs from an orchestrator's URL (add_destination and "
+                         "remove_destination change what the orchestrator serves)")
+    config_refresh: str = setting("1s", _DurationText(),
+                                  doc="the outlet's --config-refresh-interval (orchestrator)")
     spool_tmpfs: int | None = setting(
         None, Size(), default_doc="none: the spools live under the state directory",
         doc="the additional destinations' spools on a tmpfs of this size (root only), which "
@@ -371,11 +381,17 @@ def _operand(text: str) -> MetricSelector | float:
         raise Invalid(f"unknown metric {m.group(1)!r} (not exported by the outlet; see "
                       "outlet/metrics.py)")
     for k, v in labels:  # the topology's own labels are checked in context (_Expect)
-        if k == "destination" and v not in ("primary", *DESTINATIONS[1:], "central"):
+        if k == "destination" and v not in ("primary", *DESTINATIONS[1:], "central",
+                                                     *_ADDED.get()):
             raise Invalid(f'unknown destination label {v!r} (the primary is "primary", '
                           f'additional ones by name: {", ".join(DESTINATIONS[1:])}, or '
                           'central in multi-dc scenarios)')
     return MetricSelector(name, tuple(labels))
+
+
+#: Destinations the timeline adds (add_destination), while ``expect`` is parsed: they may
+#: be expected and named in metric labels like the stack's destinations.
+_ADDED: ContextVar[tuple[str, ...]] = ContextVar("added_destinations", default=())
 
 
 class _Lags(Kind[tuple[LagExpectation, ...]]):
@@ -414,7 +430,8 @@ class _DestinationExpectations(Kind[tuple[DestinationExpectation, ...]]):
         for name, spec in raw.items():
             where = at.child(name)
             try:
-                DESTINATION.parse(name, where, "")
+                if name not in _ADDED.get():
+                    DESTINATION.parse(name, where, "")
             except Invalid as e:
                 where.report(str(e))
                 continue
@@ -458,6 +475,10 @@ class Repeat:
 
 
 STREAM = Str(choices=STREAMS, problem="must be upstream or downstream, got {got}")
+DESTINATION_NAME = Str(pattern=r"[a-z0-9_]{1,40}",
+                       pattern_msg="expected a destination name ([a-z0-9_], at most 40)")
+SERVER = _one_of(DESTINATIONS, "server")
+IDENTIFIER = Str(pattern=r"[A-Za-z_][A-Za-z0-9_]*", pattern_msg="expected a database name")
 TOXIC_TYPE = _one_of(TOXIC_ATTRIBUTES, "toxic type")
 _NAME = Str(nonempty=True, problem="expected a non-empty string, got {got}")
 DISKS = ("spool",)  # what fill_disk can fill: the spools' tmpfs (outlet.spool_tmpfs)
@@ -493,6 +514,9 @@ ACTIONS: dict[str, dict[str, Key]] = {
         "restart_clickhouse", {"target": _one_of((*DESTINATIONS, *MULTI_DC_SERVERS), "target")}),
     "restart_kafka": _params("restart_kafka", {}, {"datacenter": DATACENTER}),
     "set_rate": _params("set_rate", {"rate": Number(lo=0)}),
+    "add_destination": _params("add_destination", {"name": DESTINATION_NAME, "server": SERVER},
+                               {"database": IDENTIFIER}),
+    "remove_destination": _params("remove_destination", {"name": DESTINATION_NAME}),
     "fill_disk": _params("fill_disk", {"disk": DISK}, {"leave": _LEAVE, "for": POSITIVE}),
     "free_disk": _params("free_disk", {"disk": DISK}),
 }
@@ -571,8 +595,21 @@ def _check_timeline(actions: list[Action], problems: Problems) -> None:
     """The outlets, proxies and toxics must be in a state each action can apply to."""
     down: set[str] = set()  # outlets not running ("" single-dc, or a datacenter)
     toxics: dict[tuple[str, str], str] = {}
+    configured: set[str] = set()
     for a in sorted(actions, key=lambda a: a.at):
         who = str(a.params.get("outlet", ""))
+        if a.action == "add_destination":
+            name = str(a.params["name"])
+            if name in configured or name in ("primary", *DESTINATIONS):
+                problems.add(a.path, f"destination {name!r} is already configured at "
+                                     f"{format_duration(a.at)}")
+            configured.add(name)
+        elif a.action == "remove_destination":
+            name = str(a.params["name"])
+            if name not in configured:
+                problems.add(a.path, f"remove_destination: no destination {name!r} added "
+                                     f"before {format_duration(a.at)}")
+            configured.discard(name)
         if a.action in ("kill_outlet", "stop_outlet", "restart_outlet"):
             if who in down:
                 problems.add(a.path, f"{a.action} at {format_duration(a.at)}: the outlet is "
@@ -638,6 +675,12 @@ class _Timeline(Kind[tuple[Action, ...]]):
         dests = at.sibling("outlet").destinations
         multi_dc = at.sibling("topology") == MULTI_DC
         for a in actions:
+            if a.action in ("add_destination", "remove_destination") and not at.sibling(
+                    "outlet").orchestrator:
+                at.problems.add(a.path, f"{a.action} needs outlet.orchestrator: true (the "
+                                        "destination is added through the orchestrator)")
+            if a.action in ("add_destination", "remove_destination") and multi_dc:
+                at.problems.add(a.path, f"{a.action}: single-dc scenarios only")
             _check_topology(a, multi_dc, at.problems)
         for a in actions if not multi_dc else ():
             if a.proxy and a.proxy != "kafka" and a.proxy.removeprefix("clickhouse-") not in dests:
@@ -657,16 +700,24 @@ class _Expect(Kind[Expectations]):
     type_doc = "mapping"
 
     def parse(self, raw: object, at: Where, default: Expectations) -> Expectations:
-        return self._in_context(parse(Expectations, raw, at.problems, path=at.path), at)
+        return self._in_context(self._parse(raw, at), at)
 
     def missing(self, default: Expectations, at: Where) -> Expectations:
-        return self._in_context(parse(Expectations, None, at.problems, path=at.path), at)
+        return self._in_context(self._parse(None, at), at)
+
+    def _parse(self, raw: object, at: Where) -> Expectations:
+        token = _ADDED.set(tuple(added_destinations(at.sibling("timeline"))))
+        try:
+            return parse(Expectations, raw, at.problems, path=at.path)
+        finally:
+            _ADDED.reset(token)
 
     def _in_context(self, exp: Expectations, at: Where) -> Expectations:
         multi_dc = at.sibling("topology") == MULTI_DC
         dests = MULTI_DC_VIEWS if multi_dc else at.sibling("outlet").destinations
         load: Load = at.sibling("load")
         actions: tuple[Action, ...] = at.sibling("timeline")
+        added = tuple(added_destinations(actions))
         primary = dests[0]
 
         def own(dest: str, where: Where) -> bool:
@@ -680,15 +731,21 @@ class _Expect(Kind[Expectations]):
         kept: list[DestinationExpectation] = []
         for e in exp.destinations:
             where = at.child("destinations").child(e.destination)
-            if not own(e.destination, where):
+            if e.destination not in added and not own(e.destination, where):
                 continue
+            if e.rows == "given" and e.destination not in added:
+                where.child("rows").report("given is for a destination the timeline adds")
+            if e.destination in added and (e.rows not in (None, "given") or e.no_loss):
+                where.child("rows").report("a destination the timeline adds receives only "
+                                           "the batches sealed while configured: expect "
+                                           "rows: given")
             is_primary = e.destination.startswith("local-") if multi_dc else (
                 e.destination == primary)
             if is_primary and (e.rows == "all_minus_reported_loss" or e.loss_equals_metric):
                 where.report("the primary never gives up on a batch: expect rows: all")
             kept.append(e)
         for i, ma in enumerate(exp.metrics):
-            _check_labels(ma, multi_dc, at.child("metrics").child(i))
+            _check_labels(ma, multi_dc, added, at.child("metrics").child(i))
         for i, r in enumerate(exp.recovery):
             where = at.child("recovery").child(i)
             if not multi_dc:
@@ -727,9 +784,11 @@ class _Expect(Kind[Expectations]):
                        lags=tuple(lags))
 
 
-def _check_labels(ma: MetricAssertion, multi_dc: bool, at: Where) -> None:
-    """The ``destination`` and ``dc`` labels of a metric assertion exist in the topology."""
-    additional = ("central",) if multi_dc else DESTINATIONS[1:]
+def _check_labels(ma: MetricAssertion, multi_dc: bool, added: tuple[str, ...], at: Where
+                  ) -> None:
+    """The ``destination`` and ``dc`` labels of a metric assertion exist in the topology
+    (``added``: the destinations the timeline adds)."""
+    additional = ("central",) if multi_dc else (*DESTINATIONS[1:], *added)
     for side in (ma.lhs, ma.rhs):
         for k, v in side.labels if isinstance(side, MetricSelector) else ():
             if k == "destination" and v not in ("primary", *additional):
@@ -873,6 +932,11 @@ class Scenario:
         return planned_windows(self.timeline)
 
 
+def added_destinations(timeline: tuple[Action, ...] | list[Action]) -> list[str]:
+    """Names of the destinations the timeline adds (add_destination), in order."""
+    return [str(a.params["name"]) for a in timeline if a.action == "add_destination"]
+
+
 def planned_windows(timeline: tuple[Action, ...] | list[Action]
                     ) -> list[tuple[float, float | None, str]]:
     """Pair fault starts with their ends: disable/enable per proxy, add/remove per toxic,
@@ -890,6 +954,12 @@ def planned_windows(timeline: tuple[Action, ...] | list[Action]
             open_[("toxic", f"{a.proxy}/{a.params.get('name')}")] = (a.at, a.label)
         elif a.action == "remove_toxic":
             start = open_.pop(("toxic", f"{a.proxy}/{a.params.get('name')}"), None)
+            if start:
+                out.append((start[0], a.at, start[1]))
+        elif a.action == "add_destination":
+            open_[("destination", str(a.params.get("name")))] = (a.at, a.label)
+        elif a.action == "remove_destination":
+            start = open_.pop(("destination", str(a.params.get("name"))), None)
             if start:
                 out.append((start[0], a.at, start[1]))
         elif a.action == "fill_disk":

@@ -27,7 +27,7 @@ from teststack.outlet_proc import (
 )
 from teststack.paths import REPORTS_DIR
 from teststack.runs import reuse_or_start
-from teststack.stack import Endpoints, stop_stack
+from teststack.stack import MULTI_DC, TOPOLOGIES, Endpoints, stop_stack
 
 KEY_METRICS: tuple[tuple[str, dict[str, str]], ...] = (
     (names.KAFKA_RECEIVED_MESSAGES_TOTAL, {}),
@@ -49,14 +49,24 @@ def configure(ap: argparse.ArgumentParser) -> None:
                       "stored, a sample of enriched rows and key metrics.")
     ap.add_argument("--seconds", type=float, default=60,
                     help="how long flows are produced (default: 60)")
-    ap.add_argument("--rate", type=float, default=5_000,
-                    help="flows/s offered (default: 5000)")
+    ap.add_argument("--rate", type=float, default=None,
+                    help="flows/s offered (default: 5000; multi-dc: 2000 per datacenter)")
     clikit.add_stack_dir(ap)
     ap.add_argument("--workdir", default=str(WORKDIR), metavar="DIR",
                     help="outlet config, state and log (default: reports/demo)")
+    ap.add_argument("--topology", choices=TOPOLOGIES, default=TOPOLOGIES[0],
+                    help="multi-dc: an orchestrator per site (a, b, central), an outlet per "
+                         "datacenter, central rolled out live halfway (docs/deployment.md); "
+                         "--stack-dir is then a multi-dc stack's")
 
 
 def command(args: argparse.Namespace) -> int:
+    if args.topology == MULTI_DC:
+        from loadtest import demo_multidc
+
+        args.rate = args.rate or 2_000
+        return demo_multidc.command(args)
+    args.rate = args.rate or 5_000
     ep, started_stack = reuse_or_start(args.stack_dir)  # prints when it starts one
     print("== stack:", "started (Kafka, Toxiproxy, 2 ClickHouse)" if started_stack
           else "reusing the running one")

@@ -64,11 +64,15 @@ class ConfigurationService:
     def __init__(
         self, outlets: Sequence[ServedConfig], token: str, metrics: Metrics, ready: ReadyCheck
     ) -> None:
-        self.outlets = list(outlets)
-        self._token = token.encode()
         self.metrics = metrics
         self.ready = ready
-        metrics.config_entries.labels("outlet").set(len(self.outlets))
+        self.replace(outlets, token)
+
+    def replace(self, outlets: Sequence[ServedConfig], token: str) -> None:
+        """Serve these configurations (and require this token) from the next request on."""
+        self.outlets = list(outlets)
+        self._token = token.encode()
+        self.metrics.config_entries.labels("outlet").set(len(self.outlets))
 
     def handle(self, method: str, path: str, scope: Scope) -> Response:
         if method not in ("GET", "HEAD"):

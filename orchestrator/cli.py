@@ -41,7 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "orchestrator %s starting: database %s on %s%s", _version(), cfg.clickhousedb.database,
         cfg.clickhousedb.servers[0], f" (cluster {cfg.cluster})" if cfg.cluster else "",
     )  # fmt: skip
-    trio.run(Orchestrator(cfg).run)
+    trio.run(Orchestrator(cfg, config_path=args.config).run)
     logging.getLogger("orchestrator").info("orchestrator stopped cleanly")
     return 0
 

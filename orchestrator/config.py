@@ -1,64 +1,67 @@
 """The orchestrator's configuration (the only place its keys live; docs/orchestrator.md).
 
-Same conventions and errors as the outlet's (outlet/config.py): kebab-case keys, every
-problem collected into one ConfigError as ``key.path: problem``, ``${VAR}`` expansion
-of string values, durations such as ``5s``/``1m``, secrets as Secret. Sections shared
-with the outlet (``clickhousedb``, ``log``, ``http.listen``) are validated by the
-outlet's own code; the outlet entries are built and checked by orchestrator/served.py.
+Declared with the outlet's spec machinery (outlet/confspec): kebab-case keys, every
+problem collected into one ConfigError as ``key.path: problem``, unknown keys with
+did-you-mean hints, durations such as ``5s``/``1m``, secrets as Secret, and the key tables
+of docs/orchestrator.md generated from the declarations (``python -m orchestrator.config
+--docs``). Keys the outlet also has are the outlet's own declarations: the ClickHouse
+connection (plus ``cluster``), ``log`` and ``http.listen``.
 
 Two views of the same file: the orchestrator's own sections are expanded with the
-orchestrator's environment (it needs its ClickHouse password); the served outlet entries
-are never expanded here.
+orchestrator's environment (it needs its ClickHouse password); the shared ``kafka``
+section and the ``outlet`` entries are never expanded here, and are built and checked by
+orchestrator/served.py.
 """
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from orchestrator import served
 from orchestrator.ddl import Resolution
 from outlet.config import (
     ConfigError,
     ConnectionConfig,
+    OutletConfig,
     Secret,
     format_duration,
-    parse_config,
     parse_duration,
     read_yaml,
+    render_docs,
 )
-from outlet.confspec import Problems, expand_env, hiding, show
+from outlet.confspec import (
+    AnyMapping,
+    Bool,
+    Duration,
+    File,
+    Int,
+    Invalid,
+    Key,
+    KeyDoc,
+    Kind,
+    Problems,
+    SecretStr,
+    Section,
+    Str,
+    Where,
+    describe,
+    dump,
+    expand_env,
+    parse,
+    parse_mapping,
+    reuse,
+    section,
+    setting,
+    show,
+)
 
-TOP_KEYS = (
-    "http",
-    "log",
-    "clickhousedb",
-    "clickhouse",
-    "kafka",
-    "outlet",
-    "allow-literal-secrets",
-)
-TOP_HINTS = {
-    "inlet": "this orchestrator serves outlet configurations only",
-    "console": "this orchestrator serves outlet configurations only",
-    "schema": "the flows schema is fixed (outlet/schema.py): there is nothing to configure",
-    "outlets": "the list of outlet configurations is 'outlet' (as in Akvorado)",
-}
-HTTP_KEYS = ("listen", "tls", "bearer-token")
-TLS_KEYS = ("enable", "cert-file", "key-file")
-CLICKHOUSE_KEYS = (
-    "skip-migrations",
-    "resolutions",
-    "max-partitions",
-    "retry-initial-backoff",
-    "retry-max-backoff",
-)
-RESOLUTION_KEYS = ("interval", "ttl")
 DAY = 86400
 #: Akvorado's defaults: raw 15 days, 1m 7 days, 5m 90 days, 1h 360 days.
 DEFAULT_RESOLUTIONS = (
@@ -70,42 +73,8 @@ DEFAULT_RESOLUTIONS = (
 MIN_INTERVAL = 5
 MIN_TTL = 3600
 _DAYS = re.compile(r"\s*(\d+)\s*d\s*")
-_CLUSTER = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-@dataclass(frozen=True)
-class ServerTLSConfig:
-    enable: bool = False
-    cert_file: str = ""
-    key_file: str = ""
-
-
-@dataclass(frozen=True)
-class HTTPConfig:
-    listen: str = "127.0.0.1:8080"
-    tls: ServerTLSConfig = field(default_factory=ServerTLSConfig)
-    bearer_token: Secret = field(default_factory=Secret)  # empty: no authentication
-
-
-@dataclass(frozen=True)
-class ClickHouseComponentConfig:
-    skip_migrations: bool = False
-    resolutions: tuple[Resolution, ...] = DEFAULT_RESOLUTIONS
-    max_partitions: int = 50
-    retry_initial_backoff: float = 1.0
-    retry_max_backoff: float = 60.0
-
-
-@dataclass(frozen=True)
-class OrchestratorConfig:
-    http: HTTPConfig = field(default_factory=HTTPConfig)
-    log_level: str = "info"
-    log_format: str = "human"
-    clickhousedb: ConnectionConfig = field(default_factory=ConnectionConfig)
-    cluster: str = ""
-    clickhouse: ClickHouseComponentConfig = field(default_factory=ClickHouseComponentConfig)
-    allow_literal_secrets: bool = False
-    outlets: tuple[served.ServedConfig, ...] = ()
+#: Sections served to outlets as written: never expanded with the orchestrator's environment.
+UNEXPANDED = ("kafka", "outlet")
 
 
 def parse_retention(v: object) -> float:
@@ -121,225 +90,229 @@ def format_retention(seconds: int) -> str:
     return format_duration(seconds)
 
 
-class _Checker:
-    """Collects ``path: problem`` lines while reading a mapping."""
-
-    def __init__(self, errors: list[str], data: object, path: str, allowed: Sequence[str],
-                 hints: Mapping[str, str] | None = None) -> None:  # fmt: skip
-        self.errors = errors
-        self.path = path
-        self.data: dict[str, Any] = {}
-        if data is None:
-            return
-        if not isinstance(data, dict):
-            self.err("", f"must be a mapping, got {show(data)}")
-            return
-        for key, value in data.items():
-            if key in allowed:
-                self.data[key] = value
-            else:
-                self.errors.append(f"{self.p(str(key))}: {_unknown(str(key), allowed, hints)}")
-
-    def p(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def err(self, key: str, problem: str) -> None:
-        where = self.p(key) if key else self.path
-        self.errors.append(f"{where}: {problem}" if where else problem)
-
-    def sub(self, key: str, allowed: Sequence[str]) -> _Checker:
-        return _Checker(self.errors, self.data.get(key), self.p(key), allowed)
-
-    def boolean(self, key: str, default: bool) -> bool:
-        v = self.data.get(key)
-        if v is None:
-            return default
-        if isinstance(v, bool):
-            return v
-        if isinstance(v, str) and v.strip().lower() in ("true", "false"):
-            return v.strip().lower() == "true"
-        self.err(key, f"must be true or false, got {show(v)}")
-        return default
-
-    def string(self, key: str, default: str = "") -> str:
-        v = self.data.get(key)
-        if v is None:
-            return default
-        if not isinstance(v, str):
-            self.err(key, f"must be a string, got {show(v)}")
-            return default
-        return v
-
-    def integer(self, key: str, default: int, lo: int) -> int:
-        v = self.data.get(key)
-        if v is None:
-            return default
-        if isinstance(v, str) and v.strip().isdigit():
-            v = int(v.strip())
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            self.err(key, f"must be an integer >= {lo}, got {show(v)}")
-            return default
-        return v
-
-    def duration(self, key: str, default: float) -> float:
-        v = self.data.get(key)
-        if v is None:
-            return default
-        try:
-            seconds = parse_duration(v)
-        except ValueError:
-            seconds = 0.0
-        if seconds <= 0:
-            self.err(key, f"must be a duration > 0 (e.g. 500ms, 5s, 1m), got {show(v)}")
-            return default
-        return seconds
+# --------------------------------------------------------------------------------------
+# Kinds
+# --------------------------------------------------------------------------------------
 
 
-def _unknown(key: str, allowed: Sequence[str], hints: Mapping[str, str] | None) -> str:
-    if hints and key in hints:
-        return f"unknown key ({hints[key]})"
-    close = difflib.get_close_matches(key.replace("_", "-").lower(), list(allowed), n=1)
-    if close:
-        return f"unknown key (did you mean '{close[0]}'?)"
-    return "unknown key (allowed: " + ", ".join(allowed) + ")"
-
-
-def _seconds(parse: Callable[[object], float], v: object) -> float:
-    """parse(v), or -1 when it is not a duration at all."""
+def _seconds(parse_fn: Any, raw: object) -> float:
     try:
-        return parse(v)
+        return float(parse_fn(raw))
     except ValueError:
         return -1.0
 
 
-def _resolution(c: _Checker) -> Resolution | None:
-    before = len(c.errors)
-    raw_interval, raw_ttl = c.data.get("interval", 0), c.data.get("ttl", 0)
-    interval = _seconds(parse_duration, raw_interval)
-    if interval != 0 and (interval < MIN_INTERVAL or interval != int(interval)):
-        c.err("interval", f"must be 0 (the raw table) or whole seconds >= {MIN_INTERVAL}s,"
-                          f" got {show(raw_interval)}")  # fmt: skip
-    ttl = _seconds(parse_retention, raw_ttl)
-    if ttl != 0 and (ttl < MIN_TTL or ttl != int(ttl)):
-        c.err("ttl", f"must be 0 (keep forever) or whole seconds >= 1h (e.g. 15d, 360h),"
-                     f" got {show(raw_ttl)}")  # fmt: skip
-    if len(c.errors) > before:
-        return None
-    return Resolution(int(interval), int(ttl))
+class _Interval(Kind[int]):
+    type_doc = "duration: 0 or whole seconds >= 5s"
+
+    def convert(self, raw: object) -> int:
+        s = _seconds(parse_duration, raw)
+        if s != 0 and (s < MIN_INTERVAL or s != int(s)):
+            raise Invalid(f"must be 0 (the raw table) or whole seconds >= {MIN_INTERVAL}s, "
+                          f"got {show(raw)}")
+        return int(s)
+
+    def dump(self, value: int) -> str:
+        return format_duration(value)
 
 
-def _resolutions(c: _Checker) -> tuple[Resolution, ...]:
-    raw = c.data.get("resolutions")
-    if raw is None:
-        return DEFAULT_RESOLUTIONS
-    if not isinstance(raw, list) or not raw:
-        c.err("resolutions", "must be a non-empty list of {interval, ttl}")
-        return DEFAULT_RESOLUTIONS
-    out: dict[int, Resolution] = {}
-    for i, item in enumerate(raw):
-        r = _resolution(_Checker(c.errors, item, f"{c.p('resolutions')}[{i}]", RESOLUTION_KEYS))
-        if r is None:
-            continue
-        if r.interval in out:
-            c.err(f"resolutions[{i}].interval", f"duplicate interval {r.interval}s")
-        out[r.interval] = r
-    if out and 0 not in out:
-        c.err("resolutions", "must include the raw table (interval: 0)")
-    return tuple(sorted(out.values(), key=lambda r: r.interval)) or DEFAULT_RESOLUTIONS
+class _Retention(Kind[int]):
+    type_doc = "duration or days (`15d`): 0 or >= 1h"
+
+    def convert(self, raw: object) -> int:
+        s = _seconds(parse_retention, raw)
+        if s != 0 and (s < MIN_TTL or s != int(s)):
+            raise Invalid(f"must be 0 (keep forever) or whole seconds >= 1h (e.g. 15d, 360h), "
+                          f"got {show(raw)}")
+        return int(s)
+
+    def dump(self, value: int) -> str:
+        return format_retention(value)
 
 
-def _clickhouse(c: _Checker) -> ClickHouseComponentConfig:
-    d = ClickHouseComponentConfig()
-    initial = c.duration("retry-initial-backoff", d.retry_initial_backoff)
-    maximum = c.duration("retry-max-backoff", d.retry_max_backoff)
-    if maximum < initial:
-        c.err("retry-max-backoff", "must be >= retry-initial-backoff")
-    return ClickHouseComponentConfig(
-        skip_migrations=c.boolean("skip-migrations", d.skip_migrations),
-        resolutions=_resolutions(c),
-        max_partitions=c.integer("max-partitions", d.max_partitions, lo=1),
-        retry_initial_backoff=initial,
-        retry_max_backoff=maximum,
-    )
+RESOLUTION_KEYS = {
+    "interval": Key(_Interval(), 0, doc="0 = the raw `flows` table"),
+    "ttl": Key(_Retention(), 0, doc="retention; 0 = keep forever"),
+}
 
 
-def _http(c: _Checker) -> tuple[ServerTLSConfig, Secret]:
-    tls = c.sub("tls", TLS_KEYS)
-    enable = tls.boolean("enable", False)
-    files = {key: tls.string(key) for key in ("cert-file", "key-file")}
-    for key, value in files.items():
-        if enable and not value:
-            tls.err(key, "is required when tls.enable is true")
-        elif value and not os.path.isfile(value):
-            tls.err(key, f"file not found: {value!r}")
-    token = c.data.get("bearer-token")
-    if token is not None and not isinstance(token, str):
-        c.err("bearer-token", "must be a string (quote it in YAML)")  # never echo it
-        token = None
-    return ServerTLSConfig(enable, files["cert-file"], files["key-file"]), Secret(token or "")
+class _Resolutions(Kind[tuple[Resolution, ...]]):
+    """A non-empty list of ``{interval, ttl}``, intervals unique, the raw table included."""
+
+    type_doc = "list of `{interval, ttl}`"
+
+    def parse(self, raw: object, at: Where, default: tuple[Resolution, ...]
+              ) -> tuple[Resolution, ...]:
+        if not isinstance(raw, list) or not raw:
+            raise Invalid("must be a non-empty list of {interval, ttl}")
+        out: dict[int, Resolution] = {}
+        for i, item in enumerate(raw):
+            where = at.child(i)
+            before = len(at.problems)
+            values = parse_mapping(RESOLUTION_KEYS, item, where, style="kebab")
+            if len(at.problems) > before:
+                continue
+            r = Resolution(values["interval"], values["ttl"])
+            if r.interval in out:
+                where.child("interval").report(f"duplicate interval {r.interval}s")
+            out[r.interval] = r
+        if out and 0 not in out:
+            at.report("must include the raw table (interval: 0)")
+        return tuple(sorted(out.values(), key=lambda r: r.interval)) or default
+
+    def dump(self, value: tuple[Resolution, ...]) -> list[dict[str, str]]:
+        return [{"interval": format_duration(r.interval), "ttl": format_retention(r.ttl)}
+                for r in value]
 
 
-def _outlet_entries(raw: object) -> list[Any]:
-    """``outlet`` as a list: absent = one entry (Akvorado's default), a mapping = one."""
-    if raw is None:
-        return [{}]
-    return raw if isinstance(raw, list) else [raw]
+class _Entries(Kind[tuple[Any, ...]]):
+    """``outlet``: a list of outlet configurations, or one mapping (taken as written)."""
+
+    type_doc = "list of outlet configurations"
+
+    def convert(self, raw: object) -> tuple[Any, ...]:
+        return tuple(raw) if isinstance(raw, list) else (raw,)
+
+
+# --------------------------------------------------------------------------------------
+# The schema
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerTLSConfig:
+    enable: bool = setting(False, Bool(), doc="Serve HTTPS.")
+    cert_file: str | None = setting(None, File(), default_doc="required with `tls.enable`",
+                                    doc="Server certificate chain (PEM).")
+    key_file: str | None = setting(None, File(), default_doc="required with `tls.enable`",
+                                   doc="Server key (PEM).")
+
+    @classmethod
+    def __check__(cls, s: Section) -> None:
+        for key in ("cert-file", "key-file"):
+            if s["enable"] and not s.given(key):
+                s.report(key, "is required when tls.enable is true")
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    listen: str = reuse(
+        OutletConfig, "http_listen", yaml="listen",
+        doc="The API, `/healthz`, `/readyz`, `/metrics`. Port 0 picks a free port (logged: "
+            "`api: listening on ...`).")
+    tls: ServerTLSConfig = section(ServerTLSConfig)
+    bearer_token: Secret = setting(
+        Secret(), SecretStr(), default_doc='`""` (no auth)',
+        doc="Require `Authorization: Bearer <token>` on `/api/`. Use `${VAR}`.")
+
+    __hints__: ClassVar[dict[str, str]] = {"token": "the key is bearer-token"}
+
+
+@dataclass(frozen=True)
+class SiteClickHouse(ConnectionConfig):
+    """The site's ClickHouse: the outlet's connection keys, plus ``cluster``."""
+
+    cluster: str = setting(
+        "", Str(pattern=r"[A-Za-z0-9_.-]*", pattern_msg="must be a cluster name"),
+        type_doc="name",
+        doc="The site's ClickHouse is a cluster of this name: see [cluster mode](#cluster-mode)."
+            " Never served to outlets.")
+
+
+@dataclass(frozen=True)
+class ClickHouseComponentConfig:
+    skip_migrations: bool = setting(False, Bool(), doc="Serve configurations only.")
+    resolutions: tuple[Resolution, ...] = setting(
+        DEFAULT_RESOLUTIONS, _Resolutions(),
+        default_doc="0/15d, 1m/7d, 5m/90d, 1h/360d (Akvorado's)",
+        doc="One table per interval. `interval: 0` (required) is the raw `flows` table; others "
+            "are whole seconds >= 5s. `ttl` is the retention: a duration (`360h`) or days "
+            "(`15d`), >= 1h, or 0 = keep forever.")
+    max_partitions: int = setting(
+        50, Int(1), doc="A resolution table is partitioned in `ttl / max-partitions` slices "
+                        "(Akvorado's rule; 30 days when kept forever). The raw table keeps the "
+                        "outlet's daily partitions.")
+    retry_initial_backoff: float = setting(
+        1.0, Duration(positive=True), doc="First delay between migration attempts.")
+    retry_max_backoff: float = setting(
+        60.0, Duration(positive=True, at_least="retry_initial_backoff"),
+        type_doc="duration >= `retry-initial-backoff`",
+        doc="Cap of the delay (capped exponential backoff, full jitter).")
+
+    __hints__: ClassVar[dict[str, str]] = {"resolution": "did you mean 'resolutions'?"}
+
+
+@dataclass(frozen=True)
+class OrchestratorConfig:
+    http: HTTPConfig = section(HTTPConfig, type_doc="[http](#http)", default_doc="",
+                               doc="The API.")
+    log_level: str = reuse(OutletConfig, "log_level")
+    log_format: str = reuse(OutletConfig, "log_format")
+    clickhousedb: SiteClickHouse = section(
+        SiteClickHouse, type_doc="[connection](configuration.md#clickhousedb-the-primary-"
+                                 "destinations-connection) + `cluster`",
+        default_doc="outlet defaults",
+        doc="This site's ClickHouse: where migrations run (database `clickhousedb.database`), "
+            "and the shared section outlet entries inherit (without `cluster`).")
+    clickhouse: ClickHouseComponentConfig = section(
+        ClickHouseComponentConfig, type_doc="[clickhouse](#clickhouse-migrations)",
+        default_doc="", doc="Migrations.")
+    kafka: dict[str, Any] = setting(
+        {}, AnyMapping(), type_doc="the outlet's [kafka](configuration.md#kafka) section",
+        default_doc="none",
+        doc="Shared section outlet entries inherit. The orchestrator itself does not use Kafka.")
+    outlet: tuple[Any, ...] = setting(
+        ({},), _Entries(), default_doc="one empty entry",
+        doc="What `GET .../outlet/<index>` serves, after [inheritance](#inheritance-of-shared-"
+            "sections). A single mapping is one entry.")
+    allow_literal_secrets: bool = setting(
+        False, Bool(), doc="Serve passwords written literally in entries (see [secrets]"
+                           "(#secrets-never-travel)). Off: the orchestrator refuses to start.")
+    outlets: tuple[served.ServedConfig, ...] = field(default=(), repr=False)  # built from `outlet`
+
+    __hints__: ClassVar[dict[str, str]] = {
+        "inlet": "this orchestrator serves outlet configurations only",
+        "console": "this orchestrator serves outlet configurations only",
+        "schema": "the flows schema is fixed (outlet/schema.py): there is nothing to configure",
+        "outlets": "the list of outlet configurations is 'outlet' (as in Akvorado)",
+    }
+
+    @property
+    def cluster(self) -> str:
+        return self.clickhousedb.cluster
+
+
+# --------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------
 
 
 def parse_orchestrator_config(
     data: object, env: Mapping[str, str] | None = None
 ) -> OrchestratorConfig:
     """Validate a parsed YAML document (None = empty). Raises ConfigError listing all."""
-    errors: list[str] = []
     if data is not None and not isinstance(data, dict):
         raise ConfigError(["the document must be a mapping"])
-    raw = _Checker(errors, data, "", TOP_KEYS, TOP_HINTS).data
-    http_raw = _Checker(errors, raw.get("http"), "http", HTTP_KEYS).data
-    database = dict(raw.get("clickhousedb") or {})
-    cluster_raw = database.pop("cluster", None)
-    # What the outlet also has is validated (and expanded) by the outlet's own code.
-    outlet_like = {"clickhousedb": database, "log": raw.get("log")}
-    if "listen" in http_raw:
-        outlet_like["http"] = {"listen": http_raw["listen"]}
-    try:
-        common = parse_config(outlet_like, env)
-    except ConfigError as e:
-        errors += e.errors
-        common = parse_config({})
-    # The rest is the orchestrator's own.
-    own = {
-        "http": {k: v for k, v in http_raw.items() if k != "listen"},
-        "clickhouse": raw.get("clickhouse"),
-        "allow-literal-secrets": raw.get("allow-literal-secrets"),
-        "cluster": cluster_raw,
-    }
-    expansion = Problems()
-    expanded = expand_env(own, os.environ if env is None else env, expansion)
-    errors += [err.replace("cluster:", "clickhousedb.cluster:", 1) for err in expansion.errors]
-    with hiding(expansion.hidden):  # what a ${VAR} gave is never echoed
-        checked = _Checker(errors, expanded if not expansion else {}, "", tuple(own))
-        tls, token = _http(checked.sub("http", HTTP_KEYS))
-        cluster = checked.string("cluster")
-        if cluster and not _CLUSTER.fullmatch(cluster):
-            errors.append(f"clickhousedb.cluster: must be a cluster name, got {show(cluster)}")
-        clickhouse = _clickhouse(checked.sub("clickhouse", CLICKHOUSE_KEYS))
-        allow = checked.boolean("allow-literal-secrets", False)
+    raw: dict[Any, Any] = dict(data or {})
+    problems = Problems()
+    own = {k: v for k, v in raw.items() if k not in UNEXPANDED}
+    expanded = expand_env(own, os.environ if env is None else env, problems)
+    assert isinstance(expanded, dict)
+    document = {**expanded, **{k: raw[k] for k in UNEXPANDED if k in raw}}
+    cfg = parse(OrchestratorConfig, document, problems)
     entries, entry_errors = served.build(
-        _outlet_entries(raw.get("outlet")), served.shared_sections(raw), allow
+        list(cfg.outlet), served.shared_sections(raw), cfg.allow_literal_secrets
     )
+    errors = list(problems.errors)
     errors += [e for e in entry_errors if e not in errors]
     if errors:
         raise ConfigError(errors)
-    return OrchestratorConfig(
-        http=HTTPConfig(common.http_listen, tls, token),
-        log_level=common.log_level,
-        log_format=common.log_format,
-        clickhousedb=common.clickhousedb,
-        cluster=cluster,
-        clickhouse=clickhouse,
-        allow_literal_secrets=allow,
-        outlets=tuple(entries),
-    )
+    return _with_outlets(cfg, tuple(entries))
+
+
+def _with_outlets(cfg: OrchestratorConfig, outlets: tuple[served.ServedConfig, ...]
+                  ) -> OrchestratorConfig:
+    return dataclasses.replace(cfg, outlets=outlets)
 
 
 def load_orchestrator_config(
@@ -353,36 +326,46 @@ def load_orchestrator_config(
         raise ConfigError(e.errors, str(path)) from None
 
 
+#: The orchestrator's own keys (what ``redacted_dict`` shows; entries are shown apart).
+OWN_KEYS = ("http", "log", "clickhousedb", "clickhouse", "allow-literal-secrets")
+
+
 def redacted_dict(cfg: OrchestratorConfig) -> dict[str, Any]:
     """The normalized orchestrator config for ``check-config`` (secrets as '******')."""
-    c = cfg.clickhousedb
+    return dump(cfg, keys=OWN_KEYS)
+
+
+# --------------------------------------------------------------------------------------
+# The key tables of docs/orchestrator.md
+# --------------------------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "orchestrator.md"
+
+
+def reference_tables() -> dict[str, list[KeyDoc]]:
+    """The rows of each key table in docs/orchestrator.md, by marker name."""
+    own_table = (HTTPConfig, SiteClickHouse, ClickHouseComponentConfig)
+    top = describe(OrchestratorConfig, expand=lambda c: c not in own_table)
+    at = next(i for i, row in enumerate(top) if row.path == "clickhousedb") + 1
+    top[at:at] = describe(SiteClickHouse, keys=("cluster",), prefix="clickhousedb.")
     return {
-        "http": {
-            "listen": cfg.http.listen,
-            "tls": {
-                "enable": cfg.http.tls.enable,
-                "cert-file": cfg.http.tls.cert_file,
-                "key-file": cfg.http.tls.key_file,
-            },
-            "bearer-token": str(cfg.http.bearer_token),
-        },
-        "log": {"level": cfg.log_level, "format": cfg.log_format},
-        "clickhousedb": {
-            "servers": list(c.servers),
-            "database": c.database,
-            "username": c.username,
-            "password": str(c.password),
-            "cluster": cfg.cluster,
-        },
-        "clickhouse": {
-            "skip-migrations": cfg.clickhouse.skip_migrations,
-            "resolutions": [
-                {"interval": format_duration(r.interval), "ttl": format_retention(r.ttl)}
-                for r in cfg.clickhouse.resolutions
-            ],
-            "max-partitions": cfg.clickhouse.max_partitions,
-            "retry-initial-backoff": format_duration(cfg.clickhouse.retry_initial_backoff),
-            "retry-max-backoff": format_duration(cfg.clickhouse.retry_max_backoff),
-        },
-        "allow-literal-secrets": cfg.allow_literal_secrets,
+        "orchestrator": top,
+        "orchestrator-http": describe(HTTPConfig),
+        "orchestrator-clickhouse": describe(ClickHouseComponentConfig),
     }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m orchestrator.config --docs``: regenerate the key tables of the docs."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args != ["--docs"]:
+        print(f"usage: python -m orchestrator.config --docs   (rewrites the key tables of "
+              f"{DOCS})", file=sys.stderr)
+        return 2
+    DOCS.write_text(render_docs(DOCS.read_text(), reference_tables()))
+    print(f"updated {DOCS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

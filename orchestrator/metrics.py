@@ -61,5 +61,22 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        # configuration reloads (SIGHUP)
+        self.config_reloads = Counter(
+            f"{p}_config_reloads",
+            "Configuration file reloads (SIGHUP) by outcome: applied, refused (a change that"
+            " needs a restart) or invalid; the running configuration is kept unless applied.",
+            ["outcome"],
+            registry=r,
+        )
+        self.config_reload_ok = Gauge(
+            f"{p}_config_last_reload_successful",
+            "1 when the last reload applied (or none was asked), 0 when it was refused or"
+            " invalid: the file on disk is not what runs.",
+            registry=r,
+        )
+        self.config_reload_ok.set(1)
+        for outcome in ("applied", "refused", "invalid"):
+            self.config_reloads.labels(outcome)
         for kind in ("connect", "timeout", "auth", "permanent", "server", "schema", "other"):
             self.migration_errors.labels(kind)

@@ -10,6 +10,7 @@
                                      (at most probe_max_interval; cool_down after trip())
     half-open --(record_success())--> closed (intervals back to probe_interval)
     half-open --(record_failure())--> open, next probe after twice the last interval
+    open --(connection_changed(): new settings)--> open, probe now (a trip is forgotten)
 
 While open, callers make no real attempt at all (an additional destination sends its
 batches straight to the spool). The destination probes the server with a query that
@@ -129,6 +130,15 @@ class CircuitBreaker:
         self._failures = max(self._failures, self.failure_threshold)
         self._permanent = True
         self._open(self.probe_interval)
+
+    def connection_changed(self) -> None:
+        """New connection settings (live reconfiguration: credentials, servers, TLS): what
+        opened the circuit may be fixed, a permanent error included, so an open circuit
+        probes now and backs off from ``probe_interval`` again."""
+        self._permanent = False
+        if self._state is State.OPEN and not self._probing:
+            self._interval = self.probe_interval
+            self._probe_at = self._clock()
 
     # -- probes -------------------------------------------------------------------------------
     def retry_after(self) -> float:

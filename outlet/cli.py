@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
+from typing import TypeVar
 
 from outlet import remote_config
 from outlet.config import (
@@ -18,6 +19,7 @@ from outlet.config import (
 )
 
 log = logging.getLogger("outlet")
+T = TypeVar("T")
 
 
 def _version() -> str:
@@ -38,7 +40,7 @@ def _load(path: str) -> OutletConfig:
         raise SystemExit(2) from None
 
 
-def _remote(load: Callable[[], OutletConfig], source: str) -> OutletConfig:
+def _remote(load: Callable[[], T], source: str) -> T:
     """A configuration from an orchestrator (outlet/remote_config.py), errors as for files."""
     try:
         return load()
@@ -53,14 +55,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     from outlet.kafka_input import ClusterIdError
     from outlet.logs import setup_logging
     from outlet.metrics import Metrics
-    from outlet.pipeline import Outlet
+    from outlet.pipeline import ConfigSource, Outlet
+    from outlet.reload import FileSource, OrchestratorPoller
 
     metrics = Metrics()
+    source: ConfigSource
     if remote_config.is_remote(args.config):
         setup_logging()  # defaults, until the configuration arrives
-        cfg = _remote(lambda: remote_config.startup(args, metrics), args.config)
+        started = _remote(lambda: remote_config.startup(args, metrics), args.config)
+        cfg = started.config
+        source = OrchestratorPoller(started.remote, started.refresh_interval, started.etag,
+                                    metrics)  # fmt: skip
     else:
         cfg = _load(args.config)
+        source = FileSource(args.config, metrics)
     setup_logging(cfg.log_level, cfg.log_format)
     for warning in certificate_warnings(cfg):
         log.warning("configuration: %s", warning)
@@ -68,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     names = ", ".join(d.name for d in cfg.destinations())
     log.info("outlet %s starting: topic %s, destinations: %s", _version(), cfg.kafka.topic, names)
     try:
-        trio.run(Outlet(cfg, metrics).run)
+        trio.run(Outlet(cfg, metrics, source=source).run)
     except ClusterIdError as exc:
         log.error("outlet cannot start: %s", exc)
         return 1

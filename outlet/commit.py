@@ -49,10 +49,15 @@ class CommitTracker:
 
         ``sealed=False`` reserves the place of a batch to be rebuilt: the watermark
         cannot pass it, but shutdown does not wait for it (it is not being inserted).
+        When a reserved batch is sealed, it waits for the ``destinations`` given then:
+        the destination set may have changed since the reservation (live
+        reconfiguration), and a destination that never receives it must not hold it.
         """
         known = self._batches.get(seq)
         if known is not None:
             known.flows = flows
+            if sealed and not known.sealed:
+                known.waiting = set(destinations)
             known.sealed = known.sealed or sealed
             self._changed.notify()
             return

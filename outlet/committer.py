@@ -41,7 +41,7 @@ class Committer:
     """Settlement book (a CommitTracker), commit loop and ledger compaction."""
 
     def __init__(self, destinations: Iterable[str], ledger: BatchLedger, metrics: Metrics) -> None:
-        self.names = frozenset(destinations)
+        self.names = frozenset(destinations)  # the fan-out's, kept current by it
         self.ledger = ledger
         self.metrics = metrics
         self.tracker = CommitTracker()
@@ -52,9 +52,10 @@ class Committer:
         self.tracker.register(seq, ranges, 0, self.names, sealed=False)
         self._update_gauges()
 
-    def register(self, job: EncodedJob) -> None:
-        """A sealed batch about to be queued on every destination."""
-        self.tracker.register(job.seq, job.ranges, job.rows, self.names)
+    def register(self, job: EncodedJob, destinations: Iterable[str] | None = None) -> None:
+        """A sealed batch about to be queued on ``destinations`` (default: every one)."""
+        names = self.names if destinations is None else frozenset(destinations)
+        self.tracker.register(job.seq, job.ranges, job.rows, names)
         self._update_gauges()
 
     def settled(self, job: EncodedJob, destination: str, stored: bool) -> None:

@@ -932,9 +932,10 @@ def _table(rows: Sequence[KeyDoc]) -> str:
     return "\n".join(lines)
 
 
-def render_docs(text: str) -> str:
-    """``text`` with every ``<!-- keys:NAME -->`` ... ``<!-- /keys -->`` table regenerated."""
-    for name, rows in reference_tables().items():
+def render_docs(text: str, tables: Mapping[str, Sequence[KeyDoc]] | None = None) -> str:
+    """``text`` with every ``<!-- keys:NAME -->`` ... ``<!-- /keys -->`` table regenerated
+    (``tables``: the outlet's by default; the orchestrator passes its own)."""
+    for name, rows in (reference_tables() if tables is None else tables).items():
         m = re.search(rf"<!-- keys:{re.escape(name)} -->\n(.*?)<!-- /keys -->", text, re.S)
         if m is None:
             raise ValueError(f"docs: no <!-- keys:{name} --> marker")

@@ -117,6 +117,17 @@ class DedupAudit:
     def pending(self) -> int:
         return len(self._pending)
 
+    def retarget(self, database: str) -> None:
+        """The destination moved (new servers or database, live reconfiguration): the
+        inserts still pending were made on the old one, whose logs the audit no longer
+        reads: counted unverified now (not after ``timeout``, with a misleading warning)."""
+        self.params["database"] = database
+        if self._pending:
+            self.metrics.dest_dedup_unverified.labels(self.destination).inc(len(self._pending))
+            log.info("destination %s moved: %d insert(s) made before are not checked for "
+                     "deduplication (counted unverified)", self.destination, len(self._pending))
+            self._pending.clear()
+
     def note(self, comment: str, token: str, rows: int, attempt: str) -> None:
         """A successful insert (Trio thread; never blocks)."""
         self._pending[comment] = SentInsert(comment, token, rows, attempt, self._clock())

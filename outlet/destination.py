@@ -29,6 +29,7 @@ logged as a collision; ``repeat``: a retry, rebuild or replay, as intended).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,6 +123,10 @@ class Fallback(Protocol):
         """The live queue shrank or the circuit changed state."""
         ...
 
+    def update(self, cfg: DestinationConfig) -> None:
+        """New settings of the same destination (live reconfiguration)."""
+        ...
+
 
 class Destination:
     """A destination's queue and writer loop; its fallback runs beside it."""
@@ -163,6 +168,8 @@ class Destination:
         self._probe_writer = probe or writer
         metrics.circuit_state.labels(self.name).set(0)
         self.outcomes.state = self._outage_state
+        self._retire_at = math.inf  # removed from the configuration: drain until then
+        self._retiring = Notifier()
         audit_writer = audit_writer or writer
         self.audit = DedupAudit(
             self.name, cfg.connection.database, schema.TABLE, audit_writer.query, metrics,
@@ -205,8 +212,55 @@ class Destination:
         """No more batches: the writer drains the queue and returns."""
         self._send.close()
 
+    def update(self, cfg: DestinationConfig) -> None:
+        """New settings of this destination (live reconfiguration, outlet/reconfig.py): the
+        retry policy from the next attempt, circuit thresholds and probe intervals from the
+        next failure; the deduplication audit follows a new server or database; an open
+        circuit probes at once with new connection settings (new credentials may fix
+        what tripped it). The writers are replaced by whoever made them, before this
+        (outlet/fanout.py)."""
+        old = self.cfg.connection
+        moved = (cfg.connection.servers, cfg.connection.database) != (old.servers, old.database)
+        self.cfg = cfg
+        self.retry = RetryPolicy.of(cfg.connection)
+        cb = cfg.circuit_breaker
+        self.breaker.failure_threshold = cb.failure_threshold
+        self.breaker.probe_interval = cb.probe_interval
+        self.breaker.probe_max_interval = cb.probe_max_interval
+        self.breaker.cool_down = cb.cool_down
+        self.fallback.update(cfg)
+        if moved:
+            self.audit.retarget(cfg.connection.database)
+        if cfg.connection != old:  # what opened the circuit may be fixed: probe now
+            self.breaker.connection_changed()
+            self._circuit_moved.notify()
+
+    def retire(self, within: float) -> None:
+        """Removed from the configuration: no more batches; the queued ones are inserted
+        for ``within`` seconds, then each batch not stored yet goes to the fallback
+        (reason ``removed``) instead of another attempt. An attempt in flight at the
+        deadline ends as usual (its ``insert-timeout`` bounds it)."""
+        self._retire_at = trio.current_time() + within
+        self._send.close()
+        self._retiring.notify()
+
+    def _retired(self) -> bool:
+        return trio.current_time() >= self._retire_at
+
+    async def _backoff(self, delay: float) -> None:
+        """Sleep ``delay`` between attempts, or until the retirement deadline."""
+        with trio.move_on_after(delay):
+            while not self._retired():
+                with trio.move_on_at(self._retire_at):
+                    await self._retiring.wait()
+
     def _queued(self) -> int:
         return self._send.statistics().current_buffer_used
+
+    @property
+    def queued(self) -> int:
+        """Batches waiting in the queue."""
+        return self._queued()
 
     async def run(self) -> None:
         """Insert queued batches until the queue is closed and drained."""
@@ -226,6 +280,9 @@ class Destination:
     async def _deliver(self, job: EncodedJob) -> None:
         attempt = 0
         while True:
+            if self._retired():
+                await self.fallback.take(job, "removed")
+                return
             if self._gated and not self.breaker.allow():
                 await self.fallback.take(job, "circuit_open")
                 return
@@ -247,7 +304,7 @@ class Destination:
                 if self.retry.exhausted(attempt):
                     await self.fallback.take(job, "retries_exceeded")
                     return
-                await trio.sleep(self.retry.delay(attempt))
+                await self._backoff(self.retry.delay(attempt))
                 continue
             if self._gated:
                 self.breaker.record_success()

@@ -49,7 +49,8 @@ from outlet.writer import Writer
 log = logging.getLogger(__name__)
 
 # Why a batch could not be inserted live: given up (no spool) or spooled (spool).
-SPOOL_REASONS = ("retries_exceeded", "queue_full", "permanent_error", "circuit_open")
+# "removed": held by a destination removed from the configuration past its drain time.
+SPOOL_REASONS = ("retries_exceeded", "queue_full", "permanent_error", "circuit_open", "removed")
 # retries_exceeded flows by reason = what a destination lost; spool_full = dropped from a
 # full spool (drop-oldest).
 # spool_error = not written to (drop-oldest), or lost from, a spool whose disk failed.
@@ -86,6 +87,9 @@ class GiveUp:
 
     def live_changed(self) -> None:
         """Nothing waits on the live path."""
+
+    def update(self, cfg: DestinationConfig) -> None:
+        """Nothing depends on the settings."""
 
 
 class SpoolLane:
@@ -140,6 +144,12 @@ class SpoolLane:
 
     def live_changed(self) -> None:
         self._changed.notify()
+
+    def update(self, cfg: DestinationConfig) -> None:
+        """Replay backoff follows the new connection settings (spool settings cannot
+        change live: outlet/reconfig.py)."""
+        self.cfg = cfg
+        self.retry = RetryPolicy.of(cfg.connection)
 
     # -- append -------------------------------------------------------------------------
     async def take(self, job: EncodedJob, reason: str) -> None:

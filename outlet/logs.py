@@ -72,6 +72,12 @@ def setup_logging(level: str = "info", fmt: str = "human") -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    """The root level (live reconfiguration changes it); chatty libraries stay at warning."""
+    root = logging.getLogger()
     root.setLevel(level.upper())
     logging.getLogger("hypercorn.error").setLevel(max(logging.WARNING, root.level))
     # Their warnings repeat each failed request (every probe of a dead destination); the

@@ -8,9 +8,12 @@ standard ``process_*`` metrics (CPU, memory): CPU per flow is the outlet's capac
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 PREFIX = "outlet"
+RELOAD_OUTCOMES = ("applied", "refused", "invalid")
 
 INSERT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (10, 100, 1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000)
@@ -79,6 +82,10 @@ DESTINATION_CIRCUIT_STATE = "outlet_destination_circuit_state"
 # configuration from an orchestrator (only after Metrics.enable_config_refresh)
 CONFIG_LAST_REFRESH_TIMESTAMP_SECONDS = "outlet_config_last_refresh_timestamp_seconds"
 CONFIG_REFRESH_ERRORS_TOTAL = "outlet_config_refresh_errors_total"
+CONFIG_REFRESH_INTERVAL_SECONDS = "outlet_config_refresh_interval_seconds"
+# live reconfiguration (orchestrator polls, SIGHUP): outlet/reconfig.py
+CONFIG_RELOADS_TOTAL = "outlet_config_reloads_total"
+CONFIG_OUTDATED = "outlet_config_outdated"
 # the state directory (ledger): its failures pause consumption (outlet/statedisk.py)
 STATE_DISK_ERRORS_TOTAL = "outlet_state_disk_errors_total"
 STATE_DISK_FAILING = "outlet_state_disk_failing"
@@ -97,6 +104,24 @@ class Metrics:
         # configuration from an orchestrator: see enable_config_refresh
         self.config_last_refresh: Gauge | None = None
         self.config_refresh_errors: Counter | None = None
+        self.config_refresh_interval: Gauge | None = None
+        # live reconfiguration
+        self.config_reloads = Counter(
+            CONFIG_RELOADS_TOTAL,
+            "New configurations received while running (a changed orchestrator answer, a"
+            " SIGHUP), by outcome: applied live, refused (a change that needs a restart;"
+            " the running configuration is kept) or invalid (kept too).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in RELOAD_OUTCOMES:
+            self.config_reloads.labels(outcome)
+        self.config_outdated = Gauge(
+            CONFIG_OUTDATED,
+            "1 while the last configuration received was refused or invalid: the outlet runs"
+            " an older one (a restart applies a refused one).",
+            registry=r,
+        )
         # kafka input
         self.kafka_messages = Counter(
             KAFKA_RECEIVED_MESSAGES_TOTAL, "Kafka records received.", registry=r
@@ -362,17 +387,38 @@ class Metrics:
             registry=r,
         )
 
+    def forget_destination(self, name: str) -> None:
+        """A destination removed from the configuration: its gauges go (they would show a
+        stale state forever); its counters stay (totals over the outlet's life)."""
+        for gauge in (
+            self.dest_queued, self.dest_last_success, self.dest_up, self.circuit_state,
+            self.spool_bytes, self.spool_max_bytes, self.spool_batches, self.spool_oldest_age,
+            self.dest_dedup_pending, self.spool_write_failing,
+        ):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name)
+
     def enable_config_refresh(self) -> None:
         """The metrics of a configuration fetched from an orchestrator; a local file has
-        none (an alert on them must not fire for outlets that use no orchestrator)."""
+        none (an alert on them must not fire for outlets that use no orchestrator).
+        Idempotent."""
+        if self.config_last_refresh is not None:
+            return
         self.config_last_refresh = Gauge(
             CONFIG_LAST_REFRESH_TIMESTAMP_SECONDS,
-            "Unix time of the last successful configuration fetch from the orchestrator"
-            " (when started from the cache: the time that cached configuration was fetched).",
+            "Unix time of the last answer of the orchestrator (a configuration, or 304 to a"
+            " poll; when started from the cache: the time that cached configuration was"
+            " fetched).",
             registry=self.registry,
         )
         self.config_refresh_errors = Counter(
             CONFIG_REFRESH_ERRORS_TOTAL,
             "Failed configuration fetches from the orchestrator.",
+            registry=self.registry,
+        )
+        self.config_refresh_interval = Gauge(
+            CONFIG_REFRESH_INTERVAL_SECONDS,
+            "How often the running outlet polls the orchestrator (--config-refresh-interval;"
+            " 0: only on SIGHUP): how old the last refresh may normally be.",
             registry=self.registry,
         )

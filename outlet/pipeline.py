@@ -20,39 +20,48 @@ the open batch instead of flushing it: unsealed, it is read again after the rest
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 from prometheus_client import CollectorRegistry
 
-from outlet.batch import EncodedJob
+from outlet import reconfig
 from outlet.batcher import Batcher
 from outlet.codec import FlowCodec
 from outlet.committer import Committer
 from outlet.config import ConnectionConfig, DestinationConfig, KafkaConfig, OutletConfig
 from outlet.destination import Destination, Fallback
 from outlet.fallback import GiveUp, SpoolLane
+from outlet.fanout import DestinationSet, FanOut, Opened
 from outlet.kafka_client import KafkaClient
 from outlet.kafka_input import Barrier, Chunk, KafkaInput, RecordSource
 from outlet.ledger import BatchLedger, Ledger, LocalLedger, RunSync
+from outlet.logs import set_level, setup_logging
 from outlet.metrics import Metrics
 from outlet.sealer import BatchEncoder, Encoder, Sealer
 from outlet.spool import Spool
 from outlet.statedisk import GuardedLedger, StateDisk
 from outlet.tokens import WriterIdentity
-from outlet.writer import ClickHouseWriter, TLSMetrics, Writer
+from outlet.writer import (
+    ClickHouseWriter,
+    ConnectionFor,
+    ReplaceableWriter,
+    TLSMetrics,
+    Writer,
+    probe_connection,
+)
 
 if TYPE_CHECKING:
     from outlet.httpapi import ReadyCheck
 
 log = logging.getLogger(__name__)
+config_log = logging.getLogger("outlet.config")  # with the configuration's other lines
 
 HttpServer = Callable[[str, CollectorRegistry, "ReadyCheck"], Awaitable[None]]
 
@@ -104,25 +113,6 @@ class RunState:
 
     stopping: bool = False
     opening: str = "starting"  # what start-up waits for, until the pipeline runs
-
-
-class FanOut:
-    """Hands the same encoded batch to every destination's queue, after registering it."""
-
-    def __init__(self, destinations: Sequence[Destination], committer: Committer) -> None:
-        # Additional destinations never block (their fallback takes a batch when their
-        # queue is full); the primary, last, blocks when full: the backpressure we want.
-        self.destinations = sorted(destinations, key=lambda d: d.cfg.primary)
-        self.committer = committer
-
-    async def __call__(self, job: EncodedJob) -> None:
-        self.committer.register(job)
-        if job.rows == 0:
-            for d in self.destinations:
-                self.committer.settled(job, d.name, True)
-            return
-        for d in self.destinations:
-            await d.submit(job)
 
 
 class Rebalance:
@@ -186,30 +176,50 @@ class Rebalance:
 
 @dataclass
 class Parts:
-    """The running chain (what ready() and tests look at)."""
+    """The running chain (what ready(), reconfigure() and tests look at)."""
 
     kafka: KafkaInput
     batcher: Batcher
     committer: Committer
-    destinations: list[Destination]
+    destinations: DestinationSet
+    encoder: Encoder
+    rebalance: Rebalance
     channel: tuple[trio.MemorySendChannel[Chunk], trio.MemoryReceiveChannel[Chunk]] = field(
         repr=False
     )
+
+
+class ConfigSource(Protocol):
+    """Where new configurations come from while the outlet runs (outlet/reload.py):
+    ``run(apply)`` hands each one to ``apply``; ``poke()`` asks for a check now (SIGHUP)."""
+
+    async def run(self, apply: Apply) -> None: ...
+
+    def poke(self) -> None: ...
+
+
+Apply = Callable[[OutletConfig], Awaitable[str]]
 
 
 class Outlet:
     """Builds the chain, owns its nurseries and closes what it opened."""
 
     def __init__(
-        self, cfg: OutletConfig, metrics: Metrics | None = None, backends: Backends | None = None
+        self,
+        cfg: OutletConfig,
+        metrics: Metrics | None = None,
+        backends: Backends | None = None,
+        source: ConfigSource | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics or Metrics()
         self.backends = backends or Backends()
+        self.source = source
         self.state = RunState()
         self.parts: Parts | None = None
         self._kafka: KafkaInput | None = None
         self._opening = trio.CancelScope()
+        self._reconfiguring = trio.Lock()
         self.state_disk = StateDisk(cfg.state_path, self.metrics, self._abandon_if_stopping)
         self._sealing = trio.CancelScope()  # the batcher; cancelled only by _abandon_if_stopping
 
@@ -222,11 +232,17 @@ class Outlet:
         stack.push_async_callback(encoder.aclose)
         dest_cfgs = cfg.destinations()
         committer = Committer((d.name for d in dest_cfgs), ledger, metrics)
-        destinations = [self._destination(d, committer, stack) for d in dest_cfgs]
-        identity = WriterIdentity(alias=cfg.kafka.cluster_identity)
-        sealer = Sealer(
-            cfg.kafka.topic, ledger, encoder, FanOut(destinations, committer), metrics, identity
+        fanout = FanOut(committer)
+        destinations = DestinationSet(
+            dest_cfgs,
+            functools.partial(self._open_destination, committer),
+            b.writer,
+            fanout,
+            metrics,
+            cfg.clickhouse.grace_period,
         )
+        identity = WriterIdentity(alias=cfg.kafka.cluster_identity)
+        sealer = Sealer(cfg.kafka.topic, ledger, encoder, fanout, metrics, identity)
         batch = cfg.clickhouse
         batcher = Batcher(
             batch.maximum_batch_size,
@@ -242,7 +258,7 @@ class Outlet:
         await kafka.open()  # waits for the brokers; ClusterIdError: the outlet does not start
         self._scope_tokens(identity, kafka.cluster_id)
         channel = trio.open_memory_channel[Chunk](cfg.kafka.queue_size)
-        return Parts(kafka, batcher, committer, destinations, channel)
+        return Parts(kafka, batcher, committer, destinations, encoder, rebalance, channel)
 
     def _scope_tokens(self, identity: WriterIdentity, cluster_id: str | None) -> None:
         """Every token names the Kafka cluster; known before the first record is read
@@ -257,36 +273,40 @@ class Outlet:
             identity.token_identity,
         )
 
-    def _destination(
-        self, cfg: DestinationConfig, committer: Committer, stack: contextlib.AsyncExitStack
-    ) -> Destination:
+    def _open_destination(
+        self, committer: Committer, cfg: DestinationConfig, stack: contextlib.AsyncExitStack
+    ) -> Opened:
+        """One destination and its resources (closed by ``stack``, when it is done). Each
+        user of a connection gets its own writer (a ClickHouseWriter is not shared between
+        threads): the live inserts, the deduplication audit's queries, the circuit's
+        probes (SELECT 1 bounded by dial-timeout) and the spool replay; each is
+        replaceable (live reconfiguration: outlet/fanout.py)."""
         b = self.backends
         tls = TLSMetrics(cfg.name, self.metrics)
-        writer = b.writer(cfg.connection)
-        stack.push_async_callback(writer.aclose)
-        tls.follow(writer)
-        audit_writer = b.writer(cfg.connection)  # the deduplication audit's queries
-        stack.push_async_callback(audit_writer.aclose)
-        tls.follow(audit_writer)
-        probe: Writer | None = None
-        if cfg.connection.max_retries > 0:  # gated: the circuit's probes (SELECT 1)
-            conn = cfg.connection
-            probe = b.writer(dataclasses.replace(conn, insert_timeout=conn.dial_timeout))
-            stack.push_async_callback(probe.aclose)
-            tls.follow(probe)
+        writers: list[ReplaceableWriter] = []
+
+        def writer(connection: ConnectionFor | None = None) -> ReplaceableWriter:
+            w = ReplaceableWriter.of(b.writer, cfg.connection, connection)
+            stack.push_async_callback(w.aclose)
+            tls.follow(w)
+            writers.append(w)
+            return w
+
+        live, audit = writer(), writer()
+        probe = writer(probe_connection) if cfg.connection.max_retries > 0 else None
         fallback: Fallback
         if cfg.spool.enable and cfg.connection.max_retries > 0:
             spool = Spool(cfg.spool, cfg.name)
             stack.callback(spool.close)
-            replay = b.writer(cfg.connection)
-            stack.push_async_callback(replay.aclose)
-            tls.follow(replay)
-            fallback = SpoolLane(cfg, self.metrics, spool, replay, committer.settled, b.disk)
+            fallback = SpoolLane(cfg, self.metrics, spool, writer(), committer.settled, b.disk)
         else:
             fallback = GiveUp(cfg.name, self.metrics, committer.settled)
-        return Destination(
-            cfg, self.metrics, writer, fallback, committer.settled,
-            probe=probe, audit_writer=audit_writer,
+        return Opened(
+            Destination(
+                cfg, self.metrics, live, fallback, committer.settled,
+                probe=probe, audit_writer=audit,
+            ),
+            writers,
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -321,15 +341,15 @@ class Outlet:
             await services.start(parts.kafka.run, send)
             services.start_soon(parts.committer.run, parts.kafka)
             async with trio.open_nursery() as writers:
-                for d in parts.destinations:
-                    writers.start_soon(d.run)
+                await writers.start(parts.destinations.run)
+                if self.source is not None:
+                    services.start_soon(self.source.run, self.reconfigure)
                 if self.state.stopping:
                     parts.kafka.stop()
                 task_status.started()
                 with self._sealing:
                     await parts.batcher.run(recv)  # returns once stopped and flushed
-                for d in parts.destinations:
-                    d.close_queue()
+                parts.destinations.close()
                 with trio.move_on_after(self.cfg.clickhouse.grace_period) as grace:
                     await parts.committer.tracker.wait_settled()
                 if grace.cancelled_caught:
@@ -339,11 +359,67 @@ class Outlet:
             services.cancel_scope.cancel()
 
     async def _watch_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self._reload_requested()
+                    continue
                 log.info("received %s: stop consuming, flush, commit", signal.Signals(signum).name)
                 self.request_stop()
                 return
+
+    def _reload_requested(self) -> None:
+        if self.source is None:
+            config_log.warning("received SIGHUP: this outlet has no configuration to reload")
+            return
+        config_log.info("received SIGHUP: checking the configuration now")
+        self.source.poke()
+
+    # -- live reconfiguration (outlet/reconfig.py) ------------------------------------------
+    async def reconfigure(self, new: OutletConfig) -> str:
+        """Apply ``new`` live if every change can be; else keep running the current one.
+
+        Returns ``applied``, ``refused`` or ``unchanged`` (counted in
+        ``outlet_config_reloads_total``; ``outlet_config_outdated`` says whether the outlet
+        now runs the configuration it was given).
+        """
+        async with self._reconfiguring:
+            plan = reconfig.plan(self.cfg, new)
+            m = self.metrics
+            if plan.unchanged:
+                m.config_outdated.set(0)
+                return "unchanged"
+            refused = plan.refused
+            if not refused and (self.parts is None or self.state.stopping):
+                refused = (reconfig.Change("", False, "the outlet is stopping"),)
+            if refused:
+                m.config_reloads.labels("refused").inc()
+                m.config_outdated.set(1)
+                config_log.error("configuration change refused, the running configuration is "
+                                 "kept: %s", "; ".join(str(c) for c in refused))
+                return "refused"
+            assert self.parts is not None
+            await self._apply(self.parts, plan, new)
+            m.config_reloads.labels("applied").inc()
+            m.config_outdated.set(0)
+            config_log.info("configuration applied live: %s", plan.summary())
+            return "applied"
+
+    async def _apply(self, parts: Parts, plan: reconfig.Plan, new: OutletConfig) -> None:
+        old, batch = self.cfg, new.clickhouse
+        if new.log_format != old.log_format:
+            setup_logging(new.log_level, new.log_format)
+        elif new.log_level != old.log_level:
+            set_level(new.log_level)
+        parts.batcher.max_size = batch.maximum_batch_size
+        parts.batcher.max_wait = batch.maximum_wait_time
+        parts.rebalance.grace_period = batch.grace_period
+        parts.destinations.grace_period = batch.grace_period
+        parts.encoder.compression = batch.compression
+        primary = reconfig.primary_changes(old, new)
+        updated = (primary, *plan.updated) if primary is not None else plan.updated
+        await parts.destinations.change(plan.added, plan.removed, updated)
+        self.cfg = new
 
     def request_stop(self) -> None:
         """Stop consuming; the batch in progress is flushed and committed (like SIGTERM)."""
@@ -370,7 +446,7 @@ class Outlet:
             why = self._kafka.link_problem() if self._kafka is not None else ""
             return False, (f"waiting for the Kafka cluster id ({why})" if why
                            else self.state.opening)
-        primary = self.parts.destinations[0]
+        primary = self.parts.destinations.primary
         if not self.parts.kafka.ever_assigned:
             why = self.parts.kafka.link_problem()
             return False, "waiting for Kafka partition assignment" + (f" ({why})" if why else "")
@@ -380,7 +456,7 @@ class Outlet:
             return False, f"primary destination failing: {primary.last_error}"
         failing = [
             (d.name, lane.write_error)
-            for d in self.parts.destinations
+            for d in self.parts.destinations.destinations
             if isinstance(lane := d.fallback, SpoolLane) and lane.write_error
         ]
         if len(failing) == 1:

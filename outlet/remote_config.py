@@ -18,8 +18,9 @@ start with the orchestrator's message, as a bad local file does. With a cached
 configuration, after ``wait`` seconds of transient failures the outlet starts from the
 cache and says so. Without one, it retries until the orchestrator answers.
 
-For live reconfiguration a poller will call ``RemoteConfig.fetch(etag=...)``
-periodically (``NotModified`` when the ETag still matches) and ``save`` what it applies.
+Once running, outlet/reload.py polls with ``RemoteConfig.fetch(etag=...)`` every
+``--config-refresh-interval`` (``NotModified`` while the ETag matches) for live
+reconfiguration.
 """
 
 from __future__ import annotations
@@ -97,10 +98,11 @@ class FetchError(Exception):
     """A failed fetch: ``kind`` (log and metric class), ``permanent`` (retrying cannot help
     until someone changes a configuration)."""
 
-    def __init__(self, kind: str, message: str, permanent: bool) -> None:
+    def __init__(self, kind: str, message: str, permanent: bool, etag: str = "") -> None:
         super().__init__(message)
         self.kind = kind
         self.permanent = permanent
+        self.etag = etag  # of an invalid configuration (the orchestrator answered)
 
 
 class NotModified(Exception):
@@ -167,7 +169,12 @@ class RemoteConfig:
         if len(body) > MAX_CONFIG_BYTES:
             raise FetchError("invalid", f"{self.source.url}: {too_big(None)}", True)
         text = body.decode("utf-8", errors="replace")
-        return Fetched(self._validate(text, self.source.text), text, new_etag, time.time())
+        try:
+            config = self._validate(text, self.source.text)
+        except FetchError as e:
+            e.etag = new_etag
+            raise
+        return Fetched(config, text, new_etag, time.time())
 
     def _http_error(self, status: int, message: str) -> FetchError | NotModified:
         if status == 304:
@@ -283,9 +290,9 @@ async def load_at_startup(
             if cached is not None and waited >= wait:
                 age = time.time() - cached.fetched_at
                 log.warning("orchestrator unreachable for %.0fs (%s): starting from the"
-                            " configuration cached %s (%.0fs old); it will not change until"
-                            " the outlet restarts", waited, e.kind, remote.cache_path,
-                            age)  # fmt: skip
+                            " configuration cached %s (%.0fs old); it keeps asking and"
+                            " applies what the orchestrator serves once it answers", waited,
+                            e.kind, remote.cache_path, age)  # fmt: skip
                 return cached, True
             delay = backoff_delay(attempt, initial_backoff, max_backoff)
             if e.kind != last_kind or attempt % REMINDER_EVERY == 0:
@@ -334,6 +341,13 @@ def add_arguments(parser: argparse.ArgumentParser, *, run: bool) -> None:
             help="how long to retry an unreachable orchestrator before starting from the"
             " cached configuration (default 30s; without a cache: until it answers)",
         )
+        group.add_argument(
+            "--config-refresh-interval",
+            default="30s",
+            metavar="DURATION",
+            help="how often the running outlet asks the orchestrator for a changed"
+            " configuration and applies it live (default 30s; 0 = only on SIGHUP)",
+        )
 
 
 def from_args(source_text: str, args: argparse.Namespace) -> RemoteConfig:
@@ -358,7 +372,24 @@ def from_args(source_text: str, args: argparse.Namespace) -> RemoteConfig:
     )
 
 
-def startup(args: argparse.Namespace, metrics: Metrics) -> OutletConfig:
+@dataclass(frozen=True)
+class Started:
+    """What ``outlet run URL`` starts with: the configuration and where to poll."""
+
+    config: OutletConfig
+    remote: RemoteConfig
+    etag: str  # of the configuration started with
+    refresh_interval: float
+
+
+def _duration_flag(name: str, text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise ConfigError([f"{name}: not a duration: {text!r}"]) from None
+
+
+def startup(args: argparse.Namespace, metrics: Metrics) -> Started:
     """``outlet run URL``: the configuration to run (start-up policy of load_at_startup).
 
     Raises ConfigError (bad arguments) or StartupAborted (permanent fetch failure).
@@ -366,10 +397,8 @@ def startup(args: argparse.Namespace, metrics: Metrics) -> OutletConfig:
     import trio
 
     remote = from_args(args.config, args)
-    try:
-        wait = parse_duration(args.config_wait)
-    except ValueError:
-        raise ConfigError([f"--config-wait: not a duration: {args.config_wait!r}"]) from None
+    wait = _duration_flag("--config-wait", args.config_wait)
+    interval = _duration_flag("--config-refresh-interval", args.config_refresh_interval)
     metrics.enable_config_refresh()
     errors, last = metrics.config_refresh_errors, metrics.config_last_refresh
     assert errors is not None and last is not None
@@ -386,7 +415,7 @@ def startup(args: argparse.Namespace, metrics: Metrics) -> OutletConfig:
     what = "cached configuration" if cached else "configuration"
     log.info("running the %s of %s (outlet index %d)", what, remote.source.text,
              remote.source.index)  # fmt: skip
-    return cfg
+    return Started(cfg, remote, fetched.etag, interval)
 
 
 def check(args: argparse.Namespace) -> OutletConfig:

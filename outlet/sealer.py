@@ -51,6 +51,8 @@ FanOut = Callable[[EncodedJob], Awaitable[None]]
 class Encoder(Protocol):
     """Records -> one encoded batch for every destination."""
 
+    compression: str  # "none" | "lz4": of the next batches (live reconfiguration sets it)
+
     async def encode(self, records: Sequence[bytes]) -> EncodedBatch:
         """Raises CodecError when the engine fails (not for bad records: those are
         skipped and listed in ``bad_records``)."""

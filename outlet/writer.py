@@ -8,6 +8,7 @@ the in-process tests.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -264,7 +265,11 @@ class TLSMetrics:
         metrics.dest_tls_reloads.labels(destination)
 
     def follow(self, writer: Writer) -> None:
-        """Publish ``writer``'s TLS files from now on (a writer without any: nothing)."""
+        """Publish ``writer``'s TLS files from now on (a writer without any: nothing); a
+        replaceable one's, and those of the transports that replace it (reconfiguration)."""
+        if isinstance(writer, ReplaceableWriter):
+            writer.on_replace = self.follow
+            writer = writer.transport
         if not isinstance(writer, ClickHouseWriter) or writer.tls is None:
             return
         files = writer.tls
@@ -278,3 +283,80 @@ class TLSMetrics:
         if files.signature != self._in_use:
             self._in_use = files.signature
             self.metrics.dest_tls_reloads.labels(self.destination).inc()
+
+
+#: The connection one user of a destination's connection gets from the destination's own.
+ConnectionFor = Callable[[ConnectionConfig], ConnectionConfig]
+
+
+def probe_connection(conn: ConnectionConfig) -> ConnectionConfig:
+    """The circuit's probes (``SELECT 1``): bounded by dial-timeout, not insert-timeout."""
+    return dataclasses.replace(conn, insert_timeout=conn.dial_timeout)
+
+
+class ReplaceableWriter:
+    """A Writer whose transport can be replaced between two calls (live reconfiguration:
+    new credentials, TLS files, servers). ``replace`` takes effect at the next call; the
+    old writer is closed then, never while one of its calls runs (one user each: a
+    destination's loop, its probes, its audit, or its spool replay). ``connection`` maps
+    the destination's connection to this user's (the probes' shorter timeout)."""
+
+    def __init__(self, writer: Writer, connection: ConnectionFor | None = None) -> None:
+        self._current = writer
+        self._next: Writer | None = None
+        self.connection: ConnectionFor = connection or _same
+        self.on_replace: Callable[[Writer], None] | None = None  # TLSMetrics follows it
+
+    @classmethod
+    def of(cls, make: Callable[[ConnectionConfig], Writer], conn: ConnectionConfig,
+           connection: ConnectionFor | None = None) -> ReplaceableWriter:
+        """A writer made by ``make`` for this user's view of ``conn``."""
+        connection = connection or _same
+        return cls(make(connection(conn)), connection)
+
+    @property
+    def server(self) -> str:
+        return self.transport.server
+
+    @property
+    def transport(self) -> Writer:
+        """The writer the next call uses."""
+        return self._next or self._current
+
+    async def replace(self, writer: Writer) -> None:
+        pending, self._next = self._next, writer
+        if self.on_replace is not None:
+            self.on_replace(writer)
+        if pending is not None:  # replaced again before it was used
+            await pending.aclose()
+
+    async def _use(self) -> Writer:
+        if self._next is not None:
+            old, self._current, self._next = self._current, self._next, None
+            await old.aclose()
+        return self._current
+
+    async def write(self, job: EncodedJob) -> InsertResult:
+        return await (await self._use()).write(job)
+
+    async def ping(self) -> None:
+        await (await self._use()).ping()
+
+    async def query(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return await (await self._use()).query(sql, parameters)
+
+    def redact(self, text: str) -> str:
+        """Both transports' secrets (an error of the old one may still be reported)."""
+        text = self._current.redact(text)
+        return self._next.redact(text) if self._next is not None else text
+
+    async def aclose(self) -> None:
+        try:
+            if self._next is not None:
+                await self._next.aclose()
+        finally:
+            await self._current.aclose()
+
+
+def _same(conn: ConnectionConfig) -> ConnectionConfig:
+    return conn

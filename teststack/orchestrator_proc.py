@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import ssl
 import subprocess
 import sys
@@ -24,9 +25,10 @@ import yaml
 
 from teststack.outlet_proc import OutletProcess, stop_process
 from teststack.promtext import parse_metrics
-from teststack.stack import ClickHouseEndpoints
+from teststack.stack import ClickHouseEndpoints, MultiDCEndpoints, ensure_topic
 
 _LISTENING = re.compile(r"api: listening on (https?://\S+?)[, ]")
+_RELOADED = re.compile(r"configuration reload(?:ed)? (from|invalid|refused)")
 
 
 @dataclass
@@ -83,6 +85,21 @@ class OrchestratorProcess:
                                    f"{self.log_tail()}")  # fmt: skip
             time.sleep(0.1)
         raise TimeoutError(f"orchestrator did not listen in {timeout}s:\n{self.log_tail()}")
+
+    def reload(self, timeout: float = 30) -> str:
+        """Write ``config`` and SIGHUP the running orchestrator; returns its outcome
+        (``applied``, ``refused`` or ``invalid``) once the reload is logged."""
+        assert self.proc is not None and self.proc.poll() is None, "not running"
+        offset = self.log_path.stat().st_size
+        self.write_config()
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = _RELOADED.search(self.log_text()[offset:])
+            if m:
+                return "applied" if m.group(1) == "from" else m.group(1)
+            time.sleep(0.1)
+        raise TimeoutError(f"orchestrator did not reload in {timeout}s:\n{self.log_tail()}")
 
     def get(self, path: str, token: str | None = None, etag: str | None = None) -> HTTPReply:
         request = urllib.request.Request(self.url + path)
@@ -206,3 +223,132 @@ def resolution_mismatches(
         return out
     finally:
         c.close()
+
+
+LOCAL_PASSWORD_VAR, CENTRAL_PASSWORD_VAR = "LOCAL_CH_PASSWORD", "CENTRAL_CH_PASSWORD"
+
+
+def resolutions(raw_days: int) -> list[dict[str, Any]]:
+    """Akvorado's default resolutions, with a site's own raw retention."""
+    return [{"interval": 0, "ttl": f"{raw_days}d"}, {"interval": "1m", "ttl": "7d"},
+            {"interval": "5m", "ttl": "90d"}, {"interval": "1h", "ttl": "360d"}]
+
+
+def central_destination(view: ClickHouseEndpoints, database: str, password_var: str
+                        ) -> dict[str, Any]:
+    """An additional destination ``central`` through ``view``'s proxy (a datacenter's link
+    to central in the multi-dc stack), its password a placeholder."""
+    return {"name": "central", "connection": {
+        "servers": [view.proxied_url], "database": database, "username": view.username,
+        "password": f"${{{password_var}}}", "max-retries": 3, "dial-timeout": "2s",
+        "retry-initial-backoff": "100ms", "retry-max-backoff": "2s"}}  # fmt: skip
+
+
+@dataclass
+class MultiDCSites:
+    """docs/deployment.md on the multi-dc stack: an orchestrator per site (each datacenter's
+    manages its local server with ``local_days`` of raw flows, central's manages central
+    with ``central_days``) and one outlet per datacenter, started from its site's
+    orchestrator URL. ``database`` and ``topic`` are the same everywhere."""
+
+    mep: MultiDCEndpoints
+    workdir: Path
+    database: str
+    topic: str
+    local_days: int = 15
+    central_days: int = 30
+    batch_size: int = 2000
+    outlet_extra: dict[str, Any] = field(default_factory=dict)  # merged into each entry
+    orchestrators: dict[str, OrchestratorProcess] = field(default_factory=dict)
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outlets: dict[str, RemoteOutletProcess] = field(default_factory=dict)
+
+    def server(self, site: str) -> ClickHouseEndpoints:
+        """``central``, or datacenter ``site``'s local server."""
+        if site == "central":
+            return self.mep.central
+        return self.mep.datacenters[site].clickhouse["local"]
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return ("central", *self.mep.datacenters)
+
+    def start_orchestrators(self, with_central: bool = False) -> None:
+        """Every site's orchestrator, until its migrations are done; the outlet entries
+        include central when ``with_central``."""
+        from teststack.outlet_proc import free_port, outlet_config
+
+        central = self.mep.central
+        self._start("central", site_config(central, self.database,
+                                           password_var=CENTRAL_PASSWORD_VAR,
+                                           resolutions=resolutions(self.central_days)),
+                    {CENTRAL_PASSWORD_VAR: central.password})  # fmt: skip
+        for dc, ep in self.mep.datacenters.items():
+            ensure_topic(ep.kafka.bootstrap, self.topic, 2)
+            entry = outlet_config(ep, state_path=str(self.workdir / dc / "state"),
+                                  http_port=free_port(), destinations=("local",),
+                                  topic=self.topic, database=self.database,
+                                  batch_size=self.batch_size, wait_time="500ms",
+                                  **self.outlet_extra)  # fmt: skip
+            entry["clickhousedb"]["password"] = f"${{{LOCAL_PASSWORD_VAR}}}"
+            entry["kafka"] = {"consumer-group": f"g_{self.topic}_{dc}"}  # the rest: shared
+            if with_central:
+                entry["additional-clickhouses"] = [self._central_for(dc)]
+            self.entries[dc] = entry
+            local = self.server(dc)
+            self._start(dc, site_config(local, self.database, password_var=LOCAL_PASSWORD_VAR,
+                                        resolutions=resolutions(self.local_days),
+                                        shared_kafka={"brokers": [ep.kafka.bootstrap_proxied],
+                                                      "topic": self.topic},
+                                        outlets=[entry]),
+                        {LOCAL_PASSWORD_VAR: local.password})  # fmt: skip
+        for o in self.orchestrators.values():
+            o.wait_ready()
+
+    def _start(self, site: str, cfg: dict[str, Any], env: dict[str, str]) -> None:
+        o = OrchestratorProcess(self.workdir / site, cfg, name=f"orchestrator-{site}", env=env)
+        self.orchestrators[site] = o
+        o.start()
+
+    def _central_for(self, dc: str) -> dict[str, Any]:
+        view = self.mep.datacenters[dc].clickhouse["central"]  # through dc's own link
+        return central_destination(view, self.database, CENTRAL_PASSWORD_VAR)
+
+    def start_outlets(self, refresh: str = "1s") -> None:
+        """Each datacenter's outlet: ``outlet run --config <its orchestrator>#0``."""
+        for dc, entry in self.entries.items():
+            outlet = RemoteOutletProcess(
+                self.workdir / dc, {"http": entry["http"]}, name=f"outlet-{dc}",
+                env={LOCAL_PASSWORD_VAR: self.server(dc).password,
+                     CENTRAL_PASSWORD_VAR: self.mep.central.password},
+                source=f"{self.orchestrators[dc].url}#0",
+                extra_args=["--state-dir", str(self.workdir / dc / "state"),
+                            "--config-refresh-interval", refresh, "--config-wait", "2s"])
+            self.outlets[dc] = outlet
+            outlet.start()
+
+    def roll_out_central(self) -> dict[str, str]:
+        """Add central to every datacenter's outlet entry live (file + SIGHUP); each site
+        orchestrator's reload outcome."""
+        outcomes = {}
+        for dc, entry in self.entries.items():
+            entry["additional-clickhouses"] = [self._central_for(dc)]
+            outcomes[dc] = self.orchestrators[dc].reload()
+        return outcomes
+
+    def raw_ttl_days(self, site: str) -> float:
+        """The raw ``flows`` table's TTL on a site's server, in days."""
+        from teststack.verify import query
+
+        engine = query(self.server(site), "SELECT engine_full FROM system.tables WHERE"
+                                          f" database = '{self.database}' AND name = 'flows'")
+        m = re.search(r"TTL TimeReceived \+ toIntervalSecond\((\d+)\)", engine)
+        return int(m.group(1)) / 86400 if m else float("nan")
+
+    def log_tails(self) -> str:
+        return "\n".join(f"--- outlet {dc}\n{o.log_tail()}" for dc, o in self.outlets.items())
+
+    def stop(self) -> list[int]:
+        """Outlets (SIGTERM: flushed, committed), then orchestrators; their exit codes."""
+        codes = [o.stop() for o in self.outlets.values()]
+        return codes + [o.stop() for o in self.orchestrators.values()]

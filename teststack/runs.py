@@ -78,15 +78,17 @@ def fresh_run(report_dir: Path, kind: str, name: str) -> RunNames:
     return RunNames(workdir, topic, f"outlet-{topic}", int(time.time()) % 255 + 1)
 
 
-def prepare_tables(ep: Endpoints, workdir: Path, destinations: Sequence[str], topic: str) -> None:
+def prepare_tables(ep: Endpoints, workdir: Path, destinations: Sequence[str], topic: str,
+                   database: str = "flows") -> None:
     """``outlet schema apply`` on the direct URLs, then empty the flows tables.
 
     The schema config is generated unmodified: overrides that break a destination (a wrong
     password) must not break the set-up.
     """
     cfg = outlet_config(ep, state_path=str(workdir / "schema-state"), http_port=0,
-                        destinations=destinations, proxied=False, topic=topic)
-    path = workdir / "schema.yaml"
+                        destinations=destinations, proxied=False, topic=topic,
+                        database=database)
+    path = workdir / ("schema.yaml" if database == "flows" else f"schema-{database}.yaml")
     apply_schema(path, write_config(path, cfg))
     for d in destinations:
-        verify.reset_table(ep.clickhouse[d])
+        verify.reset_table(ep.clickhouse[d], database)

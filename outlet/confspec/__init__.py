@@ -21,7 +21,8 @@ profiles; meant for any component that reads YAML::
 
 Keys are kebab-case by default (``max_retries`` -> ``max-retries``); a spec sets
 ``__key_style__ = "snake"`` to keep Python names. ``setting(yaml="http.listen")`` places a
-field under a sub-mapping. A spec may also define ``__hints__`` (``{key path: hint}`` shown
+field under a sub-mapping; :func:`reuse` declares a field exactly as another spec's.
+A spec may also define ``__hints__`` (``{key path: hint}`` shown
 for an unknown key), ``__inputs__`` (``{key: Key}``: accepted, handed to the check, never
 stored or dumped, e.g. an alias) and a classmethod ``__check__(cls, s: Section)`` for
 rules across fields.
@@ -34,6 +35,9 @@ Each takes ``problem="... {got}"`` to word its error differently. A custom kind 
 another field of the same mapping (parsed on demand), :meth:`Where.report` records a
 problem and goes on. :func:`parse_mapping` checks a mapping against ``{key: Key}`` when the
 keys depend on a value (the parameters of an action).
+
+:func:`changed_keys` lists the key paths where two parsed documents differ (live
+reconfiguration decides per key what it can apply).
 
 Also here: the one duration grammar (:func:`parse_duration`, :func:`format_duration`),
 sizes, YAML loading (:func:`load_yaml`: duplicate keys as problems; syntax errors as a line,
@@ -69,6 +73,7 @@ from outlet.confspec.core import (
     locate,
     parse,
     parse_mapping,
+    reuse,
     secret_named,
     secret_paths,
     section,
@@ -76,6 +81,7 @@ from outlet.confspec.core import (
     show,
     unknown_key_message,
 )
+from outlet.confspec.diff import changed_keys
 from outlet.confspec.kinds import (
     AnyMapping,
     Bool,
@@ -132,6 +138,7 @@ __all__ = [
     "StrList",
     "Where",
     "YAMLSyntaxError",
+    "changed_keys",
     "describe",
     "dump",
     "expand_env",
@@ -146,6 +153,7 @@ __all__ = [
     "parse_duration",
     "parse_mapping",
     "parse_size",
+    "reuse",
     "secret_named",
     "secret_paths",
     "section",

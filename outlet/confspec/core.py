@@ -340,6 +340,21 @@ def section(cls: type[Any], *, yaml: str | None = None, doc: str = "",
     return field(default_factory=default_factory or cls, metadata={_META: key})
 
 
+def reuse(cls: type[Any], name: str, *, yaml: str | None = None, doc: str | None = None
+          ) -> Any:
+    """A field declared as ``cls.name`` is (same kind and default; ``yaml`` places it
+    elsewhere, ``doc`` words it for this format): a key two formats share is declared once
+    (the orchestrator's ``log`` keys are the outlet's)."""
+    key = _spec_of(cls).by_name[name].key
+    if yaml is not None:
+        key = dataclasses.replace(key, yaml=yaml)
+    if doc is not None:
+        key = dataclasses.replace(key, doc=doc)
+    if getattr(type(key.default), "__hash__", None) is None:
+        return field(default_factory=lambda: type(key.default)(key.default), metadata={_META: key})
+    return field(default=key.default, metadata={_META: key})
+
+
 @dataclass(frozen=True)
 class _Field:
     name: str  # Python attribute

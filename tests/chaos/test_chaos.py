@@ -154,6 +154,32 @@ def test_contradictions_and_null_defaults() -> None:
     assert "lod: unknown key (did you mean 'load'?)" in problems(doc)
 
 
+def test_destinations_added_through_the_orchestrator() -> None:
+    add = {"at": "5s", "action": "add_destination", "name": "extra", "server": "azure"}
+    remove = {"at": "9s", "action": "remove_destination", "name": "extra"}
+    doc = json.loads(json.dumps(MINIMAL))
+    doc["timeline"] = [add, remove]
+    doc["expect"]["destinations"]["extra"] = {"rows": "given", "no_duplicates": True}
+    doc["expect"]["metrics"] = ['flows_written_total{destination="extra"} > 0']
+    assert any("needs outlet.orchestrator: true" in p for p in problems(doc))
+    doc["outlet"] = {"orchestrator": True}
+    sc = parse_scenario(doc)
+    assert [e.destination for e in sc.expect.destinations] == ["local", "extra"]
+    assert sc.fault_windows() == [(5.0, 9.0, "add_destination extra")]
+    doc["timeline"] = [remove, {**add, "at": "10s", "server": "gcp"}]
+    doc["expect"]["destinations"]["local"] = {"rows": "given"}
+    ps = problems(doc)
+    assert any("remove_destination: no destination 'extra' added before 9s" in p for p in ps)
+    assert any(p.startswith("timeline[1].server: unknown server 'gcp'") for p in ps)
+    assert "expect.destinations.local.rows: given is for a destination the timeline adds" in ps
+    doc["timeline"] = [add, {**add, "at": "6s"}]
+    doc["expect"]["destinations"] = {"extra": {"rows": "all"}}
+    ps = problems(doc)
+    assert any("destination 'extra' is already configured at 6s" in p for p in ps)
+    assert any(p.startswith("expect.destinations.extra.rows: a destination the timeline adds")
+               for p in ps)
+
+
 def test_primary_never_loses() -> None:
     doc = json.loads(json.dumps(MINIMAL))
     doc["expect"] = {"destinations": {"local": {"rows": "all_minus_reported_loss"}}}
@@ -210,7 +236,8 @@ def test_shipped_scenarios_are_valid_and_short() -> None:
     for required in ("azure-partition", "azure-latency", "azure-bandwidth", "azure-flapping",
                      "azure-reset-mid-insert", "azure-blackhole", "azure-auth-failure",
                      "local-outage", "both-down", "slow-local", "outlet-crash",
-                     "outlet-graceful-restart", "clickhouse-restart", "kafka-restart"):
+                     "outlet-graceful-restart", "clickhouse-restart", "kafka-restart",
+                     "orchestrator-reconfigure"):
         assert required in names
     for name in names:
         sc = load_scenario(name)
@@ -462,3 +489,9 @@ def test_multi_dc_scenario_end_to_end(multi_dc_stack: Any, tmp_path: Path) -> No
     for dc in ("a", "b"):
         cfg = yaml.safe_load((tmp_path / sc.name / f"outlet-{dc}" / "outlet.yaml").read_text())
         assert cfg["kafka"]["topic"] == data["info"]["topic"]  # the same topic name in both
+
+
+def test_destinations_are_added_in_single_dc_scenarios_only() -> None:
+    doc = multi_dc(at="5s", action="add_destination", name="extra", server="local")
+    doc["outlet"] = {"orchestrator": True}
+    assert any("add_destination: single-dc scenarios only" in p for p in problems(doc))

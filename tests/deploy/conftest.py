@@ -16,6 +16,7 @@ NOT_YET_EXPORTED: frozenset[str] = frozenset()
 ORCHESTRATOR_ONLY = frozenset({
     "outlet_config_last_refresh_timestamp_seconds",
     "outlet_config_refresh_errors_total",
+    "outlet_config_refresh_interval_seconds",
 })
 
 _METRIC = re.compile(r"\b((?:outlet|process)_[a-z0-9_]+)\b")

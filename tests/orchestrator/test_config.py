@@ -244,3 +244,19 @@ def test_bearer_token_and_tls_settings(tmp_path: Any) -> None:
     errors = errors_of(config(http={"tls": {"enable": True}, "bearer-token": 12}))
     assert "http.tls.cert-file: is required when tls.enable is true" in errors
     assert "http.bearer-token: must be a string (quote it in YAML)" in errors
+
+
+def test_docs_key_tables_are_generated_from_the_declarations() -> None:
+    from orchestrator.config import DOCS, reference_tables
+    from outlet.config import render_docs
+
+    text = DOCS.read_text()
+    assert render_docs(text, reference_tables()) == text, (
+        "run: uv run python -m orchestrator.config --docs")
+
+
+def test_shared_keys_are_the_outlets_declarations() -> None:
+    errors = errors_of(config(log={"level": "loud"}, http={"listen": "nowhere"}))
+    assert any(e.startswith("log.level: must be one of 'debug'") for e in errors), errors
+    assert any(e.startswith("http.listen: must be host:port") for e in errors), errors
+    assert parse(config(log={"level": "warn"})).log_level == "warning", "the outlet's aliases"

@@ -4,13 +4,10 @@ outlets configured by it (real processes, real HTTP), exactly-once through the v
 from __future__ import annotations
 
 import itertools
-import re
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +16,19 @@ import yaml
 
 from outlet import metrics as names
 from tests.conftest import OutletRun
-from teststack import stack as stk
+from tests.orchestrator.conftest import PW_VAR, Site, outlet_run_of, site_entry
 from teststack import verify
 from teststack.kafka import create_topic
 from teststack.orchestrator_proc import (
     OrchestratorProcess,
     RemoteOutletProcess,
     resolution_mismatches,
-    site_config,
 )
-from teststack.outlet_proc import OutletProcess, free_port, outlet_config
+from teststack.outlet_proc import free_port, outlet_config
 from teststack.toxiproxy import Toxiproxy
 
 pytestmark = pytest.mark.stack
 
-PW_VAR = "LOCAL_CH_PASSWORD"
 CONFIG = "/api/v0/orchestrator/configuration/outlet"
 RESOLUTIONS = [  # not the defaults: the configured values must be the ones applied
     {"interval": 0, "ttl": "10d"},
@@ -43,59 +38,6 @@ RESOLUTIONS = [  # not the defaults: the configured values must be the ones appl
 ]
 DAY = 86400
 _ids = itertools.count()
-
-
-@dataclass
-class Site:
-    """A fresh database on the stack's `local` ClickHouse, and the processes of a test."""
-
-    ep: stk.Endpoints
-    workdir: Path
-    database: str
-    processes: list[OrchestratorProcess | OutletProcess] = field(default_factory=list)
-
-    @property
-    def ch(self) -> stk.ClickHouseEndpoints:
-        return self.ep.clickhouse["local"]
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {PW_VAR: self.ch.password}
-
-    def orchestrator(self, **kwargs: Any) -> OrchestratorProcess:
-        cfg = site_config(self.ch, self.database, password_var=PW_VAR, **kwargs)
-        o = OrchestratorProcess(self.workdir / f"orchestrator{len(self.processes)}", cfg,
-                                env=self.env)  # fmt: skip
-        self.processes.append(o)
-        return o
-
-    def query(self, sql: str) -> list[tuple[Any, ...]]:
-        c = verify.client(self.ch)
-        try:
-            return [tuple(r) for r in c.query(sql).result_rows]
-        finally:
-            c.close()
-
-    def tables(self) -> dict[str, tuple[str, str, str]]:
-        rows = self.query(
-            "SELECT name, engine_full, toString(metadata_modification_time), comment"
-            f" FROM system.tables WHERE database = '{self.database}'"
-        )
-        return {str(r[0]): (str(r[1]), str(r[2]), str(r[3])) for r in rows}
-
-
-@pytest.fixture
-def site(stack: stk.Endpoints, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Site]:
-    slug = re.sub(r"[^a-z0-9]", "_", request.node.name.lower())[:30]
-    s = Site(stack, tmp_path, f"site_{slug}_{next(_ids)}")
-    s.query(f"DROP DATABASE IF EXISTS {s.database}")
-    yield s
-    for p in s.processes:
-        if isinstance(p, OutletProcess):
-            p.kill()
-        else:
-            p.stop()
-    stack.toxiproxy.client().reset()
 
 
 def steps(o: OrchestratorProcess) -> tuple[float, float]:
@@ -203,28 +145,13 @@ def test_outlet_schema_apply_adopted_then_refused(site: Site, tmp_path: Path) ->
     assert site.tables() == before
 
 
-def _entry(site: Site, topic: str, http_port: int, **kwargs: Any) -> dict[str, Any]:
-    """An outlet entry writing to the site's database through the proxy, password as a
-    placeholder; its kafka section only tweaks the shared one (the group)."""
-    cfg = outlet_config(site.ep, state_path=str(site.workdir / "state"), http_port=http_port,
-                        destinations=("local",), topic=topic, database=site.database,
-                        consumer_group=f"g_{topic}", wait_time="500ms", **kwargs)  # fmt: skip
-    cfg["clickhousedb"]["password"] = f"${{{PW_VAR}}}"
-    cfg["kafka"] = {"consumer-group": f"g_{topic}"}
-    return cfg
-
-
-def _run(site: Site, topic: str, entry: dict[str, Any]) -> OutletRun:
-    return OutletRun(site.ep, site.workdir, topic, site.database, ("local",), entry)
-
-
 def test_outlet_configured_by_the_orchestrator_end_to_end(site: Site) -> None:
     """Starts while the orchestrator is down, runs, restarts from its cache; secrets stay
     placeholders everywhere; the aggregates match the raw table."""
     secret = site.ch.password
     topic = create_topic(site.ep, f"orch_e2e_{int(time.time())}_{next(_ids)}")
     port, http_port = free_port(), free_port()
-    entry = _entry(site, topic, http_port)
+    entry = site_entry(site, topic, http_port)
     shared_kafka = {"brokers": [site.ep.kafka.bootstrap_proxied], "topic": topic}
     url = f"http://127.0.0.1:{port}#1"
     state_dir = site.workdir / "state"
@@ -242,7 +169,7 @@ def test_outlet_configured_by_the_orchestrator_end_to_end(site: Site) -> None:
                           outlets=[{"log": {"level": "warning"}}, entry])  # fmt: skip
     o.start()
     outlet.wait_http(60)
-    run = _run(site, topic, entry)
+    run = outlet_run_of(site, topic, entry)
     run.produce(20_000)
     assert run.wait_rows("local", 20_000) == 20_000
     metrics = outlet.metrics()
@@ -282,7 +209,7 @@ def test_outlet_configured_by_the_orchestrator_end_to_end(site: Site) -> None:
         assert secret not in text, f"the ClickHouse password leaked into the {where}"
 
 
-def _orchestrated_run(site: Site, **kwargs: Any) -> OutletRun:
+def _orchestratedoutlet_run_of(site: Site, **kwargs: Any) -> OutletRun:
     """Migrations by the orchestrator, then an outlet (local config file) writing there."""
     o = site.orchestrator()
     o.start()
@@ -292,7 +219,7 @@ def _orchestrated_run(site: Site, **kwargs: Any) -> OutletRun:
     cfg = outlet_config(site.ep, state_path=str(site.workdir / "state"), http_port=free_port(),
                         destinations=("local",), topic=topic, consumer_group=f"g_{topic}",
                         database=site.database, wait_time="500ms", **kwargs)  # fmt: skip
-    return _run(site, topic, cfg)
+    return outlet_run_of(site, topic, cfg)
 
 
 def _no_mismatch(site: Site) -> None:
@@ -301,21 +228,31 @@ def _no_mismatch(site: Site) -> None:
 
 
 def test_aggregates_equal_raw_sums_after_cut_responses(site: Site) -> None:
-    run = _orchestrated_run(site, batch_size=10_000)
+    run = _orchestratedoutlet_run_of(site, batch_size=10_000)
     outlet = run.outlet()
     site.processes.append(outlet)
     toxi = site.ep.toxiproxy.client()
     outlet.start()
     run.produce(10_000)
     assert run.wait_rows("local", 10_000, timeout=30) == 10_000
-    # bytes 0: the request goes through, the response is dropped (a larger limit lets a
-    # one-chunk insert response through whole and only closes the connection after it).
-    toxi.add_toxic(site.ch.proxy, "limit_data", {"bytes": 0}, name="cut")
+    # timeout 0 on the responses: each request reaches the server whole and is stored, its
+    # response never comes back, so the outlet's insert-timeout (10 s) fails the attempt
+    # and it is sent again. (limit_data 0 closes the link at the server's first byte, which
+    # on a loaded machine can come before the body is read: nothing stored, nothing proven.)
+    toxi.add_toxic(site.ch.proxy, "timeout", {"timeout": 0}, name="cut")
     toxi.disable(site.ch.proxy)  # pooled connections predate the toxic: drop them
     toxi.enable(site.ch.proxy)
     run.produce(40_000)
-    time.sleep(4)
+    # wait (bounded) for an insert stored behind a cut response and retried: on a loaded
+    # machine the first batch after the cut may take longer than any fixed pause
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not (
+            run.rows("local") > 10_000
+            and outlet.metric(names.DESTINATION_RETRIES_TOTAL, destination="primary") > 0):
+        time.sleep(0.2)
     stored_during_cut = run.rows("local")
+    retried_during_cut = outlet.metric(names.DESTINATION_RETRIES_TOTAL, destination="primary")
+    failed = [line for line in outlet.log_path.read_text().splitlines() if "failed (" in line]
     toxi.remove_toxic(site.ch.proxy, "cut")
     assert run.wait_rows("local", 50_000) >= 50_000
     run.wait_stable("local")
@@ -323,14 +260,16 @@ def test_aggregates_equal_raw_sums_after_cut_responses(site: Site) -> None:
     assert (stats.rows, stats.duplicates, stats.bytes_sum) == (50_000, 0, run.bytes_sum)
     # Inserts reached the server while every response was cut, and were sent again: the
     # raw table and every view dropped the repeats.
-    assert stored_during_cut > 10_000, "inserts reached the server while responses were cut"
+    assert stored_during_cut > 10_000, (
+        f"inserts reached the server while responses were cut ({retried_during_cut} retries;"
+        f" {failed[-3:]})")
     assert outlet.metric(names.DESTINATION_RETRIES_TOTAL, destination="primary") > 0
     _no_mismatch(site)
     assert outlet.stop() == 0
 
 
 def test_aggregates_equal_raw_sums_after_sigkill_rebuild(site: Site) -> None:
-    run = _orchestrated_run(site, batch_size=10_000)
+    run = _orchestratedoutlet_run_of(site, batch_size=10_000)
     # Slow inserts so that batches are stored but not yet committed when the outlet dies.
     toxi = Toxiproxy(site.ep.toxiproxy.api, timeout=120)
     toxi.add_toxic(site.ch.proxy, "latency", {"latency": 300}, name="slow")

@@ -218,6 +218,7 @@ class FakeEncoder:
     """Native bytes = JSON list of the records; records starting with b"bad" are skipped."""
 
     def __init__(self) -> None:
+        self.compression = "none"  # not applied: the fake's bytes are always JSON
         self.fail: deque[BaseException] = deque()  # raised by the next encode() calls
         self.fail_if: Callable[[Sequence[bytes]], BaseException | None] | None = None
         self.calls = 0
@@ -265,6 +266,7 @@ class FakeClickHouse:
         self.inserts: list[Insert] = []
         self.attempts = 0
         self.pings = 0
+        self.password: str | None = None  # set: writers with another one fail auth (516)
         self._comments = 0
 
     def stop(self) -> None:
@@ -317,15 +319,27 @@ class FakeWriter:
 
     def __init__(self, server: FakeClickHouse, conn: ConnectionConfig) -> None:
         self._server = server
+        self.conn = conn
         self.server = conn.servers[0]
         self.timeout = conn.insert_timeout
         self.closed = False
+        self.writes = 0
+
+    def _authenticate(self) -> None:
+        wanted = self._server.password
+        if wanted is not None and self.conn.password.reveal() != wanted:
+            raise RuntimeError(f"Code: 516. DB::Exception: {self._server.name}: Authentication"
+                               " failed: password is incorrect")
 
     async def write(self, job: EncodedJob) -> InsertResult:
+        assert not self.closed, "a write on a closed writer"
+        self.writes += 1
+        self._authenticate()
         with trio.fail_after(self.timeout):
             return await self._server.insert(job)
 
     async def ping(self) -> None:
+        self._authenticate()
         with trio.fail_after(self.timeout):
             await self._server.ping()
 

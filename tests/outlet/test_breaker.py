@@ -127,6 +127,24 @@ def test_permanent_error_waits_cool_down_between_attempts() -> None:
     assert changes == [1, 2, 1, 2, 0, 1]
 
 
+def test_new_connection_settings_probe_at_once_even_after_a_trip() -> None:
+    """Live reconfiguration with new credentials may fix what tripped the circuit: it
+    probes now, then backs off from probe-interval, not from cool-down."""
+    b, clock, _ = make(threshold=100, cool_down=30, probe_interval=0.5, probe_max_interval=2)
+    b.trip()
+    clock.now += 5
+    assert b.retry_after() == pytest.approx(25)
+    b.connection_changed()
+    assert b.retry_after() == 0 and b.begin_probe()
+    b.connection_changed()  # a probe is out: it decides
+    assert b.probing
+    b.probe_failed()
+    assert b.retry_after() == pytest.approx(1.0), "backed off from probe-interval"
+    closed, _, _ = make()
+    closed.connection_changed()
+    assert state(closed) is State.CLOSED and closed.retry_after() == float("inf")
+
+
 def test_release_returns_the_half_open_attempt() -> None:
     b, clock, _ = make()
     open_it(b)
