@@ -418,3 +418,34 @@ def test_kafka_link_recreates_the_consumer_when_tls_files_rotate(files: Files) -
     after = metrics.registry.get_sample_value(expiry, {"file": str(files.cert)})
     assert before is not None and after == pytest.approx(new.cert.not_valid_after_utc.timestamp())
     assert after < before
+
+
+async def test_tls_metrics_follow_the_writer_a_reconfiguration_puts_in(files: Files) -> None:
+    """Live reconfiguration replaces a destination's writers (new TLS files): the expiry
+    gauge then shows the new client certificate, and the new writer's rotations count."""
+    from outlet import metrics as names
+    from outlet.writer import ClickHouseWriter, ReplaceableWriter, TLSMetrics
+
+    def writer(cert: Path, key: Path) -> ClickHouseWriter:
+        cfg = parse_config({"clickhousedb": {"servers": ["https://127.0.0.1:8443"], "tls": {
+            "enable": True, "ca-file": str(files.ca_file), "cert-file": str(cert),
+            "key-file": str(key)}}}, {})
+        return ClickHouseWriter(cfg.clickhousedb)
+
+    metrics = Metrics()
+    replaceable = ReplaceableWriter(writer(files.cert, files.key))
+    TLSMetrics("central", metrics).follow(replaceable)
+    later, later_key = files.issue("later", not_after=NOW + 90 * DAY)
+    new = writer(later, later_key)
+    await replaceable.replace(new)
+
+    def expiry(path: Path) -> float | None:
+        return metrics.registry.get_sample_value(
+            names.TLS_CLIENT_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS, {"file": str(path)})
+
+    assert expiry(later) == pytest.approx((NOW + 90 * DAY).timestamp(), abs=2)
+    files.ca.issue("later-b", client=True).write(later, later_key)  # then rotated on disk
+    new._follow_rotation()
+    assert metrics.registry.get_sample_value(
+        names.DESTINATION_TLS_RELOADS_TOTAL, {"destination": "central"}) == 1
+    await replaceable.aclose()
