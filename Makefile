@@ -14,7 +14,7 @@ SETUP_INPUTS := pyproject.toml harness/pyproject.toml uv.lock ci/setup.sh ci/ins
 	ci/install-goflow2.sh ci/go-tools.sh ci/kafka/pom.xml
 
 .PHONY: setup up down status test test-all lint demo bench-outlet bench-dualwrite bench-codec chaos \
-	chaos-all load capacity bench-overhead-load
+	chaos-all load capacity bench-overhead-load results
 
 # Idempotent; the stamp makes it instant when nothing changed. A missing venv, missing
 # tools or missing system prerequisites (ci/install-system.sh) invalidate the stamp.
@@ -84,6 +84,24 @@ bench-dualwrite: setup
 # `make bench-codec BENCH_ARGS="--baseline main"` runs main's codec alongside.
 bench-codec: setup
 	$(UV) run loadtest bench codec $(BENCH_ARGS)
+
+# The result summaries the README's "Measured" table points to (docs/results/*.json, one per
+# benchmark or scenario: docs/results/README.md), regenerated on this machine now: the
+# benchmarks, capacity's scale-out, the CI chaos set at half the calibrated drain rate and
+# the test count (~12 min).
+RESULTS_DIR ?= docs/results
+RESULTS_FLAGS = --stack-dir $(STACK_DIR) --summary-dir $(RESULTS_DIR)
+results: setup
+	$(UV) run loadtest bench outlet $(RESULTS_FLAGS)
+	$(UV) run loadtest bench dualwrite --rounds 2 $(RESULTS_FLAGS)
+	$(UV) run loadtest bench codec --summary-dir $(RESULTS_DIR)
+	$(UV) run loadtest capacity --only scaleout --report-dir reports/results/capacity \
+	    $(RESULTS_FLAGS)
+	-$(UV) run chaos run outlet-crash --time-scale 0.5 --rate-fraction 0.5 \
+	    --reports-dir reports/results $(RESULTS_FLAGS)
+	-$(UV) run chaos run azure-partition kafka-restart kafka-partition --rate-fraction 0.5 \
+	    --reports-dir reports/results $(RESULTS_FLAGS)
+	$(UV) run python -m teststack.summary --summary-dir $(RESULTS_DIR)
 
 lint: setup
 	$(UV) run ruff check . && $(UV) run mypy outlet orchestrator flowgen teststack chaos loadtest

@@ -11,9 +11,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from teststack import clikit, prometheus, stack
 from teststack.runs import HarnessError
+from teststack.summary import add_summary_dir, write_summary
+
+if TYPE_CHECKING:
+    from chaos.results import RunResult
+    from chaos.scenario import Scenario
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -155,6 +161,7 @@ SETUP_S = 30.0  # per scenario: set-up, outlet start, drain and quiet wait (for 
 
 def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """`chaos run SCENARIO...`: the chaos harness (chaos/runner.py, docs/chaos.md)."""
+    from chaos.rates import CALIBRATION_FLOWS
     from chaos.runner import REPORTS_DIR
     from chaos.scenario import list_scenarios
 
@@ -176,6 +183,19 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     run.add_argument("--with-prometheus", action="store_true",
                      help="record alerts for every scenario (started anyway for scenarios "
                           "with an `alerts:` expectation)")
+    rate = run.add_mutually_exclusive_group()
+    rate.add_argument("--rate", type=clikit.positive_float, default=None, metavar="FLOWS",
+                      help="play every single-dc scenario at FLOWS flows/s instead of its "
+                           "file's rate (set_rate steps keep their proportion)")
+    rate.add_argument("--rate-fraction", type=clikit.positive_float, default=None,
+                      metavar="F",
+                      help="before each single-dc scenario, drain a backlog as make "
+                           "bench-outlet does (tens of seconds), then play it at F times the "
+                           "measured drain rate (CI: 0.5; docs/chaos.md)")
+    run.add_argument("--calibration-flows", type=int, default=CALIBRATION_FLOWS, metavar="N",
+                     help=f"backlog of the --rate-fraction calibration (default: "
+                          f"{CALIBRATION_FLOWS})")
+    add_summary_dir(run)
     run.epilog = ("Report: DIR/SCENARIO/report.md (and report.json, timeline.png, outlet/ with "
                   "the outlet's config, state and log). Exit status: 0 every invariant held, 1 "
                   "an invariant failed or a run could not complete, 2 invalid scenario, "
@@ -184,7 +204,6 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _run(args: argparse.Namespace, verdict: clikit.Verdict) -> int:
-    from chaos.multidc import run_all
     from chaos.scenario import ScenarioError, list_scenarios, load_scenario
 
     names = list_scenarios() if args.all else list(args.scenarios)
@@ -215,13 +234,15 @@ def _run(args: argparse.Namespace, verdict: clikit.Verdict) -> int:
         verdict.error = "refused: the run would last more than an hour (--yes)"
         return clikit.EXIT_USAGE
     try:
-        results = run_all(scenarios, args.stack_dir, args.multi_dc_stack_dir, args.reports_dir,
-                          keep_stack=args.keep_stack, with_prometheus=args.with_prometheus)
+        results = _run_scenarios(scenarios, args)
     except HarnessError as e:
         verdict.error = str(e)
         print(f"chaos run: {e}", file=sys.stderr)
         return clikit.EXIT_USAGE
+    by_name = {sc.name: sc for sc in scenarios}
     for r in results:
+        if args.summary_dir:
+            print(f"summary: {_write_summary(args, r, by_name[r.scenario])}")
         verdict.runs.append(clikit.RunVerdict(
             r.scenario, r.passed, str(r.report_dir / "report.md"), r.info.get("wall_s"),
             clikit.failures_of(r.checks), r.error))
@@ -229,6 +250,41 @@ def _run(args: argparse.Namespace, verdict: clikit.Verdict) -> int:
     print(f"{len(results) - len(failed)}/{len(results)} scenarios passed"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return clikit.EXIT_FAILED if failed else clikit.EXIT_PASSED
+
+
+def _run_scenarios(scenarios: list[Scenario], args: argparse.Namespace) -> list[RunResult]:
+    """Run them (chaos/multidc.py's run_all) at ``--rate``, or with ``--rate-fraction``
+    each single-dc one after its own calibration (chaos/rates.py)."""
+    from chaos import rates
+    from chaos.multidc import run_all
+    from chaos.runner import run_many
+
+    def run(some: list[Scenario]) -> list[RunResult]:
+        return run_all(some, args.stack_dir, args.multi_dc_stack_dir, args.reports_dir,
+                       keep_stack=args.keep_stack, with_prometheus=args.with_prometheus)
+
+    if args.rate is not None:
+        return run(rates.at_fixed_rate(scenarios, args.rate))
+    single = [sc for sc in scenarios if sc.topology != stack.MULTI_DC]
+    if args.rate_fraction is None or not single:
+        return run(scenarios)
+    multi = [sc for sc in scenarios if sc.topology == stack.MULTI_DC]
+    results = run_many(single, args.stack_dir, args.reports_dir, args.keep_stack,
+                       run_one=rates.calibrated_runner(args.rate_fraction,
+                                                       args.calibration_flows,
+                                                       with_prometheus=args.with_prometheus))
+    return results + run(multi) if multi else results
+
+
+def _write_summary(args: argparse.Namespace, result: RunResult, sc: Scenario) -> Path:
+    from chaos.report import summary
+
+    cmd = f"chaos run {sc.name} --time-scale {sc.time_scale:g}"
+    if args.rate_fraction is not None and sc.topology != stack.MULTI_DC:
+        cmd += f" --rate-fraction {args.rate_fraction:g}"
+    elif args.rate is not None and sc.topology != stack.MULTI_DC:
+        cmd += f" --rate {args.rate:g}"
+    return write_summary(args.summary_dir, f"chaos-{sc.name}", cmd, summary(result, sc))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -144,6 +144,7 @@ def render_markdown(result: RunResult, sc: Scenario) -> str:
         *([f"- outlet log: `{info.get('outlet_log')}`"] if "outlet_log" in info else
           [f"- outlet log ({dc}): `{path}`" for dc, path in info.get("outlet_logs", {}).items()]),
     ]
+    lines += _rate_lines(info)
     if info.get("healed_at_end"):
         lines.append(f"- still faulty when the load ended, healed by the runner: "
                      f"{', '.join(info['healed_at_end'])}")
@@ -186,6 +187,59 @@ def render_markdown(result: RunResult, sc: Scenario) -> str:
     lines += alerts.render_markdown(info.get("alerts"))
     lines += ["", "![timeline](timeline.png)", ""]
     return "\n".join(lines)
+
+
+def _rate_lines(info: dict[str, Any]) -> list[str]:
+    """Where the load rate came from and what the producer really offered."""
+    origin = info.get("rate_origin") or {}
+    offered = info.get("offered_flows_per_s")
+    out = []
+    if origin.get("capacity_flows_per_s"):
+        out.append(f"- rate: {origin['fraction']:g} x {origin['capacity_flows_per_s']:,} "
+                   f"flows/s (the calibration drain's steady rate, make bench-outlet's drain) "
+                   f"instead of the file's {origin['file_rate']:g}")
+    elif origin:
+        out.append(f"- rate: {origin.get('rate')} flows/s ({origin.get('source')}) instead "
+                   f"of the file's {origin.get('file_rate')}")
+    if origin.get("lag_not_checked"):
+        out.append("- not checked at this rate (the fault stops the primary; its catch-up "
+                   "takes about as long as the fault at half capacity): lag "
+                   + "; ".join(origin["lag_not_checked"]))
+    if offered and info.get("rate"):
+        out.append(f"- offered: {offered:,} flows/s ({100 * offered / info['rate']:.1f}% of "
+                   "the target rate)")
+    return out
+
+
+def summary_figures(info: dict[str, Any]) -> dict[str, Any]:
+    """The rate part of a scenario summary: target, offered, and the share of capacity."""
+    origin = info.get("rate_origin") or {}
+    out: dict[str, Any] = {"rate_target": info.get("rate"),
+                           "offered_flows_per_s": info.get("offered_flows_per_s")}
+    capacity = origin.get("capacity_flows_per_s")
+    if capacity and info.get("offered_flows_per_s"):
+        out["capacity_flows_per_s"] = capacity
+        out["fraction_target"] = origin.get("fraction")
+        out["fraction_offered"] = round(info["offered_flows_per_s"] / capacity, 3)
+        out["calibration_load_average"] = origin.get("load_average")
+    return out
+
+
+def summary(result: RunResult, sc: Scenario) -> dict[str, Any]:
+    """The scenario's figures for ``docs/results/`` (teststack/summary.py): verdict, rates,
+    per-destination counts and the invariants; no samples, logs or paths."""
+    info = result.info
+    return {
+        "scenario": sc.name, "passed": result.passed, "time_scale": sc.time_scale,
+        **summary_figures(info),
+        "produced": info.get("produced"), "load_duration_s": info.get("load_end_s"),
+        "wall_s": info.get("wall_s"),
+        "destinations": {d: {k: t.get(k) for k in ("rows", "duplicates", "missing")}
+                         for d, t in result.destinations.items()},
+        "checks": [{"check": c.name, "expected": c.expected, "observed": c.observed,
+                    "passed": c.passed} for c in result.checks],
+        "error": result.error,
+    }
 
 
 KEY_METRICS = {

@@ -391,12 +391,21 @@ Rates = tuple[float | None, float | None]  # (stored flows/s, offered flows/s)
 
 
 def throughput_check(tp: ThroughputExpectation, window: Rates, baseline: Rates) -> Check:
-    """Stored rate relative to the offered rate in the same window, compared with the same
-    ratio in the baseline: a producer slowed down by a busy machine lowers both and does
-    not count against the outlet; an outlet that falls behind does."""
+    """Stored rate relative to the offered rate in the same window (``against: offered``:
+    the rate the producer really offered; a producer short of its target lowers the bar
+    with it), or that share compared with the same share in the baseline (``against:
+    baseline``: a producer slowed down by a busy machine lowers both and does not count
+    against the outlet; an outlet that falls behind does)."""
     (win, win_off), (base, base_off) = window, baseline
     name = (f"{tp.destination}: throughput {format_duration(tp.window[0])}-"
             f"{format_duration(tp.window[1])}")
+    if tp.against == "offered":
+        expected = f">= {tp.min_percent:g}% of offered (stored/offered)"
+        if not (win is not None and win_off):
+            return Check(name, expected, f"no data (stored {win}, offered {win_off})", False)
+        pct = 100.0 * win / win_off
+        return Check(name, expected, f"{pct:.1f}% (stored {win:.0f}/offered {win_off:.0f} "
+                     "flows/s)", pct >= tp.min_percent)
     expected = (f">= {tp.min_percent:g}% of baseline {format_duration(tp.baseline[0])}-"
                 f"{format_duration(tp.baseline[1])} (stored/offered)")
     if not (win is not None and base and win_off and base_off):
@@ -538,7 +547,7 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
         "load_duration": sc.load.duration, "stack_dir": str(sdir),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "outlet_log": str(outlet.proc.log_path), "source": sc.source,
-        "description": sc.description,
+        "description": sc.description, "rate_origin": sc.rate_origin,
     }
     checks: list[Check] = []
     sampler = Sampler(run)
@@ -572,6 +581,7 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
         n, bytes_sum = run.load.produced, run.load.bytes_sum
         info["produced"] = n
         info["load_end_s"] = round(run.load.t_end - run.t0, 1)
+        info["offered_flows_per_s"] = round(n / max(run.load.t_end - run.t0, 1e-3))
         # Heal whatever the timeline left broken, then wait for the pipeline to settle.
         leftover = [p.name for p in tp.proxies().values() if p.toxics or not p.enabled]
         tp.reset()

@@ -1,6 +1,6 @@
 """NetFlow v5 and IPFIX packet builder, and a UDP sender, to feed a real flow collector.
 
-Used to drive a real GoFlow2 (``tests/test_goflow2.py``): the packets are what a router
+Used to drive a real GoFlow2 (``tests/outlet/test_goflow2.py``): the packets are what a router
 exports, so the collector's own decoding and FlowMessage encoding are exercised end to end.
 
 Formats (all fields big-endian):

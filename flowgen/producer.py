@@ -77,29 +77,38 @@ class ProduceStats:
 
 
 class RateLimiter:
-    """Paces items to ``rate`` per second in small slices (default 10 ms), without
-    accumulating bursts larger than one slice after a stall."""
+    """Paces items to ``rate`` per second in small slices (default 10 ms). After a stall
+    (the thread not scheduled on a busy machine, a full local queue) it catches up on at
+    most ``catch_up_s`` of items, one slice per call without sleeping: short stalls do not
+    lower the average rate, long ones are not turned into a burst of the whole backlog."""
 
-    def __init__(self, rate: float, slice_s: float = 0.01) -> None:
+    def __init__(self, rate: float, slice_s: float = 0.01, catch_up_s: float = 0.2, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         if rate <= 0:
             raise ValueError("rate must be > 0")
         self.rate = rate
         self.slice_s = slice_s
-        self._t0 = time.monotonic()
+        self.catch_up_s = max(catch_up_s, 2 * slice_s)
+        self._clock, self._sleep = clock, sleep
+        self._t0 = clock()
         self._done = 0.0
+        self.dropped = 0.0  # items given up after stalls longer than catch_up_s
 
     def allowance(self) -> int:
         """Items that may be sent now (>= 1), sleeping as needed."""
         while True:
-            now = time.monotonic()
+            now = self._clock()
             due = (now - self._t0) * self.rate - self._done
             if due >= 1.0:
                 burst = max(1.0, self.rate * self.slice_s)
-                if due > burst * 2:  # behind schedule after a stall: don't burst to catch up
-                    self._done = (now - self._t0) * self.rate - burst
-                    due = burst
+                debt_cap = max(burst, self.rate * self.catch_up_s)
+                if due > debt_cap:  # a long stall: catch up on catch_up_s of it only
+                    self.dropped += due - debt_cap
+                    self._done += due - debt_cap
+                    due = debt_cap
                 return int(min(due, burst))
-            time.sleep(min(self.slice_s, (1.0 - due) / self.rate))
+            self._sleep(min(self.slice_s, (1.0 - due) / self.rate))
 
     def consumed(self, n: int) -> None:
         self._done += n

@@ -3,11 +3,13 @@
 
 Both pre-produce one backlog of unique flows into a fresh topic, then let a real
 outlet process (a subprocess, through the Toxiproxy addresses like production) drain
-it from the beginning with a fresh consumer group. Throughput is flows stored on the
-primary divided by the time from the outlet's start to the last row; CPU is the
-outlet process's user+system time (chDB runs in-process, so decoding, enrichment and
-encoding are included; the ClickHouse servers' CPU is not). Ratios are measured in one
-run on the same machine so that machine noise largely cancels out.
+it from the beginning with a fresh consumer group (teststack/drain.py, shared with the
+chaos harness's calibration). Throughput is flows stored on the primary divided by the
+time from the outlet's start to the last row, and the steady rate from the first stored
+row to the last (start-up left out); CPU is the outlet process's user+system time (chDB
+runs in-process, so decoding, enrichment and encoding are included; the ClickHouse
+servers' CPU is not). Ratios are measured in one run on the same machine so that machine
+noise largely cancels out.
 """
 
 from __future__ import annotations
@@ -16,102 +18,20 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from flowgen.generator import FlowGenerator, GeneratorConfig
-from flowgen.producer import produce
 from loadtest import harness as h
-from teststack import clikit, verify
+from teststack import clikit
 from teststack.clikit import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, RunVerdict, Verdict
-from teststack.kafka import create_topic, delete_topic
-from teststack.outlet_proc import (
-    OutletProcess,
-    apply_schema,
-    free_port,
-    outlet_config,
-    write_config,
-)
+from teststack.drain import DrainResult, drain, make_backlog
+from teststack.kafka import delete_topic
 from teststack.runs import HarnessError, stack_for_run
 from teststack.stack import Endpoints
-
-
-@dataclass
-class DrainResult:
-    label: str
-    destinations: list[str]
-    flows: int
-    seconds: float
-    flows_per_s: float
-    cpu_seconds: float
-    cpu_us_per_flow: float
-    machine_busy: float  # share of all cores busy during the drain (everything, not only us)
-
-
-def _cpu_seconds(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system + times.children_user + times.children_system)
-
-
-def drain(
-    ep: Endpoints,
-    topic: str,
-    flows: int,
-    destinations: tuple[str, ...],
-    label: str,
-    workdir: Path,
-    batch_size: int,
-    compression: str | None = None,
-) -> DrainResult:
-    """Run one outlet over the whole backlog; stop it when the primary holds every flow."""
-    database = f"bench_{label}_{int(time.time())}"
-    cfg = outlet_config(
-        ep,
-        state_path=str(workdir / label / "state"),
-        http_port=free_port(),
-        destinations=destinations,
-        topic=topic,
-        consumer_group=f"bench-{label}-{time.time_ns()}",
-        database=database,
-        batch_size=batch_size,
-        wait_time="1s",
-        additional_extra={"spool": {"enable": False}},
-        compression=compression,
-    )
-    cfg["log"]["level"] = "warning"
-    run_dir = workdir / label
-    run_dir.mkdir(parents=True, exist_ok=True)
-    schema = run_dir / "schema.yaml"
-    apply_schema(schema, write_config(schema, cfg))
-    outlet = OutletProcess(run_dir, cfg)
-    started = time.monotonic()
-    outlet.start(wait_ready=True)
-    assert outlet.proc is not None
-    pid = outlet.proc.pid
-    # Start-up (imports, chDB engine boot) is not per-flow work: leave it out of CPU/flow.
-    startup_cpu = _cpu_seconds(pid)
-    psutil.cpu_percent()  # start the machine-wide measurement window
-    cpu = 0.0
-    rows = 0
-    deadline = started + 600
-    while time.monotonic() < deadline:
-        cpu = _cpu_seconds(pid) - startup_cpu
-        rows = min(verify.count_rows(ep.clickhouse[d], database) for d in destinations)
-        if rows >= flows:
-            break
-        time.sleep(0.1)
-    seconds = time.monotonic() - started
-    busy = psutil.cpu_percent() / 100
-    outlet.stop()
-    if rows < flows:
-        raise RuntimeError(f"{label}: only {rows}/{flows} flows stored\n{outlet.log_tail()}")
-    return DrainResult(
-        label, list(destinations), flows, seconds, flows / seconds, cpu, cpu / flows * 1e6, busy
-    )
-
+from teststack.summary import add_summary_dir, write_summary
 
 DESCRIPTION = ("Backlog-drain benchmarks: a real outlet process drains a pre-produced backlog "
                "of unique flows; prints flows/s and outlet CPU per flow (outlet), or the "
@@ -131,24 +51,25 @@ def configure(ap: argparse.ArgumentParser) -> None:
     h.add_outlet_options(ap, wait_time=False, partitions=False)
     clikit.add_stack_dir(ap)
     clikit.add_json(ap, "the results")
+    add_summary_dir(ap)
     ap.epilog = ("No report file: the numbers are printed (and in --json). Exit status: 0 "
                  "measured, 1 a drain did not store every flow, 2 bad usage or no stack.")
 
 
 def _bench(args: argparse.Namespace) -> dict[str, Any]:
     with stack_for_run(args.stack_dir) as ep:
-        topic = create_topic(ep, f"bench-{int(time.time())}")
+        backlog = make_backlog(ep, args.flows)
+        print(f"backlog: {args.flows:,} flows produced in {backlog.produce_s:.1f}s "
+              f"({backlog.produce_flows_per_s:,.0f} flows/s)", flush=True)
         try:
-            return _drains(ep, topic, args)
+            summary = _drains(ep, backlog.topic, args)
         finally:
-            delete_topic(ep, topic)
+            delete_topic(ep, backlog.topic)
+        summary["backlog_produce_flows_per_s"] = round(backlog.produce_flows_per_s)
+        return summary
 
 
 def _drains(ep: Endpoints, topic: str, args: argparse.Namespace) -> dict[str, Any]:
-    gen = FlowGenerator(GeneratorConfig(seed=5, unique=True))
-    t0 = time.monotonic()
-    produce(ep.kafka.bootstrap, topic, gen.records(args.flows))
-    print(f"backlog: {args.flows:,} flows produced in {time.monotonic() - t0:.1f}s", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     results: list[DrainResult] = []
     plan: list[tuple[str, tuple[str, ...]]] = [("single", ("local",))]
@@ -161,7 +82,8 @@ def _drains(ep: Endpoints, topic: str, args: argparse.Namespace) -> dict[str, An
                   args.compression)
         results.append(r)
         print(f"{label:>8}: {r.flows:,} flows in {r.seconds:.2f}s = {r.flows_per_s:,.0f} "
-              f"flows/s, outlet CPU {r.cpu_us_per_flow:.2f} us/flow, machine "
+              f"flows/s ({r.steady_flows_per_s:,.0f} flows/s after the first row at "
+              f"{r.startup_s:.1f}s), outlet CPU {r.cpu_us_per_flow:.2f} us/flow, machine "
               f"{r.machine_busy:.0%} busy ({psutil.cpu_count()} cores)", flush=True)
     summary: dict[str, Any] = {"results": [asdict(r) for r in results]}
     if args.mode == "dualwrite":
@@ -198,7 +120,18 @@ def _run(args: argparse.Namespace, verdict: Verdict) -> int:
         return EXIT_FAILED
     verdict.runs.append(RunVerdict(f"bench-{args.mode}", True,
                                    wall_s=round(time.monotonic() - t0, 1), details=summary))
+    if args.summary_dir:
+        path = write_summary(args.summary_dir, f"bench-{args.mode}", reproduce(args), summary)
+        print(f"summary: {path}")
     return EXIT_PASSED
+
+
+def reproduce(args: argparse.Namespace) -> str:
+    """The command line that repeats this benchmark."""
+    cmd = f"loadtest bench {args.mode} --flows {args.flows} --batch-size {args.batch_size}"
+    if args.mode == "dualwrite":
+        cmd += f" --rounds {args.rounds}"
+    return cmd + (f" --compression {args.compression}" if args.compression else "")
 
 
 def command(args: argparse.Namespace) -> int:

@@ -47,6 +47,7 @@ from flowgen.generator import (
 from outlet import codec as codec_module
 from outlet import protoscan
 from outlet.config import parse_config
+from teststack.summary import add_summary_dir, write_summary
 
 NOW = 1_800_000_000
 
@@ -187,10 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", help="git revision whose codec runs alongside (e.g. main)")
     ap.add_argument("--isolation-records", type=int, default=200)
     ap.add_argument("--json", help="also write the results here")
+    add_summary_dir(ap)
     args = ap.parse_args(argv)
     results = run(args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+    if args.summary_dir:
+        cmd = (f"loadtest bench codec --batch-size {args.batch_size} --rounds {args.rounds} "
+               f"--isolation-records {args.isolation_records}"
+               + (f" --baseline {args.baseline}" if args.baseline else ""))
+        print(f"summary: {write_summary(args.summary_dir, 'bench-codec', cmd, results)}")
     return 0
 
 

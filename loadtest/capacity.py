@@ -50,6 +50,7 @@ from teststack.paths import REPORTS_DIR
 from teststack.runs import HarnessError, prepare_tables, stack_for_run
 from teststack.series import rate_series
 from teststack.stack import Endpoints
+from teststack.summary import add_summary_dir, write_summary
 
 REPORT_DIR = REPORTS_DIR / "capacity"
 DEFAULT_RATES = (25_000, 50_000, 75_000, 100_000, 125_000, 150_000, 200_000, 250_000, 300_000)
@@ -672,6 +673,7 @@ def configure(ap: argparse.ArgumentParser) -> None:
                     help="parts to run, comma-separated (default: %(default)s)")
     clikit.add_common(ap, time_scale="every phase's duration (steps, scale-out, overhead at "
                                      "load)")
+    add_summary_dir(ap)
     h.add_outlet_options(ap, partitions=4)
     ap.add_argument("--scaleout-rate", type=float, default=30_000,
                     help="flows/s offered during scale-out (default: 30000)")
@@ -788,7 +790,22 @@ def _run(args: argparse.Namespace, verdict: Verdict) -> int:
         return EXIT_USAGE
     run = _verdict(report, out)
     verdict.runs.append(run)
+    if args.summary_dir:
+        ran = [p for p in PARTS if p in parts]
+        name = "capacity" + ("" if len(ran) == len(PARTS) else "-" + "-".join(ran))
+        cmd = (f"loadtest capacity --only {','.join(ran)} --time-scale {ts:g} "
+               f"--scaleout-rate {args.scaleout_rate:g}")
+        figures = {"passed": run.passed, **{k: _without_samples(v) for k, v in report.items()
+                                            if k != "box"}}
+        print(f"summary: {write_summary(args.summary_dir, name, cmd, figures)}")
     return EXIT_PASSED if run.passed else EXIT_FAILED
+
+
+def _without_samples(part: Any) -> Any:
+    """A report part for a summary: the 1 Hz samples stay in reports/capacity/."""
+    if isinstance(part, dict):
+        return {k: v for k, v in part.items() if k != "samples"}
+    return part
 
 
 def command(args: argparse.Namespace) -> int:

@@ -370,6 +370,59 @@ def test_rate_limiter_paces() -> None:
     assert 0.4 < time.monotonic() - t0 < 0.8
 
 
+class _Clock:
+    """Fake time for the limiter: sleeping advances it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.now += s
+        self.slept += s
+
+
+def _take(lim: RateLimiter, n: int) -> None:
+    sent = 0
+    while sent < n:
+        k = min(lim.allowance(), n - sent)
+        lim.consumed(k)
+        sent += k
+
+
+def test_rate_limiter_catches_up_after_a_short_stall() -> None:
+    """A stall shorter than catch_up_s (a busy machine) does not lower the average rate:
+    the items due are handed out one slice at a time without sleeping."""
+    clock = _Clock()
+    lim = RateLimiter(10_000.0, clock=clock, sleep=clock.sleep)
+    _take(lim, 1000)  # 0.1 s of items, paced
+    assert 0.09 < clock.now < 0.11
+    clock.now += 0.15  # stalled for 150 ms: 1500 items due
+    slept = clock.slept
+    assert lim.allowance() == 100  # one slice at a time, never the whole debt at once
+    lim.consumed(100)
+    _take(lim, 1400)
+    assert clock.slept - slept < 0.01  # caught up without sleeping
+    assert lim.dropped == 0
+    _take(lim, 10_000)  # then paced again: 1 s more
+    assert 1.2 < clock.now < 1.3
+
+
+def test_rate_limiter_bounds_the_catch_up_after_a_long_stall() -> None:
+    clock = _Clock()
+    lim = RateLimiter(10_000.0, catch_up_s=0.2, clock=clock, sleep=clock.sleep)
+    clock.now += 5.0  # 50,000 items due: only 0.2 s of them are caught up on
+    slept = clock.slept
+    _take(lim, 2000)
+    assert clock.slept - slept < 0.01
+    assert lim.dropped == pytest.approx(48_000, abs=1)
+    _take(lim, 100)
+    assert clock.slept - slept > 0.009  # the debt is gone: paced again
+
+
 @pytest.mark.stack
 def test_produce_to_kafka(stack: Any) -> None:
     import uuid

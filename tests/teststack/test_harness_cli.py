@@ -122,3 +122,41 @@ def test_confirmation_on_a_terminal() -> None:
     assert not confirm_long_run(7200, "long", False, stdin=_Tty("\n"), out=out)
     assert not confirm_long_run(7200, "long", False, stdin=io.StringIO("y\n"), out=out)
     assert confirm_long_run(7200, "long", True, stdin=io.StringIO(""), out=out)
+
+
+def test_rate_options_and_summary_dir(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--rate` and `--rate-fraction` exclude each other; every measuring command takes
+    `--summary-dir` (the docs/results/ files of `make results`)."""
+    assert call("chaos", "run", "azure-partition", "--rate", "1000", "--rate-fraction",
+                "0.5") == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert call("chaos", "run", "azure-partition", "--rate-fraction", "0") == 2
+    for argv in (("chaos", "run"), ("loadtest", "bench", "outlet"), ("loadtest", "capacity"),
+                 ("loadtest", "bench", "codec")):
+        assert call(*argv, "--help") == 0
+        assert "--summary-dir DIR" in capsys.readouterr().out, argv
+
+
+def test_summary_file_is_small_and_reproducible(tmp_path: Path) -> None:
+    from chaos.report import summary
+    from chaos.results import Check, RunResult
+    from teststack.summary import write_summary
+
+    sc = load_scenario("azure-partition").at_rate(60_000, {
+        "capacity_flows_per_s": 120_000, "fraction": 0.5, "rate": 60_000})
+    res = RunResult(scenario=sc.name, passed=True,
+                    checks=[Check("local: rows", "10", "10", True)], events=[], samples=[],
+                    info={"rate": 60_000.0, "offered_flows_per_s": 57_000, "produced": 10,
+                          "rate_origin": sc.rate_origin, "wall_s": 1.23456},
+                    destinations={"local": {"rows": 10, "duplicates": 0, "missing": 0,
+                                            "bytes_sum": 5}},
+                    metrics={}, report_dir=tmp_path)
+    path = write_summary(tmp_path, "chaos-azure-partition", "chaos run azure-partition",
+                         summary(res, sc))
+    doc = json.loads(path.read_text())
+    assert doc["command"] == "chaos run azure-partition" and doc["passed"] is True
+    assert (doc["capacity_flows_per_s"], doc["fraction_target"], doc["fraction_offered"]) == (
+        120_000, 0.5, 0.475)
+    assert doc["destinations"] == {"local": {"rows": 10, "duplicates": 0, "missing": 0}}
+    assert doc["wall_s"] == 1.235 and doc["machine"]["cores"] >= 1
+    assert path.stat().st_size < 4000

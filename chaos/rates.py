@@ -1,0 +1,90 @@
+"""Chaos at realistic rates: the load derived from what this machine's outlet can drain now.
+
+A fixed load (2,000 flows/s in every shipped scenario) is under 1% of what one outlet
+process stores: a large capacity loss would pass unnoticed. ``chaos run --rate-fraction F``
+and the CI set (tests/chaos/test_chaos.py) therefore first run a short backlog drain, the
+one ``make bench-outlet`` runs (teststack/drain.py; 1M flows, tens of seconds), and play
+every single-datacenter scenario at ``F`` times its steady drain rate; the primary is judged
+against the rate the producer really offered (``against: offered`` in the scenario's
+``throughput``). The calibration runs right before each scenario, so that the rate
+follows the machine's load. Both numbers, and the rate offered, go into every report (``info.
+rate_origin``, ``info.offered_flows_per_s``). docs/chaos.md has the decision and the
+figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from chaos.results import RunResult
+from chaos.runner import RunOne, run_scenario
+from chaos.scenario import MULTI_DC, Scenario
+from teststack.drain import Calibration, calibrate
+from teststack.stack import Endpoints
+
+DEFAULT_FRACTION = 0.5
+CALIBRATION_FLOWS = 1_000_000
+
+
+def calibration_origin(cal: Calibration, fraction: float) -> dict[str, Any]:
+    """What a calibrated run records: the measured capacity, the fraction, the drain."""
+    d = cal.drain
+    return {
+        "source": "calibration (teststack/drain.py, the drain of make bench-outlet)",
+        "capacity_flows_per_s": round(cal.capacity),
+        "fraction": fraction,
+        "rate": round(fraction * cal.capacity),
+        "drain": {"flows": d.flows, "startup_s": round(d.startup_s, 2),
+                  "seconds": round(d.seconds, 2), "flows_per_s": round(d.flows_per_s),
+                  "steady_flows_per_s": round(d.steady_flows_per_s),
+                  "cpu_us_per_flow": round(d.cpu_us_per_flow, 2),
+                  "machine_busy": round(d.machine_busy, 2)},
+        "backlog_produce_flows_per_s": round(cal.backlog_produce_flows_per_s),
+        "load_average": [round(x, 2) for x in cal.load_average],
+    }
+
+
+def at_fixed_rate(scenarios: list[Scenario], rate: float) -> list[Scenario]:
+    """Every single-dc scenario at ``rate`` flows/s (``chaos run --rate``)."""
+    origin = {"source": "--rate", "rate": rate}
+    return [sc if sc.topology == MULTI_DC else sc.at_rate(rate, origin) for sc in scenarios]
+
+
+def at_calibrated_rate(scenarios: list[Scenario], cal: Calibration, fraction: float
+                       ) -> list[Scenario]:
+    """Every single-dc scenario at ``fraction`` of the calibrated capacity. Multi-dc
+    scenarios keep their file's rate (two outlets, two brokers and three servers share
+    the cores that one outlet's calibration measured: docs/chaos.md)."""
+    origin = calibration_origin(cal, fraction)
+    return [sc if sc.topology == MULTI_DC else sc.at_rate(origin["rate"], origin)
+            for sc in scenarios]
+
+
+def measure(ep: Endpoints, flows: int = CALIBRATION_FLOWS,
+            progress: Callable[[str], None] = print) -> Calibration:
+    """Run the calibration drain on the single-dc stack and say what it measured."""
+    progress(f"calibration: draining a backlog of {flows:,} flows (make bench-outlet's drain)")
+    cal = calibrate(ep, flows)
+    d = cal.drain
+    progress(f"calibration: {d.steady_flows_per_s:,.0f} flows/s steady drain "
+             f"({d.flows_per_s:,.0f} flows/s with {d.startup_s:.1f} s of start-up; outlet "
+             f"CPU {d.cpu_us_per_flow:.2f} us/flow; backlog produced at "
+             f"{cal.backlog_produce_flows_per_s:,.0f} flows/s; load average "
+             f"{cal.load_average[0]:.1f})")
+    return cal
+
+
+def calibrated_runner(fraction: float, flows: int = CALIBRATION_FLOWS, *,
+                      with_prometheus: bool = False) -> RunOne:
+    """A ``run_many`` runner that calibrates right before each single-dc scenario (the
+    machine's load moves within minutes: a capacity measured for the previous scenario
+    can be twice what this one gets) and plays it at ``fraction`` of that."""
+
+    def run_one(sc: Scenario, stack_dir: Path, reports_dir: Path) -> RunResult:
+        cal = measure(Endpoints.load(stack_dir), flows)
+        [at_rate] = at_calibrated_rate([sc], cal, fraction)
+        return run_scenario(at_rate, stack_dir, reports_dir, with_prometheus=with_prometheus)
+
+    return run_one
