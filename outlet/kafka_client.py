@@ -41,12 +41,15 @@ from outlet.kafka_input import (
     PollRequest,
     SourceHooks,
 )
+from outlet.kafka_link import BACKOFF, KafkaLink, quiet_connection_failures
 from outlet.logs import librdkafka_logger
 from outlet.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 LAG_EVERY = 1.0  # seconds between consumer-lag gauge refreshes
+# Consume errors that are connection failures: reported once per class by the link.
+LINK_ERRORS = frozenset({"_AUTHENTICATION", "_SSL", "_TRANSPORT"})
 CLUSTER_ID_TIMEOUT = 10.0  # seconds one metadata request for the cluster id may take
 CLUSTER_ID_BACKOFF = (1.0, 30.0)  # first and longest wait between two such requests
 
@@ -88,6 +91,14 @@ def consumer_settings(cfg: KafkaConfig) -> dict[str, Any]:
 ConsumerFactory = Callable[..., Any]  # confluent_kafka.Consumer or a fake of it
 
 
+class _Refused(Exception):
+    """The link wants a new consumer before the cluster id could be read."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class KafkaClient:
     """librdkafka as a RecordSource; see the thread rule in the module docstring."""
 
@@ -105,6 +116,7 @@ class KafkaClient:
         self._answered: list[CommitRequest] = []
         self._lag_base: dict[int, int] = {}  # committed offset per partition
         self._last_lag = 0.0
+        self.link = KafkaLink(cfg, metrics, assigned=lambda: bool(self._assigned))
         self._cluster_id: str | None = None
 
     @property
@@ -114,7 +126,6 @@ class KafkaClient:
     # -- lifecycle ------------------------------------------------------------------------
     async def open(self, hooks: SourceHooks) -> None:
         self._hooks = hooks
-        await trio.to_thread.run_sync(self._create)
         try:
             self._cluster_id = await self._wait_cluster_id()
         except ClusterIdError:
@@ -123,26 +134,32 @@ class KafkaClient:
             raise
         await trio.to_thread.run_sync(self._subscribe)
 
-    def _create(self) -> None:
-        settings = {**consumer_settings(self.cfg), "on_commit": self._on_commit}
-        self._consumer = self._factory(settings, logger=librdkafka_logger())
-
-    def _subscribe(self) -> None:
-        self._consumer.subscribe(
-            [self.cfg.topic], on_assign=self._assign_cb, on_revoke=self._revoke_cb
-        )
-
     async def _wait_cluster_id(self) -> str:
-        """Asks the brokers until they answer, backing off: unreachable brokers, a refused
-        login or a TLS failure can heal (the outlet waits, /readyz says why, one log line
-        per distinct failure); brokers that report no id cannot (ClusterIdError)."""
+        """Asks the brokers until they answer: the outlet never exits into a crash loop for
+        a cause that can heal; brokers that report no id cannot (ClusterIdError).
+
+        Brokers that cannot be reached (no answer within CLUSTER_ID_TIMEOUT) are asked
+        again after 1 s doubling to 30 s, logged once per distinct error. Brokers that
+        refuse us (credentials, mechanism, certificates: the link logs the class once and
+        counts each attempt) get a new consumer after the link's backoff, so that
+        librdkafka does not retry every 50 ms meanwhile; rotated TLS files at once.
+        """
         wait, longest = CLUSTER_ID_BACKOFF
         last = ""
         while True:
+            if self._consumer is None:
+                await trio.to_thread.run_sync(self._create)
             try:
                 cluster_id = await trio.to_thread.run_sync(
                     self._read_cluster_id, CLUSTER_ID_TIMEOUT
                 )
+            except _Refused as refused:
+                await trio.to_thread.run_sync(self._consumer.close)
+                self._consumer = None
+                self.metrics.kafka_consumer_restarts.labels(refused.reason).inc()
+                if refused.reason == BACKOFF:
+                    await trio.sleep(self.link.backoff())
+                continue
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
                 name = err.name() if isinstance(err, KafkaError) else type(exc).__name__
@@ -160,16 +177,47 @@ class KafkaClient:
                 continue
             if last:
                 log.info("Kafka cluster id read from kafka.brokers after retries")
+            self.link.working("cluster id read")
             return cluster_id
+
+    def _create(self) -> None:
+        settings = {**consumer_settings(self.cfg), "on_commit": self._on_commit,
+                    "error_cb": self.link.on_error}
+        self._consumer = self._factory(
+            settings, logger=quiet_connection_failures(librdkafka_logger()))
+        self._paused = False
+
+    def _subscribe(self) -> None:
+        self._consumer.subscribe(
+            [self.cfg.topic], on_assign=self._assign_cb, on_revoke=self._revoke_cb
+        )
 
     def _read_cluster_id(self, timeout: float) -> str:
         """The cluster id from the broker metadata, before anything is consumed.
 
         KafkaException when no broker answers within `timeout`; ClusterIdError, naming the
         brokers, when they report no id (Kafka before 0.10.1, some Kafka-compatible
-        services): retrying cannot help there.
+        services): retrying cannot help there; _Refused when the link wants a new consumer
+        (a failure that needs action, rotated files). Asks in slices of up to a second,
+        serving librdkafka's error callbacks between (metadata requests do not), so that
+        the link learns why no broker answers (the first slices are shorter: a refusal is
+        acted on after an attempt or two).
         """
-        metadata = self._consumer.list_topics(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        wait = 0.1  # doubling to 1 s
+        while True:
+            try:
+                metadata = self._consumer.list_topics(
+                    timeout=max(0.01, min(wait, deadline - time.monotonic())))
+                break
+            except KafkaException:
+                wait = min(1.0, wait * 2)
+                self._consumer.poll(0)  # error_cb: the link classifies, counts and logs
+                reason = self.link.restart_due()
+                if reason is not None:
+                    raise _Refused(reason) from None
+                if time.monotonic() >= deadline:
+                    raise
         cluster_id = metadata.cluster_id
         if not cluster_id:
             raise ClusterIdError(
@@ -185,8 +233,35 @@ class KafkaClient:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._consumer.close)
 
+    def failure_reason(self) -> str:
+        return self.link.failure_reason()
+
+    async def _restart(self, reason: str) -> None:
+        """Recreate the consumer: after a failure that needs action, once a backoff delay
+        passed; after a rotation of kafka.tls files, at once (outlet/kafka_link.py).
+        Closing revokes our partitions first (settled and committed, as in any rebalance)."""
+        self.metrics.kafka_consumer_restarts.labels(reason).inc()
+        await trio.to_thread.run_sync(self._consumer.close)  # the revoke callback commits
+        self._consumer = None
+        for request in self._in_flight:  # the old consumer will never answer them
+            request.error = f"the consumer was recreated ({reason}) before the broker answered"
+            self._answered.append(request)
+        self._in_flight.clear()
+        if reason == BACKOFF:
+            delay = self.link.backoff()
+            log.debug("kafka: consumer closed, next attempt in %.1fs (backoff)", delay)
+            await trio.sleep(delay)
+        else:
+            log.info("kafka: reconnecting with the new TLS files (the consumer rejoins "
+                     "its group)")
+        await trio.to_thread.run_sync(self._create)  # the cluster id is known: not re-read
+        await trio.to_thread.run_sync(self._subscribe)
+
     # -- poll (worker thread) -------------------------------------------------------------
     async def poll(self, request: PollRequest) -> Polled:
+        reason = self.link.restart_due()
+        if reason is not None:
+            await self._restart(reason)
         return await trio.to_thread.run_sync(self._poll, request)
 
     def _poll(self, request: PollRequest) -> Polled:
@@ -206,7 +281,10 @@ class KafkaClient:
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     self.metrics.kafka_errors.labels(err.name()).inc()
-                    log.warning("kafka error: %s", err)
+                    if err.name() in LINK_ERRORS:
+                        self.link.on_error(err)
+                    else:
+                        log.warning("kafka error: %s", err)
                 continue
             value = msg.value() or b""
             parts.append(msg.partition())
@@ -215,6 +293,8 @@ class KafkaClient:
             nbytes += len(value)
         self.metrics.kafka_messages.inc(len(vals))
         self.metrics.kafka_bytes.inc(nbytes)
+        if vals:
+            self.link.working("receiving records")
         answered, self._answered = self._answered, []
         return Polled(chunk, answered)
 
@@ -294,6 +374,7 @@ class KafkaClient:
         if self._paused:
             consumer.pause(partitions)
         log.info("kafka: assigned partitions %s", sorted(parts))
+        self.link.working("partitions assigned")
         assert self._hooks is not None
         with contextlib.suppress(trio.RunFinishedError):
             trio.from_thread.run_sync(self._hooks.assigned, parts, committed)

@@ -122,6 +122,10 @@ class RecordSource(Protocol):
 
     async def aclose(self) -> None: ...
 
+    def failure_reason(self) -> str:
+        """Why the brokers cannot be reached now ('' when they can), for /readyz."""
+        ...
+
 
 class RebalanceHooks(Protocol):
     """The pipeline's side of a rebalance (outlet/pipeline.py)."""
@@ -209,6 +213,10 @@ class KafkaInput:
 
     async def aclose(self) -> None:
         await self._source.aclose()
+
+    def link_problem(self) -> str:
+        """What keeps the consumer from its brokers ('' when nothing does)."""
+        return self._source.failure_reason()
 
     # -- the pipeline's calls -------------------------------------------------------------
     async def commit(self, offsets: Mapping[int, int]) -> None:

@@ -52,6 +52,7 @@ from outlet.writer import (
     ClickHouseWriter,
     ConnectionFor,
     ReplaceableWriter,
+    TLSMetrics,
     Writer,
     probe_connection,
 )
@@ -216,6 +217,8 @@ class Outlet:
         self.source = source
         self.state = RunState()
         self.parts: Parts | None = None
+        self._kafka: KafkaInput | None = None
+        self._opening = trio.CancelScope()
         self._reconfiguring = trio.Lock()
         self.state_disk = StateDisk(cfg.state_path, self.metrics, self._abandon_if_stopping)
         self._sealing = trio.CancelScope()  # the batcher; cancelled only by _abandon_if_stopping
@@ -250,6 +253,7 @@ class Outlet:
         rebalance = Rebalance(batcher, committer, ledger, batch.grace_period, self.state, identity)
         kafka = KafkaInput(cfg.kafka, metrics, b.source(cfg.kafka, metrics), rebalance)
         stack.push_async_callback(kafka.aclose)
+        self._kafka = kafka  # /readyz during open()
         self.state.opening = "waiting for the Kafka cluster id (see the log)"
         await kafka.open()  # waits for the brokers; ClusterIdError: the outlet does not start
         self._scope_tokens(identity, kafka.cluster_id)
@@ -278,11 +282,13 @@ class Outlet:
         probes (SELECT 1 bounded by dial-timeout) and the spool replay; each is
         replaceable (live reconfiguration: outlet/fanout.py)."""
         b = self.backends
+        tls = TLSMetrics(cfg.name, self.metrics)
         writers: list[ReplaceableWriter] = []
 
         def writer(connection: ConnectionFor | None = None) -> ReplaceableWriter:
             w = ReplaceableWriter.of(b.writer, cfg.connection, connection)
             stack.push_async_callback(w.aclose)
+            tls.follow(w)
             writers.append(w)
             return w
 
@@ -307,26 +313,33 @@ class Outlet:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until SIGTERM/SIGINT, request_stop() or cancellation; flush and commit on
         the way out (not on cancellation: uncommitted batches are rebuilt next time)."""
-        async with trio.open_nursery() as http:
-            if self.backends.http is not None:  # from the start: /readyz says what we wait for
-                http.start_soon(
+        failed: Exception | None = None
+        async with trio.open_nursery() as outer:
+            if self.backends.http is not None:  # up first: /readyz says why start-up waits
+                outer.start_soon(
                     self.backends.http, self.cfg.http_listen, self.metrics.registry, self.ready
                 )
-            async with contextlib.AsyncExitStack() as stack:
-                parts = await self._open(stack)
-                self.parts = parts
-                try:
-                    await self._run(parts, task_status)
-                finally:
-                    self.state.stopping = True
-            http.cancel_scope.cancel()
+            outer.start_soon(self._watch_signals)  # a stop while the cluster id is awaited
+            try:
+                async with contextlib.AsyncExitStack() as stack:
+                    with self._opening:
+                        self.parts = await self._open(stack)
+                    if self.parts is not None:
+                        try:
+                            await self._run(self.parts, task_status)
+                        finally:
+                            self.state.stopping = True
+            except Exception as exc:  # raised as before (ClusterIdError), not in a group
+                failed = exc
+            outer.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
 
     async def _run(self, parts: Parts, task_status: trio.TaskStatus[None]) -> None:
         send, recv = parts.channel
         async with trio.open_nursery() as services:
             await services.start(parts.kafka.run, send)
             services.start_soon(parts.committer.run, parts.kafka)
-            services.start_soon(self._watch_signals)
             async with trio.open_nursery() as writers:
                 await writers.start(parts.destinations.run)
                 if self.source is not None:
@@ -413,6 +426,8 @@ class Outlet:
         self.state.stopping = True
         if self.parts is not None:
             self.parts.kafka.stop()
+        else:  # still opening (waiting for the cluster id): nothing read, nothing to flush
+            self._opening.cancel()
         self._abandon_if_stopping()
 
     def _abandon_if_stopping(self) -> None:
@@ -428,10 +443,13 @@ class Outlet:
     def ready(self) -> tuple[bool, str]:
         """Ready when assigned partitions and the primary's last attempt succeeded."""
         if self.parts is None:
-            return False, self.state.opening
+            why = self._kafka.link_problem() if self._kafka is not None else ""
+            return False, (f"waiting for the Kafka cluster id ({why})" if why
+                           else self.state.opening)
         primary = self.parts.destinations.primary
         if not self.parts.kafka.ever_assigned:
-            return False, "waiting for Kafka partition assignment"
+            why = self.parts.kafka.link_problem()
+            return False, "waiting for Kafka partition assignment" + (f" ({why})" if why else "")
         if self.state_disk.failing:
             return False, f"consumption paused: state disk failing ({self.state_disk.failing})"
         if not primary.healthy:

@@ -143,6 +143,9 @@ class FakeSource:
         self.cluster_id = self.topic.cluster_id
         self.events.append(("assign", set(range(self.topic.partitions))))
 
+    def failure_reason(self) -> str:
+        return ""
+
     def revoke(self, partitions: set[int]) -> None:
         self.events.append(("revoke", set(partitions)))
         self.topic.grown.notify()

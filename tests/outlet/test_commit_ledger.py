@@ -213,7 +213,7 @@ async def test_unreachable_brokers_wait_for_the_cluster_id(
             while metrics.kafka_errors.labels("_TRANSPORT")._value.get() < 3:
                 await trio.sleep(0.1)
             assert out.parts is None  # still opening: nothing consumed
-            assert out.ready() == (False, "waiting for the Kafka cluster id (see the log)")
+            assert out.ready() == (False, "waiting for the Kafka cluster id (transport)")
             nursery.cancel_scope.cancel()
     lines = [r.getMessage() for r in caplog.records if "cluster id" in r.getMessage()]
     assert len(lines) == 1, lines  # one line per distinct failure, not one per attempt
