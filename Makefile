@@ -29,11 +29,14 @@ $(SETUP_STAMP): $(SETUP_INPUTS)
 	bash ci/setup.sh
 	@mkdir -p $(dir $@) && touch $@
 
+# SECURE=1 adds Kafka's SASL_SSL/SSL/SASL_PLAINTEXT listeners and ClickHouse mTLS ports
+# (docs/security.md; single-dc only); the tests start them only when a `secure` test is selected.
+SECURE ?=
 # `make up PROMETHEUS=1` adds Prometheus with the shipped alert rules (docs/operations.md).
 PROMETHEUS ?=
 up: setup
 	$(UV) run chaos stack up --topology $(TOPOLOGY) --dir $(TOPOLOGY_DIR) \
-	    $(if $(PROMETHEUS),--with-prometheus)
+	    $(if $(SECURE),--secure) $(if $(PROMETHEUS),--with-prometheus)
 
 down: setup
 	$(UV) run chaos stack down --dir $(TOPOLOGY_DIR)

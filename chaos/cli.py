@@ -34,11 +34,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
     partitions = args.partitions or (2 if multi else 4)
     try:
         if multi:
+            if args.secure:
+                print("--secure starts with the single-dc topology only", file=sys.stderr)
+                return 2
             views = stack.start_multi_dc_stack(sdir, partitions=partitions, topic=args.topic,
                                                timings=timings).datacenters
         else:
             views = {"": stack.start_stack(sdir, partitions=partitions, topic=args.topic,
-                                           timings=timings)}
+                                           timings=timings, secure=args.secure)}
     except stack.StackError as e:
         print(f"stack up FAILED: component {e.component}: {e.message}", file=sys.stderr)
         if e.log_file is not None:
@@ -56,7 +59,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
               f"({endpoints.kafka.partitions} partitions)")
         for name, ch in endpoints.clickhouse.items():
             print(f"  clickhouse {name:<7} {ch.url}  proxied {ch.proxied_url} "
-                  f"(proxy {ch.proxy})  {ch.https_url}  user {ch.username}")
+                  f"(proxy {ch.proxy})  {ch.https_url}  user {ch.username}"
+                  + (f"  mTLS {ch.mtls_url}" if ch.mtls_url else ""))
+        if endpoints.secure is not None:
+            s = endpoints.secure
+            print(f"  kafka      SASL_SSL {s.kafka_sasl_ssl} ({', '.join(s.users)})  SSL "
+                  f"{s.kafka_ssl} (client certificate)  SASL_PLAINTEXT "
+                  f"{s.kafka_sasl_plaintext}")
     print(f"  toxiproxy  {next(iter(views.values())).toxiproxy.api}")
     ready = ", ".join(f"{k} {v:.1f}s" for k, v in timings.items() if k != "total")
     print(f"  ready after: {ready}")
@@ -127,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--partitions", type=int, default=0,
                     help="flows topic partitions (default: 4; 2 per Kafka in multi-dc)")
     up.add_argument("--topic", default="flows", help="Kafka topic to create (default: flows)")
+    up.add_argument("--secure", action="store_true",
+                    help="also start Kafka's SASL_SSL, SSL and SASL_PLAINTEXT listeners and "
+                         "ClickHouse HTTPS ports requiring client certificates (single-dc)")
     up.add_argument("--with-prometheus", action="store_true",
                     help="also run Prometheus with the shipped alert rules (docs/operations.md)")
     up.set_defaults(func=_cmd_up)

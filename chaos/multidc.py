@@ -44,6 +44,7 @@ from chaos.runner import (
     _leaked_secrets,
     _passwords,
     destination_checks,
+    finish_run,
     lag_check,
     metric_checks,
     play_timeline,
@@ -522,18 +523,8 @@ def run_multi_dc_scenario(sc: Scenario, stack_dir: str | Path = ".stack-multi-dc
             if sc.expect.clean_shutdown:
                 checks.append(Check(f"outlet {dc} clean shutdown", "SIGTERM -> exit 0",
                                     f"exit {codes.get(dc)}", codes.get(dc) == 0))
-    if error:
-        lines = [ln.strip(" |") for ln in error.splitlines() if ln.strip(" |+-")]
-        short = lines[0][:160] + (f" ... {lines[-1][:200]}" if len(lines) > 1 else "")
-        checks.append(Check("harness", "run completes", short, False))
-    result = RunResult(
-        scenario=sc.name, passed=not error and all(c.passed for c in checks), checks=checks,
-        events=run.events, samples=samples, info=info, destinations=tables, metrics=metrics,
-        report_dir=report_dir, error=error)
-    from chaos.report import write_report  # local: matplotlib only when reporting
-
-    write_report(result, sc)
-    return result
+    return finish_run(sc, checks, run.events, samples, info, tables, metrics, report_dir,
+                      error)
 
 
 def run_all(scenarios: list[Scenario], stack_dir: str | Path = ".stack",

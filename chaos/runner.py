@@ -752,21 +752,30 @@ def run_scenario(sc: Scenario, stack_dir: str | Path = ".stack",
             shown = ", ".join(str(rc) for rc in ran) or "no outlet running"
             checks.append(Check("outlet clean shutdown", "SIGTERM -> exit 0",
                                 f"exit {shown}", bool(ran) and all(rc == 0 for rc in ran)))
+    return finish_run(sc, checks, run.events, samples, info, tables, metrics, report_dir,
+                      error)
+
+
+RunOne = Callable[[Scenario, Path, Path], RunResult]
+
+
+def finish_run(sc: Scenario, checks: list[Check], events: Any, samples: Any,
+               info: dict[str, Any], tables: Any, metrics: Any, report_dir: Path,
+               error: str) -> RunResult:
+    """The result of a finished run (a harness error is a failed check) and its report;
+    shared by the single-dc and multi-dc runners."""
     if error:
         lines = [ln.strip(" |") for ln in error.splitlines() if ln.strip(" |+-")]
         short = lines[0][:160] + (f" ... {lines[-1][:200]}" if len(lines) > 1 else "")
         checks.append(Check("harness", "run completes", short, False))
     result = RunResult(
         scenario=sc.name, passed=not error and all(c.passed for c in checks), checks=checks,
-        events=run.events, samples=samples, info=info, destinations=tables, metrics=metrics,
+        events=events, samples=samples, info=info, destinations=tables, metrics=metrics,
         report_dir=report_dir, error=error)
     from chaos.report import write_report  # local: matplotlib only when reporting
 
     write_report(result, sc)
     return result
-
-
-RunOne = Callable[[Scenario, Path, Path], RunResult]
 
 
 def run_many(scenarios: list[Scenario], stack_dir: str | Path = ".stack",

@@ -10,7 +10,13 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TypeVar
 
 from outlet import remote_config
-from outlet.config import ConfigError, OutletConfig, dump_redacted, load_config
+from outlet.config import (
+    ConfigError,
+    OutletConfig,
+    certificate_warnings,
+    dump_redacted,
+    load_config,
+)
 
 log = logging.getLogger("outlet")
 T = TypeVar("T")
@@ -64,6 +70,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = _load(args.config)
         source = FileSource(args.config, metrics)
     setup_logging(cfg.log_level, cfg.log_format)
+    for warning in certificate_warnings(cfg):
+        log.warning("configuration: %s", warning)
     _tune_gc()
     names = ", ".join(d.name for d in cfg.destinations())
     log.info("outlet %s starting: topic %s, destinations: %s", _version(), cfg.kafka.topic, names)
@@ -94,6 +102,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         cfg = _remote(lambda: remote_config.check(args), args.file)
     else:
         cfg = _load(args.file)
+    for warning in certificate_warnings(cfg):
+        print(f"outlet: warning: {warning}", file=sys.stderr)
     sys.stdout.write(dump_redacted(cfg))
     return 0
 

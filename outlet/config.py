@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from outlet import tlsfiles
 from outlet.confspec import (
     REDACTED,
     Bool,
@@ -367,18 +368,24 @@ def _default_spool_path(state_path: str, name: str) -> str:
 @dataclass(frozen=True)
 class TLSConfig:
     enable: bool = setting(
-        False, Bool(), doc="Use TLS. For ClickHouse, `host:port` servers become `https://`.")
-    verify: bool = setting(True, Bool(), doc="Verify the server certificate and host name.")
+        False, Bool(), doc="Use TLS. For ClickHouse, `host:port` servers become `https://`; "
+                           "for Kafka, the security protocol is `SSL` (`SASL_SSL` with `sasl`).")
+    verify: bool = setting(
+        True, Bool(), doc="Verify the server certificate (chain, validity) and host name.")
     ca_file: str | None = setting(
         None, File(), default_doc="none",
-        doc="CA bundle (PEM) to verify the server; system CAs when absent.")
+        doc="CA bundle (PEM) to verify the server; system CAs when absent. Must be readable "
+            "and hold a PEM certificate.")
     cert_file: str | None = setting(
         None, File(secret=True), default_doc="none",
         doc="Client certificate (PEM), for mutual TLS. May also hold the key (then no "
-            "`key-file`).")
+            "`key-file`). Checked at load: readable, a PEM certificate, its key matching "
+            "(errors); expired, not yet valid or expiring within 14 days (warnings). Replaced "
+            "files are used by new connections without a restart ([security.md](security.md)).")
     key_file: str | None = setting(
         None, File(secret=True), default_doc="none",
-        doc="Client key (PEM, unencrypted); requires `cert-file`.")
+        doc="Client key (PEM, unencrypted: there is no key password setting); requires "
+            "`cert-file`.")
 
     __inputs__: ClassVar[dict[str, Key]] = {
         "skip-verify": Key(Bool(), False, after="verify",
@@ -441,10 +448,13 @@ def _encrypted_key(path: str) -> bool:
 class SASLConfig:
     mechanism: str = setting(
         "", Str(choices=SASL_MECHANISMS, normalize=_sasl_mechanism), default_doc='`""` (none)',
-        doc="Case-insensitive; Akvorado's `plain`, `scram-sha256`, `scram-sha512` are accepted.")
+        doc="Case-insensitive; Akvorado's `plain`, `scram-sha256`, `scram-sha512` are accepted. "
+            "With `tls.enable` the protocol is `SASL_SSL`, without `SASL_PLAINTEXT`.")
     username: str = setting("", Str(), doc="Required when a mechanism is set.")
-    password: Secret = setting(Secret(), SecretStr(),
-                               doc="Required when a mechanism is set. Never shown.")
+    password: Secret = setting(
+        Secret(), SecretStr(), doc="Required when a mechanism is set. Never shown (logs, "
+                                   "metrics, /readyz, `check-config`); `${VAR}` keeps it out "
+                                   "of the file.")
 
     @classmethod
     def __check__(cls, s: Section) -> None:
@@ -584,7 +594,9 @@ class ConnectionConfig:
         type_doc="identifier", doc="Database of the flows table.")
     username: str = setting("default", Str(), doc="")
     password: Secret = setting(
-        Secret(), SecretStr(), doc="Never shown in logs, metrics, errors or `check-config`.")
+        Secret(), SecretStr(), doc="Never shown in logs, metrics, errors or `check-config`. "
+                                   "Sent with a client certificate too (the certificate "
+                                   "secures the link, the password authenticates).")
     tls: TLSConfig = section(TLSConfig, type_doc=_TLS_TYPE, default_doc="disabled")
     dial_timeout: float = setting(5.0, Duration(positive=True, at_most=DIAL_TIMEOUT_MAX),
                                   doc="Connection timeout.")
@@ -901,6 +913,21 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Outle
     if duplicates:
         raise ConfigError(duplicates, str(path))
     return cfg
+
+
+def tls_sections(cfg: OutletConfig) -> list[tuple[str, TLSConfig]]:
+    """Every link's TLS section with its key path."""
+    out = [("kafka.tls", cfg.kafka.tls), ("clickhousedb.tls", cfg.clickhousedb.tls)]
+    out += [(f"additional-clickhouses[{i}].connection.tls", d.connection.tls)
+            for i, d in enumerate(cfg.additional_clickhouses)]
+    return out
+
+
+def certificate_warnings(cfg: OutletConfig) -> list[str]:
+    """Client certificates that expired, are not valid yet or expire soon, one
+    ``key.path: problem`` line each (warnings: see outlet/tlsfiles.py for why)."""
+    return [f"{path}.{key}: {message}" for path, tls in tls_sections(cfg)
+            for key, message in tlsfiles.file_warnings(tls.cert_file, tls.key_file)]
 
 
 def redacted_dict(cfg: OutletConfig) -> dict[str, Any]:

@@ -6,26 +6,26 @@ under trio-asyncio: measured on our machines, `consume(num_messages=...)` with
 `getmany`, and it releases the GIL while it waits, so the Trio loop keeps running.
 
 Thread rule: the consumer is used by one thread at a time, never by the Trio thread.
-``open()`` subscribes (in one worker thread, before the poll task starts), every later
-call happens inside
-``poll()`` (one worker thread at a time, from the input's poll task: consume, pause and
-resume, watermarks, commits) or inside the rebalance callbacks librdkafka runs from it,
-and ``aclose()`` closes after the poll task ended. Why: a librdkafka call can block behind
-a rebalance callback, and our callbacks wait for the Trio thread (to settle revoked
-partitions), so a call from the Trio thread deadlocks and a call from a second thread
-races the callback's state. Commits are therefore requests that a poll issues before it
-consumes, **synchronously and in the order they were made**: the offset-commit metadata
-is the batch ledger (outlet/offset_ledger.py), so an older commit must never land after
-a newer one, and librdkafka retries an asynchronous commit on its own (the retry could
-overtake a later commit). A synchronous commit holds the poll thread for one round trip
-(and, while no coordinator is known, up to the session timeout: Kafka is down then and
-there is nothing to consume). State of this class is touched only from that thread; the
-Trio side learns results from what ``poll()`` returns.
+``cluster()`` creates the consumer and reads the cluster id from the broker metadata,
+``open()`` subscribes (worker threads one after another, before the poll task starts),
+every later call happens inside ``poll()`` (one worker thread at a time, from the input's
+poll task: consume, pause and resume, watermarks, commits) or inside the rebalance
+callbacks librdkafka runs from it, and ``aclose()`` closes after the poll task ended. Why:
+a librdkafka call can block behind a rebalance callback, and our callbacks wait for the
+Trio thread (to settle revoked partitions), so a call from the Trio thread deadlocks and
+a call from a second thread races the callback's state. Commits are therefore requests
+that a poll issues before it consumes, **synchronously and in the order they were made**:
+the offset-commit metadata is the batch ledger (outlet/offset_ledger.py), so an older
+commit must never land after a newer one, and librdkafka retries an asynchronous commit
+on its own (the retry could overtake a later commit). A synchronous commit holds the poll
+thread for one round trip (and, while no coordinator is known, up to the session
+timeout: Kafka is down then and there is nothing to consume). State of this class is
+touched only from that thread; the Trio side learns results from what ``poll()``
+returns.
 
-``wait_cluster(cfg, metrics)`` (at start-up, before the consumer exists, with an admin
-client of its own) reads the cluster id, which scopes every deduplication token, and the
-brokers' ``offset.metadata.max.bytes``, which bounds the ledger; it waits, backing off,
-while the brokers cannot be reached.
+``cluster()`` waits, backing off, while the brokers cannot be reached or refuse us (the
+link's classes, outlet/kafka_link.py), then reads the brokers'
+``offset.metadata.max.bytes``, which bounds the ledger, with a short-lived admin client.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import confluent_kafka.admin as kafka_admin
@@ -44,18 +43,22 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from outlet.config import KafkaConfig
 from outlet.kafka_input import (
     Chunk,
+    ClusterFacts,
     ClusterIdError,
     CommitRequest,
     Polled,
     PollRequest,
     SourceHooks,
 )
+from outlet.kafka_link import BACKOFF, KafkaLink, quiet_connection_failures
 from outlet.logs import librdkafka_logger
 from outlet.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 LAG_EVERY = 1.0  # seconds between consumer-lag gauge refreshes
+# Consume errors that are connection failures: reported once per class by the link.
+LINK_ERRORS = frozenset({"_AUTHENTICATION", "_SSL", "_TRANSPORT"})
 CLUSTER_ID_TIMEOUT = 10.0  # seconds one metadata request for the cluster id may take
 CLUSTER_ID_BACKOFF = (1.0, 30.0)  # first and longest wait between two such requests
 METADATA_CAP = "offset.metadata.max.bytes"
@@ -101,71 +104,24 @@ def consumer_settings(cfg: KafkaConfig) -> dict[str, Any]:
     return settings
 
 
-@dataclass(frozen=True)
-class ClusterFacts:
-    """What the brokers say about the cluster, read once at start-up."""
-
-    cluster_id: str
-    metadata_max_bytes: int | None  # offset.metadata.max.bytes (None: not readable)
-
-
 AdminFactory = Callable[[dict[str, Any]], Any]
 
 
-def describe_cluster(
+def read_metadata_cap(
     cfg: KafkaConfig, admin_factory: AdminFactory = kafka_admin.AdminClient
-) -> ClusterFacts:
-    """The cluster id and the brokers' metadata cap: one attempt (blocking; before
-    consuming). Raises KafkaException when no broker answers within CLUSTER_ID_TIMEOUT
-    (``wait_cluster`` retries), ClusterIdError naming the brokers when they report no
-    cluster id (Kafka before 0.10.1): retrying cannot help there. The cap is read with
-    DescribeConfigs (the smallest over the brokers); without that permission it is None
-    and the outlet relies on ``kafka.offset-metadata-max-bytes`` (an over-large value is
-    then reported by the first commit: OFFSET_METADATA_TOO_LARGE).
-    """
+) -> int | None:
+    """The brokers' ``offset.metadata.max.bytes`` (the smallest over the brokers), read
+    with DescribeConfigs once the cluster id was read (the brokers answer us). Without that
+    permission, or on any failure, None: the outlet relies on
+    ``kafka.offset-metadata-max-bytes`` (an over-large value is then reported by the first
+    commit: OFFSET_METADATA_TOO_LARGE)."""
     admin = admin_factory({**connection_settings(cfg), "logger": librdkafka_logger()})
-    metadata = admin.list_topics(timeout=CLUSTER_ID_TIMEOUT)
-    cluster_id = metadata.cluster_id
-    if not cluster_id:
-        raise ClusterIdError(
-            f"the Kafka brokers {','.join(cfg.brokers)} report no cluster id (Kafka older "
-            "than 0.10.1, or a Kafka-compatible service without one); the outlet scopes its "
-            "deduplication tokens with it and does not start without it"
-        )
-    return ClusterFacts(str(cluster_id), _metadata_cap(admin, list(metadata.brokers)))
-
-
-async def wait_cluster(
-    cfg: KafkaConfig,
-    metrics: Metrics,
-    describe: Callable[[KafkaConfig], ClusterFacts] = describe_cluster,
-) -> ClusterFacts:
-    """``describe_cluster`` until the brokers answer, backing off: unreachable brokers, a
-    refused login or a TLS failure can heal (the outlet waits, /readyz says why, one log
-    line per distinct failure); brokers that report no id cannot (ClusterIdError)."""
-    wait, longest = CLUSTER_ID_BACKOFF
-    last = ""
-    while True:
-        try:
-            facts = await trio.to_thread.run_sync(describe, cfg)
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            name = err.name() if isinstance(err, KafkaError) else type(exc).__name__
-            metrics.kafka_errors.labels(name).inc()
-            if name != last:
-                last = name
-                log.warning(
-                    "cannot read the Kafka cluster id from kafka.brokers %s (%s); the outlet "
-                    "scopes its deduplication tokens with it and consumes nothing until the "
-                    "brokers answer; retrying with backoff up to %g s",
-                    ",".join(cfg.brokers), name, longest,
-                )
-            await trio.sleep(wait)
-            wait = min(wait * 2, longest)
-            continue
-        if last:
-            log.info("Kafka cluster id read from kafka.brokers after retries")
-        return facts
+    try:
+        brokers = list(admin.list_topics(timeout=CLUSTER_ID_TIMEOUT).brokers)
+    except KafkaException as exc:
+        log.info("kafka: cannot read %s from the brokers (%s)", METADATA_CAP, exc)
+        return None
+    return _metadata_cap(admin, brokers)
 
 
 def _metadata_cap(admin: Any, broker_ids: list[int]) -> int | None:
@@ -186,15 +142,28 @@ def _metadata_cap(admin: Any, broker_ids: list[int]) -> int | None:
 ConsumerFactory = Callable[..., Any]  # confluent_kafka.Consumer or a fake of it
 
 
+class _Refused(Exception):
+    """The link wants a new consumer before the cluster id could be read."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class KafkaClient:
     """librdkafka as a RecordSource; see the thread rule in the module docstring."""
 
     def __init__(
-        self, cfg: KafkaConfig, metrics: Metrics, consumer_factory: ConsumerFactory = Consumer
+        self,
+        cfg: KafkaConfig,
+        metrics: Metrics,
+        consumer_factory: ConsumerFactory = Consumer,
+        admin_factory: AdminFactory = kafka_admin.AdminClient,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self._factory = consumer_factory
+        self._admin_factory = admin_factory
         self._consumer: Any = None
         self._hooks: SourceHooks | None = None
         self._assigned: set[int] = set()
@@ -202,15 +171,78 @@ class KafkaClient:
         self._answered: list[CommitRequest] = []
         self._lag_base: dict[int, int] = {}  # committed offset per partition
         self._last_lag = 0.0
+        self.link = KafkaLink(cfg, metrics, assigned=lambda: bool(self._assigned))
 
     # -- lifecycle ------------------------------------------------------------------------
+    async def cluster(self) -> ClusterFacts:
+        try:
+            cluster_id = await self._wait_cluster_id()
+        except ClusterIdError:
+            await self.aclose()
+            self._consumer = None
+            raise
+        cap = await trio.to_thread.run_sync(read_metadata_cap, self.cfg, self._admin_factory)
+        return ClusterFacts(cluster_id, cap)
+
     async def open(self, hooks: SourceHooks) -> None:
         self._hooks = hooks
+        if self._consumer is None:
+            await trio.to_thread.run_sync(self._create)
         await trio.to_thread.run_sync(self._subscribe)
 
+    async def _wait_cluster_id(self) -> str:
+        """Asks the brokers until they answer: the outlet never exits into a crash loop for
+        a cause that can heal; brokers that report no id cannot (ClusterIdError).
+
+        Brokers that cannot be reached (no answer within CLUSTER_ID_TIMEOUT) are asked
+        again after 1 s doubling to 30 s, logged once per distinct error. Brokers that
+        refuse us (credentials, mechanism, certificates: the link logs the class once and
+        counts each attempt) get a new consumer after the link's backoff, so that
+        librdkafka does not retry every 50 ms meanwhile; rotated TLS files at once.
+        """
+        wait, longest = CLUSTER_ID_BACKOFF
+        last = ""
+        while True:
+            if self._consumer is None:
+                await trio.to_thread.run_sync(self._create)
+            try:
+                cluster_id = await trio.to_thread.run_sync(
+                    self._read_cluster_id, CLUSTER_ID_TIMEOUT
+                )
+            except _Refused as refused:
+                await trio.to_thread.run_sync(self._consumer.close)
+                self._consumer = None
+                self.metrics.kafka_consumer_restarts.labels(refused.reason).inc()
+                if refused.reason == BACKOFF:
+                    await trio.sleep(self.link.backoff())
+                continue
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                name = err.name() if isinstance(err, KafkaError) else type(exc).__name__
+                self.metrics.kafka_errors.labels(name).inc()
+                if name != last:
+                    last = name
+                    log.warning(
+                        "cannot read the Kafka cluster id from kafka.brokers %s (%s); the "
+                        "outlet scopes its deduplication tokens with it and consumes nothing "
+                        "until the brokers answer; retrying with backoff up to %g s",
+                        ",".join(self.cfg.brokers), name, longest,
+                    )
+                await trio.sleep(wait)
+                wait = min(wait * 2, longest)
+                continue
+            if last:
+                log.info("Kafka cluster id read from kafka.brokers after retries")
+            self.link.working("cluster id read")
+            return cluster_id
+
+    def _create(self) -> None:
+        settings = {**consumer_settings(self.cfg), "error_cb": self.link.on_error}
+        self._consumer = self._factory(
+            settings, logger=quiet_connection_failures(librdkafka_logger()))
+        self._paused = False
+
     def _subscribe(self) -> None:
-        settings = consumer_settings(self.cfg)
-        self._consumer = self._factory(settings, logger=librdkafka_logger())
         self._consumer.subscribe(
             [self.cfg.topic],
             on_assign=self._assign_cb,
@@ -218,14 +250,72 @@ class KafkaClient:
             on_lost=self._lost_cb,
         )
 
+    def _read_cluster_id(self, timeout: float) -> str:
+        """The cluster id from the broker metadata, before anything is consumed.
+
+        KafkaException when no broker answers within `timeout`; ClusterIdError, naming the
+        brokers, when they report no id (Kafka before 0.10.1, some Kafka-compatible
+        services): retrying cannot help there; _Refused when the link wants a new consumer
+        (a failure that needs action, rotated files). Asks in slices of up to a second,
+        serving librdkafka's error callbacks between (metadata requests do not), so that
+        the link learns why no broker answers (the first slices are shorter: a refusal is
+        acted on after an attempt or two).
+        """
+        deadline = time.monotonic() + timeout
+        wait = 0.1  # doubling to 1 s
+        while True:
+            try:
+                metadata = self._consumer.list_topics(
+                    timeout=max(0.01, min(wait, deadline - time.monotonic())))
+                break
+            except KafkaException:
+                wait = min(1.0, wait * 2)
+                self._consumer.poll(0)  # error_cb: the link classifies, counts and logs
+                reason = self.link.restart_due()
+                if reason is not None:
+                    raise _Refused(reason) from None
+                if time.monotonic() >= deadline:
+                    raise
+        cluster_id = metadata.cluster_id
+        if not cluster_id:
+            raise ClusterIdError(
+                f"the Kafka brokers {','.join(self.cfg.brokers)} report no cluster id (Kafka "
+                "older than 0.10.1, or a Kafka-compatible service without one); the outlet "
+                "scopes its deduplication tokens with it and does not start without it"
+            )
+        return str(cluster_id)
+
     async def aclose(self) -> None:
         """Leave the group (the revoke callback runs once more, stopping)."""
         if self._consumer is not None:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._consumer.close)
 
+    def failure_reason(self) -> str:
+        return self.link.failure_reason()
+
+    async def _restart(self, reason: str) -> None:
+        """Recreate the consumer: after a failure that needs action, once a backoff delay
+        passed; after a rotation of kafka.tls files, at once (outlet/kafka_link.py).
+        Closing revokes our partitions first (settled and committed, as in any rebalance)."""
+        self.metrics.kafka_consumer_restarts.labels(reason).inc()
+        await trio.to_thread.run_sync(self._consumer.close)  # the revoke callback commits
+        self._consumer = None  # commits are synchronous: none is left unanswered
+        if reason == BACKOFF:
+            delay = self.link.backoff()
+            log.debug("kafka: consumer closed, next attempt in %.1fs (backoff)", delay)
+            await trio.sleep(delay)
+        else:
+            log.info("kafka: reconnecting with the new TLS files (the consumer rejoins "
+                     "its group)")
+        await trio.to_thread.run_sync(self._create)  # the cluster id is known: not re-read
+        await trio.to_thread.run_sync(self._subscribe)
+
     # -- poll (worker thread) -------------------------------------------------------------
     async def poll(self, request: PollRequest) -> Polled:
+        reason = self.link.restart_due()
+        if reason is not None:
+            await self._restart(reason)
         return await trio.to_thread.run_sync(self._poll, request)
 
     def _poll(self, request: PollRequest) -> Polled:
@@ -245,7 +335,10 @@ class KafkaClient:
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     self.metrics.kafka_errors.labels(err.name()).inc()
-                    log.warning("kafka error: %s", err)
+                    if err.name() in LINK_ERRORS:
+                        self.link.on_error(err)
+                    else:
+                        log.warning("kafka error: %s", err)
                 continue
             value = msg.value() or b""
             parts.append(msg.partition())
@@ -254,6 +347,8 @@ class KafkaClient:
             nbytes += len(value)
         self.metrics.kafka_messages.inc(len(vals))
         self.metrics.kafka_bytes.inc(nbytes)
+        if vals:
+            self.link.working("receiving records")
         answered, self._answered = self._answered, []
         return Polled(chunk, answered)
 
@@ -333,6 +428,7 @@ class KafkaClient:
         if self._paused:
             consumer.pause(partitions)
         log.info("kafka: assigned partitions %s", sorted(parts))
+        self.link.working("partitions assigned")
         assert self._hooks is not None
         with contextlib.suppress(trio.RunFinishedError):
             trio.from_thread.run_sync(self._hooks.assigned, parts, committed, metadata)

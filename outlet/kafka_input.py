@@ -54,8 +54,16 @@ COMMIT_ANSWER_TIMEOUT = 30.0  # seconds to wait for the broker's answer to a com
 
 class ClusterIdError(RuntimeError):
     """The Kafka cluster id (part of every deduplication token) cannot be determined, or
-    the brokers would refuse the ledger's metadata (read at start-up: outlet/kafka_client.py
-    ``describe_cluster``); the outlet does not start."""
+    the brokers would refuse the ledger's metadata (read at start-up: ``RecordSource.cluster``
+    and outlet/pipeline.py ``check_cluster``); the outlet does not start."""
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """What the brokers say about the cluster, read once at start-up."""
+
+    cluster_id: str
+    metadata_max_bytes: int | None  # offset.metadata.max.bytes (None: not readable)
 
 
 @dataclass
@@ -150,6 +158,12 @@ class SourceHooks(Protocol):
 class RecordSource(Protocol):
     """The consumer: librdkafka (outlet/kafka_client.py) or a fake."""
 
+    async def cluster(self) -> ClusterFacts:
+        """Wait until the brokers answer (backing off while they cannot be reached or
+        refuse us), then their cluster id and metadata cap, before joining the group.
+        Raises ClusterIdError, naming the brokers, when they report no id."""
+        ...
+
     async def open(self, hooks: SourceHooks) -> None:
         """Join the group (subscribe); rebalance callbacks then run inside polls."""
         ...
@@ -157,6 +171,10 @@ class RecordSource(Protocol):
     async def poll(self, request: PollRequest) -> Polled: ...
 
     async def aclose(self) -> None: ...
+
+    def failure_reason(self) -> str:
+        """Why the brokers cannot be reached now ('' when they can), for /readyz."""
+        ...
 
 
 class RebalanceHooks(Protocol):
@@ -237,6 +255,10 @@ class KafkaInput:
         self._stopping = False
         self._forward_scope = trio.CancelScope()
 
+    async def cluster(self) -> ClusterFacts:
+        """See RecordSource.cluster: before open (the ledger is built from it)."""
+        return await self._source.cluster()
+
     async def open(self, hooks: RebalanceHooks) -> None:
         """Join the group; from now on rebalances call `hooks` (inside polls)."""
         self._hooks = hooks
@@ -247,6 +269,10 @@ class KafkaInput:
 
     async def aclose(self) -> None:
         await self._source.aclose()
+
+    def link_problem(self) -> str:
+        """What keeps the consumer from its brokers ('' when nothing does)."""
+        return self._source.failure_reason()
 
     # -- the pipeline's calls -------------------------------------------------------------
     async def commit(

@@ -31,6 +31,8 @@ KAFKA_PAUSED = "outlet_kafka_paused"
 KAFKA_COMMITTED_OFFSET = "outlet_kafka_committed_offset"
 KAFKA_CONSUMERGROUP_LAG_MESSAGES = "outlet_kafka_consumergroup_lag_messages"
 KAFKA_COMMITS_TOTAL = "outlet_kafka_commits_total"
+KAFKA_CONNECTION_ERRORS_TOTAL = "outlet_kafka_connection_errors_total"
+KAFKA_CONSUMER_RESTARTS_TOTAL = "outlet_kafka_consumer_restarts_total"
 # decoding
 FLOWS_RECEIVED_TOTAL = "outlet_flows_received_total"
 DECODE_ERRORS_TOTAL = "outlet_decode_errors_total"
@@ -52,6 +54,11 @@ DESTINATION_RETRIES_EXCEEDED_FLOWS_TOTAL = "outlet_destination_retries_exceeded_
 DESTINATION_QUEUED_BATCHES = "outlet_destination_queued_batches"
 DESTINATION_LAST_SUCCESS_TIMESTAMP_SECONDS = "outlet_destination_last_success_timestamp_seconds"
 DESTINATION_UP = "outlet_destination_up"
+DESTINATION_TLS_RELOADS_TOTAL = "outlet_destination_tls_reloads_total"
+# TLS files (every link)
+TLS_CLIENT_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS = (
+    "outlet_tls_client_certificate_expiry_timestamp_seconds"
+)
 # deduplication the servers did (outlet/dedup_audit.py), label attempt: first | repeat
 DESTINATION_DEDUPLICATED_BATCHES_TOTAL = "outlet_destination_deduplicated_batches_total"
 DESTINATION_DEDUPLICATED_FLOWS_TOTAL = "outlet_destination_deduplicated_flows_total"
@@ -151,6 +158,27 @@ class Metrics:
         )
         self.kafka_commits = Counter(
             KAFKA_COMMITS_TOTAL, "Successful offset commits.", registry=r
+        )
+        self.kafka_connection_errors = Counter(
+            KAFKA_CONNECTION_ERRORS_TOTAL,
+            "Failed connection attempts to brokers, by reason (auth, sasl-mechanism, "
+            "certificate-*, hostname-mismatch, tls-handshake, transport, other).",
+            ["reason"],
+            registry=r,
+        )
+        self.kafka_consumer_restarts = Counter(
+            KAFKA_CONSUMER_RESTARTS_TOTAL,
+            "Consumers recreated: tls-files-changed (rotation), backoff (after a failure "
+            "that needs action).",
+            ["reason"],
+            registry=r,
+        )
+        # TLS files
+        self.tls_client_cert_expiry = Gauge(
+            TLS_CLIENT_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS,
+            "notAfter of the client certificate in use (unix time), per cert-file.",
+            ["file"],
+            registry=r,
         )
         # decoding
         self.flows_received = Counter(
@@ -279,6 +307,12 @@ class Metrics:
         self.dest_up = Gauge(
             DESTINATION_UP,
             "1 when the last insert attempt succeeded, 0 when it failed.",
+            d,
+            registry=r,
+        )
+        self.dest_tls_reloads = Counter(
+            DESTINATION_TLS_RELOADS_TOTAL,
+            "TLS files changed on disk and taken into use (new connections use them).",
             d,
             registry=r,
         )

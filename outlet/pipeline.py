@@ -43,8 +43,8 @@ from outlet.config import ConnectionConfig, DestinationConfig, KafkaConfig, Outl
 from outlet.destination import Destination, Fallback
 from outlet.fallback import GiveUp, SpoolLane
 from outlet.fanout import DestinationSet, FanOut, Opened
-from outlet.kafka_client import ClusterFacts, KafkaClient, wait_cluster
-from outlet.kafka_input import Chunk, ClusterIdError, KafkaInput, RecordSource
+from outlet.kafka_client import KafkaClient
+from outlet.kafka_input import Chunk, ClusterFacts, ClusterIdError, KafkaInput, RecordSource
 from outlet.ledger import LegacyLedger, RunSync
 from outlet.logs import set_level, setup_logging
 from outlet.metrics import Metrics
@@ -58,6 +58,7 @@ from outlet.writer import (
     ClickHouseWriter,
     ConnectionFor,
     ReplaceableWriter,
+    TLSMetrics,
     Writer,
     probe_connection,
 )
@@ -110,10 +111,9 @@ class Backends:
     Each factory opens one resource; ``Outlet.run`` closes what they return. ``disk``
     runs the blocking local-disk calls of the old ledger file and the spools: worker
     threads in production, inline in tests that need a deterministic clock
-    (trio.testing.MockClock). ``cluster`` tells the Kafka cluster id and metadata cap.
+    (trio.testing.MockClock).
     """
 
-    cluster: Callable[[KafkaConfig, Metrics], Awaitable[ClusterFacts]] = wait_cluster
     source: Callable[[KafkaConfig, Metrics], RecordSource] = KafkaClient
     encoder: Callable[[OutletConfig], Awaitable[Encoder]] = _chdb_encoder
     writer: Callable[[ConnectionConfig], Writer] = ClickHouseWriter
@@ -246,6 +246,8 @@ class Outlet:
         self.source = source
         self.state = RunState()
         self.parts: Parts | None = None
+        self._kafka: KafkaInput | None = None
+        self._opening = trio.CancelScope()
         self._reconfiguring = trio.Lock()
         self.state_disk = StateDisk(cfg.state_path, self.metrics, self._abandon_if_stopping)
         self._sealing = trio.CancelScope()  # the batcher; cancelled only by _abandon_if_stopping
@@ -253,8 +255,11 @@ class Outlet:
     async def _open(self, stack: contextlib.AsyncExitStack) -> Parts:
         cfg, metrics, b = self.cfg, self.metrics, self.backends
         Path(cfg.state_path).mkdir(parents=True, exist_ok=True)
+        kafka = KafkaInput(cfg.kafka, metrics, b.source(cfg.kafka, metrics))
+        stack.push_async_callback(kafka.aclose)
+        self._kafka = kafka  # /readyz while the brokers are waited for
         self.state.opening = "waiting for the Kafka cluster id (see the log)"
-        facts = await b.cluster(cfg.kafka, metrics)  # waits; ClusterIdError: no start
+        facts = await kafka.cluster()  # waits for the brokers; ClusterIdError: no start
         self.state.opening = "starting"
         check_cluster(cfg.kafka, facts)
         identity = self._scope_tokens(facts.cluster_id)
@@ -262,8 +267,6 @@ class Outlet:
                               facts.cluster_id, b.disk, self.state_disk.compact_failed)
         encoder = await b.encoder(cfg)
         stack.push_async_callback(encoder.aclose)
-        kafka = KafkaInput(cfg.kafka, metrics, b.source(cfg.kafka, metrics))
-        stack.push_async_callback(kafka.aclose)
         ledger = KafkaLedger(cfg.kafka.topic, identity.token_identity, facts.cluster_id,
                              cfg.kafka.offset_metadata_max_bytes, kafka, metrics)
         dest_cfgs = cfg.destinations()
@@ -313,11 +316,13 @@ class Outlet:
         probes (SELECT 1 bounded by dial-timeout) and the spool replay; each is
         replaceable (live reconfiguration: outlet/fanout.py)."""
         b = self.backends
+        tls = TLSMetrics(cfg.name, self.metrics)
         writers: list[ReplaceableWriter] = []
 
         def writer(connection: ConnectionFor | None = None) -> ReplaceableWriter:
             w = ReplaceableWriter.of(b.writer, cfg.connection, connection)
             stack.push_async_callback(w.aclose)
+            tls.follow(w)
             writers.append(w)
             return w
 
@@ -342,26 +347,33 @@ class Outlet:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until SIGTERM/SIGINT, request_stop() or cancellation; flush and commit on
         the way out (not on cancellation: uncommitted batches are rebuilt next time)."""
-        async with trio.open_nursery() as http:
-            if self.backends.http is not None:  # from the start: /readyz says what we wait for
-                http.start_soon(
+        failed: Exception | None = None
+        async with trio.open_nursery() as outer:
+            if self.backends.http is not None:  # up first: /readyz says why start-up waits
+                outer.start_soon(
                     self.backends.http, self.cfg.http_listen, self.metrics.registry, self.ready
                 )
-            async with contextlib.AsyncExitStack() as stack:
-                parts = await self._open(stack)
-                self.parts = parts
-                try:
-                    await self._run(parts, task_status)
-                finally:
-                    self.state.stopping = True
-            http.cancel_scope.cancel()
+            outer.start_soon(self._watch_signals)  # a stop while the cluster id is awaited
+            try:
+                async with contextlib.AsyncExitStack() as stack:
+                    with self._opening:
+                        self.parts = await self._open(stack)
+                    if self.parts is not None:
+                        try:
+                            await self._run(self.parts, task_status)
+                        finally:
+                            self.state.stopping = True
+            except Exception as exc:  # raised as before (ClusterIdError), not in a group
+                failed = exc
+            outer.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
 
     async def _run(self, parts: Parts, task_status: trio.TaskStatus[None]) -> None:
         send, recv = parts.channel
         async with trio.open_nursery() as services:
             await services.start(parts.kafka.run, send)
             services.start_soon(parts.committer.run, parts.ledger)
-            services.start_soon(self._watch_signals)
             async with trio.open_nursery() as writers:
                 await writers.start(parts.destinations.run)
                 if self.source is not None:
@@ -448,6 +460,8 @@ class Outlet:
         self.state.stopping = True
         if self.parts is not None:
             self.parts.kafka.stop()
+        else:  # still opening (waiting for the cluster id): nothing read, nothing to flush
+            self._opening.cancel()
         self._abandon_if_stopping()
 
     def _abandon_if_stopping(self) -> None:
@@ -463,10 +477,13 @@ class Outlet:
     def ready(self) -> tuple[bool, str]:
         """Ready when assigned partitions and the primary's last attempt succeeded."""
         if self.parts is None:
-            return False, self.state.opening
+            why = self._kafka.link_problem() if self._kafka is not None else ""
+            return False, (f"waiting for the Kafka cluster id ({why})" if why
+                           else self.state.opening)
         primary = self.parts.destinations.primary
         if not self.parts.kafka.ever_assigned:
-            return False, "waiting for Kafka partition assignment"
+            why = self.parts.kafka.link_problem()
+            return False, "waiting for Kafka partition assignment" + (f" ({why})" if why else "")
         if self.state_disk.failing:
             return False, f"consumption paused: state disk failing ({self.state_disk.failing})"
         if not primary.healthy:

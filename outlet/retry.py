@@ -9,6 +9,11 @@ error, then by exception type:
 =========================  ===========  ==========  ==========================================
 failure                    kind         retriable   why
 =========================  ===========  ==========  ==========================================
+a classified TLS failure   its reason   no          certificate-untrusted, certificate-expired,
+                                                    hostname-mismatch, client-certificate-
+                                                    rejected, tls-handshake
+                                                    (outlet/linkfailure.py): a certificate or
+                                                    a setting must change
 timeout (any code)         timeout      yes         the server may be slow or the link cut
 code 516                   auth         no          wrong credentials stay wrong
 code in PERMANENT_CODES    permanent    no          unknown table/column, types, syntax...
@@ -45,6 +50,7 @@ from dataclasses import dataclass
 import trio
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
+from outlet import linkfailure as lf
 from outlet.config import ConnectionConfig
 
 # Server codes worth retrying (from the ClickHouse Kafka Connect sink, see NOTES.md):
@@ -54,7 +60,9 @@ TRANSIENT_CODES = frozenset({159, 164, 202, 203, 209, 210, 241, 242, 252, 285, 3
 PERMANENT_CODES = frozenset({516, 60, 81, 16, 47, 53, 70, 27, 33, 62, 192, 194, 497})
 AUTH_CODE = 516
 
-ERROR_KINDS = ("connect", "timeout", "auth", "permanent", "server", "other")
+ERROR_KINDS = ("connect", "timeout", "auth", "permanent", "server", "other", *lf.TLS_REASONS)
+# Kinds after which the next insert goes to the next server (failover), on a new client.
+FAILOVER_KINDS = frozenset({"connect", "timeout", *lf.TLS_REASONS})
 
 _CODE_RE = re.compile(r"Code: (\d+)")
 # Connection failures before anything was sent (urllib3 and OS wordings).
@@ -80,6 +88,8 @@ class InsertFailure:
 
 def classify(exc: BaseException) -> InsertFailure:
     """Sort an insert exception into the kinds of the table in the module docstring."""
+    if isinstance(exc, lf.LinkError):  # the writer named a TLS failure
+        return InsertFailure(exc.failure.reason, False, None, exc.failure.message)
     text = str(exc) or type(exc).__name__  # TooSlowError and others have no message
     match = _CODE_RE.search(text)
     code = int(match.group(1)) if match else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,13 +19,20 @@ from urllib.parse import urlsplit
 
 import clickhouse_connect
 import trio
+import urllib3
+from clickhouse_connect.driver.httputil import get_pool_manager_options
 
+from outlet import linkfailure as lf
 from outlet import schema
 from outlet.batch import EncodedJob
 from outlet.config import ConnectionConfig
-from outlet.retry import classify
+from outlet.metrics import Metrics
+from outlet.retry import FAILOVER_KINDS, classify
+from outlet.tlsfiles import TLSFiles, track_expiry
 
 log = logging.getLogger(__name__)
+
+PROBE_EVERY = 30.0  # seconds between diagnostic TLS handshakes of one writer to one server
 
 
 @dataclass(frozen=True)
@@ -77,12 +85,29 @@ class ClickHouseWriter:
     """Inserts with clickhouse-connect (blocking, so in a worker thread).
 
     Several servers mean failover in order: a connection failure moves to the next.
+
+    HTTPS uses a connection pool of ours whose SSL context is built from the link's TLS
+    files (outlet/tlsfiles.py): before each request (insert, probe, audit query) the files
+    are checked, and when they
+    changed (rotation) and load, the clients are rebuilt so that the next insert
+    connects with them. A client certificate is only the transport's: the user still
+    authenticates with username and password (given a client certificate,
+    clickhouse-connect would switch to ClickHouse's certificate authentication and drop
+    the password).
     """
 
     def __init__(self, conn: ConnectionConfig) -> None:
         self.conn = conn
         self._clients: dict[str, Any] = {}
+        self._pools: dict[str, urllib3.PoolManager] = {}
         self._current = 0
+        self.tls: TLSFiles | None = None
+        if any(url.startswith("https://") for url in conn.servers):
+            t = conn.tls
+            self.tls = TLSFiles(t.verify, t.ca_file, t.cert_file, t.key_file,
+                                f"clickhouse {conn.servers[0]}: tls")
+        self.on_tls_reload: Callable[[], None] | None = None
+        self._probed: dict[str, tuple[float, lf.LinkFailure | None]] = {}
 
     @property
     def server(self) -> str:
@@ -96,7 +121,6 @@ class ClickHouseWriter:
         url = self.server
         client = self._clients.get(url)
         if client is None:
-            tls = self.conn.tls
             parsed = urlsplit(url)
             secure = parsed.scheme == "https"
             kwargs: dict[str, Any] = {
@@ -112,17 +136,40 @@ class ClickHouseWriter:
                 "send_receive_timeout": self.conn.insert_timeout,
                 "compress": False,
                 "autogenerate_session_id": False,
-                "verify": tls.verify,
             }
-            if tls.ca_file:
-                kwargs["ca_cert"] = tls.ca_file
-            if tls.cert_file:
-                kwargs["client_cert"] = tls.cert_file
-            if tls.key_file:
-                kwargs["client_cert_key"] = tls.key_file
+            if secure and self.tls is not None:
+                pool = urllib3.PoolManager(
+                    ssl_context=self.tls.context,
+                    **get_pool_manager_options(verify=self.tls.verify),
+                )
+                self._pools[url] = pool
+                kwargs["pool_mgr"] = pool
             client = clickhouse_connect.get_client(**kwargs)
             self._clients[url] = client
         return client
+
+    def _follow_rotation(self) -> None:
+        """New TLS files on disk: the next connections (all of them) use them."""
+        if self.tls is not None and self.tls.changed() and self.tls.refresh():
+            for url in list(self._clients):
+                self._drop_client(url)
+            if self.on_tls_reload is not None:
+                self.on_tls_reload()
+
+    def _tls_failure(self, exc: BaseException) -> lf.LinkFailure | None:
+        """The TLS reason of a failed insert; an ambiguous one (a TLS 1.3 server that
+        refuses our certificate shows as an early EOF) is named by a handshake of our own
+        (at most every PROBE_EVERY seconds per server)."""
+        failure = lf.ssl_failure(exc)
+        if failure is None or failure.reason != lf.TLS_HANDSHAKE or self.tls is None:
+            return failure
+        parsed = urlsplit(self.server)
+        now = time.monotonic()
+        cached = self._probed.get(self.server)
+        if cached is None or now - cached[0] >= PROBE_EVERY:
+            found = lf.probe(parsed.hostname or "", parsed.port or 8443, self.tls.context)
+            cached = self._probed[self.server] = (now, found)
+        return cached[1] or failure
 
     async def write(self, job: EncodedJob) -> InsertResult:
         return await trio.to_thread.run_sync(self.insert, job, abandon_on_cancel=True)
@@ -172,31 +219,70 @@ class ClickHouseWriter:
         return rows
 
     def _call(self, fn: Callable[[Any], Any]) -> Any:
+        self._follow_rotation()
         try:
             return fn(self.client())
         except Exception as exc:
-            failure = classify(exc)
-            if failure.kind in ("connect", "timeout"):
+            tls_failure = self._tls_failure(exc)
+            failure = classify(lf.LinkError(tls_failure) if tls_failure else exc)
+            if failure.kind in FAILOVER_KINDS:
                 self._drop_client()
                 self._current = (self._current + 1) % len(self.conn.servers)
+            if tls_failure is not None:
+                raise lf.LinkError(tls_failure) from exc
             raise
 
-    def _drop_client(self) -> None:
-        client = self._clients.pop(self.server, None)
-        if client is not None:
-            try:
+    def _drop_client(self, url: str | None = None) -> None:
+        url = url or self.server
+        client = self._clients.pop(url, None)
+        pool = self._pools.pop(url, None)
+        try:
+            if client is not None:
                 client.close()
-            except Exception:  # closing a broken client must not mask the real error
-                log.debug("closing client failed", exc_info=True)
+            if pool is not None:
+                pool.clear()  # ours, not the client's: close its connections too
+        except Exception:  # closing a broken client must not mask the real error
+            log.debug("closing client failed", exc_info=True)
 
     def close(self) -> None:
         for url in list(self._clients):
-            self._current = self.conn.servers.index(url)
-            self._drop_client()
+            self._drop_client(url)
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self.close)
+
+
+class TLSMetrics:
+    """A destination's TLS files on its metrics: the client certificate's expiry and
+    ``outlet_destination_tls_reloads_total`` (its live and replay writers follow the same
+    files: a new set counts once)."""
+
+    def __init__(self, destination: str, metrics: Metrics) -> None:
+        self.destination = destination
+        self.metrics = metrics
+        self._in_use: object = None
+        metrics.dest_tls_reloads.labels(destination)
+
+    def follow(self, writer: Writer) -> None:
+        """Publish ``writer``'s TLS files from now on (a writer without any: nothing); a
+        replaceable one's, and those of the transports that replace it (reconfiguration)."""
+        if isinstance(writer, ReplaceableWriter):
+            writer.on_replace = self.follow
+            writer = writer.transport
+        if not isinstance(writer, ClickHouseWriter) or writer.tls is None:
+            return
+        files = writer.tls
+        files.where = f"destination {self.destination}: tls"
+        self._in_use = files.signature
+        track_expiry(self.metrics.tls_client_cert_expiry, files)
+        writer.on_tls_reload = lambda: self._reloaded(files)
+
+    def _reloaded(self, files: TLSFiles) -> None:
+        track_expiry(self.metrics.tls_client_cert_expiry, files)
+        if files.signature != self._in_use:
+            self._in_use = files.signature
+            self.metrics.dest_tls_reloads.labels(self.destination).inc()
 
 
 #: The connection one user of a destination's connection gets from the destination's own.
@@ -219,6 +305,7 @@ class ReplaceableWriter:
         self._current = writer
         self._next: Writer | None = None
         self.connection: ConnectionFor = connection or _same
+        self.on_replace: Callable[[Writer], None] | None = None  # TLSMetrics follows it
 
     @classmethod
     def of(cls, make: Callable[[ConnectionConfig], Writer], conn: ConnectionConfig,
@@ -229,10 +316,17 @@ class ReplaceableWriter:
 
     @property
     def server(self) -> str:
-        return (self._next or self._current).server
+        return self.transport.server
+
+    @property
+    def transport(self) -> Writer:
+        """The writer the next call uses."""
+        return self._next or self._current
 
     async def replace(self, writer: Writer) -> None:
         pending, self._next = self._next, writer
+        if self.on_replace is not None:
+            self.on_replace(writer)
         if pending is not None:  # replaced again before it was used
             await pending.aclose()
 

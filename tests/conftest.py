@@ -2,7 +2,10 @@
 
 Set STACK_DIR to reuse a running stack (`make up` then `STACK_DIR=.stack make test`); when it
 is unset or unhealthy, the session starts its own stack in a temporary directory and stops
-it at the end. Tests marked `stack` (or asking for the `stack` fixture) get it.
+it at the end. Tests marked `stack` (or asking for the `stack` fixture) get it. When a test
+marked `secure` is collected, the session's stack has the secure listeners
+(teststack/secure.py; a running STACK_DIR stack without them is not reused): a run that
+selects none does not pay for their start.
 
 The multi-dc stack (`multi_dc_stack`: two Kafkas, local-a, local-b, central) is started
 only by the tests that ask for it; MULTI_DC_STACK_DIR reuses a running one (`make up
@@ -20,29 +23,38 @@ import pytest
 from teststack import prometheus as prom
 from teststack import stack as stk
 
+SECURE_STACK = pytest.StashKey[bool]()
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         names = getattr(item, "fixturenames", ())
-        if ("stack" in names or "multi_dc_stack" in names) and not item.get_closest_marker(
-            "stack"
-        ):
+        needs_stack = "stack" in names or "multi_dc_stack" in names or item.get_closest_marker(
+            "secure")
+        if needs_stack and not item.get_closest_marker("stack"):
             item.add_marker(pytest.mark.stack)
+    config.stash[SECURE_STACK] = any(item.get_closest_marker("secure") for item in items)
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stk.Endpoints]:
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[stk.Endpoints]:
+    secure = request.config.stash.get(SECURE_STACK, False)
     env_dir = os.environ.get("STACK_DIR")
     if env_dir and stk.is_healthy(env_dir):
-        yield stk.Endpoints.load(env_dir)
-        return
+        running = stk.Endpoints.load(env_dir)
+        if running.secure is not None or not secure:
+            yield running
+            return
     sdir: Path = tmp_path_factory.mktemp("stack")
     timings: dict[str, float] = {}
     try:
-        endpoints = stk.start_stack(sdir, timings=timings)
+        endpoints = stk.start_stack(sdir, timings=timings, secure=secure)
     except stk.StackError as e:
         pytest.fail(f"stack start failed: {e}\n{e.log_tail(40)}", pytrace=False)
-    print(f"\nstack started in {timings.get('total', 0):.1f} s ({sdir})")
+    print(f"\nstack started in {timings.get('total', 0):.1f} s ({sdir}"
+          f"{', secure listeners' if secure else ''})")
     try:
         yield endpoints
     finally:

@@ -458,11 +458,14 @@ def _channels(proc: _Proc, http: str) -> dict[str, str]:
 
 
 @pytest.mark.stack
+@pytest.mark.secure
 @pytest.mark.timeout(240)
 def test_a_running_outlet_shows_no_secret(stack: Endpoints, tmp_path: Path) -> None:
     """Real outlets, logs in both formats, every insert refused (wrong passwords), and one
-    whose Kafka login (SASL over TLS, planted password and files) fails: stdout, stderr,
-    the logs, /metrics and /readyz hold none of the planted secrets."""
+    whose Kafka login is refused by the broker (SASL SCRAM-SHA-512 over TLS on the secure
+    stack's listener, a real user with a planted wrong password, planted client files):
+    stdout, stderr, the logs, /metrics and /readyz hold none of the planted secrets."""
+    assert stack.secure is not None, "the session stack has no secure listeners"
     topic = f"secrets-{secrets.token_hex(4)}"
     create_topic(stack, topic, 1)
     runs: dict[str, tuple[_Proc, str, Planted]] = {}
@@ -471,8 +474,10 @@ def test_a_running_outlet_shows_no_secret(stack: Endpoints, tmp_path: Path) -> N
         runs[fmt] = (_outlet_run(tmp_path, f"outlet-{fmt}", cfg, planted.env),
                      "http://" + cfg["http"]["listen"], planted)
     sasl = Planted()
-    kafka_cfg = {"brokers": [stack.kafka.bootstrap], "topic": topic, "consumer-group": "sasl",
-                 "sasl": {"mechanism": "SCRAM-SHA-512", "username": "outlet"},
+    scram = stack.secure.user("SCRAM-SHA-512")
+    kafka_cfg = {"brokers": [stack.secure.kafka_sasl_ssl], "topic": topic,
+                 "consumer-group": "sasl",
+                 "sasl": {"mechanism": "SCRAM-SHA-512", "username": scram.username},
                  "tls": {"enable": True, "ca-file": stack.ca_file}}
     cfg = {"kafka": kafka_cfg, "http": {"listen": f"127.0.0.1:{free_port()}"},
            "clickhousedb": {"servers": [stack.clickhouse["local"].url],
@@ -502,7 +507,9 @@ def test_a_running_outlet_shows_no_secret(stack: Endpoints, tmp_path: Path) -> N
         proc, http, _ = runs["sasl"]
         _wait("the outlet with SASL serving /readyz",
               lambda: _get(http + "/readyz")[0] == 503, 60, proc)
-        time.sleep(3)  # librdkafka retries its connection meanwhile (logged)
+        _wait("the broker refusing the SASL login", lambda: metric_value(
+            parse_metrics(_get(http + "/metrics")[1]), names.KAFKA_CONNECTION_ERRORS_TOTAL,
+            reason="auth") >= 2, 60, proc)
         seen = {name: _channels(p, h) for name, (p, h, _) in runs.items()}
     finally:
         codes = {name: p.stop() for name, (p, _, _) in runs.items()}
@@ -524,8 +531,11 @@ def test_a_running_outlet_shows_no_secret(stack: Endpoints, tmp_path: Path) -> N
                   if line.startswith("{")]
     assert json_lines and all("message" in line for line in json_lines)
     assert json.loads(seen["sasl"]["/readyz"])["reason"] == (
-        "waiting for the Kafka cluster id (see the log)")
-    assert codes["human"] == 0 and codes["json"] == 0, codes
+        "waiting for the Kafka cluster id (auth)")
+    sasl_log = runs["sasl"][0].output()[1]
+    assert sasl_log.count("SASL authentication failed") == 1, sasl_log[-3000:]
+    assert scram.password not in sasl_log  # the real one, never configured here
+    assert codes == {"human": 0, "json": 0, "sasl": 0}, codes  # sasl: stopped while waiting
 
 
 @pytest.mark.stack

@@ -678,9 +678,10 @@ class Handler(BaseHTTPRequestHandler):
             ms = (time.perf_counter() - t0) * 1000
             sql = " ".join(out.sql.split())[:160]
             log.info(
-                "%s %s %s status=%d rows=%d ms=%.1f engine_ms=%.1f enc=%s query=%r",
+                "%s %s %s status=%d rows=%d ms=%.1f engine_ms=%.1f enc=%s cert=%s query=%r",
                 self.client_address[0], self.command, url.path, out.status, out.rows, ms,
-                out.engine_ms, self.headers.get("Content-Encoding") or "-", sql,
+                out.engine_ms, self.headers.get("Content-Encoding") or "-",
+                peer_name(self.connection), sql,
             )  # fmt: skip
 
     def _dispatch(
@@ -971,6 +972,31 @@ def _chain_first(first: memoryview, rest: Iterator[bytes]) -> Iterator[bytes | m
     yield from rest
 
 
+def server_context(certfile: str, keyfile: str, client_ca_file: str | None = None,
+                   verification: str = "strict") -> ssl.SSLContext:
+    """The TLS context of an HTTPS port; with ``client_ca_file``, client certificates are
+    verified against it, as ClickHouse's ``verificationMode``: ``strict`` requires one
+    (a client without a certificate, or with one the CA did not sign, fails the handshake),
+    ``relaxed`` verifies one only when presented."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(certfile, keyfile)
+    if client_ca_file:
+        ctx.load_verify_locations(client_ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED if verification == "strict" else ssl.CERT_OPTIONAL
+    return ctx
+
+
+def peer_name(sock: Any) -> str:
+    """The verified client certificate's common name (``-`` without one), for the log."""
+    getpeercert = getattr(sock, "getpeercert", None)
+    cert = getpeercert() if getpeercert is not None else None
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return "-"
+
+
 class ChServer(ThreadingHTTPServer):
     """Threaded HTTP(S) server sharing one Engine."""
 
@@ -998,6 +1024,11 @@ class ChServer(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]
+        if isinstance(exc, ssl.SSLError) and self.ssl_ctx is not None:
+            # A refused client certificate, an unknown CA, a plain-HTTP client: worth
+            # seeing in the server's log (WARNING is what the stack keeps).
+            log.warning("TLS with %s failed: %s", client_address[0], exc)
+            return
         if isinstance(exc, (ConnectionError, TimeoutError, ssl.SSLError, ClientGone, OSError)):
             log.info("connection from %s ended: %s", client_address[0], exc)
             return
@@ -1016,8 +1047,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--http-port", type=int, default=0)
     p.add_argument("--https-port", type=int, default=None)
-    p.add_argument("--certfile")
-    p.add_argument("--keyfile")
+    p.add_argument("--certfile", help="server certificate (PEM) of the HTTPS ports")
+    p.add_argument("--keyfile", help="its private key (PEM)")
+    p.add_argument(
+        "--mtls-port", type=int, default=None,
+        help="also serve HTTPS on this port, verifying client certificates against "
+             "--client-ca-file (ClickHouse's openSSL.server.verificationMode)",
+    )  # fmt: skip
+    p.add_argument("--client-ca-file", help="CA bundle (PEM) that signs accepted client certs")
+    p.add_argument(
+        "--mtls-verification-mode", choices=("strict", "relaxed"), default="strict",
+        help="strict: a client certificate is required; relaxed: verified when presented",
+    )  # fmt: skip
     p.add_argument("--data-dir", required=True)
     p.add_argument("--user", default="default")
     p.add_argument("--password", default="")
@@ -1032,6 +1073,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.https_port is not None and not (args.certfile and args.keyfile):
         p.error("--https-port needs --certfile and --keyfile")
+    if args.mtls_port is not None and not (args.certfile and args.keyfile
+                                           and args.client_ca_file):
+        p.error("--mtls-port needs --certfile, --keyfile and --client-ca-file")
     return args
 
 
@@ -1088,14 +1132,17 @@ def main(argv: list[str] | None = None) -> int:
     config = Config(
         user=args.user, password=args.password, keep_alive_timeout=args.keep_alive_timeout
     )
-    servers: list[ChServer] = [ChServer((args.host, args.http_port), engine, config)]
+    servers: dict[str, ChServer] = {"http": ChServer((args.host, args.http_port), engine, config)}
     if args.https_port is not None:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(args.certfile, args.keyfile)
-        servers.append(ChServer((args.host, args.https_port), engine, config, ctx))
+        ctx = server_context(args.certfile, args.keyfile)
+        servers["https"] = ChServer((args.host, args.https_port), engine, config, ctx)
+    if args.mtls_port is not None:
+        ctx = server_context(args.certfile, args.keyfile, args.client_ca_file,
+                             args.mtls_verification_mode)
+        servers["mtls"] = ChServer((args.host, args.mtls_port), engine, config, ctx)
     threads = [
         threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
-        for s in servers
+        for s in servers.values()
     ]
     for t in threads:
         t.start()
@@ -1103,21 +1150,18 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    https_port = servers[1].server_address[1] if len(servers) > 1 else 0
-    print(f"READY http={servers[0].server_address[1]} https={https_port}", flush=True)
+    ports = " ".join(f"{name}={s.server_address[1]}" for name, s in servers.items())
+    if "https" not in servers:
+        ports += " https=0"  # the READY line always names the https port (docs/CONTRACTS.md)
+    print(f"READY {ports}", flush=True)
     # Nothing else goes to stdout: a parent that stops reading the pipe must not block us.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
-    log.warning(
-        "chserver listening http=%s https=%s data=%s",
-        servers[0].server_address[1],
-        https_port,
-        data_dir,
-    )
+    log.warning("chserver listening %s data=%s", ports, data_dir)
     while not stop.wait(5.0):
         engine.expire_sessions()
     log.warning("chserver stopping")
-    for s in servers:
+    for s in servers.values():
         s.shutdown()
         s.server_close()
     engine.close()

@@ -57,6 +57,7 @@ class ChServerProcess:
     password: str = field(repr=False)
     log_file: Path | None
     stderr_file: Path
+    mtls_port: int = 0
 
     @property
     def pid(self) -> int:
@@ -69,6 +70,11 @@ class ChServerProcess:
     @property
     def https_url(self) -> str | None:
         return f"https://{self.host}:{self.https_port}" if self.https_port else None
+
+    @property
+    def mtls_url(self) -> str | None:
+        """The HTTPS port that verifies client certificates (``mtls_port`` given)."""
+        return f"https://{self.host}:{self.mtls_port}" if self.mtls_port else None
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -118,6 +124,8 @@ def start_chserver(
     https_port: int | None = None,
     certfile: str | os.PathLike[str] | None = None,
     keyfile: str | os.PathLike[str] | None = None,
+    mtls_port: int | None = None,
+    client_ca_file: str | os.PathLike[str] | None = None,
     log_file: str | os.PathLike[str] | None = None,
     stderr_file: str | os.PathLike[str] | None = None,
     ready_timeout: float = 60.0,
@@ -129,7 +137,9 @@ def start_chserver(
     """Start ``python -m teststack.chserver`` and wait for its ``READY`` line.
 
     Ports default to 0 (the server binds a free port and reports it: no race). Pass
-    ``https_port=0`` with ``certfile``/``keyfile`` to also serve HTTPS. Raises
+    ``https_port=0`` with ``certfile``/``keyfile`` to also serve HTTPS, ``mtls_port=0``
+    with them and ``client_ca_file`` to also serve HTTPS that requires client certificates
+    signed by that CA (verification mode strict). Raises
     ``DataDirInUseError`` if another process holds ``data_dir``, ``ChServerStartError`` on
     any other failure. The process keeps running until ``stop()``/``kill()`` (it must
     outlive ``chaos stack up``); ``die_with_parent=True`` (tests) stops it when this
@@ -156,6 +166,12 @@ def start_chserver(
             raise ValueError("https_port needs certfile and keyfile")
         cmd += ["--https-port", str(https_port), "--certfile", str(certfile)]
         cmd += ["--keyfile", str(keyfile)]
+    if mtls_port is not None:
+        if certfile is None or keyfile is None or client_ca_file is None:
+            raise ValueError("mtls_port needs certfile, keyfile and client_ca_file")
+        if https_port is None:
+            cmd += ["--certfile", str(certfile), "--keyfile", str(keyfile)]
+        cmd += ["--mtls-port", str(mtls_port), "--client-ca-file", str(client_ca_file)]
     if log_file is not None:
         cmd += ["--log-file", str(log_file)]
     if die_with_parent:
@@ -212,6 +228,7 @@ def start_chserver(
         password=password,
         log_file=Path(log_file) if log_file is not None else None,
         stderr_file=err_path,
+        mtls_port=int(ports.get("mtls", "0")),
     )
 
 

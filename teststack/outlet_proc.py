@@ -133,6 +133,7 @@ class OutletProcess:
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     env: dict[str, str] = field(default_factory=dict)
+    split_output: bool = False  # stdout to <name>.stdout, stderr (the log) to <name>.log
     # The stack's Prometheus scrapes the outlet while it runs: registered on start, removed
     # on a graceful stop, kept on a kill (a crash is what OutletDown is for).
     scrape_targets: ScrapeTargets | None = None
@@ -146,6 +147,10 @@ class OutletProcess:
         return self.workdir / f"{self.name}.log"
 
     @property
+    def stdout_path(self) -> Path:
+        return self.workdir / f"{self.name}.stdout"
+
+    @property
     def http(self) -> str:
         return "http://" + str(self.config["http"]["listen"])
 
@@ -156,15 +161,17 @@ class OutletProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         secrets = write_config(self.config_path, self.config)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        out = open(self.stdout_path, "ab") if self.split_output else log  # noqa: SIM115
         env = dict(os.environ, **self.env, **secrets)
         self.proc = subprocess.Popen(
             self.command(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            stdout=out,
+            stderr=log,
             env=env,
             start_new_session=True,
         )
         log.close()
+        out.close()
         if wait_ready:
             self.wait_http(timeout)
         if self.scrape_targets is not None:

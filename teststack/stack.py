@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
-import ipaddress
 import json
 import logging
 import os
@@ -54,7 +52,10 @@ from typing import Any
 
 import psutil
 
+from teststack import secure as sec
+from teststack.certs import Authority
 from teststack.paths import PROJECT_ROOT
+from teststack.secure import SecureEndpoints
 from teststack.toxiproxy import Toxiproxy, ToxiproxyError
 
 CLICKHOUSE_NAMES = ("local", "azure")
@@ -118,6 +119,7 @@ class ClickHouseEndpoints:
     password: str
     data_dir: str
     proxy: str
+    mtls_url: str = ""  # secure stacks: HTTPS requiring a client certificate (stack CA)
 
     @property
     def host(self) -> str:
@@ -143,6 +145,7 @@ class Endpoints:
     ca_file: str
     clickhouse: dict[str, ClickHouseEndpoints]
     stack_dir: str = ""
+    secure: SecureEndpoints | None = None  # secure stacks only (teststack/secure.py)
 
     @classmethod
     def load(cls, stack_dir: str | os.PathLike[str] = ".stack") -> Endpoints:
@@ -161,15 +164,19 @@ class Endpoints:
             ca_file=str(data["ca_file"]),
             clickhouse={k: ClickHouseEndpoints(**v) for k, v in data["clickhouse"].items()},
             stack_dir=stack_dir,
+            secure=SecureEndpoints.from_dict(data["secure"]) if data.get("secure") else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "kafka": self.kafka.__dict__.copy(),
             "toxiproxy": self.toxiproxy.__dict__.copy(),
             "ca_file": self.ca_file,
             "clickhouse": {k: v.__dict__.copy() for k, v in self.clickhouse.items()},
         }
+        if self.secure is not None:
+            out["secure"] = self.secure.to_dict()
+        return out
 
 
 @dataclass(frozen=True)
@@ -357,59 +364,12 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
 
 def generate_ca(tls_dir: Path, common_name: str = "chaos-stack test CA") -> tuple[Path, Path]:
     """Write a self-signed CA (ca.pem, ca-key.pem) into tls_dir; returns their paths."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    tls_dir.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ski, critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
-        )
-        .sign(key, hashes.SHA256())
-    )
-    ca_pem, ca_key = tls_dir / "ca.pem", tls_dir / "ca-key.pem"
-    ca_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    ca_key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    ca_key.chmod(0o600)
-    return ca_pem, ca_key
+    ca = Authority.create(common_name)
+    return ca.write(tls_dir / "ca.pem", tls_dir / "ca-key.pem")
 
 
 def generate_tls(tls_dir: Path) -> dict[str, Path]:
     """CA + server certificate for 127.0.0.1/localhost. Reuses existing files."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
     paths = {
         "ca": tls_dir / "ca.pem",
         "ca_key": tls_dir / "ca-key.pem",
@@ -419,50 +379,10 @@ def generate_tls(tls_dir: Path) -> dict[str, Path]:
     if all(p.exists() for p in paths.values()):
         return paths
     generate_ca(tls_dir)
-    ca_cert = x509.load_pem_x509_certificate(paths["ca"].read_bytes())
-    ca_key = serialization.load_pem_private_key(paths["ca_key"].read_bytes(), password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=825))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    x509.DNSName("localhost"),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+    ca = Authority.load(paths["ca"], paths["ca_key"])
+    ca.issue("127.0.0.1", ips=["127.0.0.1"], dns=["localhost"], server=True).write(
+        paths["cert"], paths["key"]
     )
-    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    paths["key"].chmod(0o600)
     return paths
 
 
@@ -629,6 +549,7 @@ def _kafkas(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "controller_port": state["kafka_controller_port"],
             "cluster_id": state["kafka_cluster_id"],
             "dir": "kafka",
+            "secure": state.get("secure"),  # secure stacks: teststack/secure.py's ports
         }
     }
 
@@ -691,16 +612,23 @@ num.io.threads=4
     return props_file, log4j_file
 
 
-def _kafka_format(stack_dir: Path, kdir: str, props: Path, log4j: Path, cluster_id: str) -> None:
+def _kafka_format(stack_dir: Path, kdir: str, props: Path, log4j: Path, cluster_id: str,
+                  secure: bool = False) -> None:
     """Format the KRaft storage directory (once). The formatted result is cached under
-    .tools/kafka/formatted-<kafka jar> and copied, which saves a JVM start per stack; the
-    copy gets this broker's own cluster id (a cached format must not give every stack, and
-    both datacenters of a multi-dc stack, the same id: the outlet's tokens contain it)."""
+    .tools/kafka/formatted-<kafka jar> and copied, which saves a JVM start per stack; a
+    secure broker's (its SCRAM users are in the metadata) under its own name. The copy gets
+    this broker's own cluster id (a cached format must not give every stack, and both
+    datacenters of a multi-dc stack, the same id: the outlet's tokens contain it)."""
     data = stack_dir / kdir / "data"
     if (data / "meta.properties").exists():
         return
     jar = next((tools_dir() / "kafka" / "libs").glob("kafka_2.13-*.jar"))
     template = tools_dir() / "kafka" / f"formatted-{jar.stem}"
+    scram: list[str] = []
+    if secure:
+        users = sec.users(tools_dir() / "kafka")
+        template = template.with_name(sec.template_name(template.name, users))
+        scram = sec.scram_arguments(users)
     if not (template / "meta.properties").exists():
         tmp = template.with_name(f"{template.name}.tmp-{os.getpid()}-{threading.get_ident()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -718,6 +646,7 @@ def _kafka_format(stack_dir: Path, kdir: str, props: Path, log4j: Path, cluster_
             _java(), "-Xmx256m", "-XX:TieredStopAtLevel=1", "-cp", _kafka_classpath(),
             f"-Dlog4j2.configurationFile={log4j}",
             "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(tmp_props),
+            *scram,
         ]
         with out_file.open("wb") as out:
             rc = subprocess.call(
@@ -819,7 +748,12 @@ def _start_kafka(
     stack_dir: Path, name: str, spec: dict[str, Any], partitions: int, abort: _Abort | None
 ) -> None:
     props, log4j = _kafka_files(stack_dir, name, spec, partitions)
-    _kafka_format(stack_dir, spec["dir"], props, log4j, spec["cluster_id"])
+    secure = spec.get("secure")
+    if secure:
+        users = sec.users(tools_dir() / "kafka")
+        props.write_text(sec.broker_properties(props.read_text(), secure,
+                                               stack_dir / "tls", users))
+    _kafka_format(stack_dir, spec["dir"], props, log4j, spec["cluster_id"], bool(secure))
     log_file = stack_dir / "logs" / f"{name}.out"
     ports = {
         "direct": spec["port"],
@@ -911,6 +845,8 @@ def clickhouse_cmd(
     certfile: Path | str | None = None,
     keyfile: Path | str | None = None,
     user: str = CLICKHOUSE_USER,
+    mtls_port: int | None = None,
+    client_ca_file: Path | str | None = None,
 ) -> list[str]:
     """Command line of our ClickHouse-HTTP-on-chDB server (docs/CONTRACTS.md)."""
     cmd = [
@@ -920,6 +856,8 @@ def clickhouse_cmd(
     if https_port is not None:
         cmd += ["--https-port", str(https_port), "--certfile", str(certfile),
                 "--keyfile", str(keyfile)]
+    if mtls_port is not None:
+        cmd += ["--mtls-port", str(mtls_port), "--client-ca-file", str(client_ca_file)]
     cmd += ["--data-dir", str(data_dir), f"--user={user}", f"--password={password}"]
     return cmd
 
@@ -945,9 +883,12 @@ def _start_clickhouse(
         cmd = clickhouse_cmd(
             http_port=ch["http_port"], https_port=ch["https_port"], data_dir=data_dir,
             password=ch["password"], certfile=tls / "server.pem",
-            keyfile=tls / "server-key.pem",
+            keyfile=tls / "server-key.pem", mtls_port=ch.get("mtls_port"),
+            client_ca_file=tls / "ca.pem",
         )
         ports = {"http": ch["http_port"], "https": ch["https_port"]}
+        if ch.get("mtls_port"):
+            ports["mtls"] = ch["mtls_port"]
         offset = log_file.stat().st_size if log_file.exists() else 0
         proc, _ = _spawn(
             stack_dir, f"clickhouse-{name}", cmd, log_file, ports, PROJECT_ROOT,
@@ -964,7 +905,9 @@ def _start_clickhouse(
                 raise
             # Another program took a port between allocation and bind: new ports, retry.
             _reap(proc.pid)
-            ch["http_port"], ch["https_port"] = free_ports(2)
+            ch["http_port"], ch["https_port"], mtls = free_ports(3)
+            if ch.get("mtls_port"):
+                ch["mtls_port"] = mtls
 
 
 def _wait_clickhouse(
@@ -1055,12 +998,21 @@ def _new_multi_dc_state(stack_dir: Path, partitions: int, topic: str, old: dict[
     return state
 
 
+def _add_secure_state(state: dict[str, Any]) -> None:
+    """Ports of the secure listeners (teststack/secure.py)."""
+    ports = free_ports(3 + len(state["clickhouse"]))
+    state["secure"] = sec.new_ports(ports[:3])
+    for ch, port in zip(state["clickhouse"].values(), ports[3:], strict=True):
+        ch["mtls_port"] = port
+
+
 def _clickhouse_endpoints(name: str, ch: dict[str, Any], proxy: str, proxied_port: int
                           ) -> ClickHouseEndpoints:
     return ClickHouseEndpoints(
         url=f"http://127.0.0.1:{ch['http_port']}",
         proxied_url=f"http://127.0.0.1:{proxied_port}",
         https_url=f"https://127.0.0.1:{ch['https_port']}",
+        mtls_url=f"https://127.0.0.1:{ch['mtls_port']}" if ch.get("mtls_port") else "",
         username=CLICKHOUSE_USER,
         password=ch["password"],
         data_dir=ch["data_dir"],
@@ -1113,6 +1065,8 @@ def _endpoints_from_state(stack_dir: Path, state: dict[str, Any]
             for name, ch in chs.items()
         },
         stack_dir=str(stack_dir),
+        secure=sec.endpoints(state["secure"], stack_dir / "tls", sec.users(tools_dir() / "kafka"))
+        if state.get("secure") else None,
     )
 
 
@@ -1196,15 +1150,21 @@ def start_stack(
     partitions: int = 4,
     topic: str = "flows",
     timings: dict[str, float] | None = None,
+    secure: bool = False,
 ) -> Endpoints:
-    """Start the single-dc stack in stack_dir; returns its endpoints.
+    """Start the single-dc stack in stack_dir; returns its endpoints. ``secure`` adds the
+    secure listeners of teststack/secure.py.
 
     Reuses a healthy running stack. On failure stops whatever started and raises StackError.
     """
     sdir = Path(stack_dir).resolve()
     if not is_healthy(sdir, SINGLE_DC):
-        _start(sdir, partitions, topic, timings, SINGLE_DC)
-    return Endpoints.load(sdir)
+        _start(sdir, partitions, topic, timings, SINGLE_DC, secure)
+    running = Endpoints.load(sdir)
+    if secure and running.secure is None:
+        raise StackError("stack", f"the stack running in {sdir} has no secure listeners: "
+                                  "stop it (chaos stack down) or use another directory")
+    return running
 
 
 def start_multi_dc_stack(
@@ -1224,7 +1184,7 @@ def start_multi_dc_stack(
 
 
 def _start(sdir: Path, partitions: int, topic: str, timings: dict[str, float] | None,
-           topo: str) -> None:
+           topo: str, secure: bool = False) -> None:
     running = topology(sdir)
     if is_healthy(sdir) and running != topo:
         raise StackError("stack", f"a {running} stack is running in {sdir}: stop it (chaos "
@@ -1236,12 +1196,16 @@ def _start(sdir: Path, partitions: int, topic: str, timings: dict[str, float] | 
     (sdir / "logs").mkdir(parents=True, exist_ok=True)
     (sdir / "endpoints.json").unlink(missing_ok=True)
     state = _new_state(sdir, partitions, topic, topo)
+    if secure:
+        _add_secure_state(state)
     _write_json(sdir / "state.json", state)
     _write_json(sdir / "pids.json", {"components": {}})
     # Fail fast on missing tools, before anything starts.
     _kafka_classpath()
     _toxiproxy_bin()
     generate_tls(sdir / "tls")
+    if secure:
+        sec.write_certificates(sdir / "tls")
     timings["tls"] = time.monotonic() - t0
 
     abort = _Abort()

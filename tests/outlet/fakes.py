@@ -37,10 +37,10 @@ import trio
 from outlet import diskio
 from outlet.batch import EncodedJob
 from outlet.codec import EncodedBatch
-from outlet.config import ConnectionConfig, KafkaConfig, OutletConfig, parse_config
-from outlet.kafka_client import ClusterFacts
+from outlet.config import ConnectionConfig, OutletConfig, parse_config
 from outlet.kafka_input import (
     Chunk,
+    ClusterFacts,
     CommitRequest,
     Polled,
     PollRequest,
@@ -124,6 +124,7 @@ class FakeTopic:
     auto_assign: bool = True
     members: list[FakeSource] = field(default_factory=list)
     cluster_id: str = "fake-cluster"  # what the brokers report
+    metadata_max_bytes: int | None = 4096  # the brokers' offset.metadata.max.bytes
 
     def __post_init__(self) -> None:
         for p in range(self.partitions):
@@ -180,11 +181,18 @@ class FakeSource:
         self.read = 0  # records handed to the input
         self.closed = False
 
+    async def cluster(self) -> ClusterFacts:
+        await trio.lowlevel.checkpoint()
+        return ClusterFacts(self.topic.cluster_id, self.topic.metadata_max_bytes)
+
     async def open(self, hooks: SourceHooks) -> None:
         self.hooks = hooks
         self.topic.members.append(self)
         if self.topic.auto_assign and len(self.topic.members) == 1:
             self.events.append(("assign", set(range(self.topic.partitions))))
+
+    def failure_reason(self) -> str:
+        return ""
 
     def revoke(self, partitions: set[int]) -> None:
         self.events.append(("revoke", set(partitions)))
@@ -432,7 +440,6 @@ class World:
     )
     sources: list[FakeSource] = field(default_factory=list)
     writers: list[FakeWriter] = field(default_factory=list)
-    metadata_max_bytes: int | None = 4096  # the fake brokers' offset.metadata.max.bytes
 
     @property
     def primary(self) -> FakeClickHouse:
@@ -468,12 +475,7 @@ class World:
             await trio.lowlevel.checkpoint()
             return self.encoder
 
-        async def cluster(cfg: KafkaConfig, metrics: Metrics) -> ClusterFacts:
-            await trio.lowlevel.checkpoint()
-            return ClusterFacts(self.topic.cluster_id, self.metadata_max_bytes)
-
         return Backends(
-            cluster=cluster,
             source=source or fake_source,
             encoder=encoder,
             writer=writer,

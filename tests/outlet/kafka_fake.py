@@ -75,12 +75,31 @@ class FakeBroker:
 
         return make
 
+    def admin_factory(self) -> Callable[..., FakeAdmin]:
+        """confluent_kafka.admin.AdminClient's part the outlet uses (the metadata cap)."""
+        return lambda settings: FakeAdmin()
+
     def revoke(self, partitions: set[int]) -> None:
         """The group takes these partitions away at the member's next consume()."""
         with self.cond:
             for c in self.consumers:
                 c.events.append(("revoke", set(partitions)))
             self.cond.notify_all()
+
+
+class _Metadata:
+    cluster_id = "fake-cluster"
+    brokers: dict[int, Any] = {1: None}
+
+
+class FakeAdmin:
+    """Brokers that do not let us read their configs: the metadata cap is unknown."""
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
+        return _Metadata()
+
+    def describe_configs(self, resources: list[Any]) -> Any:
+        raise RuntimeError("CLUSTER_AUTHORIZATION_FAILED (fake)")
 
 
 class FakeConsumer:
@@ -217,9 +236,6 @@ class FakeConsumer:
 
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
         with self._call("list_topics"):
-
-            class _Metadata:
-                cluster_id = "fake-cluster"
 
             return _Metadata()
 

@@ -196,30 +196,75 @@ async def test_unreachable_brokers_wait_for_the_cluster_id(
             while metrics.kafka_errors.labels("_TRANSPORT")._value.get() < 3:
                 await trio.sleep(0.1)
             assert out.parts is None  # still opening: nothing consumed
-            assert out.ready() == (False, "waiting for the Kafka cluster id (see the log)")
+            assert out.ready() == (False, "waiting for the Kafka cluster id (transport)")
             nursery.cancel_scope.cancel()
     lines = [r.getMessage() for r in caplog.records if "cluster id" in r.getMessage()]
     assert len(lines) == 1, lines  # one line per distinct failure, not one per attempt
     assert f"kafka.brokers 127.0.0.1:{port} (_TRANSPORT)" in lines[0]
 
 
-def test_brokers_without_a_cluster_id_refuse_the_start() -> None:
+async def test_brokers_without_a_cluster_id_refuse_the_start() -> None:
     """Brokers that report no cluster id (Kafka before 0.10.1, some compatible services)
     will never report one: the outlet does not start, and says which brokers it asked."""
     from outlet.config import parse_config
-    from outlet.kafka_client import describe_cluster
+    from outlet.kafka_client import KafkaClient
     from outlet.kafka_input import ClusterIdError
+    from outlet.metrics import Metrics
 
-    class NoIdAdmin:
-        def __init__(self, settings: dict[str, Any]) -> None: ...
+    class NoIdConsumer:
+        closed = False
+
+        def __init__(self, settings: dict[str, Any], **_: Any) -> None: ...
 
         def list_topics(self, timeout: float) -> Any:
-            return type("Metadata", (), {"cluster_id": None, "brokers": {}})()
+            return type("Metadata", (), {"cluster_id": None})()
+
+        def close(self) -> None:
+            NoIdConsumer.closed = True
 
     cfg = parse_config({"kafka": {"brokers": ["kafka-a:9092", "kafka-b:9092"]}})
+    client = KafkaClient(cfg.kafka, Metrics(), consumer_factory=NoIdConsumer)
     with pytest.raises(ClusterIdError, match="the Kafka brokers kafka-a:9092,kafka-b:9092 "
                                              "report no cluster id"):
-        describe_cluster(cfg.kafka, admin_factory=NoIdAdmin)
+        await client.cluster()
+    assert NoIdConsumer.closed
+
+
+async def test_cluster_facts_read_the_smallest_metadata_cap_or_none() -> None:
+    """Once the consumer read the cluster id, a short-lived admin client reads the
+    brokers' offset.metadata.max.bytes (the smallest); without DescribeConfigs it is
+    None (kafka.offset-metadata-max-bytes is trusted then)."""
+    from concurrent.futures import Future
+
+    from outlet.config import parse_config
+    from outlet.kafka_client import METADATA_CAP, KafkaClient
+    from outlet.metrics import Metrics
+
+    class Consumer:
+        def __init__(self, settings: dict[str, Any], **_: Any) -> None: ...
+
+        def list_topics(self, timeout: float) -> Any:
+            return type("Metadata", (), {"cluster_id": "c-1", "brokers": {1: None, 2: None}})()
+
+    def admin(caps: dict[str, int] | None) -> Any:
+        class Admin(Consumer):
+            def describe_configs(self, resources: list[Any]) -> dict[Any, Future[Any]]:
+                if caps is None:
+                    raise RuntimeError("CLUSTER_AUTHORIZATION_FAILED")
+                out: dict[Any, Future[Any]] = {}
+                for r in resources:
+                    f: Future[Any] = Future()
+                    f.set_result({METADATA_CAP: type("Entry", (), {"value": caps[r.name]})()})
+                    out[r] = f
+                return out
+        return Admin
+
+    cfg = parse_config({"kafka": {"brokers": ["kafka-a:9092"]}})
+    facts = await KafkaClient(cfg.kafka, Metrics(), Consumer,
+                              admin({"1": 4096, "2": 2048})).cluster()
+    assert (facts.cluster_id, facts.metadata_max_bytes) == ("c-1", 2048)
+    facts = await KafkaClient(cfg.kafka, Metrics(), Consumer, admin(None)).cluster()
+    assert (facts.cluster_id, facts.metadata_max_bytes) == ("c-1", None)
 
 
 def test_only_the_cluster_id_names_where_a_batch_was_sealed() -> None:

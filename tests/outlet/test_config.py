@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -650,9 +651,46 @@ def test_docs_example_parses() -> None:
     if not doc.exists():
         pytest.skip("docs/configuration.md not present")
     text = doc.read_text()
-    example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    example = text.split("\n## Example\n", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
     cfg = parse_config(yaml.safe_load(example), {"AZURE_PASSWORD": PASSWORD})
     assert [d.name for d in cfg.destinations()] == ["primary", "azure"]
+
+
+def _tls_examples() -> list[str]:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    section = text.split("\n## TLS\n", 1)[1].split("\n## ", 1)[0]
+    return [block.split("```", 1)[0] for block in section.split("```yaml\n")[1:]]
+
+
+def test_docs_tls_examples_parse_and_show_every_tls_and_sasl_key(tmp_path: Path) -> None:
+    """Each TLS example of docs/configuration.md is a valid configuration once its paths
+    exist (real certificates from a test CA), and together they use every key."""
+    pki = generate_tls(tmp_path / "pki")
+    both = tmp_path / "cert-and-key.pem"
+    both.write_bytes(pki["cert"].read_bytes() + pki["key"].read_bytes())
+    used: set[str] = set()
+    examples = _tls_examples()
+    assert len(examples) >= 3
+    for example in examples:
+        def real(m: re.Match[str]) -> str:
+            name = m.group(0)
+            path = (both if "and-key" in name else pki["key"] if "key" in name
+                    else pki["ca"] if "-ca" in name else pki["cert"])
+            return str(path)
+
+        doc = yaml.safe_load(re.sub(r"/etc/outlet/[\w.-]+", real, example))
+        parse_config(doc, {"KAFKA_PASSWORD": "x", "CENTRAL_PASSWORD": "y"})
+        for tls in (doc.get("kafka", {}).get("tls"), doc.get("clickhousedb", {}).get("tls"),
+                    *(d["connection"].get("tls") for d in doc.get("additional-clickhouses", []))):
+            used |= {f"tls.{k}" for k in tls or {}}
+        used |= {f"sasl.{k}" for k in doc.get("kafka", {}).get("sasl", {})}
+        used |= {f"tls.{m}" for m in re.findall(r"# or Akvorado's spelling: ([\w-]+):", example)}
+    text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    tables = {name: text.split(f"<!-- keys:{name} -->", 1)[1].split("<!-- /keys -->", 1)[0]
+              for name in ("tls", "kafka")}
+    documented = {f"tls.{k}" for k in re.findall(r"^\| `([\w-]+)`", tables["tls"], re.M)}
+    documented |= set(re.findall(r"^\| `(sasl\.[\w-]+)`", tables["kafka"], re.M))
+    assert len(documented) == 9 and documented <= used, sorted(documented - used)
 
 
 def test_compression_is_global() -> None:

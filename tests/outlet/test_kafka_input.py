@@ -26,7 +26,8 @@ from tests.outlet.kafka_fake import FakeBroker
 
 def outlet_over(broker: FakeBroker, world: World, state: Path) -> Outlet:
     def source(cfg: Any, metrics: Metrics) -> KafkaClient:
-        return KafkaClient(cfg, metrics, consumer_factory=broker.consumer_factory())
+        return KafkaClient(cfg, metrics, consumer_factory=broker.consumer_factory(),
+                           admin_factory=broker.admin_factory())
 
     backends = world.backends(source=source, disk=trio.to_thread.run_sync)
     return Outlet(config(state, clickhouse={"maximum-wait-time": "200ms"}), backends=backends)
