@@ -60,7 +60,8 @@ class LegacyLedger:
         on_compact_error: Callable[[OSError], None] = lambda exc: None,
     ) -> None:
         """`on_compact_error`: a failed rewrite of the file (a failing state disk) costs
-        only disk space: reported there (outlet/statedisk.py), tried again next time."""
+        only disk space: reported there (outlet/statedisk.py), tried again at the next
+        compaction."""
         safe = f"{group}-{topic}".replace("/", "_")
         self.path = directory / f"ledger-{safe}.jsonl"
         self.topic = topic
@@ -143,17 +144,18 @@ class LegacyLedger:
             ]
             if len(keep) == len(self._entries):
                 return
-            self._entries = keep
             if not keep:
                 self.path.unlink(missing_ok=True)
                 log.info("ledger %s: every batch of the older outlet is committed; removed",
                          self.path)
-                return
-            tmp = self.path.with_suffix(".tmp")
-            with open(tmp, "wb") as f:
-                for e in keep:
-                    ranges = {str(p): list(r) for p, r in e.ranges.items()}
-                    f.write(json.dumps({"ranges": ranges, "token": e.token}).encode() + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            else:
+                tmp = self.path.with_suffix(".tmp")
+                with open(tmp, "wb") as f:
+                    for e in keep:
+                        ranges = {str(p): list(r) for p, r in e.ranges.items()}
+                        f.write(json.dumps({"ranges": ranges, "token": e.token}).encode()
+                                + b"\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path)
+            self._entries = keep  # only once the file says so: a failure is tried again

@@ -91,9 +91,8 @@ CONFIG_REFRESH_INTERVAL_SECONDS = "outlet_config_refresh_interval_seconds"
 # live reconfiguration (orchestrator polls, SIGHUP): outlet/reconfig.py
 CONFIG_RELOADS_TOTAL = "outlet_config_reloads_total"
 CONFIG_OUTDATED = "outlet_config_outdated"
-# the state directory (ledger): its failures pause consumption (outlet/statedisk.py)
+# the state directory: an older outlet's ledger file (outlet/statedisk.py)
 STATE_DISK_ERRORS_TOTAL = "outlet_state_disk_errors_total"
-STATE_DISK_FAILING = "outlet_state_disk_failing"
 # commit and the batch ledger (offset-commit metadata)
 COMMIT_PENDING_BATCHES = "outlet_commit_pending_batches"
 COMMIT_PENDING_FLOWS = "outlet_commit_pending_flows"
@@ -390,15 +389,9 @@ class Metrics:
         # the state directory
         self.state_disk_errors = Counter(
             STATE_DISK_ERRORS_TOTAL,
-            "Failed writes to the state directory by operation (ledger, compact) and error "
-            "class.",
+            "Failed writes to the state directory by operation (compact: an older outlet's "
+            "ledger file) and error class.",
             ["operation", "error"],
-            registry=r,
-        )
-        self.state_disk_failing = Gauge(
-            STATE_DISK_FAILING,
-            "1 while the ledger cannot be written: consumption is paused (nothing sealed, "
-            "inserted or committed) until it can.",
             registry=r,
         )
         # commit

@@ -249,8 +249,7 @@ class Outlet:
         self._kafka: KafkaInput | None = None
         self._opening = trio.CancelScope()
         self._reconfiguring = trio.Lock()
-        self.state_disk = StateDisk(cfg.state_path, self.metrics, self._abandon_if_stopping)
-        self._sealing = trio.CancelScope()  # the batcher; cancelled only by _abandon_if_stopping
+        self.state_disk = StateDisk(cfg.state_path, self.metrics)
 
     async def _open(self, stack: contextlib.AsyncExitStack) -> Parts:
         cfg, metrics, b = self.cfg, self.metrics, self.backends
@@ -381,8 +380,7 @@ class Outlet:
                 if self.state.stopping:
                     parts.kafka.stop()
                 task_status.started()
-                with self._sealing:
-                    await parts.batcher.run(recv)  # returns once stopped and flushed
+                await parts.batcher.run(recv)  # returns once stopped and flushed
                 parts.destinations.close()
                 with trio.move_on_after(self.cfg.clickhouse.grace_period) as grace:
                     await parts.committer.tracker.wait_settled()
@@ -462,17 +460,6 @@ class Outlet:
             self.parts.kafka.stop()
         else:  # still opening (waiting for the cluster id): nothing read, nothing to flush
             self._opening.cancel()
-        self._abandon_if_stopping()
-
-    def _abandon_if_stopping(self) -> None:
-        """Stopping while the ledger cannot be written: the batch waiting for its seal
-        cannot be flushed; abandon it (nothing of it was inserted or committed)."""
-        if self.state.stopping and self.state_disk.failing and not self._sealing.cancel_called:
-            log.warning(
-                "stopping while the state disk fails: the open batch is not sealed; its "
-                "records are read again from Kafka after the restart"
-            )
-            self._sealing.cancel()
 
     def ready(self) -> tuple[bool, str]:
         """Ready when assigned partitions and the primary's last attempt succeeded."""
@@ -484,8 +471,6 @@ class Outlet:
         if not self.parts.kafka.ever_assigned:
             why = self.parts.kafka.link_problem()
             return False, "waiting for Kafka partition assignment" + (f" ({why})" if why else "")
-        if self.state_disk.failing:
-            return False, f"consumption paused: state disk failing ({self.state_disk.failing})"
         if not primary.healthy:
             return False, f"primary destination failing: {primary.last_error}"
         failing = [

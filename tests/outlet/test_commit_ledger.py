@@ -165,6 +165,44 @@ async def _inline(fn: Any, *args: Any) -> Any:
     return fn(*args)
 
 
+def test_legacy_ledger_compaction_failing_is_counted_and_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full state disk only keeps the older outlet's file from shrinking: counted,
+    logged with the path, the entries kept (in the file and in memory), and the next
+    compaction succeeds once there is room."""
+    import errno
+    import os
+
+    import outlet.ledger
+    from outlet.metrics import Metrics
+    from outlet.statedisk import StateDisk
+
+    path = tmp_path / "ledger-g-flows.jsonl"
+    lines = [{"ranges": {"0": [0, 9]}}, {"ranges": {"0": [10, 19]}}]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    metrics = Metrics()
+    disk = StateDisk(str(tmp_path), metrics)
+    led = LegacyLedger(tmp_path, "flows", "g", "fake-cluster", run_sync=_inline,
+                       on_compact_error=disk.compact_failed)
+    real_fsync = os.fsync
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(outlet.ledger.os, "fsync", full)
+    trio.run(led.compact, {0: 10})
+    errors = metrics.registry.get_sample_value(
+        "outlet_state_disk_errors_total", {"operation": "compact", "error": "ENOSPC"})
+    assert errors == 1
+    assert len(path.read_text().splitlines()) == 2
+    assert any(str(tmp_path) in r.getMessage() and "ENOSPC" in r.getMessage()
+               for r in caplog.records)
+    monkeypatch.setattr(outlet.ledger.os, "fsync", real_fsync)
+    trio.run(led.compact, {0: 10})  # the same commit: tried again, now with room
+    assert [json.loads(x)["ranges"] for x in path.read_text().splitlines()] == [{"0": [10, 19]}]
+
+
 async def test_unreachable_brokers_wait_for_the_cluster_id(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1,12 +1,12 @@
 """Disk faults in process: a spool's disk failing under the real spool and pipeline (fakes
 for Kafka, the codec and ClickHouse; tests/outlet/fakes.py). The state disk no longer
 holds the batch ledger (issue 12: it is in Kafka's offset-commit metadata), so its
-failures cannot pause or endanger the seals: outlet/statedisk.py.
+failures cannot pause or endanger the seals: outlet/statedisk.py (the older outlet's
+ledger file: tests/outlet/test_commit_ledger.py).
 
 ``FailingDisk`` makes the writes under one directory fail as a full disk does (half the
 bytes land, then ENOSPC); time is Trio's autojump clock, so retry cadences are exact. The
-same faults on a real tmpfs under a real outlet: tests/outlet/test_disk_faults_stack.py and
-the ``spool-disk-full`` chaos scenario.
+same faults on a real tmpfs under a real outlet: the ``spool-disk-full`` chaos scenario.
 """
 
 from __future__ import annotations
