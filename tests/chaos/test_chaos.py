@@ -412,13 +412,15 @@ def _keeping_up(c: Any) -> bool:
 @pytest.fixture
 def chaos_rate(stack: Any) -> Any:
     """The calibration of a CI chaos run, taken when called: a short drain of make
-    bench-outlet's kind (1M flows, tens of seconds) on the session stack, right before
-    the scenario (this machine's load moves within minutes)."""
+    bench-outlet's kind (1M flows, tens of seconds) on the session stack into the
+    scenario's destinations, right before the scenario (this machine's load moves within
+    minutes)."""
     from chaos.rates import measure
 
-    def calibrate() -> Any:
-        cal = measure(stack)
+    def calibrate(sc: Any) -> Any:
+        cal = measure(stack, destinations=sc.outlet.destinations)
         assert cal.capacity > 0 and cal.drain.flows == 1_000_000
+        assert tuple(cal.drain.destinations) == sc.outlet.destinations
         return cal
 
     return calibrate
@@ -450,18 +452,58 @@ def test_calibrated_rate_applies_to_single_dc_scenarios_only() -> None:
     from chaos.rates import at_calibrated_rate, at_fixed_rate
     from teststack.drain import Calibration, DrainResult
 
-    drain = DrainResult("calibrate", ["local"], 1_000_000, 12.0, 83_333.0, 3.0, 3.0, 0.9,
-                        startup_s=4.0, steady_flows_per_s=120_000.0)
-    cal = Calibration(drain, 200_000.0, (3.0, 2.0, 1.0))
+    drain = DrainResult("calibrate", ["local", "azure"], 1_000_000, 12.0, 83_333.0, 3.0, 3.0,
+                        0.9, startup_s=4.0, steady_flows_per_s=120_000.0)
+    cal = Calibration(drain, 200_000.0, (3.0, 2.0, 1.0), batch_size=25_000)
     single, multi = load_scenario("azure-partition"), load_scenario(MULTI_DC_CI[0])
     fast, same = at_calibrated_rate([single, multi], cal, 0.5)
     assert fast.load.rate == 60_000 and same is multi
+    assert fast.outlet.batch_size == 25_000  # the batches the capacity was measured with
     assert fast.rate_origin is not None
     assert (fast.rate_origin["capacity_flows_per_s"], fast.rate_origin["fraction"],
             fast.rate_origin["drain"]["startup_s"]) == (120_000, 0.5, 4.0)
+    assert (fast.rate_origin["drain"]["destinations"],
+            fast.rate_origin["drain"]["batch_size"]) == (["local", "azure"], 25_000)
     [fixed] = at_fixed_rate([single], 10_000)
     assert fixed.load.rate == 10_000 and fixed.rate_origin == {
         "file_rate": 2000, "source": "--rate", "rate": 10_000}
+
+
+def test_calibration_drains_what_the_scenario_runs(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    """A dual-writing scenario is calibrated with a dual-write drain in the batches it then
+    runs with: half of a drain into local alone, in make bench-outlet's 50,000-flow
+    batches, was more than this machine sustains in azure-partition (the producer, the
+    broker, the outlet and both servers on two cores: docs/chaos.md#realistic-rates)."""
+    from chaos import rates
+    from teststack.drain import Calibration, DrainResult
+
+    drained: list[tuple[tuple[str, ...], int]] = []
+    played: list[Any] = []
+
+    def calibrate(ep: Any, flows: int, batch_size: int, destinations: tuple[str, ...]
+                  ) -> Calibration:
+        drained.append((destinations, batch_size))
+        result = DrainResult("calibrate", list(destinations), flows, 10.0, 1e5, 3.0, 3.0, 0.9,
+                             startup_s=4.0, steady_flows_per_s=100_000.0)
+        return Calibration(result, 200_000.0, (1.0, 1.0, 1.0), batch_size)
+
+    def run_scenario(sc: Any, stack_dir: Path, reports_dir: Path, **_: Any) -> Any:
+        played.append(sc)
+        return "result"
+
+    monkeypatch.setattr(rates, "calibrate", calibrate)
+    monkeypatch.setattr(rates, "run_scenario", run_scenario)
+    monkeypatch.setattr(rates.Endpoints, "load", staticmethod(lambda _: None))
+    run_one = rates.calibrated_runner(0.5, 1_000_000)
+    lone = parse_scenario({**MINIMAL, "timeline": [], "outlet": {"destinations": ["local"]},
+                           "name": "lone"})
+    for sc in (load_scenario("azure-partition"), lone):
+        assert run_one(sc, tmp_path, tmp_path) == "result"
+    assert drained == [(("local", "azure"), rates.CALIBRATION_BATCH),
+                       (("local",), rates.CALIBRATION_BATCH)]
+    assert [(sc.load.rate, sc.outlet.batch_size) for sc in played] == [
+        (50_000, rates.CALIBRATION_BATCH)] * 2
 
 
 def test_throughput_against_offered() -> None:
@@ -495,7 +537,7 @@ def test_scenario_end_to_end(stack: Any, prometheus: Any, chaos_rate: Any, tmp_p
     sc = load_scenario(name).scaled(scale)
     if sc.outlet.spool_tmpfs is not None and (why := tmpfs.unavailable()):
         pytest.skip(f"{name}: {why}")
-    cal = chaos_rate() if name not in AT_FILE_RATE else None
+    cal = chaos_rate(sc) if name not in AT_FILE_RATE else None
     if cal is not None:
         [sc] = at_calibrated_rate([sc], cal, CI_RATE_FRACTION)
     t0 = time.monotonic()
@@ -523,6 +565,8 @@ def test_scenario_end_to_end(stack: Any, prometheus: Any, chaos_rate: Any, tmp_p
         assert origin["fraction"] == CI_RATE_FRACTION
         assert origin["rate"] == round(CI_RATE_FRACTION * capacity) == sc.load.rate
         assert origin["capacity_flows_per_s"] == round(capacity)
+        assert origin["drain"]["destinations"] == list(sc.outlet.destinations)
+        assert sc.outlet.batch_size == origin["drain"]["batch_size"] == cal.batch_size
     if name.startswith("azure"):
         # the partition really bit (azure's data itself is kept by the spool)
         assert any(
