@@ -1,18 +1,25 @@
-"""Chaos at realistic rates: the load derived from what this machine's outlet can drain now.
+"""Chaos at realistic rates: the load derived from what this machine can carry now.
 
 A fixed load (2,000 flows/s in every shipped scenario) is under 1% of what one outlet
 process stores: a large capacity loss would pass unnoticed. ``chaos run --rate-fraction F``
-and the CI set (tests/chaos/test_chaos.py) therefore first run a short backlog drain of
-``make bench-outlet``'s kind (teststack/drain.py; 1M flows, tens of seconds) and play
-every single-datacenter scenario at ``F`` times its steady drain rate; the primary is
-judged against the rate the producer really offered (``against: offered`` in the
-scenario's ``throughput``). The calibration runs right before each scenario, so that the
-rate follows the machine's load, and it drains what that scenario's outlet runs: into the
-scenario's destinations (both servers for a dual-writing outlet, not only ``local``) in
-:data:`CALIBRATION_BATCH`-flow batches, the size the scenario then runs with. Both
-numbers, and the rate offered, go into every report (``info.rate_origin``,
+and the CI set (tests/chaos/test_chaos.py) therefore first calibrate with a backlog drain
+of ``make bench-outlet``'s kind (teststack/drain.py; 1M flows produced as fast as
+possible, then drained; tens of seconds) and play every single-datacenter scenario at
+``F`` times the capacity it measures; the primary is judged against the rate the
+producer really offered (``against: offered`` in the scenario's ``throughput``). The
+calibration runs right before each scenario, so that the rate follows the machine's
+load, and it measures what that scenario runs:
+
+- the drain writes into the scenario's destinations (both servers for a dual-writing
+  outlet, not only ``local``), in :data:`CALIBRATION_BATCH`-flow batches, the size the
+  scenario then runs with;
+- the capacity is the live one (``Calibration.capacity``): the drain's and the
+  producer's time per flow added, since a scenario produces and stores at once on the
+  same cores, where the calibration does one after the other.
+
+Every figure, and the rate offered, go into every report (``info.rate_origin``,
 ``info.offered_flows_per_s``). docs/chaos.md#realistic-rates has the decision and the
-figures.
+measurements behind it.
 """
 
 from __future__ import annotations
@@ -40,11 +47,12 @@ CALIBRATION_BATCH = 25_000
 
 
 def calibration_origin(cal: Calibration, fraction: float) -> dict[str, Any]:
-    """What a calibrated run records: the measured capacity, the fraction, the drain."""
+    """What a calibrated run records: the live capacity, the fraction, the drain and the
+    producer's rate it comes from."""
     d = cal.drain
     return {
-        "source": "calibration (teststack/drain.py, the drain of make bench-outlet, into "
-                  "the scenario's destinations)",
+        "source": "calibration (teststack/drain.py: make bench-outlet's drain into the "
+                  "scenario's destinations, its time per flow and the producer's added)",
         "capacity_flows_per_s": round(cal.capacity),
         "fraction": fraction,
         "rate": round(fraction * cal.capacity),
@@ -87,11 +95,12 @@ def measure(ep: Endpoints, flows: int = CALIBRATION_FLOWS,
              "(make bench-outlet's drain)")
     cal = calibrate(ep, flows, CALIBRATION_BATCH, destinations)
     d = cal.drain
-    progress(f"calibration: {d.steady_flows_per_s:,.0f} flows/s steady drain "
-             f"({d.flows_per_s:,.0f} flows/s with {d.startup_s:.1f} s of start-up; outlet "
-             f"CPU {d.cpu_us_per_flow:.2f} us/flow; backlog produced at "
-             f"{cal.backlog_produce_flows_per_s:,.0f} flows/s; load average "
-             f"{cal.load_average[0]:.1f})")
+    progress(f"calibration: {cal.capacity:,.0f} flows/s live capacity = "
+             f"{d.steady_flows_per_s:,.0f} flows/s steady drain ({d.flows_per_s:,.0f} "
+             f"flows/s with {d.startup_s:.1f} s of start-up; outlet CPU "
+             f"{d.cpu_us_per_flow:.2f} us/flow) with a backlog produced at "
+             f"{cal.backlog_produce_flows_per_s:,.0f} flows/s, time per flow added; load "
+             f"average {cal.load_average[0]:.1f}")
     return cal
 
 

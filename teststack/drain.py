@@ -151,7 +151,7 @@ def drain(
 
 @dataclass
 class Calibration:
-    """One short drain: the capacity of one outlet process, writing to ``drain.
+    """One backlog produced, then drained by one outlet process writing to ``drain.
     destinations`` in batches of ``batch_size`` flows, on this machine now."""
 
     drain: DrainResult
@@ -161,8 +161,11 @@ class Calibration:
 
     @property
     def capacity(self) -> float:
-        """Flows/s one outlet process stores into every destination (steady drain rate)."""
-        return self.drain.steady_flows_per_s
+        """Flows/s this machine sustains producing and storing at once (a live load):
+        the drain's and the producer's time per flow added, since a live load runs both
+        on the same cores while the calibration runs them one after the other."""
+        drain, produce = self.drain.steady_flows_per_s, self.backlog_produce_flows_per_s
+        return 1 / (1 / drain + 1 / produce) if drain > 0 and produce > 0 else 0.0
 
 
 def calibrate(ep: Endpoints, flows: int = 1_000_000,
