@@ -94,7 +94,7 @@ bench-codec: setup
 
 # The result summaries the README's "Measured" table points to (docs/results/*.json, one per
 # benchmark or scenario: docs/results/README.md), regenerated on this machine now: the
-# benchmarks, capacity's scale-out, the CI chaos set at half the calibrated drain rate and
+# benchmarks, capacity's scale-out, the CI chaos set at half the calibrated capacity and
 # the test count (~12 min).
 RESULTS_DIR ?= docs/results
 RESULTS_FLAGS = --stack-dir $(STACK_DIR) --summary-dir $(RESULTS_DIR)

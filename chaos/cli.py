@@ -190,8 +190,8 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     rate.add_argument("--rate-fraction", type=clikit.positive_float, default=None,
                       metavar="F",
                       help="before each single-dc scenario, drain a backlog as make "
-                           "bench-outlet does (tens of seconds), then play it at F times the "
-                           "measured drain rate (CI: 0.5; docs/chaos.md)")
+                           "bench-outlet does, into its destinations (tens of seconds), then "
+                           "play it at F times the capacity measured (CI: 0.5; docs/chaos.md)")
     run.add_argument("--calibration-flows", type=int, default=CALIBRATION_FLOWS, metavar="N",
                      help=f"backlog of the --rate-fraction calibration (default: "
                           f"{CALIBRATION_FLOWS})")

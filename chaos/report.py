@@ -195,9 +195,16 @@ def _rate_lines(info: dict[str, Any]) -> list[str]:
     offered = info.get("offered_flows_per_s")
     out = []
     if origin.get("capacity_flows_per_s"):
+        drain = origin.get("drain") or {}
+        shape = (f" into {' + '.join(drain['destinations'])} in {drain['batch_size']:,}-flow "
+                 "batches" if drain.get("destinations") else "")
+        produced = origin.get("backlog_produce_flows_per_s")
+        live = (f" and the producer's {produced:,} flows/s, time per flow added" if produced
+                and drain.get("destinations") else "")
         out.append(f"- rate: {origin['fraction']:g} x {origin['capacity_flows_per_s']:,} "
-                   f"flows/s (the calibration drain's steady rate, make bench-outlet's drain) "
-                   f"instead of the file's {origin['file_rate']:g}")
+                   f"flows/s (the calibration: make bench-outlet's drain{shape}, "
+                   f"{drain.get('steady_flows_per_s', 0):,} flows/s steady{live}) instead of "
+                   f"the file's {origin['file_rate']:g}")
     elif origin:
         out.append(f"- rate: {origin.get('rate')} flows/s ({origin.get('source')}) instead "
                    f"of the file's {origin.get('file_rate')}")

@@ -977,21 +977,24 @@ class Scenario:
             time_scale=self.time_scale * factor,
         )
 
-    def at_rate(self, rate: float, origin: dict[str, Any] | None = None) -> Scenario:
+    def at_rate(self, rate: float, origin: dict[str, Any] | None = None,
+                batch_size: int | None = None) -> Scenario:
         """The scenario with its load at ``rate`` flows/s: ``set_rate`` steps keep their
-        proportion to the load, and ``outlet.batch_size`` grows to a quarter of a second
-        of load, at most the outlet's default maximum-batch-size (the size ``make
-        bench-outlet`` measures the capacity with): a faster run is not an insert storm
-        of small batches, and the row counts sampled once a second still move in steps
-        small enough for a throughput judged within 5% over a few seconds."""
+        proportion to the load, and ``outlet.batch_size`` grows to ``batch_size`` (a
+        calibrated run: the batches its capacity was measured with, chaos/rates.py) or
+        by default to a quarter of a second of load, at most the outlet's default
+        maximum-batch-size: a faster run is not an insert storm of small batches, and
+        the row counts sampled once a second still move in steps small enough for a
+        throughput judged within 5% over a few seconds."""
         if rate <= 0:
             raise ValueError("rate must be > 0")
         factor = rate / self.load.rate
         timeline = tuple(
             replace(a, params={**a.params, "rate": float(a.params["rate"]) * factor})
             if a.action == "set_rate" else a for a in self.timeline)
-        batch = max(self.outlet.batch_size,
-                    min(MAX_SCALED_BATCH, round(rate * SCALED_BATCH_SECONDS)))
+        if batch_size is None:
+            batch_size = min(MAX_SCALED_BATCH, round(rate * SCALED_BATCH_SECONDS))
+        batch = max(self.outlet.batch_size, batch_size)
         origin = {"file_rate": self.load.rate, **(origin or {})}
         exp = self.expect
         if factor > 1 and self.stops_the_primary() and exp.lags:

@@ -10,7 +10,8 @@ flow. Two rates come out of one drain:
   always printed, meaningful for backlogs of millions of flows;
 * ``steady_flows_per_s``: from the first stored row to the last, start-up left out: the
   outlet's drain capacity, already meaningful on a backlog of a few seconds. The chaos
-  harness derives its load from it (``chaos run --rate-fraction``, docs/chaos.md).
+  harness derives its load from it (``chaos run --rate-fraction``, docs/chaos.md), with
+  a drain of its scenario's own shape (its destinations, its batches: chaos/rates.py).
 
 CPU is the outlet process's user+system time after start-up (chDB runs in-process, so
 decoding, enrichment and encoding are included; the ClickHouse servers' CPU is not).
@@ -150,27 +151,34 @@ def drain(
 
 @dataclass
 class Calibration:
-    """One short single-destination drain: the outlet's capacity on this machine now."""
+    """One backlog produced, then drained by one outlet process writing to ``drain.
+    destinations`` in batches of ``batch_size`` flows, on this machine now."""
 
     drain: DrainResult
     backlog_produce_flows_per_s: float
     load_average: tuple[float, float, float]
+    batch_size: int = BatchConfig().maximum_batch_size
 
     @property
     def capacity(self) -> float:
-        """Flows/s one outlet process stores into one destination (steady drain rate)."""
-        return self.drain.steady_flows_per_s
+        """Flows/s this machine sustains producing and storing at once (a live load):
+        the drain's and the producer's time per flow added, since a live load runs both
+        on the same cores while the calibration runs them one after the other."""
+        drain, produce = self.drain.steady_flows_per_s, self.backlog_produce_flows_per_s
+        return 1 / (1 / drain + 1 / produce) if drain > 0 and produce > 0 else 0.0
 
 
 def calibrate(ep: Endpoints, flows: int = 1_000_000,
-              batch_size: int = BatchConfig().maximum_batch_size) -> Calibration:
-    """Produce a backlog of ``flows`` and drain it into ``local`` (the settings of ``make
-    bench-outlet``, a shorter backlog): tens of seconds on a 2-core machine."""
+              batch_size: int = BatchConfig().maximum_batch_size,
+              destinations: tuple[str, ...] = ("local",)) -> Calibration:
+    """Produce a backlog of ``flows`` and drain it into ``destinations`` (by default the
+    settings of ``make bench-outlet``, a shorter backlog): tens of seconds on a 2-core
+    machine."""
     backlog = make_backlog(ep, flows, prefix="calibrate")
     try:
         with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
-            result = drain(ep, backlog.topic, flows, ("local",), "calibrate", Path(tmp),
+            result = drain(ep, backlog.topic, flows, destinations, "calibrate", Path(tmp),
                            batch_size)
     finally:
         delete_topic(ep, backlog.topic)
-    return Calibration(result, backlog.produce_flows_per_s, os.getloadavg())
+    return Calibration(result, backlog.produce_flows_per_s, os.getloadavg(), batch_size)
