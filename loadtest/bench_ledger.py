@@ -244,11 +244,13 @@ def bench(ep: Endpoints, args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-ledger-"))
     print(f"baseline: outlet of {args.baseline} ({baseline}); this outlet: the work tree",
           flush=True)
-    high = high_rate(ep, workdir, baseline, args)
-    low = low_rate(ep, workdir, baseline, args)
+    high = high_rate(ep, workdir, baseline, args) if args.rates != "low" else []
+    low = low_rate(ep, workdir, baseline, args) if args.rates != "high" else []
     summary: dict[str, Any] = {"baseline": args.baseline,
                                "results": [m.row() for m in high + low]}
     for rate, ms in (("high", high), ("low", low)):
+        if not ms:
+            continue
         base = [m for m in ms if m.label.startswith("baseline")]
         new = [m for m in ms if m.label.startswith("ledger")]
         ratios = {k: _mean(new, k) / max(1e-9, _mean(base, k))
@@ -271,3 +273,6 @@ def configure(ap: argparse.ArgumentParser) -> None:
                     help="flows/s of the low-rate run (default: 2000)")
     ap.add_argument("--low-seconds", type=float, default=30.0,
                     help="length of the low-rate load (default: 30)")
+    ap.add_argument("--rates", choices=("both", "high", "low"), default="both",
+                    help="which part to run: the backlog drains (high), the live stream "
+                         "(low) or both (default)")

@@ -248,3 +248,19 @@ async def test_an_assignment_without_revoke_first_drops_the_open_batch() -> None
     assert [c.ranges for c in fake.cuts] == [{0: (0, 9)}]
     assert [len(c.records) for c in fake.cuts] == [10]
     assert b.dropped_records == 5
+
+
+async def test_an_assignment_without_revoke_first_replaces_the_open_rebuilds() -> None:
+    """The same, with a rebuild open: the new assignment's plan (same batch, same token)
+    takes over; the old one would hold the re-read records twice and be cut in the
+    assignment that ended (dropped by the destinations, never settled)."""
+    b, fake = batcher(size=100)
+    old = RebuildPlan(ranges={0: (0, 4)}, token="t", seq=100, epoch=1)
+    new = RebuildPlan(ranges={0: (0, 4)}, token="t", seq=200, epoch=2)
+    again = Assigned(epoch=2, assigned=frozenset({0}), plans=(new,))
+    await run(b, assigned(0, plans=(old,)), chunk([frames(1)] * 3), again,
+              chunk([frames(1)] * 6))
+    rebuilt = [c for c in fake.cuts if c.reason == "rebuild"]
+    assert [(c.seq, c.epoch, len(c.records)) for c in rebuilt] == [(200, 2, 5)]
+    assert [(c.ranges, c.epoch) for c in fake.cuts if c.reason != "rebuild"] == [
+        ({0: (5, 5)}, 2)]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio.testing
 
 from outlet import metrics as names
 from outlet.kafka_client import KafkaClient
@@ -82,3 +83,48 @@ async def test_revoke_under_backpressure_commits_after_the_held_chunks(tmp_path:
     assert revoke_commit > 0
     assert p1 == list(range(revoke_commit)), "records past the revoke commit were stored"
     assert broker.consumers[0].overlaps == []
+
+
+class _Hooks:
+    """The pipeline's side of a rebalance, doing nothing."""
+
+    def assigned(self, *args: Any) -> tuple[object, ...]:
+        return ()
+
+    async def revoking(self, partitions: set[int]) -> tuple[dict[int, int], dict[int, str]]:
+        return {}, {}
+
+    def revoked(self, partitions: set[int], lost: bool) -> None:
+        pass
+
+
+async def test_a_commit_queued_before_an_assignment_again_is_not_issued() -> None:
+    """A partition assigned again without a revoke first starts a new assignment (its
+    ledger state is read again from the broker): a commit made for the old one and not
+    issued yet fails as revoked, as at a revoke; issued after the new assignment read the
+    committed metadata, it would overwrite it with the old assignment's seals."""
+    from outlet.config import KafkaConfig
+    from outlet.kafka_input import KafkaCommitError, KafkaInput
+
+    inp = KafkaInput(KafkaConfig(), Metrics(), source=None)  # type: ignore[arg-type]
+    inp._hooks = _Hooks()
+    inp.assigned({0, 1}, {}, {})
+    outcome: list[BaseException | None] = []
+
+    async def seal() -> None:
+        try:
+            await inp.commit({0: 5, 1: 7}, {0: "ol1;x", 1: "ol1;y"})
+            outcome.append(None)
+        except KafkaCommitError as exc:
+            outcome.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seal)
+        await trio.testing.wait_all_tasks_blocked()
+        inp.assigned({0}, {}, {})
+        queued = [r.offsets for r in inp._commits]
+        assert queued == [{1: 7}], "partition 0's part of the commit is dropped"
+        inp.assigned({1}, {}, {})
+        await trio.testing.wait_all_tasks_blocked()
+    assert len(outcome) == 1 and isinstance(outcome[0], KafkaCommitError)
+    assert outcome[0].revoked
