@@ -27,9 +27,10 @@ partition next can rebuild it whole (outlet/rebuild.py, docs/dual-write.md: why)
   its records were read in.
 - At shutdown every open batch is cut (``shutdown``).
 
-Cuts go to ``seal`` (the sealer), several at once when they come together, awaited: while
-the sealer is busy (ledger, encoding, a full primary queue) the channel fills and the
-input pauses. Records covered by a rebuild plan go to that plan instead, and the plan is
+Cuts go to ``seal`` (the sealer), several at once when they come together (a time cut's
+round, the batches one chunk filled, of any partitions: one Kafka commit seals them all),
+awaited: while the sealer is busy (ledger, encoding, a full primary queue) the channel
+fills and the input pauses. Records covered by a rebuild plan go to that plan instead, and the plan is
 cut when complete.
 
 Per-record Python work is kept out of the usual path: a chunk is split into runs of one
@@ -163,10 +164,11 @@ class Batcher:
     async def _add(self, chunk: Chunk) -> None:
         parts, offs, vals = chunk.partitions, chunk.offsets, chunk.values
         cum: list[int] = np.concatenate(([0], np.cumsum(self._weights(vals)))).tolist()
+        cuts: list[Cut] = []  # every partition's full batches of the chunk: one seal commit
         for start, end in _runs(parts):
-            cuts = self._add_run(parts[start], parts, offs, vals, cum, start, end)
-            if cuts:
-                await self._seal(cuts)
+            cuts += self._add_run(parts[start], parts, offs, vals, cum, start, end)
+        if cuts:
+            await self._seal(cuts)
 
     def _add_run(
         self,

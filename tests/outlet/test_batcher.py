@@ -264,3 +264,14 @@ async def test_an_assignment_without_revoke_first_replaces_the_open_rebuilds() -
     assert [(c.seq, c.epoch, len(c.records)) for c in rebuilt] == [(200, 2, 5)]
     assert [(c.ranges, c.epoch) for c in fake.cuts if c.reason != "rebuild"] == [
         ({0: (5, 5)}, 2)]
+
+
+async def test_the_batches_one_chunk_fills_are_sealed_together() -> None:
+    """One seal call (one Kafka commit) for every partition's full batches of a chunk, not
+    one per batch (at backlog drains a commit per batch doubled the commits)."""
+    b, fake = batcher(size=4)
+    await run(b, assigned(0, 1, 2), mixed((0, 0, 4), (1, 0, 4), (2, 0, 8)))
+    assert [[(c.ranges, c.reason) for c in r] for r in fake.rounds] == [[
+        ({0: (0, 3)}, "size"), ({1: (0, 3)}, "size"), ({2: (0, 3)}, "size"),
+        ({2: (4, 7)}, "size"),
+    ]]
