@@ -30,8 +30,8 @@ partition next can rebuild it whole (outlet/rebuild.py, docs/dual-write.md: why)
 Cuts go to ``seal`` (the sealer), several at once when they come together (a time cut's
 round, the batches one chunk filled, of any partitions: one Kafka commit seals them all),
 awaited: while the sealer is busy (ledger, encoding, a full primary queue) the channel
-fills and the input pauses. Records covered by a rebuild plan go to that plan instead, and the plan is
-cut when complete.
+fills and the input pauses. Records covered by a rebuild plan go to that plan instead,
+and the plan is cut when complete.
 
 Per-record Python work is kept out of the usual path: a chunk is split into runs of one
 partition and weighed in compiled passes, and added with slices (BatchBuilder.extend);
