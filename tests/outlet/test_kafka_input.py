@@ -128,3 +128,51 @@ async def test_a_commit_queued_before_an_assignment_again_is_not_issued() -> Non
         await trio.testing.wait_all_tasks_blocked()
     assert len(outcome) == 1 and isinstance(outcome[0], KafkaCommitError)
     assert outcome[0].revoked
+
+
+class _SourceHooks:
+    """What librdkafka's callbacks reach on the Trio side, doing nothing."""
+
+    def assigned(self, partitions: set[int], committed: dict[int, int],
+                 metadata: dict[int, str]) -> None:
+        pass
+
+    async def revoking(self, partitions: set[int]) -> None:
+        return None
+
+    def revoked(self, partitions: set[int]) -> None:
+        pass
+
+    def lost(self, partitions: set[int]) -> None:
+        pass
+
+
+async def test_a_partition_revoked_while_paused_is_read_when_assigned_back() -> None:
+    """librdkafka keeps a partition's pause across a revoke. Revoked while the pipeline was
+    full (paused), then resumed while nothing was assigned (between the revoke and the
+    next assignment of an eager rebalance), a partition assigned back stayed paused for
+    good: never read again, a stall (group-crash-reassign, once in five runs)."""
+    from outlet.config import KafkaConfig
+    from outlet.kafka_input import PollRequest
+
+    broker = FakeBroker(partitions=2)
+    broker.produce(0, 5)
+    client = KafkaClient(KafkaConfig(), Metrics(), consumer_factory=broker.consumer_factory())
+    await client.open(_SourceHooks())  # type: ignore[arg-type]
+
+    async def poll(paused: bool) -> list[int]:
+        polled = await client.poll(PollRequest(100, 0.05, paused, []))
+        return polled.chunk.offsets
+
+    assert await poll(False) == [0, 1, 2, 3, 4]
+    assert await poll(True) == []  # the pipeline is full: paused
+    broker.revoke({0, 1})
+    await poll(True)  # revoked while paused
+    await poll(False)  # the pipeline emptied: resumed, with nothing assigned
+    broker.produce(0, 3)
+    broker.consumers[0].events.append(("assign", {0, 1}))
+    read: list[int] = []
+    for _ in range(5):
+        read += await poll(False)
+    assert read == [0, 1, 2, 3, 4, 5, 6, 7], "partition 0 read again from its commit"
+    await client.aclose()
