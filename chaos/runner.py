@@ -345,6 +345,8 @@ class Run:
         elif name == "resume_outlet":
             o.resume()
         elif name == "kill_outlet":
+            if p.get("pending"):
+                _wait_pending(o)
             o.kill()
             self.outlet.down.add(number)
         elif name == "stop_outlet":
@@ -370,6 +372,21 @@ class Run:
 
     def play(self, timeline: tuple[Action, ...]) -> None:
         play_timeline(timeline, self.t0, self.execute, self.events)
+
+
+PENDING_WAIT = 10.0  # seconds kill_outlet(pending) waits for a batch in flight at most
+
+
+def _wait_pending(o: Outlet) -> None:
+    """Until the outlet holds sealed batches not committed yet (what a crash must leave
+    for the partitions' next owner to rebuild), at most PENDING_WAIT: a scenario about
+    rebuilds must not depend on where in a batch's short life the kill falls."""
+    deadline = time.monotonic() + PENDING_WAIT
+    while time.monotonic() < deadline:
+        m = o.scrape()
+        if m is None or m.get(names.COMMIT_PENDING_FLOWS, 0) > 0:
+            return
+        time.sleep(0.05)
 
 
 def play_timeline(timeline: tuple[Action, ...], t0: float, execute: Callable[[Action], None],

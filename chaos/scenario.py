@@ -521,7 +521,7 @@ ACTIONS: dict[str, dict[str, Key]] = {
     "disable_proxy": _params("disable_proxy", {"proxy": PROXY}, {"for": POSITIVE}),
     "enable_proxy": _params("enable_proxy", {"proxy": PROXY}),
     "kill_outlet": _params("kill_outlet", {}, {"for": POSITIVE, "outlet": DATACENTER,
-                                              "member": MEMBER}),
+                                              "member": MEMBER, "pending": BOOL}),
     "stop_outlet": _params("stop_outlet", {}, {"for": POSITIVE, "outlet": DATACENTER,
                                               "member": MEMBER}),
     "start_outlet": _params("start_outlet", {}, {"outlet": DATACENTER, "member": MEMBER}),

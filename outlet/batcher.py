@@ -8,10 +8,18 @@ partition next can rebuild it whole (outlet/rebuild.py, docs/dual-write.md: why)
 - A partition's batch is cut when it holds ``max_size`` flows (counted per record by the
   compiled framing scan, outlet/protoscan.py; a record alone larger than a batch goes
   alone).
-- One timer serves all partitions: when the oldest open batch is ``max_wait`` old, every
-  open batch is cut (``time``), so at low traffic a process makes one round of inserts
-  per ``max_wait`` (as many inserts as partitions with records) instead of inserts
-  spread over the interval, and their seals share one Kafka commit.
+- One timer serves all partitions, and its wait scales with them: when the oldest open
+  batch is ``max_wait`` times the number of partitions holding records old, every open
+  batch is cut (``time``) in one round (one seal commit for them all). So at low
+  traffic a process inserts about once per ``max_wait``, as an outlet with one batch
+  over every partition did (N partitions: N inserts every N x ``max_wait``), instead
+  of N times as often: each insert has a fixed cost (a codec query of ~15-20 ms of CPU,
+  an HTTP request, a part on the server, a commit) that at low rates outweighs the
+  flows (docs/dual-write.md: measured). The price is latency at low traffic: a partial
+  batch waits up to N x ``max_wait``. Batches that fill up are cut by size, as before.
+- Before a time cut, the chunks already waiting in the channel are added first: their
+  records are older than the deadline too, and would otherwise start the next batches
+  (in a backlog, the timer then cut batches half full).
 - At a ``Barrier`` (partitions revoked or lost) the open batches and rebuild plans of
   those partitions are dropped, not sealed: their records were never sealed, so their
   next owner reads them again from the committed offset. An ``Assigned`` marker opens
@@ -19,10 +27,11 @@ partition next can rebuild it whole (outlet/rebuild.py, docs/dual-write.md: why)
   its records were read in.
 - At shutdown every open batch is cut (``shutdown``).
 
-Cuts go to ``seal`` (the sealer), several at once when they come together, awaited: while
-the sealer is busy (ledger, encoding, a full primary queue) the channel fills and the
-input pauses. Records covered by a rebuild plan go to that plan instead, and the plan is
-cut when complete.
+Cuts go to ``seal`` (the sealer), several at once when they come together (a time cut's
+round, the batches one chunk filled, of any partitions: one Kafka commit seals them all),
+awaited: while the sealer is busy (ledger, encoding, a full primary queue) the channel
+fills and the input pauses. Records covered by a rebuild plan go to that plan instead,
+and the plan is cut when complete.
 
 Per-record Python work is kept out of the usual path: a chunk is split into runs of one
 partition and weighed in compiled passes, and added with slices (BatchBuilder.extend);
@@ -52,7 +61,8 @@ Seal = Callable[[Sequence[Cut]], Awaitable[None]]
 
 
 class Batcher:
-    """Per-partition batches, cut by size, by one shared wait timer and at shutdown."""
+    """Per-partition batches, cut by size, by one shared timer (its wait scales with the
+    partitions holding records) and at shutdown."""
 
     def __init__(
         self, max_size: int, max_wait: float, seal: Seal, max_flows_per_record: int = 1000
@@ -82,21 +92,43 @@ class Batcher:
                     except trio.EndOfChannel:
                         break
                 if chunk is None:
-                    await self._cut_all("time")
-                elif isinstance(chunk, Barrier):
-                    await self._barrier(chunk)
-                elif isinstance(chunk, Assigned):
-                    self._assigned(chunk)
-                elif self.rebuilds:
-                    await self._add_with_rebuilds(chunk)
+                    await self._cut_on_time(recv)
                 else:
-                    await self._add(chunk)
+                    await self._handle(chunk)
         await self._cut_all("shutdown")
+
+    async def _handle(self, chunk: Chunk) -> None:
+        if isinstance(chunk, Barrier):
+            await self._barrier(chunk)
+        elif isinstance(chunk, Assigned):
+            self._assigned(chunk)
+        elif self.rebuilds:
+            await self._add_with_rebuilds(chunk)
+        else:
+            await self._add(chunk)
+
+    async def _cut_on_time(self, recv: trio.MemoryReceiveChannel[Chunk]) -> None:
+        """The deadline passed: add what already waits in the channel (at most what is
+        there now: a channel kept full must not postpone the cut), then cut every open
+        batch if the deadline still holds (size cuts may have emptied the open set)."""
+        for _ in range(recv.statistics().current_buffer_used):
+            try:
+                chunk = recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            await self._handle(chunk)
+        if trio.current_time() >= self._deadline():
+            await self._cut_all("time")
+
+    def wait(self) -> float:
+        """How long the oldest open batch may wait: ``max_wait`` per partition holding
+        records (module docstring: the insert rate at low traffic)."""
+        return self.max_wait * max(1, len(self.open))
 
     def _deadline(self) -> float:
         if not self.open:
             return math.inf
-        return min(b.started_at for b in self.open.values()) + self.max_wait
+        return min(b.started_at for b in self.open.values()) + self.wait()
 
     # -- rebalances --------------------------------------------------------------------------
     def _assigned(self, marker: Assigned) -> None:
@@ -132,10 +164,11 @@ class Batcher:
     async def _add(self, chunk: Chunk) -> None:
         parts, offs, vals = chunk.partitions, chunk.offsets, chunk.values
         cum: list[int] = np.concatenate(([0], np.cumsum(self._weights(vals)))).tolist()
+        cuts: list[Cut] = []  # every partition's full batches of the chunk: one seal commit
         for start, end in _runs(parts):
-            cuts = self._add_run(parts[start], parts, offs, vals, cum, start, end)
-            if cuts:
-                await self._seal(cuts)
+            cuts += self._add_run(parts[start], parts, offs, vals, cum, start, end)
+        if cuts:
+            await self._seal(cuts)
 
     def _add_run(
         self,

@@ -626,7 +626,14 @@ class BatchConfig:
             "1,000,000 (~120 MB of encoded batch, held once per queued copy).")
     maximum_wait_time: float = setting(
         5.0, Duration(positive=True, at_most=HOUR),
-        doc="A partial batch is flushed after this long.")
+        doc="A partial batch is flushed after this long per partition holding records: "
+            "batches are per partition, and a process's partial batches are flushed "
+            "together once the oldest waited this times the number of partitions with "
+            "records (1 partition: this long; 4: four times as long). So at low traffic a "
+            "process inserts about once per this interval, as with one batch over every "
+            "partition, instead of once per partition. Lower it for less latency at the "
+            "price of more inserts (see [dual-write.md](dual-write.md#the-batch-ledger-in-"
+            "kafka)).")
     grace_period: float = setting(
         60.0, Duration(at_most=HOUR),
         doc="On SIGTERM/SIGINT, time allowed to flush and commit before exiting. Global "

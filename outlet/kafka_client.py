@@ -425,13 +425,26 @@ class KafkaClient:
             self._lag_base.pop(p, None)
         self._lag_base.update(committed)
         self._assigned |= parts
-        if self._paused:
-            consumer.pause(partitions)
+        self._set_pause(consumer, partitions)
         log.info("kafka: assigned partitions %s", sorted(parts))
         self.link.working("partitions assigned")
         assert self._hooks is not None
         with contextlib.suppress(trio.RunFinishedError):
             trio.from_thread.run_sync(self._hooks.assigned, parts, committed, metadata)
+
+    # librdkafka keeps a partition's pause flag across a revoke (confluent-kafka-go issue
+    # 193): a partition revoked while paused and assigned back after a resume (made while
+    # it was not ours) would stay paused for good. So partitions leave unpaused, and an
+    # assignment sets the current state explicitly.
+    def _unpause(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        if self._paused:
+            consumer.resume(partitions)
+
+    def _set_pause(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        if self._paused:
+            consumer.pause(partitions)
+        else:
+            consumer.resume(partitions)
 
     def _read_committed(self, consumer: Any, partitions: list[TopicPartition]) -> list[Any]:
         delay = 0.5
@@ -460,6 +473,7 @@ class KafkaClient:
             request = None
         if request is not None:
             self._commit([request])
+        self._unpause(consumer, partitions)
         self._assigned -= parts
         with contextlib.suppress(trio.RunFinishedError):
             trio.from_thread.run_sync(self._hooks.revoked, parts)
@@ -468,6 +482,7 @@ class KafkaClient:
         """The assignment was lost (session timeout): nothing can be committed any more."""
         parts = {tp.partition for tp in partitions}
         log.warning("kafka: partitions %s lost", sorted(parts))
+        self._unpause(consumer, partitions)
         self._assigned -= parts
         assert self._hooks is not None
         with contextlib.suppress(trio.RunFinishedError):

@@ -391,6 +391,7 @@ class KafkaInput:
     ) -> None:
         assert self._hooks is not None
         self._epochs += 1
+        self._abort_commits(partitions & self.owned)  # assigned again: a new assignment
         self.owned |= partitions
         self.ever_assigned = True
         plans = self._hooks.assigned(partitions, committed, metadata, self._epochs)

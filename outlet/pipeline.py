@@ -166,6 +166,9 @@ class Rebalance:
         batch of those partitions, so the commit watermark cannot pass them while they
         are rebuilt; the batcher opens them when it reaches the assignment.
         """
+        again = {p for p in partitions if self.ledger.epoch(p) is not None}
+        if again:  # without a revoke first: the old assignment's batches are handed over
+            self.committer.forget(again)
         sealed = []
         for p in sorted(partitions):
             sealed += self.ledger.assigned(p, committed.get(p), metadata.get(p), epoch)

@@ -67,9 +67,14 @@ class Rebuilds:
         return {p for plan in self.plans for p in plan.ranges}
 
     def assign(self, partitions: set[int], plans: Iterable[RebuildPlan]) -> None:
-        """Partitions assigned (with the plans made for them): plans open. A batch
-        already being rebuilt (planned twice) is kept once."""
+        """Partitions assigned (with the plans made for them): plans open. A partition
+        assigned again without a revoke first is read again from its commit, in the new
+        assignment: the plans of the old one go (the new plans rebuild the same batches
+        under the same tokens; kept, an old plan would collect its records twice and be
+        cut in an assignment that ended, never to settle). A legacy batch planned twice is
+        kept once."""
         self.assigned |= partitions
+        self.plans = [p for p in self.plans if p.legacy or not partitions & p.ranges.keys()]
         active = {p.token for p in self.plans}
         for plan in plans:
             if plan.token not in active:

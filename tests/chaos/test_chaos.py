@@ -667,3 +667,33 @@ def test_destinations_are_added_in_single_dc_scenarios_only() -> None:
     doc = multi_dc(at="5s", action="add_destination", name="extra", server="local")
     doc["outlet"] = {"orchestrator": True}
     assert any("add_destination: single-dc scenarios only" in p for p in problems(doc))
+
+
+def test_kill_outlet_pending_waits_for_a_batch_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """group-crash-reassign proves rebuilds: its kill waits until the victim holds sealed,
+    uncommitted batches (once in four runs there was none at 15 s, and the scenario then
+    proved nothing), bounded by PENDING_WAIT."""
+    from chaos import runner
+
+    class Victim:
+        def __init__(self, pending: list[float]) -> None:
+            self.pending = pending
+            self.scrapes = 0
+
+        def scrape(self) -> dict[str, float]:
+            self.scrapes += 1
+            value = self.pending[min(self.scrapes, len(self.pending)) - 1]
+            return {names.COMMIT_PENDING_FLOWS: value}
+
+    monkeypatch.setattr(runner.time, "sleep", lambda s: None)
+    busy = Victim([0, 0, 0, 5000])
+    runner._wait_pending(busy)  # type: ignore[arg-type]
+    assert busy.scrapes == 4
+    clock = iter(range(0, 1000))
+    monkeypatch.setattr(runner.time, "monotonic", lambda: float(next(clock)))
+    idle = Victim([0])
+    runner._wait_pending(idle)  # type: ignore[arg-type]
+    assert idle.scrapes == runner.PENDING_WAIT - 1
+    kill = next(a for a in load_scenario("group-crash-reassign").timeline
+                if a.action == "kill_outlet")
+    assert kill.params["pending"] is True

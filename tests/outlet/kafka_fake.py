@@ -180,7 +180,9 @@ class FakeConsumer:
                 if self._on_revoke is not None:
                     self._on_revoke(self, self._tps(parts))
                 self.assignment -= parts
-                self.paused -= parts
+                # librdkafka keeps a partition's pause flag across a revoke: assigned back,
+                # it is still paused until resumed (confluent-kafka-go issue 193,
+                # librdkafka issue 1849)
 
     def _take(self, limit: int) -> list[FakeMessage]:
         out: list[FakeMessage] = []

@@ -134,8 +134,9 @@ async def test_each_batch_holds_one_partitions_contiguous_range() -> None:
 async def test_one_timer_seals_every_partition_together(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """The oldest open batch decides: at max_wait every partition's batch is cut, in one
-    seal call (one Kafka commit), then nothing more until new records come."""
+    """The oldest open batch decides: once it waited max_wait per partition holding
+    records, every partition's batch is cut, in one seal call (one Kafka commit), then
+    nothing more until new records come."""
     fake = Sealed()
     b = Batcher(100, 5.0, fake)
     send, recv = trio.open_memory_channel[Chunk](10)
@@ -145,13 +146,85 @@ async def test_one_timer_seals_every_partition_together(
         send.send_nowait(mixed((0, 0, 2)))
         await trio.sleep(3)
         send.send_nowait(mixed((1, 0, 1), (2, 0, 1)))
-        await trio.sleep(2.5)
+        await trio.sleep(11.5)  # three partitions hold records: 15 s after the first
+        assert fake.rounds == []
+        await trio.sleep(1)
         assert [sorted(c.ranges) for c in fake.rounds[0]] == [[0], [1], [2]]
         assert all(c.reason == "time" for c in fake.rounds[0])
-        assert trio.current_time() < 6
         await trio.sleep(60)
         assert len(fake.rounds) == 1
         send.close()
+
+
+async def test_a_lone_partition_waits_max_wait(autojump_clock: trio.testing.MockClock) -> None:
+    fake = Sealed()
+    b = Batcher(100, 5.0, fake)
+    send, recv = trio.open_memory_channel[Chunk](10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(b.run, recv)
+        send.send_nowait(assigned(0, 1, 2))
+        send.send_nowait(mixed((1, 0, 2)))
+        await trio.sleep(5.5)
+        assert [(c.ranges, c.reason) for c in fake.cuts] == [({1: (0, 1)}, "time")]
+        send.close()
+
+
+async def test_low_traffic_inserts_about_once_per_max_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Four partitions, a trickle on each: the batches of a process are cut about once per
+    max_wait in all (as one batch over every partition was before issue 12), not four
+    times as often, and no record waits more than max_wait per partition (the latency
+    price, docs/dual-write.md)."""
+    @dataclass
+    class Timed(Sealed):
+        at: list[float] = field(default_factory=list)
+
+        async def __call__(self, cuts: Sequence[Cut]) -> None:
+            await super().__call__(cuts)
+            self.at.append(trio.current_time())
+
+    fake = Timed()
+    b = Batcher(10_000, 1.0, fake)
+    send, recv = trio.open_memory_channel[Chunk](10)
+    read_at: dict[tuple[int, int], float] = {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(b.run, recv)
+        send.send_nowait(assigned(0, 1, 2, 3))
+        for second in range(120):
+            for p in range(4):
+                read_at[(p, second)] = trio.current_time()
+                send.send_nowait(mixed((p, second, 1)))
+            await trio.sleep(1)
+        send.close()
+    timed = [(r, at) for r, at in zip(fake.rounds, fake.at, strict=True) if r[0].reason == "time"]
+    inserts = sum(len(r) for r, _ in timed)
+    assert 100 <= inserts <= 124, f"{inserts} inserts in 120 s at max_wait 1 s"
+    assert all(len(r) == 4 for r, _ in timed), "the partitions are cut together"
+    waited = max(at - read_at[(p, c.ranges[p][0])] for r, at in timed for c in r
+                 for p in c.ranges)
+    assert waited <= 4 * 1.0
+
+
+async def test_a_time_cut_takes_the_chunks_already_waiting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The sealer was busy past a batch's deadline while more of its records queued up
+    (a backlog): they go into the batch before the time cut, which then fills to its size
+    instead of two half batches."""
+    @dataclass
+    class SlowSeal(Sealed):
+        async def __call__(self, cuts: Sequence[Cut]) -> None:
+            await super().__call__(cuts)
+            if any(c.reason == "size" for c in cuts):
+                await trio.sleep(5)  # encoding, a full primary queue
+
+    fake = SlowSeal()
+    b = Batcher(4, 1.0, fake)
+    await run(b, assigned(0, 1), mixed((1, 0, 2)), mixed((0, 0, 4)), mixed((1, 2, 2)))
+    assert [(c.ranges, c.reason) for c in fake.cuts] == [
+        ({0: (0, 3)}, "size"), ({1: (0, 3)}, "size"),
+    ]
 
 
 async def test_a_revoked_partition_is_dropped_not_sealed() -> None:
@@ -175,3 +248,30 @@ async def test_an_assignment_without_revoke_first_drops_the_open_batch() -> None
     assert [c.ranges for c in fake.cuts] == [{0: (0, 9)}]
     assert [len(c.records) for c in fake.cuts] == [10]
     assert b.dropped_records == 5
+
+
+async def test_an_assignment_without_revoke_first_replaces_the_open_rebuilds() -> None:
+    """The same, with a rebuild open: the new assignment's plan (same batch, same token)
+    takes over; the old one would hold the re-read records twice and be cut in the
+    assignment that ended (dropped by the destinations, never settled)."""
+    b, fake = batcher(size=100)
+    old = RebuildPlan(ranges={0: (0, 4)}, token="t", seq=100, epoch=1)
+    new = RebuildPlan(ranges={0: (0, 4)}, token="t", seq=200, epoch=2)
+    again = Assigned(epoch=2, assigned=frozenset({0}), plans=(new,))
+    await run(b, assigned(0, plans=(old,)), chunk([frames(1)] * 3), again,
+              chunk([frames(1)] * 6))
+    rebuilt = [c for c in fake.cuts if c.reason == "rebuild"]
+    assert [(c.seq, c.epoch, len(c.records)) for c in rebuilt] == [(200, 2, 5)]
+    assert [(c.ranges, c.epoch) for c in fake.cuts if c.reason != "rebuild"] == [
+        ({0: (5, 5)}, 2)]
+
+
+async def test_the_batches_one_chunk_fills_are_sealed_together() -> None:
+    """One seal call (one Kafka commit) for every partition's full batches of a chunk, not
+    one per batch (at backlog drains a commit per batch doubled the commits)."""
+    b, fake = batcher(size=4)
+    await run(b, assigned(0, 1, 2), mixed((0, 0, 4), (1, 0, 4), (2, 0, 8)))
+    assert [[(c.ranges, c.reason) for c in r] for r in fake.rounds] == [[
+        ({0: (0, 3)}, "size"), ({1: (0, 3)}, "size"), ({2: (0, 3)}, "size"),
+        ({2: (4, 7)}, "size"),
+    ]]

@@ -165,3 +165,35 @@ async def test_graceful_moves_under_load_hand_pending_batches_over(
     assert_exactly_once(w)
     handed = sum(metric(m.outlet, names.BATCHES_HANDED_OVER_TOTAL) for m in (a, b))
     assert handed > 0, "the slow destination kept batches unsettled at some revoke"
+
+
+async def test_a_partition_assigned_again_without_a_revoke_still_commits(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A partition given to the member that owns it, without a revoke first (the member
+    learns of no loss in between), while its batches are in flight (azure slow) and a
+    rebuild plan of it is open. The partition is read again from its commit, in a new
+    assignment: the batches of the old one must be handed over (destinations drop them
+    as unwanted, so they would never settle) and the old assignment's plans replaced by
+    the new ones (the same batches, the same tokens), or the commit watermark of the
+    partition never moves again: sealing then waits for room in its commit metadata and
+    the whole outlet stalls."""
+    w = group_world(partitions=1)
+    w.topic.produce(0, 30)
+    w.azure.latency = 3.0
+    a = Member(w, tmp_path / "a", clickhouse={"maximum-batch-size": 10})
+    async with trio.open_nursery() as nursery:
+        src = await nursery.start(a.run)
+        w.topic.assign(src, {0})
+        await until(lambda: len(w.primary.rows) == 30)
+        assert len(decode(0, 0, w.topic.metadata[0])) == 3, "sealed, not committed"
+        w.topic.assign(src, {0})  # again, no revoke: a rebuild of three batches opens
+        await trio.sleep(0.5)
+        w.topic.produce(0, 10)
+        w.topic.assign(src, {0})  # and again, while those rebuilds are open
+        w.azure.latency = 0
+        await until(lambda: w.topic.committed.get(0) == 40, timeout=300)
+        await until(lambda: len(w.azure.rows) >= 40)
+        a.outlet.request_stop()
+    assert_exactly_once(w)
+    assert w.topic.metadata == {0: ""}
