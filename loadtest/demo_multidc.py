@@ -79,6 +79,8 @@ def _run(sites: MultiDCSites, gens: dict[str, FlowGenerator], rate: float,
         rows = "  ".join(f"{site} {verify.count_rows(sites.server(site), db):>9,}"
                          for site in sites.sites)
         print(f"   t={elapsed:5.1f}s  {rows}")
+        if not _outlets_alive(sites):
+            return 1
     failed = [dc for dc, p in producers.items() if p.error]
     if failed:
         print(f"== producer failed in {failed}", file=sys.stderr)
@@ -86,19 +88,31 @@ def _run(sites: MultiDCSites, gens: dict[str, FlowGenerator], rate: float,
     for dc in mep.datacenters:
         verify.wait_rows(sites.server(dc), total, 120, db)
     verify.wait_stable(mep.central, quiet=5, database=db)
-    _report(sites, total)
-    return 0
+    return 0 if _report(sites, total) else 1
 
 
-def _report(sites: MultiDCSites, total: int) -> None:
+def _outlets_alive(sites: MultiDCSites) -> bool:
+    """A datacenter whose outlet exited stores nothing more: say so at once, with the
+    end of its log, instead of reporting a demo with a datacenter missing."""
+    dead = [dc for dc, o in sites.outlets.items() if not o.alive()]
+    for dc in dead:
+        o = sites.outlets[dc]
+        print(f"== outlet {dc} exited (log {o.log_path}):\n{o.log_tail(15)}", file=sys.stderr)
+    return not dead
+
+
+def _report(sites: MultiDCSites, total: int) -> bool:
+    """What each server stored; False (said on stderr) unless every local server holds
+    its datacenter's flows and central exactly what the outlets wrote there."""
     db = sites.database
+    stored = {site: verify.count_rows(sites.server(site), db) for site in sites.sites}
     print("\n== stored (raw table, resolution tables, retention)")
     for site in sites.sites:
         ch = sites.server(site)
         counts = "  ".join(f"{t} {verify.query(ch, f'SELECT count() FROM {db}.{t}').strip():>7}"
                            for t in ("flows_1m0s", "flows_5m0s", "flows_1h0m0s"))
         mismatched = sum(len(v) for v in resolution_mismatches(ch, db).values())
-        rows = verify.count_rows(ch, db)
+        rows = stored[site]
         print(f"   {site:7} flows {rows:>9,}  {counts}  buckets != raw sums: {mismatched}  "
               f"raw TTL {sites.raw_ttl_days(site):g} d")
     written = sum(o.metric(names.DESTINATION_FLOWS_WRITTEN_TOTAL, destination="central")
@@ -112,3 +126,10 @@ def _report(sites: MultiDCSites, total: int) -> None:
         applied = o.metric(names.CONFIG_RELOADS_TOTAL, outcome="applied")
         print(f"   outlet {dc}: written local {local:,.0f}, central {central:,.0f} (the batches "
               f"sealed after the rollout); configurations applied live: {applied:.0f}")
+    wrong = [f"{dc}: {stored[dc]:,} of {total:,}" for dc in sites.mep.datacenters
+             if stored[dc] != total]
+    if stored["central"] != written:
+        wrong.append(f"central: {stored['central']:,} rows, {written:,.0f} written there")
+    if wrong:
+        print(f"== not every flow stored once: {'; '.join(wrong)}", file=sys.stderr)
+    return not wrong

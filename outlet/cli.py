@@ -75,9 +75,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     _tune_gc()
     names = ", ".join(d.name for d in cfg.destinations())
     log.info("outlet %s starting: topic %s, destinations: %s", _version(), cfg.kafka.topic, names)
+    from outlet.httpapi import HttpListenError
+
     try:
         trio.run(Outlet(cfg, metrics, source=source).run)
-    except ClusterIdError as exc:
+    except (ClusterIdError, HttpListenError) as exc:
         log.error("outlet cannot start: %s", exc)
         return 1
     log.info("outlet stopped cleanly")

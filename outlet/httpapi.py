@@ -74,12 +74,56 @@ def make_app(
     return app
 
 
-async def serve_http(listen: str, registry: CollectorRegistry, ready: ReadyCheck) -> None:
-    """Serve until cancelled."""
+class HttpListenError(OSError):
+    """``http.listen`` cannot be bound (the port is taken, the address is not local): the
+    outlet does not start, and says which address and why in one line."""
+
+
+async def serve_http(
+    listen: str,
+    registry: CollectorRegistry,
+    ready: ReadyCheck,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until cancelled; started once listening. A failure to bind raises
+    HttpListenError (hypercorn reports it inside its nurseries' exception groups)."""
     config = HyperConfig()
     config.bind = [listen]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 1.0
-    log.info("http: serving /metrics, /healthz, /readyz on %s", listen)
-    await serve(make_app(registry, ready), config, shutdown_trigger=trio.sleep_forever)  # type: ignore[arg-type]
+    status = _Listening(listen, task_status)
+    try:
+        await serve(make_app(registry, ready), config,  # type: ignore[arg-type]
+                    shutdown_trigger=trio.sleep_forever, task_status=status)
+    except BaseExceptionGroup as group:
+        bind_errors, _ = group.split(OSError)
+        if status.listening or bind_errors is None:
+            raise
+        first = _leaves(bind_errors)[0]
+        raise HttpListenError(
+            f"http.listen {listen}: {first.strerror or first} (another process may listen "
+            "there: choose another http.listen)"
+        ) from None
+
+
+class _Listening:
+    """The task status hypercorn reports to once it listens: logged, then passed on."""
+
+    def __init__(self, listen: str, task_status: trio.TaskStatus[None]) -> None:
+        self.listen = listen
+        self.listening = False
+        self._task_status = task_status
+
+    def started(self, binds: object = None) -> None:
+        self.listening = True
+        log.info("http: serving /metrics, /healthz, /readyz on %s", self.listen)
+        self._task_status.started()
+
+
+def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
+    out: list[OSError] = []
+    for exc in group.exceptions:
+        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return out

@@ -69,13 +69,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 config_log = logging.getLogger("outlet.config")  # with the configuration's other lines
 
-HttpServer = Callable[[str, CollectorRegistry, "ReadyCheck"], Awaitable[None]]
+class HttpServer(Protocol):
+    """Serves /metrics, /healthz and /readyz; started once listening (outlet/httpapi.py)."""
+
+    async def __call__(
+        self, listen: str, registry: CollectorRegistry, ready: ReadyCheck, *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None: ...
 
 
-async def _serve_http(listen: str, registry: CollectorRegistry, ready: ReadyCheck) -> None:
+async def _serve_http(
+    listen: str, registry: CollectorRegistry, ready: ReadyCheck, *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     from outlet.httpapi import serve_http  # local: keeps hypercorn out of unit tests
 
-    await serve_http(listen, registry, ready)
+    await serve_http(listen, registry, ready, task_status=task_status)
 
 
 async def _chdb_encoder(cfg: OutletConfig) -> Encoder:
@@ -351,12 +360,12 @@ class Outlet:
         the way out (not on cancellation: uncommitted batches are rebuilt next time)."""
         failed: Exception | None = None
         async with trio.open_nursery() as outer:
-            if self.backends.http is not None:  # up first: /readyz says why start-up waits
-                outer.start_soon(
-                    self.backends.http, self.cfg.http_listen, self.metrics.registry, self.ready
-                )
-            outer.start_soon(self._watch_signals)  # a stop while the cluster id is awaited
             try:
+                if self.backends.http is not None:  # up first: /readyz says why start-up waits
+                    await outer.start(  # HttpListenError: the outlet does not start
+                        self.backends.http, self.cfg.http_listen, self.metrics.registry,
+                        self.ready)
+                outer.start_soon(self._watch_signals)  # a stop while the cluster id is awaited
                 async with contextlib.AsyncExitStack() as stack:
                     with self._opening:
                         self.parts = await self._open(stack)
@@ -365,7 +374,7 @@ class Outlet:
                             await self._run(self.parts, task_status)
                         finally:
                             self.state.stopping = True
-            except Exception as exc:  # raised as before (ClusterIdError), not in a group
+            except Exception as exc:  # raised as is (ClusterIdError, HttpListenError): no group
                 failed = exc
             outer.cancel_scope.cancel()
         if failed is not None:

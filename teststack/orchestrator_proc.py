@@ -25,7 +25,7 @@ import yaml
 
 from teststack.outlet_proc import OutletProcess, stop_process
 from teststack.promtext import parse_metrics
-from teststack.stack import ClickHouseEndpoints, MultiDCEndpoints, ensure_topic
+from teststack.stack import ClickHouseEndpoints, MultiDCEndpoints, ensure_topic, free_ports
 
 _LISTENING = re.compile(r"api: listening on (https?://\S+?)[, ]")
 _RELOADED = re.compile(r"configuration reload(?:ed)? (from|invalid|refused)")
@@ -275,18 +275,23 @@ class MultiDCSites:
 
     def start_orchestrators(self, with_central: bool = False) -> None:
         """Every site's orchestrator, until its migrations are done; the outlet entries
-        include central when ``with_central``."""
-        from teststack.outlet_proc import free_port, outlet_config
+        include central when ``with_central``. Every listener of the sites (each
+        orchestrator, each outlet's HTTP port) is picked at once, distinct, before any
+        process starts: an outlet's port picked alone was once taken by an orchestrator
+        binding port 0 before the outlet started (the outlet then died, address in use)."""
+        from teststack.outlet_proc import outlet_config
 
+        ports = iter(free_ports(1 + 2 * len(self.mep.datacenters)))
         central = self.mep.central
         self._start("central", site_config(central, self.database,
                                            password_var=CENTRAL_PASSWORD_VAR,
+                                           listen=f"127.0.0.1:{next(ports)}",
                                            resolutions=resolutions(self.central_days)),
                     {CENTRAL_PASSWORD_VAR: central.password})  # fmt: skip
         for dc, ep in self.mep.datacenters.items():
             ensure_topic(ep.kafka.bootstrap, self.topic, 2)
             entry = outlet_config(ep, state_path=str(self.workdir / dc / "state"),
-                                  http_port=free_port(), destinations=("local",),
+                                  http_port=next(ports), destinations=("local",),
                                   topic=self.topic, database=self.database,
                                   batch_size=self.batch_size, wait_time="500ms",
                                   **self.outlet_extra)  # fmt: skip
@@ -297,6 +302,7 @@ class MultiDCSites:
             self.entries[dc] = entry
             local = self.server(dc)
             self._start(dc, site_config(local, self.database, password_var=LOCAL_PASSWORD_VAR,
+                                        listen=f"127.0.0.1:{next(ports)}",
                                         resolutions=resolutions(self.local_days),
                                         shared_kafka={"brokers": [ep.kafka.bootstrap_proxied],
                                                       "topic": self.topic},

@@ -88,3 +88,23 @@ def test_unreadable_config_file(tmp_path: Path) -> None:
     res = outlet("check-config", str(tmp_path / "missing.yaml"))
     assert res.returncode == 2
     assert "missing.yaml" in res.stderr
+
+
+def test_http_listen_taken_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
+    """Seen in the multi-dc demo: another process held the outlet's http.listen port and
+    the outlet died with three nested exception-group tracebacks. It refuses to start
+    with one line naming the address, before it contacts anything."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = {"http": {"listen": f"127.0.0.1:{port}"},
+               "kafka": {"brokers": ["127.0.0.1:1"]},  # never reached
+               "state": {"path": str(tmp_path / "state")}}
+        res = outlet("run", "--config", str(write(tmp_path, cfg)))
+    assert res.returncode == 1, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if "cannot start" in ln]
+    assert len(lines) == 1 and f"http.listen 127.0.0.1:{port}: Address already in use" in lines[0]
+    assert "Traceback" not in res.stderr, res.stderr
